@@ -1,0 +1,97 @@
+"""The composition root: ``create_app(settings)`` builds every service and the Flask app around them."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+
+import redis
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
+
+from sharing_api.errors import FhirError, Issue, operation_outcome
+from sharing_api.publishing import Publisher
+from sharing_api.routes.common import fhir_response
+from sharing_api.searching import Searcher
+from sharing_api.services import Services
+from sharing_api.sessions import LocalSessions, RedisSessions, SearchSessions
+from sharing_api.settings import Settings
+from sharing_api.store.engine import is_current, make_engine
+from sharing_api.store.observations import ObservationStore
+from sharing_api.store.tenants import TenantDirectory
+
+log = logging.getLogger("dho_share")
+
+
+def _clock() -> int:
+    return time.time_ns() // 1000
+
+
+def build_services(settings: Settings) -> Services:
+    engine = make_engine(settings.database_url)
+    if not is_current(engine):
+        raise RuntimeError("the database is not at the newest migration; run `dho-share db upgrade`")
+    sessions: SearchSessions
+    if settings.redis_url:
+        sessions = RedisSessions(
+            redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2),
+            settings.search_session_ttl,
+        )
+    else:
+        sessions = LocalSessions(settings.search_session_ttl)
+    observations = ObservationStore(engine, _clock)
+    return Services(
+        settings=settings,
+        engine=engine,
+        tenants=TenantDirectory(engine),
+        observations=observations,
+        sessions=sessions,
+        publisher=Publisher(observations, max_entries=settings.max_bundle_entries),
+        searcher=Searcher(
+            observations, sessions, default_count=settings.default_page_size, max_count=settings.max_page_size
+        ),
+        redis_url=settings.redis_url,
+    )
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """A Flask app serving the FHIR API for every configured tenant."""
+    settings = settings or Settings()
+    app = Flask("sharing_api")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.extensions["dho"] = build_services(settings)
+
+    from sharing_api.routes import observations, system
+
+    app.register_blueprint(observations.bp)
+    app.register_blueprint(system.bp)
+
+    @app.errorhandler(FhirError)
+    def _fhir_error(exc: FhirError) -> Response:
+        return fhir_response(exc.outcome(), exc.status, exc.headers)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        code = {404: "not-found", 405: "not-supported", 413: "too-costly"}.get(exc.code or 500, "exception")
+        issue = Issue(exc.description or exc.name, None, code)
+        return fhir_response(operation_outcome([issue]), exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        # Never a stack trace to the client; the log gets the type only (no request data, no PHI).
+        # Exception messages can quote SQL parameters (identity numbers, values): log where, not what.
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = ", ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}" for f in frames[-4:])
+        log.error("unhandled %s at %s", type(exc).__name__, where)
+        issue = Issue("internal error", None, "exception")
+        return fhir_response(operation_outcome([issue]), 500)
+
+    @app.after_request
+    def _security_headers(response: Response) -> Response:
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Strict-Transport-Security"] = "max-age=31536000"
+        return response
+
+    return app

@@ -1,0 +1,173 @@
+"""``dho-share``: the operator's command line (product.md §7)."""
+
+from __future__ import annotations
+
+import os
+import random
+import shlex
+from datetime import UTC, datetime
+
+import click
+import redis
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from sharing_api.settings import Settings
+from sharing_api.store.engine import make_engine, upgrade
+
+console = Console(stderr=True)
+DEMO_TENANT = ("921234562", "Demo kommune (DHO)")  # a synthetic org.nr with a valid control digit
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+@click.group()
+def main() -> None:
+    """dho-share: share home-monitoring measurements between health organisations."""
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply all migrations to DHO_DATABASE_URL."""
+    upgrade(_settings().database_url)
+    console.print("database is at the newest migration")
+
+
+@main.group()
+def tenants() -> None:
+    """Data controllers served here (one or many)."""
+
+
+@tenants.command("add")
+@click.argument("orgnr")
+@click.option("--name", required=True, help="The organisation's name")
+@click.option("--resh", multiple=True, help="A RESH id that belongs to this controller (repeatable)")
+def tenants_add(orgnr: str, name: str, resh: tuple[str, ...]) -> None:
+    """Serve ORGNR's data under /ORGNR/fhir."""
+    from sharing_api.store.tenants import TenantDirectory
+
+    try:
+        new = TenantDirectory(make_engine(_settings().database_url)).add(
+            orgnr, name, resh_ids=frozenset(resh)
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="ORGNR") from exc
+    console.print(f"{'added' if new else 'updated'} tenant {orgnr} ({name})")
+
+
+@tenants.command("list")
+def tenants_list() -> None:
+    """List the tenants."""
+    from sharing_api.store.tenants import TenantDirectory
+
+    table = Table("orgnr", "name", "RESH ids")
+    for t in TenantDirectory(make_engine(_settings().database_url)).all():
+        table.add_row(t.orgnr, t.name, ", ".join(sorted(t.resh_ids)))
+    Console().print(table)
+
+
+def _seed(settings: Settings, tenant_orgnr: str, patients: int, days: int, seed: int) -> list[str]:
+    from sharing_api.app import build_services
+    from sharing_api.seed import batches, make_patient, series
+
+    svc = build_services(settings)
+    record = svc.tenants.get(tenant_orgnr)
+    if record is None:
+        raise click.BadParameter(
+            f"tenant {tenant_orgnr} is not registered (dho-share tenants add)", param_hint="--tenant"
+        )
+    rng = random.Random(seed)  # noqa: S311 (reproducible synthetic data, not secrets)
+    people = [make_patient(rng) for _ in range(patients)]
+    end = datetime.now(UTC)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    stored = 0
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("seeding patients", total=patients)
+        for person in people:
+            for bundle in batches(series(person, tenant_orgnr, days, rng, end), 500):
+                result = svc.publisher.bundle(record, bundle, base="")
+                stored += sum(
+                    1 for e in result["entry"] if e["response"]["status"].startswith(("200", "201"))
+                )
+            progress.advance(task)
+    console.print(f"{stored} observations for {patients} patients over {days} days in tenant {tenant_orgnr}")
+    return [p.fnr for p in people]
+
+
+@main.command()
+@click.option("--tenant", "tenant_orgnr", required=True, help="The tenant's org.nr")
+@click.option("--patients", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--days", default=30, show_default=True, type=click.IntRange(1))
+@click.option("--seed", default=1, show_default=True, help="Random seed (same seed, same data)")
+def seed(tenant_orgnr: str, patients: int, days: int, seed: int) -> None:
+    """Publish realistic synthetic measurements (synthetic FNRs only)."""
+    _seed(_settings(), tenant_orgnr, patients, days, seed)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1))
+def serve(host: str, port: int, workers: int) -> None:
+    """Run the API (gunicorn)."""
+    from sharing_api.serving import serve as run
+
+    run(_settings(), host, port, workers)
+
+
+def _redis_if_reachable(url: str = "redis://127.0.0.1:6379/0") -> str | None:
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5).ping()
+    except redis.RedisError:
+        return None
+    return url
+
+
+@main.command()
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--patients", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--days", default=30, show_default=True, type=click.IntRange(1))
+@click.option("--no-serve", is_flag=True, help="Set up and print the example, but do not serve")
+def demo(port: int, patients: int, days: int, no_serve: bool) -> None:
+    """Set up a demo municipality with synthetic patients and serve it on 127.0.0.1."""
+    from sharing_api.store.tenants import TenantDirectory
+
+    overrides: dict[str, object] = {"public_url": f"http://127.0.0.1:{port}"}
+    if "DHO_REDIS_URL" not in os.environ:
+        overrides["redis_url"] = _redis_if_reachable()
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    upgrade(settings.database_url)
+    orgnr, name = DEMO_TENANT
+    directory = TenantDirectory(make_engine(settings.database_url))
+    directory.add(orgnr, name)
+    fnrs = _seed(settings, orgnr, patients, days, seed=1)
+    base = f"{settings.base_url}/{orgnr}/fhir"
+    console.print(f"\n[bold]dho-share demo[/bold]: {name} ({orgnr}) at {base}")
+    console.print(
+        f"database: {settings.database_url}; Redis: {settings.redis_url or 'none (in-process sessions)'}"
+    )
+    console.print(
+        "Try, in another terminal (the patient's number goes in the form body, never in the URL):\n"
+    )
+    query = (
+        f"curl -s -X POST {base}/Observation/_search "
+        f"-d {shlex.quote(f'patient.identifier=urn:oid:2.16.578.1.12.4.1.4.1|{fnrs[0]}')} "
+        f"-d {shlex.quote('code=http://loinc.org|85354-9')} -d _count=5"
+    )
+    click.echo(query)
+    click.echo(
+        f"curl -s -X POST {base}/Observation/\\$lastn "
+        f"-d {shlex.quote(f'patient.identifier=urn:oid:2.16.578.1.12.4.1.4.1|{fnrs[0]}')}"
+    )
+    if not no_serve:
+        from sharing_api.serving import serve as run
+
+        run(settings, "127.0.0.1", port, workers=2 if settings.redis_url else 1)

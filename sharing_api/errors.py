@@ -1,0 +1,132 @@
+"""Errors of the FHIR API, each knowing its wire form: an ``OperationOutcome`` and an HTTP status.
+
+::
+
+    FhirError                      (500 exception)
+    ├── InvalidResource            (400 invalid)       bad content; names the element in ``expression``
+    ├── UnprocessableResource      (422 processing)    valid FHIR that breaks a business rule
+    ├── InvalidSearch              (400 invalid)       bad search parameter or cursor
+    ├── PiiInUrl                   (400 security)      a national identity number in a GET URL
+    ├── Forbidden                  (403 forbidden)
+    ├── NotFound                   (404 not-found)
+    ├── Gone                       (410 deleted)
+    ├── Conflict                   (409 conflict)
+    ├── PreconditionFailed         (412 duplicate)
+    ├── PayloadTooLarge            (413 too-costly)
+    ├── UnsupportedMediaType       (415 not-supported)
+    ├── MethodNotAllowed           (405 not-supported)
+    └── ServiceUnavailable         (503 transient)     a dependency is down; fail closed
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """One ``OperationOutcome.issue``: what is wrong and where (a FHIRPath ``expression``)."""
+
+    diagnostics: str
+    expression: str | None = None
+    code: str = "invalid"
+    severity: str = "error"
+
+    def rebased(self, path: str) -> Issue:
+        """This issue with an ``Observation...`` expression moved under ``path`` (a Bundle entry)."""
+        if self.expression is None or not self.expression.startswith("Observation"):
+            return self
+        return Issue(self.diagnostics, path + self.expression[len("Observation") :], self.code, self.severity)
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"severity": self.severity, "code": self.code, "diagnostics": self.diagnostics}
+        if self.expression:
+            out["expression"] = [self.expression]
+        return out
+
+
+def operation_outcome(issues: Iterable[Issue]) -> dict[str, Any]:
+    """An ``OperationOutcome`` resource holding ``issues``."""
+    return {"resourceType": "OperationOutcome", "issue": [i.as_json() for i in issues]}
+
+
+class FhirError(Exception):
+    """Base of every error the API turns into an ``OperationOutcome``."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "exception"
+
+    def __init__(self, diagnostics: str, expression: str | None = None, *, issues: list[Issue] | None = None):
+        super().__init__(diagnostics)
+        self.issues = issues or [Issue(diagnostics, expression, self.code)]
+        self.headers: dict[str, str] = {}
+
+    def outcome(self) -> dict[str, Any]:
+        return operation_outcome(self.issues)
+
+
+class InvalidResource(FhirError):
+    status = 400
+    code = "invalid"
+
+
+class UnprocessableResource(FhirError):
+    status = 422
+    code = "processing"
+
+
+class InvalidSearch(FhirError):
+    status = 400
+    code = "invalid"
+
+
+class PiiInUrl(FhirError):
+    status = 400
+    code = "security"
+
+
+class Forbidden(FhirError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(FhirError):
+    status = 404
+    code = "not-found"
+
+
+class Gone(FhirError):
+    status = 410
+    code = "deleted"
+
+
+class Conflict(FhirError):
+    status = 409
+    code = "conflict"
+
+
+class PreconditionFailed(FhirError):
+    status = 412
+    code = "duplicate"
+
+
+class PayloadTooLarge(FhirError):
+    status = 413
+    code = "too-costly"
+
+
+class UnsupportedMediaType(FhirError):
+    status = 415
+    code = "not-supported"
+
+
+class MethodNotAllowed(FhirError):
+    status = 405
+    code = "not-supported"
+
+
+class ServiceUnavailable(FhirError):
+    status = 503
+    code = "transient"

@@ -1,0 +1,1 @@
+"""FHIR at the edge: inbound validation, VKP rules, bundles and search-parameter parsing."""

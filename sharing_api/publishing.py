@@ -1,0 +1,189 @@
+"""Publishing measurements: create, correct, and Bundles, for one tenant (no web code here).
+
+Every write is validated first (``fhir.validation``) and stored by ``ObservationStore``; nothing is
+stored when validation fails. A batch runs each entry in its own savepoint of one transaction, so one
+bad entry fails alone; a transaction is all or nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from sqlalchemy import Connection
+
+from sharing_api.errors import FhirError, InvalidResource, Issue, PreconditionFailed
+from sharing_api.fhir.bundles import Entry, parse_bundle, response_entry
+from sharing_api.fhir.dates import format_instant
+from sharing_api.fhir.search import parse_search
+from sharing_api.fhir.validation import ValidObservation, validate_observation
+from sharing_api.store.observations import ObservationStore, Stored
+from sharing_api.store.tenants import TenantRecord
+
+
+@dataclass(frozen=True, slots=True)
+class BundleResult:
+    body: dict[str, Any]
+
+
+def _same_content(stored: bytes, valid: ValidObservation) -> bool:
+    current = orjson.loads(stored)
+    strip = ("id", "meta")
+    a = {k: v for k, v in current.items() if k not in strip}
+    b = {k: v for k, v in valid.resource.items() if k not in strip}
+    meta_a = {k: v for k, v in (current.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+    meta_b = {
+        k: v for k, v in (valid.resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")
+    }
+    return a == b and meta_a == meta_b
+
+
+class Publisher:
+    """Writes into one tenant's measurements."""
+
+    def __init__(self, store: ObservationStore, *, max_entries: int):
+        self.store = store
+        self.max_entries = max_entries
+
+    def _conditional_match(self, conn: Connection, tenant: TenantRecord, criteria: str) -> str | None:
+        """``If-None-Exist``: the id of the one match, ``None`` for none, 412 for several."""
+        query = parse_search(
+            parse_qsl(criteria, keep_blank_values=True), strict=True, default_count=2, max_count=2
+        )
+        if not (query.identifiers or query.patients or query.codes):
+            raise InvalidResource("If-None-Exist needs identifier, patient or code criteria", "If-None-Exist")
+        page = self.store.search(tenant.orgnr, query)
+        if len(page.rows) > 1:
+            raise PreconditionFailed("If-None-Exist matches more than one Observation", "If-None-Exist")
+        return page.rows[0][0] if page.rows else None
+
+    def create(self, tenant: TenantRecord, resource: Any, *, if_none_exist: str | None = None) -> Stored:
+        valid = validate_observation(resource, tenant.validation)
+        with self.store.writing() as conn:
+            return self._create(conn, tenant, valid, if_none_exist)
+
+    def _create(
+        self, conn: Connection, tenant: TenantRecord, valid: ValidObservation, if_none_exist: str | None
+    ) -> Stored:
+        if if_none_exist:
+            match = self._conditional_match(conn, tenant, if_none_exist)
+            if match:
+                current = self.store.read_in(conn, tenant.orgnr, match)
+                if current is not None:
+                    return current
+        return self.store.create_in(conn, tenant.orgnr, valid)
+
+    def update(
+        self, tenant: TenantRecord, obs_id: str, resource: Any, *, if_match: int | None = None
+    ) -> Stored:
+        valid = validate_observation(resource, tenant.validation)
+        if "id" in resource and resource["id"] != obs_id:
+            raise InvalidResource("the resource id must match the id in the URL", "Observation.id")
+        with self.store.writing() as conn:
+            return self._update(conn, tenant, obs_id, valid, if_match)
+
+    def _update(
+        self,
+        conn: Connection,
+        tenant: TenantRecord,
+        obs_id: str,
+        valid: ValidObservation,
+        if_match: int | None,
+    ) -> Stored:
+        current = self.store.read_in(conn, tenant.orgnr, obs_id)
+        if current is not None and if_match is None and _same_content(current.data, valid):
+            return current  # a retried correction is not a new version
+        return self.store.update_in(conn, tenant.orgnr, obs_id, valid, if_match=if_match)
+
+    def _upsert(
+        self, conn: Connection, tenant: TenantRecord, entry: Entry, valid: ValidObservation
+    ) -> Stored:
+        if entry.method == "POST":
+            return self._create(conn, tenant, valid, entry.if_none_exist)
+        if entry.target_id:
+            return self._update(conn, tenant, entry.target_id, valid, None)
+        # PUT without Observation/{id}: PMD publishes by business identifier (create or correct).
+        if not valid.identifiers:
+            raise InvalidResource(
+                "PUT without Observation/{id} needs a business identifier to update by",
+                f"Bundle.entry[{entry.index}].resource.identifier",
+            )
+        owner = self.store.owner_of_identifier(conn, tenant.orgnr, valid.identifiers)
+        if owner is None:
+            return self.store.create_in(conn, tenant.orgnr, valid)
+        return self._update(conn, tenant, owner, valid, None)
+
+    def _location(self, base: str, stored: Stored) -> str:
+        return f"{base}/Observation/{stored.id}/_history/{stored.version_id}"
+
+    def bundle(self, tenant: TenantRecord, bundle: Any, *, base: str) -> dict[str, Any]:
+        """Process a batch or transaction Bundle; the response Bundle echoes each entry's ``fullUrl``."""
+        kind, entries = parse_bundle(bundle, max_entries=self.max_entries)
+        if kind == "transaction":
+            return self._transaction(tenant, entries, base)
+        out: list[dict[str, Any]] = []
+        valid: dict[int, ValidObservation] = {}
+        for entry in entries:
+            try:
+                valid[entry.index] = validate_observation(
+                    entry.resource, tenant.validation, path=f"Bundle.entry[{entry.index}].resource"
+                )
+            except FhirError as exc:
+                out.append(response_entry(entry.full_url, exc.status, outcome=exc.outcome()))
+        results: dict[int, dict[str, Any]] = {}
+        with self.store.writing() as conn:
+            for entry in entries:
+                if entry.index not in valid:
+                    continue
+                try:
+                    with conn.begin_nested():
+                        stored = self._upsert(conn, tenant, entry, valid[entry.index])
+                except FhirError as exc:
+                    exc.issues = [i.rebased(f"Bundle.entry[{entry.index}].resource") for i in exc.issues]
+                    results[entry.index] = response_entry(entry.full_url, exc.status, outcome=exc.outcome())
+                    continue
+                results[entry.index] = response_entry(
+                    entry.full_url,
+                    201 if stored.created else 200,
+                    location=self._location(base, stored),
+                    version=stored.version_id,
+                    last_modified=format_instant(stored.last_updated),
+                )
+        failed = iter(out)
+        ordered = [results[e.index] if e.index in results else next(failed) for e in entries]
+        return {"resourceType": "Bundle", "type": "batch-response", "entry": ordered}
+
+    def _transaction(self, tenant: TenantRecord, entries: list[Entry], base: str) -> dict[str, Any]:
+        issues: list[Issue] = []
+        valid: list[ValidObservation] = []
+        for entry in entries:
+            try:
+                valid.append(
+                    validate_observation(
+                        entry.resource, tenant.validation, path=f"Bundle.entry[{entry.index}].resource"
+                    )
+                )
+            except FhirError as exc:
+                issues.extend(exc.issues)
+        if issues:
+            raise InvalidResource(issues[0].diagnostics, issues=issues)
+        out = []
+        with self.store.writing() as conn:
+            for entry, v in zip(entries, valid, strict=True):
+                try:
+                    stored = self._upsert(conn, tenant, entry, v)
+                except FhirError as exc:
+                    exc.issues = [i.rebased(f"Bundle.entry[{entry.index}].resource") for i in exc.issues]
+                    raise
+                out.append(
+                    response_entry(
+                        entry.full_url,
+                        201 if stored.created else 200,
+                        location=self._location(base, stored),
+                        version=stored.version_id,
+                        last_modified=format_instant(stored.last_updated),
+                    )
+                )
+        return {"resourceType": "Bundle", "type": "transaction-response", "entry": out}

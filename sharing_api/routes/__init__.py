@@ -1,0 +1,1 @@
+"""HTTP routes: the only modules that touch ``flask.request``."""

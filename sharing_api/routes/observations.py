@@ -1,0 +1,135 @@
+"""``/{orgnr}/fhir``: Observation create/read/update/history, search, ``$lastn`` and Bundles."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, g, request
+
+from sharing_api.errors import InvalidResource, InvalidSearch, NotFound
+from sharing_api.fhir.dates import format_instant
+from sharing_api.fhir.search import refuse_pii_in_url
+from sharing_api.routes.common import (
+    fhir_response,
+    json_body,
+    prefers_strict,
+    requester,
+    resolve_tenant,
+    services,
+    tenant,
+    tenant_base,
+)
+from sharing_api.searching import SearchContext
+from sharing_api.store.observations import Stored
+
+bp = Blueprint("observations", __name__, url_prefix="/<orgnr>/fhir")
+
+
+@bp.url_value_preprocessor
+def _bind_tenant(_endpoint: str | None, values: dict[str, str] | None) -> None:
+    assert values is not None
+    g.tenant = resolve_tenant(values.pop("orgnr"))
+
+
+@bp.url_defaults
+def _tenant_default(_endpoint: str, values: dict[str, str]) -> None:
+    if "orgnr" not in values and "tenant" in g:
+        values["orgnr"] = g.tenant.orgnr
+
+
+def _headers(stored: Stored, *, location: bool = False) -> dict[str, str]:
+    headers = {"ETag": f'W/"{stored.version_id}"', "Last-Modified": format_instant(stored.last_updated)}
+    if location:
+        headers["Location"] = f"{tenant_base()}/Observation/{stored.id}/_history/{stored.version_id}"
+    return headers
+
+
+def _if_match() -> int | None:
+    raw = request.headers.get("If-Match")
+    if raw is None:
+        return None
+    digits = raw.removeprefix("W/").strip('"')
+    if not digits.isdigit():
+        raise InvalidResource('If-Match must be an ETag such as W/"3"', "If-Match")
+    return int(digits)
+
+
+def _ctx() -> SearchContext:
+    return SearchContext(tenant().orgnr, tenant_base(), requester())
+
+
+@bp.post("/Observation")
+def create() -> Response:
+    stored = services().publisher.create(
+        tenant(), json_body(), if_none_exist=request.headers.get("If-None-Exist")
+    )
+    return fhir_response(stored.data, 201 if stored.created else 200, _headers(stored, location=True))
+
+
+@bp.get("/Observation/<obs_id>")
+def read(obs_id: str) -> Response:
+    stored = services().observations.read(tenant().orgnr, obs_id)
+    if stored is None:
+        raise NotFound(f"Observation/{obs_id} is not known", "Observation.id")
+    return fhir_response(stored.data, headers=_headers(stored))
+
+
+@bp.put("/Observation/<obs_id>")
+def update(obs_id: str) -> Response:
+    stored = services().publisher.update(tenant(), obs_id, json_body(), if_match=_if_match())
+    return fhir_response(stored.data, headers=_headers(stored, location=True))
+
+
+@bp.get("/Observation/<obs_id>/_history")
+def history(obs_id: str) -> Response:
+    versions = services().observations.history(tenant().orgnr, obs_id)
+    if not versions:
+        raise NotFound(f"Observation/{obs_id} is not known", "Observation.id")
+    base = tenant_base()
+    entries = [
+        b'{"fullUrl":"' + f"{base}/Observation/{v.id}".encode() + b'","resource":' + v.data + b"}"
+        for v in versions
+    ]
+    head = b'{"resourceType":"Bundle","type":"history","total":' + str(len(versions)).encode()
+    return fhir_response(head + b',"entry":[' + b",".join(entries) + b"]}")
+
+
+@bp.get("/Observation/<obs_id>/_history/<int:version_id>")
+def vread(obs_id: str, version_id: int) -> Response:
+    stored = services().observations.version(tenant().orgnr, obs_id, version_id)
+    if stored is None:
+        raise NotFound(
+            f"Observation/{obs_id}/_history/{version_id} is not known", "Observation.meta.versionId"
+        )
+    return fhir_response(stored.data, headers=_headers(stored))
+
+
+@bp.get("/Observation")
+def search_get() -> Response:
+    params = list(request.args.items(multi=True))
+    searcher = services().searcher
+    cursor = request.args.get("_cursor")
+    if cursor is not None:
+        if len(params) != 1:
+            raise InvalidSearch("a paging cursor is used alone", "_cursor")
+        return fhir_response(searcher.resume(_ctx(), cursor))
+    refuse_pii_in_url(params)
+    return fhir_response(searcher.search(_ctx(), searcher.parse(params, strict=prefers_strict())))
+
+
+@bp.post("/Observation/_search")
+def search_post() -> Response:
+    refuse_pii_in_url(list(request.args.items(multi=True)))
+    params = list(request.args.items(multi=True)) + list(request.form.items(multi=True))
+    searcher = services().searcher
+    return fhir_response(searcher.search(_ctx(), searcher.parse(params, strict=prefers_strict())))
+
+
+@bp.route("/Observation/$lastn", methods=["GET", "POST"])
+def lastn() -> Response:
+    refuse_pii_in_url(list(request.args.items(multi=True)))
+    params = list(request.args.items(multi=True)) + list(request.form.items(multi=True))
+    return fhir_response(services().searcher.lastn(_ctx(), params, strict=prefers_strict()))
+
+
+@bp.post("")
+def bundle() -> Response:
+    return fhir_response(services().publisher.bundle(tenant(), json_body(), base=tenant_base()))

@@ -1,0 +1,133 @@
+"""Searching measurements within one tenant: searchset Bundles, paging cursors and ``$lastn``.
+
+Bundles are assembled from the stored JSON bytes without parsing them again (product.md §4 step 6).
+Links never carry search parameters: ``self``, ``next`` and ``previous`` are opaque cursors, so no
+patient identifier ends up in a URL, and a cursor works only for the requester and tenant it was
+made for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from sharing_api.errors import Forbidden, Gone, InvalidSearch
+from sharing_api.fhir.search import SearchQuery, parse_search
+from sharing_api.sessions import SearchSessions
+from sharing_api.store.observations import Anchor, ObservationStore, Page
+
+MAX_LASTN = 100
+
+
+@dataclass(frozen=True, slots=True)
+class SearchContext:
+    """Where a search runs and for whom: the tenant, its base URL and the requester a cursor is bound to."""
+
+    tenant: str
+    base: str
+    requester: str
+
+
+class Searcher:
+    def __init__(
+        self, store: ObservationStore, sessions: SearchSessions, *, default_count: int, max_count: int
+    ):
+        self.store = store
+        self.sessions = sessions
+        self.default_count = default_count
+        self.max_count = max_count
+
+    def parse(self, params: Iterable[tuple[str, str]], *, strict: bool) -> SearchQuery:
+        return parse_search(params, strict=strict, default_count=self.default_count, max_count=self.max_count)
+
+    def search(self, ctx: SearchContext, query: SearchQuery) -> bytes:
+        """The first page of ``query`` as a searchset Bundle."""
+        return self._page(ctx, query, None)
+
+    def resume(self, ctx: SearchContext, cursor: str) -> bytes:
+        """The page a ``_cursor`` names; refused for another tenant or requester."""
+        record = self.sessions.get(cursor)
+        if record is None or record.get("tenant") != ctx.tenant:
+            # Another tenant's cursor is indistinguishable from an expired one.
+            raise Gone("the paging cursor is unknown or has expired; run the search again", "_cursor")
+        if record.get("requester") != ctx.requester:
+            raise Forbidden("this paging cursor belongs to another client", "_cursor")
+        query = self.parse([tuple(p) for p in record["params"]], strict=False)  # type: ignore[misc]
+        anchor = Anchor(*record["anchor"]) if record.get("anchor") else None
+        return self._page(ctx, query, anchor)
+
+    def _cursor_record(self, ctx: SearchContext, query: SearchQuery, anchor: Anchor | None) -> dict[str, Any]:
+        return {
+            "tenant": ctx.tenant,
+            "requester": ctx.requester,
+            "params": [list(p) for p in query.applied],
+            "anchor": [anchor.value, anchor.id, anchor.backwards] if anchor else None,
+        }
+
+    def _page(self, ctx: SearchContext, query: SearchQuery, anchor: Anchor | None) -> bytes:
+        total = None
+        if query.summary_count or query.total != "none":
+            total = self.store.count(ctx.tenant, query)
+        page = Page([], False, False) if query.summary_count else self.store.search(ctx.tenant, query, anchor)
+        records = [self._cursor_record(ctx, query, anchor)]
+        relations = ["self"]
+        if page.rows and page.more_after:
+            last = page.rows[-1]
+            records.append(self._cursor_record(ctx, query, Anchor(last[1], last[0])))
+            relations.append("next")
+        if page.rows and page.more_before:
+            first = page.rows[0]
+            records.append(self._cursor_record(ctx, query, Anchor(first[1], first[0], backwards=True)))
+            relations.append("previous")
+        links = [
+            {"relation": rel, "url": f"{ctx.base}/Observation?_cursor={self.sessions.put(rec)}"}
+            for rel, rec in zip(relations, records, strict=True)
+        ]
+        return searchset(ctx.base, [r[2] for r in page.rows], total=total, links=links)
+
+    def lastn(self, ctx: SearchContext, params: Sequence[tuple[str, str]], *, strict: bool) -> bytes:
+        """``Observation/$lastn``: the newest ``max`` values per measurement type for one patient."""
+        max_values = [v for k, v in params if k == "max"]
+        rest = [(k, v) for k, v in params if k != "max"]
+        query = self.parse(rest, strict=strict)
+        if not query.patients:
+            raise InvalidSearch(
+                "$lastn needs the patient (patient.identifier=system|value)", "patient.identifier"
+            )
+        per_kind = 1
+        if max_values:
+            if not max_values[-1].isdigit() or not 1 <= int(max_values[-1]) <= MAX_LASTN:
+                raise InvalidSearch(f"max must be a whole number from 1 to {MAX_LASTN}", "max")
+            per_kind = int(max_values[-1])
+        rows = self.store.lastn(ctx.tenant, query, per_kind)
+        return searchset(ctx.base, rows, total=len(rows), links=[])
+
+
+def searchset(
+    base: str, resources: Sequence[bytes], *, total: int | None, links: list[dict[str, str]]
+) -> bytes:
+    """A searchset Bundle around stored resources (bytes), without re-parsing them."""
+    head: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if total is not None:
+        head["total"] = total
+    head["link"] = links
+    parts = []
+    for data in resources:
+        obs_id = _id_of(data)
+        parts.append(
+            b'{"fullUrl":'
+            + orjson.dumps(f"{base}/Observation/{obs_id}")
+            + b',"resource":'
+            + data
+            + b',"search":{"mode":"match"}}'
+        )
+    return orjson.dumps(head)[:-1] + b',"entry":[' + b",".join(parts) + b"]}"
+
+
+def _id_of(data: bytes) -> str:
+    # Stored JSON always starts {"resourceType":"Observation","id":"<uuid>", (store.render writes it so).
+    start = data.index(b'"id":"') + 6
+    return data[start : data.index(b'"', start)].decode()

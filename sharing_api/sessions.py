@@ -1,0 +1,87 @@
+"""Search sessions: the server-side state behind opaque paging cursors.
+
+A cursor is 128 random bits naming a record that holds the tenant, the requester and the query; it
+cannot be forged or edited, only presented. Records live in Redis with a TTL so that every worker sees
+them (``RedisSessions``), or in this process when no Redis is configured (``LocalSessions``).
+Losing a session costs the client a re-run of the search, nothing more: this store fails *open* to a
+clear 503 for the continuation only, never returns another requester's page.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Protocol
+
+import orjson
+import redis
+
+from sharing_api.errors import ServiceUnavailable
+
+
+class SearchSessions(Protocol):
+    def put(self, record: dict[str, Any]) -> str: ...
+
+    def get(self, cursor: str) -> dict[str, Any] | None: ...
+
+
+def new_cursor() -> str:
+    return secrets.token_urlsafe(16)
+
+
+class LocalSessions:
+    """In-process sessions for a single-process server; bounded, oldest evicted first."""
+
+    def __init__(self, ttl: int, max_entries: int = 100_000):
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, record: dict[str, Any]) -> str:
+        cursor = new_cursor()
+        with self._lock:
+            self._data[cursor] = (time.monotonic() + self.ttl, orjson.dumps(record))
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
+        return cursor
+
+    def get(self, cursor: str) -> dict[str, Any] | None:
+        with self._lock:
+            item = self._data.get(cursor)
+            if item is None:
+                return None
+            if item[0] < time.monotonic():
+                del self._data[cursor]
+                return None
+        loaded: dict[str, Any] = orjson.loads(item[1])
+        return loaded
+
+
+class RedisSessions:
+    """Sessions in Redis under ``dho:search:<cursor>`` with a TTL."""
+
+    def __init__(self, client: redis.Redis, ttl: int, prefix: str = "dho:search:"):
+        self.client = client
+        self.ttl = ttl
+        self.prefix = prefix
+
+    def put(self, record: dict[str, Any]) -> str:
+        cursor = new_cursor()
+        try:
+            self.client.set(self.prefix + cursor, orjson.dumps(record), ex=self.ttl)
+        except redis.RedisError as exc:
+            raise ServiceUnavailable("the search-session store is unavailable; retry shortly") from exc
+        return cursor
+
+    def get(self, cursor: str) -> dict[str, Any] | None:
+        try:
+            raw = self.client.get(self.prefix + cursor)
+        except redis.RedisError as exc:
+            raise ServiceUnavailable("the search-session store is unavailable; retry shortly") from exc
+        if raw is None:
+            return None
+        loaded: dict[str, Any] = orjson.loads(raw)  # type: ignore[arg-type]
+        return loaded

@@ -1,0 +1,57 @@
+"""Settings, read once from the environment (``DHO_*``), typed and frozen.
+
+A bad value stops start-up with a message naming the variable. Secrets are ``SecretStr`` so that a
+``repr`` or a log line never shows them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AnyHttpUrl, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path("var")
+
+
+class Settings(BaseSettings):
+    """Configuration of one dho-share process (API and token service)."""
+
+    model_config = SettingsConfigDict(env_prefix="DHO_", frozen=True, extra="ignore")
+
+    database_url: str = Field(
+        default=f"sqlite:///{(DEFAULT_DATA_DIR / 'dho-share.sqlite3').as_posix()}",
+        description="SQLAlchemy URL; a SQLite file by default, postgresql://... in production",
+    )
+    redis_url: str | None = Field(
+        default=None, description="Redis for search sessions and replay caches; in-process when unset"
+    )
+    public_url: AnyHttpUrl = Field(
+        default=AnyHttpUrl("http://127.0.0.1:8080"),
+        description="External base URL: links are built from it and DPoP htu is checked against it",
+    )
+    issuer: str | None = Field(
+        default=None, description="Our token service's issuer (default: the public URL)"
+    )
+    audience: str = Field(default="dho-share", description="The API's audience / scope prefix")
+    max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    max_bundle_entries: int = Field(default=1000, ge=1)
+    max_json_depth: int = Field(default=32, ge=4)
+    default_page_size: int = Field(default=50, ge=1)
+    max_page_size: int = Field(default=500, ge=1)
+    search_session_ttl: int = Field(default=900, ge=10, description="Seconds a paging cursor stays valid")
+    allow_non_loopback: bool = Field(
+        default=False, description="Listen beyond loopback; refused until client authentication is in place"
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:", "postgres:")):
+            raise ValueError("DHO_DATABASE_URL must be a sqlite:/// or postgresql:// URL")
+        return value
+
+    @property
+    def base_url(self) -> str:
+        """The public URL without a trailing slash."""
+        return str(self.public_url).rstrip("/")

@@ -1,0 +1,403 @@
+"""Observation persistence: versioned writes, idempotent creates, keyset-paged search, ``$lastn``.
+
+Idempotency is the primary key of ``observation_identifiers`` (tenant, system, value): two concurrent
+creates of one business identifier cannot both commit, whatever the interleaving. The loser reads the
+winner's id (FHIR conditional-create semantics: 200 with the existing resource).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    not_,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.elements import ColumnElement
+
+from sharing_api.errors import Conflict, NotFound, PreconditionFailed, UnprocessableResource
+from sharing_api.fhir.dates import format_instant
+from sharing_api.fhir.search import DateBound, SearchQuery, Token
+from sharing_api.fhir.validation import ValidObservation
+from sharing_api.store.schema import (
+    observation_history,
+    observation_identifiers,
+    observation_tokens,
+    observations,
+)
+
+o = observations
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """One stored version: the bytes served, and what the response headers need."""
+
+    id: str
+    version_id: int
+    last_updated: int
+    data: bytes
+    created: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """A keyset position: the sort value and id of the row a page starts after (or before)."""
+
+    value: int
+    id: str
+    backwards: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    rows: list[tuple[str, int, bytes, int]]
+    """(id, sort value, data, last_updated) in the requested order."""
+    more_after: bool
+    more_before: bool
+
+
+def render(valid: ValidObservation, obs_id: str, version: int, now: int) -> bytes:
+    """The JSON to store and serve: the validated resource with the server's ``id`` and ``meta``."""
+    resource = valid.resource
+    meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+    out: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": obs_id,
+        "meta": {"versionId": str(version), "lastUpdated": format_instant(now), **meta},
+    }
+    out.update((k, v) for k, v in resource.items() if k not in ("resourceType", "id", "meta"))
+    return orjson.dumps(out)
+
+
+class ObservationStore:
+    """Observations of all tenants; every method takes the tenant and touches no other tenant's rows."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], int]):
+        self.engine = engine
+        self.clock = clock
+
+    @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """A write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
+        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def _owner_of(self, conn: Connection, tenant: str, idents: Sequence[tuple[str, str]]) -> str | None:
+        if not idents:
+            return None
+        i = observation_identifiers
+        cond = or_(*(and_(i.c.system == s, i.c.value == v) for s, v in idents))
+        return conn.execute(select(i.c.observation_id).where(i.c.tenant == tenant, cond).limit(1)).scalar()
+
+    def _current(self, conn: Connection, tenant: str, obs_id: str) -> Stored | None:
+        row = conn.execute(
+            select(o.c.version_id, o.c.last_updated, o.c.data).where(o.c.tenant == tenant, o.c.id == obs_id)
+        ).first()
+        return Stored(obs_id, row.version_id, row.last_updated, row.data) if row else None
+
+    def _index(self, conn: Connection, tenant: str, obs_id: str, valid: ValidObservation) -> None:
+        rows = [
+            {"tenant": tenant, "observation_id": obs_id, "param": "code", "system": s, "code": c}
+            for s, c in valid.codes
+        ] + [
+            {"tenant": tenant, "observation_id": obs_id, "param": "category", "system": s, "code": c}
+            for s, c in valid.categories
+        ]
+        if rows:
+            conn.execute(insert(observation_tokens), rows)
+        if valid.identifiers:
+            conn.execute(
+                insert(observation_identifiers),
+                [
+                    {"tenant": tenant, "system": s, "value": v, "observation_id": obs_id}
+                    for s, v in valid.identifiers
+                ],
+            )
+
+    def _columns(self, valid: ValidObservation) -> dict[str, Any]:
+        return {
+            "patient_system": valid.patient[0],
+            "patient_value": valid.patient[1],
+            "status": valid.status,
+            "kind": valid.kind[:256],
+            "effective_start": valid.effective[0],
+            "effective_end": valid.effective[1],
+        }
+
+    def create_in(self, conn: Connection, tenant: str, valid: ValidObservation) -> Stored:
+        """Create inside ``conn``'s transaction; return the existing one for a known business identifier."""
+        existing = self._owner_of(conn, tenant, valid.identifiers)
+        if existing:
+            current = self._current(conn, tenant, existing)
+            assert current is not None
+            return current
+        obs_id, now = str(uuid.uuid4()), self.clock()
+        data = render(valid, obs_id, 1, now)
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    insert(o).values(
+                        tenant=tenant,
+                        id=obs_id,
+                        version_id=1,
+                        last_updated=now,
+                        data=data,
+                        **self._columns(valid),
+                    )
+                )
+                conn.execute(
+                    insert(observation_history).values(
+                        tenant=tenant, id=obs_id, version_id=1, last_updated=now, data=data
+                    )
+                )
+                self._index(conn, tenant, obs_id, valid)
+        except IntegrityError:
+            # A concurrent create of the same identifier committed first: the constraint decided.
+            existing = self._owner_of(conn, tenant, valid.identifiers)
+            current = self._current(conn, tenant, existing) if existing else None
+            if current is None:
+                raise
+            return current
+        return Stored(obs_id, 1, now, data, created=True)
+
+    def create(self, tenant: str, valid: ValidObservation) -> Stored:
+        for _ in range(3):
+            try:
+                with self.writing() as conn:
+                    return self.create_in(conn, tenant, valid)
+            except IntegrityError:
+                continue  # lost a race between read and insert outside a savepoint-capable driver path
+        raise Conflict("the observation could not be stored; retry")
+
+    def update_in(
+        self,
+        conn: Connection,
+        tenant: str,
+        obs_id: str,
+        valid: ValidObservation,
+        *,
+        if_match: int | None = None,
+    ) -> Stored:
+        """A new version of an existing observation (``PUT``); the patient cannot change."""
+        row = conn.execute(
+            select(o.c.version_id, o.c.patient_system, o.c.patient_value)
+            .where(o.c.tenant == tenant, o.c.id == obs_id)
+            .with_for_update()
+        ).first()
+        if row is None:
+            raise NotFound(f"Observation/{obs_id} is not known; create it with POST", "Observation.id")
+        if if_match is not None and if_match != row.version_id:
+            raise PreconditionFailed(
+                f"version {if_match} is not the current version ({row.version_id})", "If-Match"
+            )
+        if (row.patient_system, row.patient_value) != valid.patient:
+            raise UnprocessableResource(
+                "a correction cannot move a measurement to another patient; "
+                "mark it entered-in-error and publish a new one",
+                "Observation.subject.identifier",
+            )
+        owner = self._owner_of(conn, tenant, valid.identifiers)
+        if owner is not None and owner != obs_id:
+            raise Conflict(
+                "this business identifier belongs to another Observation", "Observation.identifier"
+            )
+        version, now = row.version_id + 1, self.clock()
+        data = render(valid, obs_id, version, now)
+        conn.execute(
+            update(o)
+            .where(o.c.tenant == tenant, o.c.id == obs_id)
+            .values(version_id=version, last_updated=now, data=data, **self._columns(valid))
+        )
+        conn.execute(
+            insert(observation_history).values(
+                tenant=tenant, id=obs_id, version_id=version, last_updated=now, data=data
+            )
+        )
+        t, i = observation_tokens, observation_identifiers
+        conn.execute(delete(t).where(t.c.tenant == tenant, t.c.observation_id == obs_id))
+        conn.execute(delete(i).where(i.c.tenant == tenant, i.c.observation_id == obs_id))
+        self._index(conn, tenant, obs_id, valid)
+        return Stored(obs_id, version, now, data)
+
+    def update(
+        self, tenant: str, obs_id: str, valid: ValidObservation, *, if_match: int | None = None
+    ) -> Stored:
+        with self.writing() as conn:
+            return self.update_in(conn, tenant, obs_id, valid, if_match=if_match)
+
+    def owner_of_identifier(
+        self, conn: Connection, tenant: str, idents: Sequence[tuple[str, str]]
+    ) -> str | None:
+        return self._owner_of(conn, tenant, idents)
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def read(self, tenant: str, obs_id: str) -> Stored | None:
+        with self.reading() as conn:
+            return self._current(conn, tenant, obs_id)
+
+    def read_in(self, conn: Connection, tenant: str, obs_id: str) -> Stored | None:
+        return self._current(conn, tenant, obs_id)
+
+    def version(self, tenant: str, obs_id: str, version_id: int) -> Stored | None:
+        h = observation_history
+        with self.reading() as conn:
+            row = conn.execute(
+                select(h.c.last_updated, h.c.data).where(
+                    h.c.tenant == tenant, h.c.id == obs_id, h.c.version_id == version_id
+                )
+            ).first()
+        return Stored(obs_id, version_id, row.last_updated, row.data) if row else None
+
+    def history(self, tenant: str, obs_id: str) -> list[Stored]:
+        """Every version, newest first (FHIR ``_history``)."""
+        h = observation_history
+        with self.reading() as conn:
+            rows = conn.execute(
+                select(h.c.version_id, h.c.last_updated, h.c.data)
+                .where(h.c.tenant == tenant, h.c.id == obs_id)
+                .order_by(h.c.version_id.desc())
+            ).all()
+        return [Stored(obs_id, r.version_id, r.last_updated, r.data) for r in rows]
+
+    # -- search ---------------------------------------------------------------------------------
+
+    def _token_clause(self, param: str, group: tuple[Token, ...]) -> ColumnElement[bool]:
+        t = observation_tokens
+        alts = []
+        for token in group:
+            conds = [t.c.param == param]
+            if token.system is not None:
+                conds.append(t.c.system == token.system)
+            if token.code is not None:
+                conds.append(t.c.code == token.code)
+            alts.append(and_(*conds))
+        return exists().where(t.c.tenant == o.c.tenant, t.c.observation_id == o.c.id, or_(*alts))
+
+    @staticmethod
+    def _date_clause(start: Any, end: Any, bound: DateBound) -> ColumnElement[bool]:
+        inside = and_(start >= bound.start, end <= bound.end)
+        return {
+            "eq": inside,
+            "ne": not_(inside),
+            "gt": end > bound.end,
+            "lt": start < bound.start,
+            "ge": or_(end > bound.end, inside),
+            "le": or_(start < bound.start, inside),
+        }[bound.prefix]
+
+    def _filters(self, tenant: str, query: SearchQuery) -> list[ColumnElement[bool]]:
+        where: list[ColumnElement[bool]] = [o.c.tenant == tenant]
+        for group in query.patients:
+            alts = []
+            for token in group:
+                conds = []
+                if token.system is not None:
+                    conds.append(o.c.patient_system == token.system)
+                if token.code is not None:
+                    conds.append(o.c.patient_value == token.code)
+                alts.append(and_(*conds))
+            where.append(or_(*alts))
+        for group in query.codes:
+            where.append(self._token_clause("code", group))
+        for group in query.categories:
+            where.append(self._token_clause("category", group))
+        for group in query.identifiers:
+            i = observation_identifiers
+            alts = []
+            for token in group:
+                conds = [i.c.tenant == o.c.tenant, i.c.observation_id == o.c.id]
+                if token.system is not None:
+                    conds.append(i.c.system == token.system)
+                if token.code is not None:
+                    conds.append(i.c.value == token.code)
+                alts.append(exists().where(*conds))
+            where.append(or_(*alts))
+        for statuses in query.statuses:
+            where.append(o.c.status.in_(statuses))
+        for bound in query.dates:
+            where.append(self._date_clause(o.c.effective_start, o.c.effective_end, bound))
+        for bound in query.last_updated:
+            where.append(self._date_clause(o.c.last_updated, o.c.last_updated + 1, bound))
+        return where
+
+    def count(self, tenant: str, query: SearchQuery, extra: Sequence[ColumnElement[bool]] = ()) -> int:
+        with self.reading() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).select_from(o).where(*self._filters(tenant, query), *extra)
+                ).scalar()
+                or 0
+            )
+
+    def search(
+        self,
+        tenant: str,
+        query: SearchQuery,
+        anchor: Anchor | None = None,
+        extra: Sequence[ColumnElement[bool]] = (),
+    ) -> Page:
+        """One page in ``query.sort`` order, after ``anchor`` (or before it, when ``anchor.backwards``)."""
+        key = o.c.effective_start if query.sort.endswith("date") else o.c.last_updated
+        descending = query.sort.startswith("-")
+        backwards = bool(anchor and anchor.backwards)
+        scan_desc = descending != backwards
+        where = [*self._filters(tenant, query), *extra]
+        if anchor is not None:
+            pos = tuple_(key, o.c.id)
+            where.append(pos < (anchor.value, anchor.id) if scan_desc else pos > (anchor.value, anchor.id))
+        order = (key.desc(), o.c.id.desc()) if scan_desc else (key.asc(), o.c.id.asc())
+        stmt = select(o.c.id, key.label("k"), o.c.data, o.c.last_updated).where(*where).order_by(*order)
+        with self.reading() as conn:
+            rows = [(r.id, r.k, r.data, r.last_updated) for r in conn.execute(stmt.limit(query.count + 1))]
+        more = len(rows) > query.count
+        rows = rows[: query.count]
+        if backwards:
+            rows.reverse()
+            return Page(rows, more_after=True, more_before=more)
+        return Page(rows, more_after=more, more_before=anchor is not None)
+
+    def lastn(
+        self, tenant: str, query: SearchQuery, max_per_kind: int, extra: Sequence[ColumnElement[bool]] = ()
+    ) -> list[bytes]:
+        """The newest ``max_per_kind`` observations per measurement type (FHIR ``Observation/$lastn``)."""
+        rank = (
+            func.row_number()
+            .over(partition_by=o.c.kind, order_by=(o.c.effective_start.desc(), o.c.id.desc()))
+            .label("rank")
+        )
+        inner = select(o.c.kind, o.c.effective_start, o.c.id, o.c.data, rank).where(
+            *self._filters(tenant, query), *extra
+        )
+        sub = inner.subquery()
+        stmt = (
+            select(sub.c.data)
+            .where(sub.c.rank <= max_per_kind)
+            .order_by(sub.c.kind, sub.c.effective_start.desc(), sub.c.id.desc())
+        )
+        with self.reading() as conn:
+            return [r.data for r in conn.execute(stmt)]

@@ -1,0 +1,87 @@
+"""Tables. The migrations in ``migrations/versions`` create exactly these; a test checks they agree.
+
+Times are integers (microseconds since the epoch, UTC) so that SQLite and PostgreSQL compare and sort
+them the same way. Resource JSON is stored as the exact bytes that are served.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("orgnr", String(9), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("resh_ids", Text, nullable=False, server_default=""),
+    Column("opt_in", Boolean, nullable=False, server_default="0"),
+    Column("created", BigInteger, nullable=False),
+)
+
+observations = Table(
+    "observations",
+    metadata,
+    Column("tenant", String(9), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("last_updated", BigInteger, nullable=False),
+    Column("patient_system", String(64), nullable=False),
+    Column("patient_value", String(64), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("kind", String(256), nullable=False),
+    Column("effective_start", BigInteger, nullable=False),
+    Column("effective_end", BigInteger, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("tenant", "id"),
+    Index("ix_observations_patient_date", "tenant", "patient_value", "patient_system", "effective_start"),
+    Index("ix_observations_last_updated", "tenant", "last_updated"),
+)
+
+observation_tokens = Table(
+    "observation_tokens",
+    metadata,
+    Column("tenant", String(9), nullable=False),
+    Column("observation_id", String(64), nullable=False),
+    Column("param", String(16), nullable=False),  # "code" | "category"
+    Column("system", String(256), nullable=False),
+    Column("code", String(256), nullable=False),
+    PrimaryKeyConstraint("tenant", "observation_id", "param", "system", "code"),
+    Index("ix_observation_tokens_code", "tenant", "param", "code", "system"),
+)
+
+observation_identifiers = Table(
+    "observation_identifiers",
+    metadata,
+    Column("tenant", String(9), nullable=False),
+    Column("system", String(256), nullable=False),
+    Column("value", String(256), nullable=False),
+    Column("observation_id", String(64), nullable=False),
+    # The idempotency guarantee: one business identifier, one observation, per tenant.
+    PrimaryKeyConstraint("tenant", "system", "value"),
+    Index("ix_observation_identifiers_observation", "tenant", "observation_id"),
+)
+
+observation_history = Table(
+    "observation_history",
+    metadata,
+    Column("tenant", String(9), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("last_updated", BigInteger, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("tenant", "id", "version_id"),
+)

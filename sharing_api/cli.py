@@ -171,3 +171,7 @@ def demo(port: int, patients: int, days: int, no_serve: bool) -> None:
         from sharing_api.serving import serve as run
 
         run(settings, "127.0.0.1", port, workers=2 if settings.redis_url else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Observation search: parameters, paging links, cursors, PII rules and ``$lastn``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask.testing import FlaskClient
+
+from sharing_api.fhir.identifiers import FNR
+from tests.api.test_examples import expressions
+from tests.conftest import TENANT_A
+from tests.factories import batch, fnr, heart_rate, search_form, spo2
+
+BASE = f"/{TENANT_A}/fhir"
+PUBLIC = "https://dho.example.test"
+
+
+def _seed(client: FlaskClient, patient: str) -> None:
+    resources = [
+        heart_rate(patient, value=60 + d, when=f"2026-11-{d:02d}T08:00:00+01:00") for d in range(1, 11)
+    ]
+    resources += [spo2(patient, value=90 + d, when=f"2026-11-{d:02d}T09:00:00+01:00") for d in range(1, 6)]
+    assert client.post(BASE, json=batch(*resources)).status_code == 200
+
+
+def search(client: FlaskClient, form: dict[str, str], **headers: str) -> Any:
+    return client.post(f"{BASE}/Observation/_search", data=form, headers=headers)
+
+
+def follow(client: FlaskClient, url: str) -> Any:
+    return client.get(url.removeprefix(PUBLIC))
+
+
+def link(bundle: dict[str, Any], relation: str) -> str | None:
+    return next((li["url"] for li in bundle["link"] if li["relation"] == relation), None)
+
+
+def test_search_by_patient_and_code_newest_first(client: FlaskClient) -> None:
+    patient = fnr()
+    _seed(client, patient)
+    _seed(client, fnr())
+    body = search(client, search_form(patient, code="http://loinc.org|8867-4")).get_json()
+    assert body["type"] == "searchset"
+    assert body["total"] == 10
+    values = [e["resource"]["valueQuantity"]["value"] for e in body["entry"]]
+    assert values == list(range(70, 60, -1))
+    assert all(e["search"]["mode"] == "match" for e in body["entry"])
+    assert body["entry"][0]["fullUrl"] == f"{PUBLIC}{BASE}/Observation/{body['entry'][0]['resource']['id']}"
+
+
+def test_code_or_and_date_range(client: FlaskClient) -> None:
+    patient = fnr()
+    _seed(client, patient)
+    form = search_form(patient, code="http://loinc.org|8867-4,http://loinc.org|2708-6", _sort="date")
+    body = client.post(
+        f"{BASE}/Observation/_search",
+        data={**form, "date": ["ge2026-11-03", "lt2026-11-05"]},  # repeated: AND
+    ).get_json()
+    got = [
+        (e["resource"]["code"]["coding"][0]["code"], e["resource"]["effectiveDateTime"][:10])
+        for e in body["entry"]
+    ]
+    assert got == [
+        ("8867-4", "2026-11-03"),
+        ("2708-6", "2026-11-03"),
+        ("8867-4", "2026-11-04"),
+        ("2708-6", "2026-11-04"),
+    ]
+
+
+def test_paging_links_walk_every_match_once_and_back(client: FlaskClient) -> None:
+    patient = fnr()
+    _seed(client, patient)
+    first = search(client, search_form(patient, _count="4")).get_json()
+    pages = [first]
+    while (url := link(pages[-1], "next")) is not None:
+        pages.append(follow(client, url).get_json())
+    ids = [e["resource"]["id"] for p in pages for e in p["entry"]]
+    assert len(ids) == 15
+    assert len(set(ids)) == 15
+    assert [len(p["entry"]) for p in pages] == [4, 4, 4, 3]
+    back = follow(client, link(pages[-1], "previous") or "").get_json()
+    assert [e["resource"]["id"] for e in back["entry"]] == [e["resource"]["id"] for e in pages[-2]["entry"]]
+    again = follow(client, link(first, "self") or "").get_json()
+    assert [e["resource"]["id"] for e in again["entry"]] == [e["resource"]["id"] for e in first["entry"]]
+
+
+def test_links_carry_no_patient_identifier(client: FlaskClient) -> None:
+    patient = fnr()
+    _seed(client, patient)
+    body = search(client, search_form(patient, _count="2")).get_json()
+    assert body["link"]
+    for li in body["link"]:
+        assert patient not in li["url"]
+        assert "patient" not in li["url"]
+
+
+def test_a_cursor_is_bound_to_its_requester(client: FlaskClient) -> None:
+    patient = fnr()
+    _seed(client, patient)
+    body = search(client, search_form(patient, _count="2")).get_json()
+    url = (link(body, "next") or "").removeprefix(PUBLIC)
+    other = client.get(url, environ_base={"REMOTE_ADDR": "127.0.0.9"})
+    assert other.status_code == 403
+    assert "entry" not in other.get_json()
+
+
+def test_a_tampered_or_unknown_cursor_is_refused(client: FlaskClient) -> None:
+    patient = fnr()
+    _seed(client, patient)
+    body = search(client, search_form(patient, _count="2")).get_json()
+    url = (link(body, "next") or "").removeprefix(PUBLIC)
+    tampered = url[:-2] + ("AA" if not url.endswith("AA") else "BB")
+    response = client.get(tampered)
+    assert response.status_code == 410
+    assert response.get_json()["resourceType"] == "OperationOutcome"
+    assert client.get(f"{url}&code=x").status_code == 400
+
+
+def test_get_with_a_national_identity_number_is_refused(client: FlaskClient) -> None:
+    patient = fnr()
+    for query in (
+        f"patient.identifier={FNR}|{patient}",
+        f"subject:identifier={FNR}|{patient}",
+        f"code={patient}",
+    ):
+        response = client.get(f"{BASE}/Observation?{query}")
+        assert response.status_code == 400, query
+        assert "POST" in response.get_json()["issue"][0]["diagnostics"]
+    assert client.post(f"{BASE}/Observation/_search?patient.identifier={FNR}|{patient}").status_code == 400
+
+
+def test_get_search_without_identifiers_is_allowed(client: FlaskClient) -> None:
+    _seed(client, fnr())
+    body = client.get(f"{BASE}/Observation?code=2708-6&_summary=count").get_json()
+    assert body["total"] == 5
+    assert "entry" not in body or body["entry"] == []
+
+
+def test_unknown_parameters_strict_and_lenient(client: FlaskClient) -> None:
+    patient = fnr()
+    _seed(client, patient)
+    strict = search(client, search_form(patient, colour="red"), Prefer="handling=strict")
+    assert strict.status_code == 400
+    assert expressions(strict) == ["colour"]
+    lenient = search(client, search_form(patient, colour="red"))
+    assert lenient.status_code == 200
+    assert lenient.get_json()["total"] == 15
+
+
+def test_bad_parameter_values_are_400(client: FlaskClient) -> None:
+    for form in (
+        {"date": "xx2026-01-01"},
+        {"date": "2026-13-01"},
+        {"_sort": "value"},
+        {"_count": "-1"},
+        {"_total": "all"},
+    ):
+        response = search(client, form)
+        assert response.status_code == 400, form
+        assert response.get_json()["resourceType"] == "OperationOutcome"
+
+
+def test_total_none_and_summary_count(client: FlaskClient) -> None:
+    patient = fnr()
+    _seed(client, patient)
+    assert "total" not in search(client, search_form(patient, _total="none")).get_json()
+    counted = search(client, search_form(patient, _summary="count")).get_json()
+    assert counted["total"] == 15
+    assert counted["entry"] == []
+
+
+def test_sort_by_last_updated(client: FlaskClient) -> None:
+    patient = fnr()
+    _seed(client, patient)
+    body = search(client, search_form(patient, _sort="-_lastUpdated", _count="100")).get_json()
+    stamps = [e["resource"]["meta"]["lastUpdated"] for e in body["entry"]]
+    assert stamps == sorted(stamps, reverse=True)
+
+
+def test_lastn_gives_the_newest_per_measurement_type(client: FlaskClient) -> None:
+    patient = fnr()
+    _seed(client, patient)
+    _seed(client, fnr())
+    body = client.post(f"{BASE}/Observation/$lastn", data=search_form(patient)).get_json()
+    got = sorted(
+        (e["resource"]["code"]["coding"][0]["code"], e["resource"]["valueQuantity"]["value"])
+        for e in body["entry"]
+    )
+    assert got == [("2708-6", 95), ("8867-4", 70)]
+    two = client.post(f"{BASE}/Observation/$lastn", data=search_form(patient, max="2")).get_json()
+    assert len(two["entry"]) == 4
+    assert client.post(f"{BASE}/Observation/$lastn", data={"code": "8867-4"}).status_code == 400
+
+
+DATE_EDGES = [
+    # (prefix+value, which of [day 2 (whole day), day 2 at 08:00, day 3 (whole day)] match)
+    ("eq2026-11-02", {"d2", "d2t8"}),
+    ("ne2026-11-02", {"d3"}),
+    ("gt2026-11-02", {"d3"}),
+    ("ge2026-11-02", {"d2", "d2t8", "d3"}),
+    ("lt2026-11-03", {"d2", "d2t8"}),
+    ("le2026-11-02", {"d2", "d2t8"}),
+    ("lt2026-11-02T08:00:00+01:00", {"d2"}),
+    ("gt2026-11-02T08:00:00+01:00", {"d2", "d3"}),
+    ("eq2026-11-02T08:00:00+01:00", {"d2t8"}),
+    ("2026-11", {"d2", "d2t8", "d3"}),
+]
+
+
+def test_date_prefixes_compare_ranges_at_the_edges(client: FlaskClient) -> None:
+    patient = fnr()
+    whens = {"d2": "2026-11-02", "d2t8": "2026-11-02T08:00:00+01:00", "d3": "2026-11-03"}
+    ids = {}
+    for name, when in whens.items():
+        ids[client.post(f"{BASE}/Observation", json=heart_rate(patient, when=when)).get_json()["id"]] = name
+    for value, want in DATE_EDGES:
+        body = search(client, search_form(patient, date=value)).get_json()
+        assert {ids[e["resource"]["id"]] for e in body["entry"]} == want, value

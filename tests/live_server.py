@@ -1,0 +1,57 @@
+"""A real server for tests that need several processes: ``dho-share serve`` (gunicorn) on a free port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def live_server(env: dict[str, str], *, workers: int = 2, log: Path | None = None) -> Iterator[str]:
+    """Start gunicorn with ``workers`` workers; yield its base URL; stop it afterwards."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    full_env = {**os.environ, **env, "DHO_PUBLIC_URL": base}
+    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sharing_api.cli", "serve", "--port", str(port), "--workers", str(workers)],
+        env=full_env,
+        stdout=out,
+        stderr=out,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {proc.returncode}")
+            try:
+                if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not become ready in 30 s")
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if log and out is not subprocess.DEVNULL:
+            out.close()  # type: ignore[union-attr]

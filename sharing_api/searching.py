@@ -55,7 +55,7 @@ class Searcher:
             raise Gone("the paging cursor is unknown or has expired; run the search again", "_cursor")
         if record.get("requester") != ctx.requester:
             raise Forbidden("this paging cursor belongs to another client", "_cursor")
-        query = self.parse([tuple(p) for p in record["params"]], strict=False)  # type: ignore[misc]
+        query = self.parse([tuple(p) for p in record["params"]], strict=False)
         anchor = Anchor(*record["anchor"]) if record.get("anchor") else None
         return self._page(ctx, query, anchor)
 

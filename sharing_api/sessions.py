@@ -83,5 +83,5 @@ class RedisSessions:
             raise ServiceUnavailable("the search-session store is unavailable; retry shortly") from exc
         if raw is None:
             return None
-        loaded: dict[str, Any] = orjson.loads(raw)  # type: ignore[arg-type]
+        loaded: dict[str, Any] = orjson.loads(raw)
         return loaded

@@ -84,7 +84,7 @@ def parse_bundle(bundle: Any, *, max_entries: int) -> tuple[str, list[Entry]]:
         assert isinstance(request, dict)
         assert isinstance(resource, dict)
         assert isinstance(full_url, str)
-        url = request.get("url") if isinstance(request.get("url"), str) else ""
+        url = str(request.get("url") or "")
         match = _BY_ID.match(url) if method == "PUT" else None
         entries.append(
             Entry(

@@ -300,15 +300,17 @@ class ObservationStore:
 
     @staticmethod
     def _date_clause(start: Any, end: Any, bound: DateBound) -> ColumnElement[bool]:
+        """FHIR R4 search, "date": compare the target range [start, end) with the value's range."""
         inside = and_(start >= bound.start, end <= bound.end)
-        return {
+        clauses: dict[str, ColumnElement[bool]] = {
             "eq": inside,
             "ne": not_(inside),
             "gt": end > bound.end,
             "lt": start < bound.start,
             "ge": or_(end > bound.end, inside),
             "le": or_(start < bound.start, inside),
-        }[bound.prefix]
+        }
+        return clauses[bound.prefix]
 
     def _filters(self, tenant: str, query: SearchQuery) -> list[ColumnElement[bool]]:
         where: list[ColumnElement[bool]] = [o.c.tenant == tenant]

@@ -1,0 +1,34 @@
+# One command per task. `make help` lists them. CI (.ci/run) calls `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: help demo test lint bench clean
+
+help:  ## list the commands
+	@grep -E '^[a-z]+:.*## ' Makefile | sed 's/:.*## /\t/'
+
+$(BIN)/dho-share: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+demo: $(BIN)/dho-share  ## run the system with demo data on http://127.0.0.1:8080 (SQLite; Redis when reachable)
+	$(BIN)/dho-share demo
+
+test: $(BIN)/dho-share  ## lint, type-check and run every test on SQLite and PostgreSQL
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest
+
+lint: $(BIN)/dho-share  ## ruff and mypy only
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: $(BIN)/dho-share  ## ingest and search benchmarks over HTTP against gunicorn (see BENCHMARKS.md)
+	$(BIN)/python -m benchmarks
+
+clean:  ## remove the virtual environment and local data
+	rm -rf $(VENV) var

@@ -1,0 +1,21 @@
+"""gunicorn settings for dho-share: ``gunicorn -c deploy/gunicorn.conf.py 'sharing_api.wsgi:app'``.
+
+Configuration comes from the same ``DHO_*`` environment as ``dho-share serve``; ``DHO_BIND`` and
+``DHO_WORKERS`` choose the socket and the number of processes.
+"""
+
+import multiprocessing
+import os
+
+from sharing_api.serving import require_loopback
+
+bind = os.environ.get("DHO_BIND", "127.0.0.1:8080")
+require_loopback(bind.rsplit(":", 1)[0].strip("[]"))
+workers = int(os.environ.get("DHO_WORKERS", str(min(4, multiprocessing.cpu_count() * 2))))
+worker_class = "gthread"
+threads = int(os.environ.get("DHO_THREADS", "4"))
+accesslog = None  # URLs are not logged here; the audit log records access
+errorlog = "-"
+loglevel = "warning"
+graceful_timeout = 10
+timeout = 30

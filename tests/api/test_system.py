@@ -1,0 +1,79 @@
+"""Health, readiness, the CapabilityStatement, security headers and the route inventory (RES-05, RES-06)."""
+
+from __future__ import annotations
+
+from flask import Flask
+from flask.testing import FlaskClient
+
+from tests.conftest import TENANT_A
+
+BASE = f"/{TENANT_A}/fhir"
+
+# Every route the app serves; a new route must be added here on purpose (and protected, documented).
+ROUTES = {
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/<orgnr>/fhir/metadata"),
+    ("POST", "/<orgnr>/fhir"),
+    ("POST", "/<orgnr>/fhir/Observation"),
+    ("GET", "/<orgnr>/fhir/Observation"),
+    ("POST", "/<orgnr>/fhir/Observation/_search"),
+    ("GET", "/<orgnr>/fhir/Observation/$lastn"),
+    ("POST", "/<orgnr>/fhir/Observation/$lastn"),
+    ("GET", "/<orgnr>/fhir/Observation/<obs_id>"),
+    ("PUT", "/<orgnr>/fhir/Observation/<obs_id>"),
+    ("GET", "/<orgnr>/fhir/Observation/<obs_id>/_history"),
+    ("GET", "/<orgnr>/fhir/Observation/<obs_id>/_history/<int:version_id>"),
+}
+
+
+def test_route_inventory(app: Flask) -> None:
+    served = {
+        (method, rule.rule)
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static"
+        for method in rule.methods or ()
+        if method not in ("HEAD", "OPTIONS")
+    }
+    assert served == ROUTES
+
+
+def test_capability_statement_matches_what_is_served(client: FlaskClient) -> None:
+    body = client.get(f"{BASE}/metadata").get_json()
+    assert body["resourceType"] == "CapabilityStatement"
+    assert body["fhirVersion"] == "4.0.1"
+    [resource] = body["rest"][0]["resource"]
+    assert resource["type"] == "Observation"
+    interactions = {i["code"] for i in resource["interaction"]}
+    assert interactions == {"read", "vread", "update", "history-instance", "create", "search-type"}
+    assert resource["updateCreate"] is False
+    assert {i["code"] for i in body["rest"][0]["interaction"]} == {"batch", "transaction"}
+    from sharing_api.fhir.search import SUPPORTED
+
+    declared = {p["name"] for p in resource["searchParam"]}
+    assert declared <= set(SUPPORTED)
+    assert {"patient.identifier", "code", "date", "_lastUpdated", "_count", "_sort"} <= declared
+
+
+def test_health_and_readiness(client: FlaskClient) -> None:
+    assert client.get("/healthz").status_code == 200
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.get_json()["checks"] == {"database": "ok", "redis": "ok"}
+
+
+def test_security_headers_and_no_stack_traces(client: FlaskClient) -> None:
+    response = client.get(f"{BASE}/Observation/nope")
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert "Access-Control-Allow-Origin" not in response.headers
+    assert "Traceback" not in response.get_data(as_text=True)
+
+
+def test_unknown_paths_and_methods_are_operation_outcomes(client: FlaskClient) -> None:
+    missing = client.get("/nowhere")
+    assert missing.status_code == 404
+    assert missing.get_json()["resourceType"] == "OperationOutcome"
+    wrong = client.delete(f"{BASE}/Observation/x")
+    assert wrong.status_code == 405
+    assert wrong.get_json()["resourceType"] == "OperationOutcome"

@@ -1,0 +1,64 @@
+"""The operator's command line: migrations, tenants and seeding work as the README says."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from sharing_api.cli import main
+from sharing_api.store.engine import make_engine
+from sharing_api.store.schema import observations
+
+
+@pytest.fixture
+def env(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> str:
+    url = f"sqlite:///{tmp_path}/cli.sqlite3"
+    monkeypatch.setenv("DHO_DATABASE_URL", url)
+    monkeypatch.delenv("DHO_REDIS_URL", raising=False)
+    return url
+
+
+def test_upgrade_add_tenant_and_seed(env: str) -> None:
+    runner = CliRunner()
+    assert runner.invoke(main, ["db", "upgrade"]).exit_code == 0
+    added = runner.invoke(main, ["tenants", "add", "921234562", "--name", "Testkommune"])
+    assert added.exit_code == 0, added.output
+    listed = runner.invoke(main, ["tenants", "list"])
+    assert "921234562" in listed.output
+    assert "Testkommune" in listed.output
+    seeded = runner.invoke(main, ["seed", "--tenant", "921234562", "--patients", "2", "--days", "3"])
+    assert seeded.exit_code == 0, seeded.output
+    engine = make_engine(env)
+    with engine.connect() as conn:
+        stored = conn.execute(select(func.count()).select_from(observations)).scalar()
+    assert stored is not None
+    assert stored >= 2 * 3 * 6  # two patients, three days, at least six measurements a day each
+    again = runner.invoke(main, ["seed", "--tenant", "921234562", "--patients", "2", "--days", "3"])
+    assert again.exit_code == 0
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(observations)).scalar() == stored  # idempotent
+
+
+def test_an_invalid_org_number_is_refused(env: str) -> None:
+    runner = CliRunner()
+    runner.invoke(main, ["db", "upgrade"])
+    result = runner.invoke(main, ["tenants", "add", "921234560", "--name", "X"])
+    assert result.exit_code != 0
+    assert "organisasjonsnummer" in result.output
+
+
+def test_seed_needs_a_registered_tenant(env: str) -> None:
+    runner = CliRunner()
+    runner.invoke(main, ["db", "upgrade"])
+    result = runner.invoke(main, ["seed", "--tenant", "921234562", "--patients", "1", "--days", "1"])
+    assert result.exit_code != 0
+    assert "not registered" in result.output
+
+
+def test_serve_refuses_a_non_loopback_address(env: str) -> None:
+    runner = CliRunner()
+    runner.invoke(main, ["db", "upgrade"])
+    result = runner.invoke(main, ["serve", "--host", "0.0.0.0"])
+    assert result.exit_code != 0
+    assert "loopback" in str(result.exception) + result.output

@@ -1,0 +1,60 @@
+"""Search-session stores: the same contract for Redis and the in-process store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from sharing_api.errors import ServiceUnavailable
+from sharing_api.sessions import LocalSessions, RedisSessions, SearchSessions
+from tests.conftest import REDIS_URL
+
+
+@pytest.fixture(params=["local", "redis"])
+def store(request: pytest.FixtureRequest) -> Iterator[SearchSessions]:
+    if request.param == "local":
+        yield LocalSessions(ttl=60, max_entries=3)
+    else:
+        client = redis.Redis.from_url(REDIS_URL)
+        yield RedisSessions(client, ttl=60, prefix="dho:test-sessions:")
+        for key in client.scan_iter("dho:test-sessions:*"):
+            client.delete(key)
+
+
+def test_put_then_get_round_trips(store: SearchSessions) -> None:
+    cursor = store.put({"tenant": "921234562", "params": [["code", "x"]]})
+    assert store.get(cursor) == {"tenant": "921234562", "params": [["code", "x"]]}
+
+
+def test_cursors_are_unguessable_and_unknown_ones_are_none(store: SearchSessions) -> None:
+    cursors = {store.put({"n": i}) for i in range(3)}
+    assert len(cursors) == 3
+    assert all(len(c) >= 22 for c in cursors)  # 128 random bits, base64url
+    assert store.get("not-a-cursor") is None
+
+
+def test_local_store_is_bounded() -> None:
+    store = LocalSessions(ttl=60, max_entries=2)
+    first = store.put({"n": 1})
+    store.put({"n": 2})
+    store.put({"n": 3})
+    assert store.get(first) is None
+
+
+def test_redis_records_expire() -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    store = RedisSessions(client, ttl=30, prefix="dho:test-sessions:")
+    cursor = store.put({"n": 1})
+    assert 0 < int(client.ttl(f"dho:test-sessions:{cursor}")) <= 30  # type: ignore[arg-type]
+    client.delete(f"dho:test-sessions:{cursor}")
+
+
+def test_redis_down_is_a_clear_503() -> None:
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    store = RedisSessions(dead, ttl=30)
+    with pytest.raises(ServiceUnavailable):
+        store.put({"n": 1})
+    with pytest.raises(ServiceUnavailable):
+        store.get("x")

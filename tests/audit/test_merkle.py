@@ -179,6 +179,7 @@ CONSISTENCY_VECTORS = load_vectors("consistency") + [
     v for v in load_vectors("subtreeconsistency") if _subtree_consistency_as_rfc9162(v)
 ]
 
+
 def _params(vectors: list[Vector]) -> list[Any]:
     return [pytest.param(v, id=v.name) for v in vectors]
 

@@ -21,11 +21,13 @@ test: $(BIN)/dho-share  ## lint, type-check and run every test on SQLite and Pos
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
-lint: $(BIN)/dho-share  ## ruff and mypy only
+lint: $(BIN)/dho-share  ## ruff, mypy and the import contracts only
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(BIN)/dho-share  ## ingest and search benchmarks over HTTP against gunicorn (see BENCHMARKS.md)
 	$(BIN)/python -m benchmarks

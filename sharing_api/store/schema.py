@@ -85,3 +85,18 @@ observation_history = Table(
     Column("data", LargeBinary, nullable=False),
     PrimaryKeyConstraint("tenant", "id", "version_id"),
 )
+
+# -- client systems (issue #3): who may ask for tokens, with which keys and scopes -------------------
+
+clients = Table(
+    "clients",
+    metadata,
+    Column("client_id", String(128), primary_key=True),
+    Column("orgnr", String(9), nullable=False),
+    Column("point_of_care", String(9), nullable=True),
+    Column("name", Text, nullable=False, server_default=""),
+    Column("jwks", Text, nullable=False),
+    Column("scopes", Text, nullable=False),
+    Column("enabled", Boolean, nullable=False, server_default="1"),
+    Column("created", BigInteger, nullable=False),
+)

@@ -6,6 +6,7 @@ import os
 import random
 import shlex
 from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 import redis
@@ -72,6 +73,85 @@ def tenants_list() -> None:
     for t in TenantDirectory(make_engine(_settings().database_url)).all():
         table.add_row(t.orgnr, t.name, ", ".join(sorted(t.resh_ids)))
     Console().print(table)
+
+
+@main.group()
+def clients() -> None:
+    """Client systems allowed to ask the token service for tokens."""
+
+
+@clients.command("add")
+@click.argument("client_id")
+@click.option("--org", "orgnr", required=True, help="The legal entity's org.nr the client belongs to")
+@click.option(
+    "--point-of-care", help="Org.nr of the point of care (underenhet), if the client is bound to one"
+)
+@click.option(
+    "--jwks", "jwks_path", required=True, type=click.Path(exists=True, dir_okay=False), help="Public JWKS"
+)
+@click.option("--scope", "scopes", multiple=True, required=True, help="An allowed scope (repeatable)")
+@click.option("--name", default="", help="A readable name")
+def clients_add(
+    client_id: str, orgnr: str, point_of_care: str | None, jwks_path: str, scopes: tuple[str, ...], name: str
+) -> None:
+    """Register CLIENT_ID with its public keys (a JWKS file) and allowed scopes."""
+    import json
+
+    from auth.tokens import SCOPES
+    from sharing_api.store.clients import ClientRegistry
+
+    unknown = sorted(set(scopes) - SCOPES)
+    if unknown:
+        raise click.BadParameter(f"unknown scope(s) {', '.join(unknown)}; known: {', '.join(sorted(SCOPES))}")
+    try:
+        jwks = json.loads(Path(jwks_path).read_text(encoding="utf-8"))
+        new = ClientRegistry(make_engine(_settings().database_url)).add(
+            client_id,
+            orgnr=orgnr,
+            jwks=jwks,
+            scopes=frozenset(scopes),
+            point_of_care=point_of_care,
+            name=name,
+        )
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise click.BadParameter(str(exc)) from exc
+    console.print(f"{'registered' if new else 'updated'} client {client_id} for {orgnr}")
+
+
+@clients.command("list")
+def clients_list() -> None:
+    """List registered clients."""
+    from sharing_api.store.clients import ClientRegistry
+
+    table = Table("client_id", "org.nr", "point of care", "scopes", "enabled", "keys")
+    for c in ClientRegistry(make_engine(_settings().database_url)).all():
+        kids = ", ".join(str(k.get("kid", "?")) for k in c.jwks["keys"])
+        table.add_row(
+            c.client_id, c.orgnr, c.point_of_care or "", " ".join(sorted(c.scopes)), str(c.enabled), kids
+        )
+    Console().print(table)
+
+
+@clients.command("disable")
+@click.argument("client_id")
+def clients_disable(client_id: str) -> None:
+    """Stop issuing tokens to CLIENT_ID."""
+    from sharing_api.store.clients import ClientRegistry
+
+    if not ClientRegistry(make_engine(_settings().database_url)).set_enabled(client_id, False):
+        raise click.BadParameter(f"no client {client_id!r}")
+    console.print(f"disabled client {client_id}")
+
+
+@clients.command("enable")
+@click.argument("client_id")
+def clients_enable(client_id: str) -> None:
+    """Issue tokens to CLIENT_ID again."""
+    from sharing_api.store.clients import ClientRegistry
+
+    if not ClientRegistry(make_engine(_settings().database_url)).set_enabled(client_id, True):
+        raise click.BadParameter(f"no client {client_id!r}")
+    console.print(f"enabled client {client_id}")
 
 
 def _seed(settings: Settings, tenant_orgnr: str, patients: int, days: int, seed: int) -> list[str]:

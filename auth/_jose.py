@@ -1,0 +1,238 @@
+"""Shared JOSE plumbing for the verifiers: cheap shape checks before any parsing, strict JSON, explicit
+algorithm allowlists, and one JWS registry per allowlist.
+
+Private to ``auth``. Every verifier here decodes with ``joserfc`` and **always** passes an explicit
+allowlist (RFC 8725 §3.1): joserfc's default would otherwise allow HS256/RS256/ES256.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jwa import EdDSAAlgorithm, JWSAlgModel
+from joserfc.jwk import Key
+from joserfc.jws import JWSRegistry
+
+# A compact JWS is three non-empty base64url segments. This single regular expression rejects JWS JSON
+# serialisation, JWE (five segments), four segments, an empty signature (``alg=none`` style) and any
+# character outside base64url (AUTH-03, AUTH-11) before a byte is decoded.
+_COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+
+# Algorithms that can never be allowed: none, and every symmetric one (RFC 8725 §3.1/§3.2: an HMAC
+# "verified" with a public key is the classic algorithm-confusion attack, AUTH-04).
+_NEVER = re.compile(r"(?i)none|HS\d+")
+
+#: Header parameters that point the verifier at a key or change how the payload is read. A verifier must
+#: never fetch a key from a URL in the token (no outbound request, RFC 8725 §3.10), never trust a key the
+#: token carries for itself, and must not meet an extension it does not understand (``crit``, ``b64``).
+FORBIDDEN_HEADER_PARAMS = frozenset({"jku", "x5u", "jwk", "x5c", "crit", "b64"})
+
+#: Key types that belong to each asymmetric algorithm family.
+ALG_KTY = {
+    "ES256": "EC",
+    "ES384": "EC",
+    "ES512": "EC",
+    "PS256": "RSA",
+    "PS384": "RSA",
+    "PS512": "RSA",
+    "RS256": "RSA",
+    "RS384": "RSA",
+    "RS512": "RSA",
+    "EdDSA": "OKP",
+    "Ed25519": "OKP",
+}
+
+#: The curve each EC/OKP algorithm requires (RFC 7518 §3.4, RFC 8037 §3.1, RFC 9864 §2).
+ALG_CRV = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521", "EdDSA": "Ed25519", "Ed25519": "Ed25519"}
+
+#: JWK members that only a private (or symmetric) key has (RFC 7518 §6.2.2, §6.3.2, §6.4; RFC 8037 §2).
+PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+
+MIN_RSA_BITS = 2048
+
+
+class JoseFormatError(ValueError):
+    """A JOSE object failed a shape or JSON check; the message is a fixed phrase safe to show."""
+
+
+def check_allowlist(algorithms: Collection[str]) -> tuple[str, ...]:
+    """Validate an algorithm allowlist: non-empty, asymmetric, known to us.
+
+    :raise ValueError: for ``none``, any ``HS*``, or an unknown name: a configuration error, raised
+        at the call rather than silently widening what a verifier accepts.
+    """
+    names = tuple(algorithms)
+    if not names:
+        raise ValueError("an algorithm allowlist must not be empty")
+    for name in names:
+        if _NEVER.fullmatch(name) or name not in ALG_KTY:
+            raise ValueError(f"algorithm {name!r} may not be allowed")
+    return names
+
+
+class _QuietEdDSA(EdDSAAlgorithm):
+    """``EdDSA`` restricted to Ed25519 and without joserfc's deprecation warning.
+
+    RFC 9864 deprecates the polymorphic name ``EdDSA`` in favour of ``Ed25519``; the risk it addresses is
+    an unpinned curve, which ``check_key`` pins here. Clients in the wild still send ``EdDSA``.
+    """
+
+    security_warning = ""  # falsy: joserfc warns only when this is set
+
+    def check_key(self, key: Any) -> None:
+        super().check_key(key)
+        if getattr(key, "curve_name", None) != "Ed25519":
+            raise JoseFormatError("EdDSA is accepted with Ed25519 keys only")
+
+
+class _Registry(JWSRegistry):
+    algorithms: dict[str, JWSAlgModel] = {**JWSRegistry.algorithms, "EdDSA": _QuietEdDSA()}  # noqa: RUF012
+
+
+@lru_cache(maxsize=32)
+def registry(algorithms: tuple[str, ...], max_header_length: int = 512) -> JWSRegistry:
+    """A JWS registry allowing exactly ``algorithms``.
+
+    Unknown header parameters are accepted (RFC 9449 §4.3 / DPOP-15: extensions are ignored); the ones
+    that matter are refused before this point by :data:`FORBIDDEN_HEADER_PARAMS`. ``max_header_length``
+    bounds the base64url header segment (joserfc's default is 512 bytes).
+    """
+    reg = _Registry(algorithms=check_allowlist(algorithms), strict_check_header=False)
+    reg.max_header_length = max_header_length
+    return reg
+
+
+def b64url_decode(segment: str) -> bytes:
+    """Strict base64url without padding (RFC 7515 §2): anything else is a format error."""
+    if len(segment) % 4 == 1:
+        raise JoseFormatError("bad base64url segment")
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError) as err:
+        raise JoseFormatError("bad base64url segment") from err
+
+
+def _b64url_encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_sha256(value: str) -> str:
+    """``base64url(SHA-256(ASCII(value)))`` without padding: the DPoP ``ath`` (RFC 9449 §4.2)."""
+    # Tokens are ASCII; anything else (which cannot match) is hashed as UTF-8 instead of raising.
+    return _b64url_encode(hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest())
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # RFC 7515 §5.2 / RFC 8725 §3.11: two "typ" or "alg" members could be read differently by two
+    # parsers; refuse rather than pick one.
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise JoseFormatError("duplicate JSON member")
+        out[key] = value
+    return out
+
+
+def _no_constant(_: str) -> Any:
+    # NaN/Infinity are not JSON; a NaN "iat" compares false with everything and would slip through a
+    # window check.
+    raise JoseFormatError("non-finite number")
+
+
+def loads_object(data: bytes) -> dict[str, Any]:
+    """Parse a JSON object strictly: UTF-8, no duplicate members, no NaN/Infinity, an object at the top."""
+    try:
+        value = json.loads(
+            data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant
+        )
+    except (UnicodeDecodeError, RecursionError, ValueError) as err:
+        if isinstance(err, JoseFormatError):
+            raise
+        raise JoseFormatError("not a JSON object") from err
+    if not isinstance(value, dict):
+        raise JoseFormatError("not a JSON object")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Compact:
+    """A compact JWS split but not yet verified: header parsed, payload and signature still encoded."""
+
+    value: str
+    header: dict[str, Any]
+    payload_segment: str
+
+    def unverified_claims(self) -> dict[str, Any]:
+        """The payload, parsed. Use only to find the verification key (e.g. a client's ``iss``)."""
+        return loads_object(b64url_decode(self.payload_segment))
+
+
+def split_compact(value: str, *, max_bytes: int, max_header_bytes: int = 512) -> Compact:
+    """Check the shape of a compact JWS cheaply, then parse its header.
+
+    Length and character checks come first so that a 10 MB header (AUTH-17) or a JSON-serialised JWS
+    (AUTH-11) costs one comparison and one regular-expression pass.
+    """
+    if not isinstance(value, str) or len(value) > max_bytes:
+        raise JoseFormatError("token too large or not text")
+    if not _COMPACT.fullmatch(value):
+        raise JoseFormatError("not a compact JWS")
+    header_segment, payload_segment, signature_segment = value.split(".")
+    if len(header_segment) > max_header_bytes:
+        raise JoseFormatError("JOSE header too large")
+    # Only canonical base64url (unused trailing bits zero): otherwise several strings carry the same
+    # signature and a token or proof would not be identified by its text.
+    for segment in (header_segment, payload_segment, signature_segment):
+        if _b64url_encode(b64url_decode(segment)) != segment:
+            raise JoseFormatError("non-canonical base64url segment")
+    return Compact(value, loads_object(b64url_decode(header_segment)), payload_segment)
+
+
+def numeric_date(value: Any) -> float | None:
+    """A JWT NumericDate (RFC 7519 §2) as a float, or ``None`` if the value is not a finite number.
+
+    ``bool`` is an ``int`` in Python; ``true`` is not a date.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def verify_signature(
+    compact: Compact, key: Key, algorithms: tuple[str, ...], *, max_header_length: int = 512
+) -> bytes:
+    """Verify the signature of ``compact`` with ``key`` under ``algorithms``; return the payload bytes.
+
+    :raise JoseFormatError: bad signature, algorithm not allowed, key of the wrong type or curve.
+    """
+    try:
+        obj = jws.deserialize_compact(
+            compact.value,
+            key,
+            algorithms=algorithms,
+            registry=registry(algorithms, max_header_length),
+        )
+    except (JoseError, ValueError, TypeError) as err:
+        raise JoseFormatError("signature not verified") from err
+    payload = obj.payload
+    if payload is None:  # pragma: no cover - joserfc always sets it for compact JWS
+        raise JoseFormatError("signature not verified")
+    return payload
+
+
+def check_forbidden_headers(header: Mapping[str, Any], *, allow: frozenset[str] = frozenset()) -> None:
+    """Refuse header parameters from :data:`FORBIDDEN_HEADER_PARAMS` (minus ``allow``)."""
+    if (FORBIDDEN_HEADER_PARAMS - allow) & header.keys():
+        raise JoseFormatError("forbidden JOSE header parameter")

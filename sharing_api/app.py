@@ -5,18 +5,28 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections.abc import Callable
+from typing import Any
 
 import redis
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
+from auth.ratelimit import InMemoryRateLimiter, RateLimiter, RedisRateLimiter
+from auth.replay import InMemoryReplayCache, NonceSource, RedisReplayCache, ReplayCache
+from auth.resource import ResourceGuard
+from auth.revocation import InMemoryRevocationList, RedisRevocationList, RevocationList
+from auth.server import RegisteredClient, TokenService
+from auth.tokens import TokenPolicy
 from sharing_api.errors import FhirError, Issue, operation_outcome
+from sharing_api.keyfiles import KeysetFile
 from sharing_api.publishing import Publisher
 from sharing_api.routes.common import fhir_response
 from sharing_api.searching import Searcher
 from sharing_api.services import Services
 from sharing_api.sessions import LocalSessions, RedisSessions, SearchSessions
 from sharing_api.settings import Settings
+from sharing_api.store.clients import ClientRegistry
 from sharing_api.store.engine import is_current, make_engine
 from sharing_api.store.observations import ObservationStore
 from sharing_api.store.tenants import TenantDirectory
@@ -28,19 +38,86 @@ def _clock() -> int:
     return time.time_ns() // 1000
 
 
+def _registered(registry: ClientRegistry) -> Callable[[str], RegisteredClient | None]:
+    def lookup(client_id: str) -> RegisteredClient | None:
+        record = registry.get(client_id)
+        if record is None:
+            return None
+        return RegisteredClient(
+            client_id=record.client_id,
+            orgnr=record.orgnr,
+            jwks=record.jwks,
+            scopes=record.scopes,
+            point_of_care=record.point_of_care,
+            enabled=record.enabled,
+        )
+
+    return lookup
+
+
+def _token_protection(
+    settings: Settings, client: redis.Redis | None, registry: ClientRegistry
+) -> dict[str, Any]:
+    """The token service, the resource guard and the shared state they use.
+
+    With Redis configured, replay caches, revocations and rate limits live there and fail closed (503)
+    when it is unreachable; without it they live in this process (one worker only).
+    """
+    replay: ReplayCache
+    revocations: RevocationList
+    limiter: RateLimiter
+    if client is not None:
+        replay = RedisReplayCache(client)
+        revocations = RedisRevocationList(client)
+        limiter = RedisRateLimiter(client, limit=settings.rate_limit, window_seconds=60)
+    else:
+        replay, revocations = InMemoryReplayCache(), InMemoryRevocationList()
+        limiter = InMemoryRateLimiter(limit=settings.rate_limit, window_seconds=60)
+    keyset = KeysetFile(settings.signing_keys_path)
+    issuer = settings.issuer_url
+    as_nonce = rs_nonce = None
+    if settings.dpop_nonce:
+        secret = keyset.derived_secret("dpop-nonce")
+        as_nonce = NonceSource(secret, audience="token-endpoint")
+        rs_nonce = NonceSource(secret, audience="resource")
+    tokens = TokenService(
+        issuer=issuer,
+        keyset=keyset,
+        clients=_registered(registry),
+        replay=replay,
+        revocations=revocations,
+        clock=time.time,
+        nonce=as_nonce,
+        lifetime=settings.token_lifetime,
+        audience=settings.audience,
+    )
+    own = (
+        TokenPolicy.own(issuer, settings.audience),
+        lambda kid: keyset().verification_key(kid, time.time()),
+    )
+    guard = ResourceGuard(
+        issuers=lambda iss: own if iss == issuer else None,
+        replay=replay,
+        is_revoked=revocations.is_revoked,
+        clock=time.time,
+        nonce=rs_nonce,
+    )
+    return {"token_service": tokens, "guard": guard, "rate_limiter": limiter}
+
+
 def build_services(settings: Settings) -> Services:
     engine = make_engine(settings.database_url)
     if not is_current(engine):
         raise RuntimeError("the database is not at the newest migration; run `dho-share db upgrade`")
     sessions: SearchSessions
+    client = None
     if settings.redis_url:
-        sessions = RedisSessions(
-            redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2),
-            settings.search_session_ttl,
-        )
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        sessions = RedisSessions(client, settings.search_session_ttl)
     else:
         sessions = LocalSessions(settings.search_session_ttl)
     observations = ObservationStore(engine, _clock)
+    registry = ClientRegistry(engine)
     return Services(
         settings=settings,
         engine=engine,
@@ -52,6 +129,9 @@ def build_services(settings: Settings) -> Services:
             observations, sessions, default_count=settings.default_page_size, max_count=settings.max_page_size
         ),
         redis_url=settings.redis_url,
+        clients=registry,
+        clock=time.time,
+        **_token_protection(settings, client, registry),
     )
 
 
@@ -62,10 +142,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["dho"] = build_services(settings)
 
-    from sharing_api.routes import observations, system
+    from sharing_api.routes import observations, system, token
 
     app.register_blueprint(observations.bp)
     app.register_blueprint(system.bp)
+    app.register_blueprint(token.bp)
 
     @app.errorhandler(FhirError)
     def _fhir_error(exc: FhirError) -> Response:

@@ -15,7 +15,8 @@
     ├── PayloadTooLarge            (413 too-costly)
     ├── UnsupportedMediaType       (415 not-supported)
     ├── MethodNotAllowed           (405 not-supported)
-    └── ServiceUnavailable         (503 transient)     a dependency is down; fail closed
+    ├── ServiceUnavailable         (503 transient)     a dependency is down; fail closed
+    └── AccessRefused              (401/403/429/503)   authentication/authorisation, with challenge headers
 """
 
 from __future__ import annotations
@@ -130,3 +131,13 @@ class MethodNotAllowed(FhirError):
 class ServiceUnavailable(FhirError):
     status = 503
     code = "transient"
+
+
+class AccessRefused(FhirError):
+    """An authentication or authorisation failure from ``auth``, with its status and challenge headers."""
+
+    def __init__(self, diagnostics: str, *, status: int, headers: dict[str, str]):
+        code = {401: "login", 403: "forbidden", 429: "throttled", 503: "transient"}.get(status, "security")
+        super().__init__(diagnostics, issues=[Issue(diagnostics, None, code)])
+        self.status = status  # type: ignore[misc]
+        self.headers = headers

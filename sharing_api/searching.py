@@ -8,7 +8,7 @@ made for.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,8 @@ from sharing_api.sessions import SearchSessions
 from sharing_api.store.observations import Anchor, ObservationStore, Page
 
 MAX_LASTN = 100
+QueryCheck = Callable[[SearchQuery], None]
+"""Raises when the caller may not run the query (e.g. it names another patient than the attestation)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +45,13 @@ class Searcher:
     def parse(self, params: Iterable[tuple[str, str]], *, strict: bool) -> SearchQuery:
         return parse_search(params, strict=strict, default_count=self.default_count, max_count=self.max_count)
 
-    def search(self, ctx: SearchContext, query: SearchQuery) -> bytes:
-        """The first page of ``query`` as a searchset Bundle."""
+    def search(self, ctx: SearchContext, query: SearchQuery, check: QueryCheck) -> bytes:
+        """The first page of ``query`` as a searchset Bundle, once ``check`` allows the query."""
+        check(query)
         return self._page(ctx, query, None)
 
-    def resume(self, ctx: SearchContext, cursor: str) -> bytes:
-        """The page a ``_cursor`` names; refused for another tenant or requester."""
+    def resume(self, ctx: SearchContext, cursor: str, check: QueryCheck) -> bytes:
+        """The page a ``_cursor`` names; refused for another tenant or requester, or by ``check``."""
         record = self.sessions.get(cursor)
         if record is None or record.get("tenant") != ctx.tenant:
             # Another tenant's cursor is indistinguishable from an expired one.
@@ -56,6 +59,7 @@ class Searcher:
         if record.get("requester") != ctx.requester:
             raise Forbidden("this paging cursor belongs to another client", "_cursor")
         query = self.parse([tuple(p) for p in record["params"]], strict=False)
+        check(query)
         anchor = Anchor(*record["anchor"]) if record.get("anchor") else None
         return self._page(ctx, query, anchor)
 
@@ -88,7 +92,9 @@ class Searcher:
         ]
         return searchset(ctx.base, [r[2] for r in page.rows], total=total, links=links)
 
-    def lastn(self, ctx: SearchContext, params: Sequence[tuple[str, str]], *, strict: bool) -> bytes:
+    def lastn(
+        self, ctx: SearchContext, params: Sequence[tuple[str, str]], *, strict: bool, check: QueryCheck
+    ) -> bytes:
         """``Observation/$lastn``: the newest ``max`` values per measurement type for one patient."""
         max_values = [v for k, v in params if k == "max"]
         rest = [(k, v) for k, v in params if k != "max"]

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
+from auth.ratelimit import RateLimiter
+from auth.resource import ResourceGuard
+from auth.server import TokenService
 from sharing_api.publishing import Publisher
 from sharing_api.searching import Searcher
 from sharing_api.sessions import SearchSessions
 from sharing_api.settings import Settings
+from sharing_api.store.clients import ClientRegistry
 from sharing_api.store.observations import ObservationStore
 from sharing_api.store.tenants import TenantDirectory
 
@@ -24,3 +29,8 @@ class Services:
     publisher: Publisher
     searcher: Searcher
     redis_url: str | None
+    clients: ClientRegistry
+    token_service: TokenService
+    guard: ResourceGuard
+    rate_limiter: RateLimiter
+    clock: Callable[[], float]

@@ -40,9 +40,15 @@ class Settings(BaseSettings):
     default_page_size: int = Field(default=50, ge=1)
     max_page_size: int = Field(default=500, ge=1)
     search_session_ttl: int = Field(default=900, ge=10, description="Seconds a paging cursor stays valid")
-    allow_non_loopback: bool = Field(
-        default=False, description="Listen beyond loopback; refused until client authentication is in place"
+    signing_keys_path: Path = Field(
+        default=DEFAULT_DATA_DIR / "signing-keys.json",
+        description="The token service's private signing keys (made on first start; never in the repo)",
     )
+    token_lifetime: int = Field(default=300, ge=30, le=3600, description="Access-token lifetime in seconds")
+    dpop_nonce: bool = Field(
+        default=False, description="Require server-provided DPoP nonces (RFC 9449 §8, §9)"
+    )
+    rate_limit: int = Field(default=6000, ge=1, description="Requests per client per minute before 429")
 
     @field_validator("database_url")
     @classmethod
@@ -55,3 +61,8 @@ class Settings(BaseSettings):
     def base_url(self) -> str:
         """The public URL without a trailing slash."""
         return str(self.public_url).rstrip("/")
+
+    @property
+    def issuer_url(self) -> str:
+        """Our token service's issuer identifier (``DHO_ISSUER``, by default the public URL)."""
+        return (self.issuer or self.base_url).rstrip("/")

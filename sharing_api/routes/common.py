@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from flask import Response, current_app, g, request
 
+from auth.caller import Caller
 from sharing_api.errors import NotFound
 from sharing_api.fhir.body import parse_json
 from sharing_api.services import Services
@@ -43,6 +44,11 @@ def fhir_response(
     return Response(data, status=status, headers=headers or {}, content_type=FHIR_JSON)
 
 
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """Plain JSON (the token service speaks OAuth, not FHIR)."""
+    return Response(orjson.dumps(body), status=status, headers=headers or {}, content_type="application/json")
+
+
 def json_body() -> Any:
     return parse_json(
         request.get_data(cache=False), request.content_type, max_depth=services().settings.max_json_depth
@@ -53,9 +59,13 @@ def prefers_strict() -> bool:
     return "handling=strict" in request.headers.get("Prefer", "").replace(" ", "")
 
 
+def caller() -> Caller:
+    """The authenticated caller of this request (set by the guard before any route runs)."""
+    who: Caller = g.caller
+    return who
+
+
 def requester() -> str:
-    """Who a paging cursor is bound to. Until client authentication lands this is the client address."""
-    caller = g.get("caller")
-    if caller is not None:
-        return str(caller)
-    return f"anonymous@{request.remote_addr}"
+    """Who a paging cursor is bound to: the client system, its organisation and the health worker."""
+    who = caller()
+    return "|".join((who.issuer, who.client_id, who.organisation or "", who.practitioner_hpr or ""))

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, g, request
 
-from sharing_api.errors import InvalidResource, InvalidSearch, NotFound
+from auth.attestation import require_patient_access
+from auth.errors import AuthError, InvalidAuthorizationDetails
+from sharing_api.errors import Forbidden, InvalidResource, InvalidSearch, NotFound
 from sharing_api.fhir.dates import format_instant
-from sharing_api.fhir.search import refuse_pii_in_url
+from sharing_api.fhir.search import SearchQuery, refuse_pii_in_url
 from sharing_api.routes.common import (
+    caller,
     fhir_response,
     json_body,
     prefers_strict,
     requester,
-    resolve_tenant,
     services,
     tenant,
     tenant_base,
 )
+from sharing_api.routes.guard import protect, refused
 from sharing_api.searching import SearchContext
 from sharing_api.store.observations import Stored
 
@@ -24,9 +27,45 @@ bp = Blueprint("observations", __name__, url_prefix="/<orgnr>/fhir")
 
 
 @bp.url_value_preprocessor
-def _bind_tenant(_endpoint: str | None, values: dict[str, str] | None) -> None:
+def _take_orgnr(_endpoint: str | None, values: dict[str, str] | None) -> None:
     assert values is not None
-    g.tenant = resolve_tenant(values.pop("orgnr"))
+    g.orgnr = values.pop("orgnr")  # resolved after authentication (guard.protect)
+
+
+bp.before_request(protect)
+
+
+def _attested_patient() -> tuple[str, str]:
+    """The (system, value) of the one patient the caller's attestation is for; 403 without one."""
+    who = caller()
+    try:
+        if who.attestation is None:
+            raise InvalidAuthorizationDetails("a patient-data read needs the attestation (tillitsrammeverk)")
+        identifier = require_patient_access(who.attestation).identifier
+    except AuthError as exc:
+        raise refused(exc) from exc
+    assert identifier is not None
+    return identifier.system, identifier.id
+
+
+def _check_query(query: SearchQuery) -> None:
+    """A search reads one patient's data: the one the attestation names (trust-framework rule)."""
+    system, value = _attested_patient()
+    named = [token for group in query.patients for token in group]
+    if len(named) != 1 or len(query.patients) != 1:
+        raise Forbidden(
+            "search one patient at a time: the patient the attestation is for", "patient.identifier"
+        )
+    token = named[0]
+    if token.code != value or token.system not in (None, system):
+        raise Forbidden("the attestation is for another patient than the one searched", "patient.identifier")
+
+
+def _readable(stored: Stored | None, what: str) -> Stored:
+    """``stored`` if it is about the attested patient; otherwise exactly the answer for a missing one."""
+    if stored is None or stored.patient != _attested_patient():
+        raise NotFound(f"{what} is not known", "Observation.id")
+    return stored
 
 
 @bp.url_defaults
@@ -66,9 +105,7 @@ def create() -> Response:
 
 @bp.get("/Observation/<obs_id>")
 def read(obs_id: str) -> Response:
-    stored = services().observations.read(tenant().orgnr, obs_id)
-    if stored is None:
-        raise NotFound(f"Observation/{obs_id} is not known", "Observation.id")
+    stored = _readable(services().observations.read(tenant().orgnr, obs_id), f"Observation/{obs_id}")
     return fhir_response(stored.data, headers=_headers(stored))
 
 
@@ -80,9 +117,8 @@ def update(obs_id: str) -> Response:
 
 @bp.get("/Observation/<obs_id>/_history")
 def history(obs_id: str) -> Response:
+    _readable(services().observations.read(tenant().orgnr, obs_id), f"Observation/{obs_id}")
     versions = services().observations.history(tenant().orgnr, obs_id)
-    if not versions:
-        raise NotFound(f"Observation/{obs_id} is not known", "Observation.id")
     base = tenant_base()
     entries = [
         b'{"fullUrl":"' + f"{base}/Observation/{v.id}".encode() + b'","resource":' + v.data + b"}"
@@ -94,6 +130,7 @@ def history(obs_id: str) -> Response:
 
 @bp.get("/Observation/<obs_id>/_history/<int:version_id>")
 def vread(obs_id: str, version_id: int) -> Response:
+    _readable(services().observations.read(tenant().orgnr, obs_id), f"Observation/{obs_id}")
     stored = services().observations.version(tenant().orgnr, obs_id, version_id)
     if stored is None:
         raise NotFound(
@@ -110,9 +147,11 @@ def search_get() -> Response:
     if cursor is not None:
         if len(params) != 1:
             raise InvalidSearch("a paging cursor is used alone", "_cursor")
-        return fhir_response(searcher.resume(_ctx(), cursor))
+        return fhir_response(searcher.resume(_ctx(), cursor, _check_query))
     refuse_pii_in_url(params)
-    return fhir_response(searcher.search(_ctx(), searcher.parse(params, strict=prefers_strict())))
+    return fhir_response(
+        searcher.search(_ctx(), searcher.parse(params, strict=prefers_strict()), _check_query)
+    )
 
 
 @bp.post("/Observation/_search")
@@ -120,14 +159,18 @@ def search_post() -> Response:
     refuse_pii_in_url(list(request.args.items(multi=True)))
     params = list(request.args.items(multi=True)) + list(request.form.items(multi=True))
     searcher = services().searcher
-    return fhir_response(searcher.search(_ctx(), searcher.parse(params, strict=prefers_strict())))
+    return fhir_response(
+        searcher.search(_ctx(), searcher.parse(params, strict=prefers_strict()), _check_query)
+    )
 
 
 @bp.route("/Observation/$lastn", methods=["GET", "POST"])
 def lastn() -> Response:
     refuse_pii_in_url(list(request.args.items(multi=True)))
     params = list(request.args.items(multi=True)) + list(request.form.items(multi=True))
-    return fhir_response(services().searcher.lastn(_ctx(), params, strict=prefers_strict()))
+    return fhir_response(
+        services().searcher.lastn(_ctx(), params, strict=prefers_strict(), check=_check_query)
+    )
 
 
 @bp.post("")

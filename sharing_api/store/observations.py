@@ -54,6 +54,7 @@ class Stored:
     last_updated: int
     data: bytes
     created: bool = False
+    patient: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +116,19 @@ class ObservationStore:
 
     def _current(self, conn: Connection, tenant: str, obs_id: str) -> Stored | None:
         row = conn.execute(
-            select(o.c.version_id, o.c.last_updated, o.c.data).where(o.c.tenant == tenant, o.c.id == obs_id)
+            select(o.c.version_id, o.c.last_updated, o.c.data, o.c.patient_system, o.c.patient_value).where(
+                o.c.tenant == tenant, o.c.id == obs_id
+            )
         ).first()
-        return Stored(obs_id, row.version_id, row.last_updated, row.data) if row else None
+        if row is None:
+            return None
+        return Stored(
+            obs_id,
+            row.version_id,
+            row.last_updated,
+            row.data,
+            patient=(row.patient_system, row.patient_value),
+        )
 
     def _index(self, conn: Connection, tenant: str, obs_id: str, valid: ValidObservation) -> None:
         rows = [

@@ -19,6 +19,8 @@ class TenantRecord:
     name: str
     resh_ids: frozenset[str]
     opt_in: bool
+    processors: frozenset[str] = frozenset()
+    """Org.nrs of processors (databehandlere) allowed to publish into this tenant."""
 
     @property
     def validation(self) -> Tenant:

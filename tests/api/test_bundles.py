@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from flask.testing import FlaskClient
-
 from sharing_api.services import Services
 from tests.api.test_examples import count_rows, expressions
+from tests.api_client import ApiClient
 from tests.conftest import TENANT_A
-from tests.factories import batch, fnr, heart_rate
+from tests.factories import batch, fnr, heart_rate, search_form
 
 BASE = f"/{TENANT_A}/fhir"
 
 
-def test_batch_reports_per_entry_and_stores_the_good_ones(client: FlaskClient, services: Services) -> None:
+def test_batch_reports_per_entry_and_stores_the_good_ones(client: ApiClient, services: Services) -> None:
     patient = fnr()
     bad = heart_rate(patient, identifier="b-2")
     bad["valueQuantity"]["code"] = "kg"
@@ -29,7 +28,7 @@ def test_batch_reports_per_entry_and_stores_the_good_ones(client: FlaskClient, s
     assert count_rows(services) == 2
 
 
-def test_batch_resent_is_idempotent(client: FlaskClient, services: Services) -> None:
+def test_batch_resent_is_idempotent(client: ApiClient, services: Services) -> None:
     patient = fnr()
     bundle = batch(*[heart_rate(patient, identifier=f"r-{i}") for i in range(5)])
     first = client.post(BASE, json=bundle).get_json()
@@ -42,7 +41,7 @@ def test_batch_resent_is_idempotent(client: FlaskClient, services: Services) -> 
     assert count_rows(services) == 5
 
 
-def test_duplicate_full_url_refuses_the_bundle(client: FlaskClient, services: Services) -> None:
+def test_duplicate_full_url_refuses_the_bundle(client: ApiClient, services: Services) -> None:
     bundle = batch(heart_rate(fnr(), identifier="d-1"), heart_rate(fnr(), identifier="d-2"))
     bundle["entry"][1]["fullUrl"] = bundle["entry"][0]["fullUrl"]
     response = client.post(BASE, json=bundle)
@@ -51,7 +50,7 @@ def test_duplicate_full_url_refuses_the_bundle(client: FlaskClient, services: Se
     assert count_rows(services) == 0
 
 
-def test_missing_full_url_or_bad_method_refuses_the_bundle(client: FlaskClient, services: Services) -> None:
+def test_missing_full_url_or_bad_method_refuses_the_bundle(client: ApiClient, services: Services) -> None:
     bundle = batch(heart_rate(fnr(), identifier="m-1"), heart_rate(fnr(), identifier="m-2"))
     del bundle["entry"][0]["fullUrl"]
     bundle["entry"][1]["request"]["method"] = "DELETE"
@@ -61,19 +60,21 @@ def test_missing_full_url_or_bad_method_refuses_the_bundle(client: FlaskClient, 
     assert count_rows(services) == 0
 
 
-def test_put_in_a_batch_corrects_by_business_identifier(client: FlaskClient, services: Services) -> None:
+def test_put_in_a_batch_corrects_by_business_identifier(client: ApiClient, services: Services) -> None:
     patient = fnr()
     client.post(BASE, json=batch(heart_rate(patient, value=60, identifier="p-1")))
     response = client.post(
         BASE, json=batch(heart_rate(patient, value=65, identifier="p-1"), method="PUT")
     ).get_json()
     assert response["entry"][0]["response"]["etag"] == 'W/"2"'
-    search = client.post(f"{BASE}/Observation/_search", data={"identifier": "urn:test:ids|p-1"}).get_json()
+    search = client.post(
+        f"{BASE}/Observation/_search", data=search_form(patient, identifier="urn:test:ids|p-1")
+    ).get_json()
     assert [e["resource"]["valueQuantity"]["value"] for e in search["entry"]] == [65]
     assert count_rows(services) == 1
 
 
-def test_put_by_id_in_a_batch(client: FlaskClient) -> None:
+def test_put_by_id_in_a_batch(client: ApiClient) -> None:
     patient = fnr()
     created = client.post(f"{BASE}/Observation", json=heart_rate(patient, value=60)).get_json()
     bundle = batch(heart_rate(patient, value=61), method="PUT")
@@ -83,7 +84,7 @@ def test_put_by_id_in_a_batch(client: FlaskClient) -> None:
     assert client.get(f"{BASE}/Observation/{created['id']}").get_json()["valueQuantity"]["value"] == 61
 
 
-def test_transaction_with_one_invalid_entry_stores_nothing(client: FlaskClient, services: Services) -> None:
+def test_transaction_with_one_invalid_entry_stores_nothing(client: ApiClient, services: Services) -> None:
     patient = fnr()
     bad = heart_rate(patient, identifier="t-2")
     bad["subject"]["identifier"]["value"] = "12345678901"
@@ -93,7 +94,7 @@ def test_transaction_with_one_invalid_entry_stores_nothing(client: FlaskClient, 
     assert count_rows(services) == 0
 
 
-def test_transaction_with_a_conflict_rolls_back_everything(client: FlaskClient, services: Services) -> None:
+def test_transaction_with_a_conflict_rolls_back_everything(client: ApiClient, services: Services) -> None:
     patient = fnr()
     client.post(f"{BASE}/Observation", json=heart_rate(patient, identifier="t-own"))
     other_patient = heart_rate(
@@ -106,7 +107,7 @@ def test_transaction_with_a_conflict_rolls_back_everything(client: FlaskClient, 
     assert count_rows(services) == 1
 
 
-def test_transaction_response(client: FlaskClient, services: Services) -> None:
+def test_transaction_response(client: ApiClient, services: Services) -> None:
     patient = fnr()
     response = client.post(
         BASE,

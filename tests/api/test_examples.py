@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask.testing import FlaskClient
 
 from sharing_api.fhir.identifiers import DNR, FNR, HPR, ORGNR
 from sharing_api.services import Services
+from tests.api_client import ApiClient
 from tests.conftest import TENANT_A
 from tests.factories import FHIR_JSON, fnr
 
@@ -77,7 +77,7 @@ def count_rows(services: Services) -> int:
         return int(conn.execute(select(func.count()).select_from(observations)).scalar() or 0)
 
 
-def post(client: FlaskClient, resource: dict[str, Any]) -> Any:
+def post(client: ApiClient, resource: dict[str, Any]) -> Any:
     return client.post(f"{BASE}/Observation", json=resource, headers={"Content-Type": FHIR_JSON})
 
 
@@ -93,7 +93,7 @@ def test_the_pack_has_vkp_and_epj_examples(examples: dict[str, dict[str, Any]]) 
 
 
 def test_vkp_examples_are_accepted_and_read_back_unchanged(
-    client: FlaskClient, examples: dict[str, dict[str, Any]]
+    client: ApiClient, examples: dict[str, dict[str, Any]]
 ) -> None:
     for name, example in vkp_profiled(examples).items():
         sent = with_valid_identifiers(example)
@@ -114,7 +114,7 @@ def test_vkp_examples_are_accepted_and_read_back_unchanged(
 
 
 def test_vkp_examples_with_placeholder_patient_numbers_are_refused(
-    client: FlaskClient, services: Services, examples: dict[str, dict[str, Any]]
+    client: ApiClient, services: Services, examples: dict[str, dict[str, Any]]
 ) -> None:
     for name, example in vkp_profiled(examples).items():
         response = post(client, example)
@@ -124,7 +124,7 @@ def test_vkp_examples_with_placeholder_patient_numbers_are_refused(
 
 
 def test_epj_local_examples_are_refused_naming_the_subject_system(
-    client: FlaskClient, services: Services, examples: dict[str, dict[str, Any]]
+    client: ApiClient, services: Services, examples: dict[str, dict[str, Any]]
 ) -> None:
     for name, example in epj_local(examples).items():
         response = post(client, example)
@@ -134,7 +134,7 @@ def test_epj_local_examples_are_refused_naming_the_subject_system(
 
 
 def test_the_pmd_batch_example_gets_a_batch_response_echoing_its_full_url(
-    client: FlaskClient, examples: dict[str, dict[str, Any]]
+    client: ApiClient, examples: dict[str, dict[str, Any]]
 ) -> None:
     bundle = copy.deepcopy(examples["pmd-Bundle-Request-example"])
     for entry in bundle["entry"]:
@@ -231,7 +231,7 @@ MUTATIONS = [
     ("label", "example", "path", "value", "expression"), MUTATIONS, ids=[m[0] for m in MUTATIONS]
 )
 def test_mutated_examples_are_refused_naming_the_element(
-    client: FlaskClient,
+    client: ApiClient,
     services: Services,
     examples: dict[str, dict[str, Any]],
     label: str,
@@ -252,7 +252,7 @@ def test_mutated_examples_are_refused_naming_the_element(
 
 
 def test_a_patient_inside_a_batch_refuses_the_bundle_and_stores_nothing(
-    client: FlaskClient, services: Services, examples: dict[str, dict[str, Any]]
+    client: ApiClient, services: Services, examples: dict[str, dict[str, Any]]
 ) -> None:
     bundle = copy.deepcopy(examples["pmd-Bundle-Request-example"])
     bundle["entry"][0]["resource"] = with_valid_identifiers(bundle["entry"][0]["resource"])

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
-from flask import Flask
 
+from auth.client import DhoClient
 from sharing_api.services import Services
 from sharing_api.settings import Settings
 from tests.api.test_examples import count_rows
+from tests.api_client import WRITE, ApiClient
 from tests.conftest import TENANT_A
 from tests.factories import batch, fnr, heart_rate
 from tests.live_server import live_server
@@ -20,11 +20,12 @@ from tests.live_server import live_server
 BASE = f"/{TENANT_A}/fhir"
 
 
-def test_fifty_concurrent_identical_creates_store_one(app: Flask, services: Services) -> None:
+def test_fifty_concurrent_identical_creates_store_one(client: ApiClient, services: Services) -> None:
     obs = heart_rate(fnr(), identifier="race-1")
+    client.token(client.parties[f"publisher-{TENANT_A}"])  # one token for all fifty
 
     def post(_: int) -> tuple[int, Any]:
-        response = app.test_client().post(f"{BASE}/Observation", json=obs)
+        response = client.post(f"{BASE}/Observation", json=obs)
         return response.status_code, response.get_json()["id"]
 
     with ThreadPoolExecutor(max_workers=50) as pool:
@@ -35,12 +36,13 @@ def test_fifty_concurrent_identical_creates_store_one(app: Flask, services: Serv
     assert count_rows(services) == 1
 
 
-def test_concurrent_identical_batches_store_each_entry_once(app: Flask, services: Services) -> None:
+def test_concurrent_identical_batches_store_each_entry_once(client: ApiClient, services: Services) -> None:
     patient = fnr()
     bundle = batch(*[heart_rate(patient, identifier=f"rb-{i}") for i in range(10)])
+    client.token(client.parties[f"publisher-{TENANT_A}"])
 
     def post(_: int) -> list[str]:
-        body = app.test_client().post(BASE, json=bundle).get_json()
+        body = client.post(BASE, json=bundle).get_json()
         return [e["response"]["location"] for e in body["entry"]]
 
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -51,15 +53,22 @@ def test_concurrent_identical_batches_store_each_entry_once(app: Flask, services
 
 @pytest.mark.slow
 def test_fifty_concurrent_creates_across_gunicorn_workers(
-    settings: Settings, services: Services, tmp_path: Path
+    client: ApiClient, settings: Settings, services: Services, tmp_path: Path
 ) -> None:
     """The same race across processes: gunicorn, two workers, the session's database, real Redis."""
-    env = {"DHO_DATABASE_URL": settings.database_url, "DHO_REDIS_URL": settings.redis_url or ""}
+    env = {
+        "DHO_DATABASE_URL": settings.database_url,
+        "DHO_REDIS_URL": settings.redis_url or "",
+        "DHO_SIGNING_KEYS_PATH": str(settings.signing_keys_path),
+    }
+    publisher = client.parties[f"publisher-{TENANT_A}"]
     obs = heart_rate(fnr(), identifier="race-gunicorn")
-    with live_server(env, workers=2, log=tmp_path / "server.log") as base, requests.Session() as http:
+    with live_server(env, workers=2, log=tmp_path / "server.log") as base:
+        http = DhoClient(issuer=base, client_id=publisher.client_id, client_key=publisher.key, scope=WRITE)
+        http.access_token()
 
         def post(_: int) -> tuple[int, str]:
-            response = http.post(f"{base}{BASE}/Observation", json=obs, timeout=30)
+            response = http.request("POST", f"{base}{BASE}/Observation", json=obs)
             return response.status_code, response.json()["id"]
 
         with ThreadPoolExecutor(max_workers=50) as pool:

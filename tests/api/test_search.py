@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask.testing import FlaskClient
-
 from sharing_api.fhir.identifiers import FNR
 from tests.api.test_examples import expressions
+from tests.api_client import ApiClient
 from tests.conftest import TENANT_A
 from tests.factories import batch, fnr, heart_rate, search_form, spo2
 
@@ -15,7 +14,7 @@ BASE = f"/{TENANT_A}/fhir"
 PUBLIC = "https://dho.example.test"
 
 
-def _seed(client: FlaskClient, patient: str) -> None:
+def _seed(client: ApiClient, patient: str) -> None:
     resources = [
         heart_rate(patient, value=60 + d, when=f"2026-11-{d:02d}T08:00:00+01:00") for d in range(1, 11)
     ]
@@ -23,11 +22,11 @@ def _seed(client: FlaskClient, patient: str) -> None:
     assert client.post(BASE, json=batch(*resources)).status_code == 200
 
 
-def search(client: FlaskClient, form: dict[str, str], **headers: str) -> Any:
+def search(client: ApiClient, form: dict[str, str], **headers: str) -> Any:
     return client.post(f"{BASE}/Observation/_search", data=form, headers=headers)
 
 
-def follow(client: FlaskClient, url: str) -> Any:
+def follow(client: ApiClient, url: str) -> Any:
     return client.get(url.removeprefix(PUBLIC))
 
 
@@ -35,7 +34,7 @@ def link(bundle: dict[str, Any], relation: str) -> str | None:
     return next((li["url"] for li in bundle["link"] if li["relation"] == relation), None)
 
 
-def test_search_by_patient_and_code_newest_first(client: FlaskClient) -> None:
+def test_search_by_patient_and_code_newest_first(client: ApiClient) -> None:
     patient = fnr()
     _seed(client, patient)
     _seed(client, fnr())
@@ -48,7 +47,7 @@ def test_search_by_patient_and_code_newest_first(client: FlaskClient) -> None:
     assert body["entry"][0]["fullUrl"] == f"{PUBLIC}{BASE}/Observation/{body['entry'][0]['resource']['id']}"
 
 
-def test_code_or_and_date_range(client: FlaskClient) -> None:
+def test_code_or_and_date_range(client: ApiClient) -> None:
     patient = fnr()
     _seed(client, patient)
     form = search_form(patient, code="http://loinc.org|8867-4,http://loinc.org|2708-6", _sort="date")
@@ -68,7 +67,7 @@ def test_code_or_and_date_range(client: FlaskClient) -> None:
     ]
 
 
-def test_paging_links_walk_every_match_once_and_back(client: FlaskClient) -> None:
+def test_paging_links_walk_every_match_once_and_back(client: ApiClient) -> None:
     patient = fnr()
     _seed(client, patient)
     first = search(client, search_form(patient, _count="4")).get_json()
@@ -85,7 +84,7 @@ def test_paging_links_walk_every_match_once_and_back(client: FlaskClient) -> Non
     assert [e["resource"]["id"] for e in again["entry"]] == [e["resource"]["id"] for e in first["entry"]]
 
 
-def test_links_carry_no_patient_identifier(client: FlaskClient) -> None:
+def test_links_carry_no_patient_identifier(client: ApiClient) -> None:
     patient = fnr()
     _seed(client, patient)
     body = search(client, search_form(patient, _count="2")).get_json()
@@ -95,17 +94,17 @@ def test_links_carry_no_patient_identifier(client: FlaskClient) -> None:
         assert "patient" not in li["url"]
 
 
-def test_a_cursor_is_bound_to_its_requester(client: FlaskClient) -> None:
+def test_a_cursor_is_bound_to_its_requester(client: ApiClient) -> None:
     patient = fnr()
     _seed(client, patient)
     body = search(client, search_form(patient, _count="2")).get_json()
     url = (link(body, "next") or "").removeprefix(PUBLIC)
-    other = client.get(url, environ_base={"REMOTE_ADDR": "127.0.0.9"})
+    other = client.get(url, party="other-hospital", patient=patient)
     assert other.status_code == 403
     assert "entry" not in other.get_json()
 
 
-def test_a_tampered_or_unknown_cursor_is_refused(client: FlaskClient) -> None:
+def test_a_tampered_or_unknown_cursor_is_refused(client: ApiClient) -> None:
     patient = fnr()
     _seed(client, patient)
     body = search(client, search_form(patient, _count="2")).get_json()
@@ -117,7 +116,7 @@ def test_a_tampered_or_unknown_cursor_is_refused(client: FlaskClient) -> None:
     assert client.get(f"{url}&code=x").status_code == 400
 
 
-def test_get_with_a_national_identity_number_is_refused(client: FlaskClient) -> None:
+def test_get_with_a_national_identity_number_is_refused(client: ApiClient) -> None:
     patient = fnr()
     for query in (
         f"patient.identifier={FNR}|{patient}",
@@ -130,14 +129,24 @@ def test_get_with_a_national_identity_number_is_refused(client: FlaskClient) -> 
     assert client.post(f"{BASE}/Observation/_search?patient.identifier={FNR}|{patient}").status_code == 400
 
 
-def test_get_search_without_identifiers_is_allowed(client: FlaskClient) -> None:
-    _seed(client, fnr())
-    body = client.get(f"{BASE}/Observation?code=2708-6&_summary=count").get_json()
-    assert body["total"] == 5
-    assert "entry" not in body or body["entry"] == []
+def test_a_search_reads_one_patient_the_attested_one(client: ApiClient) -> None:
+    patient, other = fnr(), fnr()
+    _seed(client, patient)
+    unnamed = client.get(f"{BASE}/Observation?code=2708-6&_summary=count", patient=patient)
+    assert unnamed.status_code == 403
+    assert "total" not in unnamed.get_json()
+    both = client.post(
+        f"{BASE}/Observation/_search",
+        data={"patient.identifier": f"{FNR}|{patient},{FNR}|{other}"},
+        patient=patient,
+    )
+    assert both.status_code == 403
+    wrong = client.post(f"{BASE}/Observation/_search", data=search_form(patient), patient=other)
+    assert wrong.status_code == 403
+    assert "entry" not in wrong.get_json()
 
 
-def test_unknown_parameters_strict_and_lenient(client: FlaskClient) -> None:
+def test_unknown_parameters_strict_and_lenient(client: ApiClient) -> None:
     patient = fnr()
     _seed(client, patient)
     strict = search(client, search_form(patient, colour="red"), Prefer="handling=strict")
@@ -148,7 +157,7 @@ def test_unknown_parameters_strict_and_lenient(client: FlaskClient) -> None:
     assert lenient.get_json()["total"] == 15
 
 
-def test_bad_parameter_values_are_400(client: FlaskClient) -> None:
+def test_bad_parameter_values_are_400(client: ApiClient) -> None:
     for form in (
         {"date": "xx2026-01-01"},
         {"date": "2026-13-01"},
@@ -161,7 +170,7 @@ def test_bad_parameter_values_are_400(client: FlaskClient) -> None:
         assert response.get_json()["resourceType"] == "OperationOutcome"
 
 
-def test_total_none_and_summary_count(client: FlaskClient) -> None:
+def test_total_none_and_summary_count(client: ApiClient) -> None:
     patient = fnr()
     _seed(client, patient)
     assert "total" not in search(client, search_form(patient, _total="none")).get_json()
@@ -170,7 +179,7 @@ def test_total_none_and_summary_count(client: FlaskClient) -> None:
     assert counted["entry"] == []
 
 
-def test_sort_by_last_updated(client: FlaskClient) -> None:
+def test_sort_by_last_updated(client: ApiClient) -> None:
     patient = fnr()
     _seed(client, patient)
     body = search(client, search_form(patient, _sort="-_lastUpdated", _count="100")).get_json()
@@ -178,7 +187,7 @@ def test_sort_by_last_updated(client: FlaskClient) -> None:
     assert stamps == sorted(stamps, reverse=True)
 
 
-def test_lastn_gives_the_newest_per_measurement_type(client: FlaskClient) -> None:
+def test_lastn_gives_the_newest_per_measurement_type(client: ApiClient) -> None:
     patient = fnr()
     _seed(client, patient)
     _seed(client, fnr())
@@ -208,7 +217,7 @@ DATE_EDGES = [
 ]
 
 
-def test_date_prefixes_compare_ranges_at_the_edges(client: FlaskClient) -> None:
+def test_date_prefixes_compare_ranges_at_the_edges(client: ApiClient) -> None:
     patient = fnr()
     whens = {"d2": "2026-11-02", "d2t8": "2026-11-02T08:00:00+01:00", "d3": "2026-11-03"}
     ids = {}

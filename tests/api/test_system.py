@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from flask import Flask
-from flask.testing import FlaskClient
 
+from tests.api_client import ApiClient
 from tests.conftest import TENANT_A
 
 BASE = f"/{TENANT_A}/fhir"
@@ -24,6 +24,12 @@ ROUTES = {
     ("PUT", "/<orgnr>/fhir/Observation/<obs_id>"),
     ("GET", "/<orgnr>/fhir/Observation/<obs_id>/_history"),
     ("GET", "/<orgnr>/fhir/Observation/<obs_id>/_history/<int:version_id>"),
+    ("POST", "/connect/token"),
+    ("POST", "/connect/introspect"),
+    ("POST", "/connect/revocation"),
+    ("GET", "/.well-known/openid-configuration"),
+    ("GET", "/.well-known/oauth-authorization-server"),
+    ("GET", "/.well-known/openid-configuration/jwks"),
 }
 
 
@@ -38,7 +44,7 @@ def test_route_inventory(app: Flask) -> None:
     assert served == ROUTES
 
 
-def test_capability_statement_matches_what_is_served(client: FlaskClient) -> None:
+def test_capability_statement_matches_what_is_served(client: ApiClient) -> None:
     body = client.get(f"{BASE}/metadata").get_json()
     assert body["resourceType"] == "CapabilityStatement"
     assert body["fhirVersion"] == "4.0.1"
@@ -55,22 +61,22 @@ def test_capability_statement_matches_what_is_served(client: FlaskClient) -> Non
     assert {"patient.identifier", "code", "date", "_lastUpdated", "_count", "_sort"} <= declared
 
 
-def test_health_and_readiness(client: FlaskClient) -> None:
+def test_health_and_readiness(client: ApiClient) -> None:
     assert client.get("/healthz").status_code == 200
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.get_json()["checks"] == {"database": "ok", "redis": "ok"}
 
 
-def test_security_headers_and_no_stack_traces(client: FlaskClient) -> None:
-    response = client.get(f"{BASE}/Observation/nope")
+def test_security_headers_and_no_stack_traces(client: ApiClient) -> None:
+    response = client.get(f"{BASE}/Observation/nope", patient="01017012345")
     assert response.headers["Cache-Control"] == "no-store"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert "Access-Control-Allow-Origin" not in response.headers
     assert "Traceback" not in response.get_data(as_text=True)
 
 
-def test_unknown_paths_and_methods_are_operation_outcomes(client: FlaskClient) -> None:
+def test_unknown_paths_and_methods_are_operation_outcomes(client: ApiClient) -> None:
     missing = client.get("/nowhere")
     assert missing.status_code == 404
     assert missing.get_json()["resourceType"] == "OperationOutcome"

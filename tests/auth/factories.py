@@ -231,3 +231,53 @@ def make_assertion(
     h.update(header or {})
     c = _apply(assertion_claims(client_id=client_id, aud=aud, now=now), claims, drop_claims)
     return sign(h, c, key)
+
+
+# --- HelseID access tokens (external issuer) -------------------------------------------------------
+
+HELSEID_ISSUER = "https://helseid-sts.test.nhn.no"
+HELSEID_AUDIENCE = "nhn:dho-share"
+
+
+def helseid_token_claims(
+    *, jkt: str, issuer: str = HELSEID_ISSUER, audience: str = HELSEID_AUDIENCE, now: float = NOW
+) -> dict[str, Any]:
+    """A HelseID client-credentials access token payload, with HelseID's claim names and shapes
+    (``reference/helseid/access-token.payload.client-credentials.json``): no ``sub``, ``scope`` as a
+    JSON array, ``helseid://claims/...`` organisation claims, 600 s life."""
+    return {
+        "iss": issuer,
+        "nbf": int(now),
+        "iat": int(now),
+        "exp": int(now) + 600,
+        "aud": audience,
+        "scope": ["dho-share/observation.read"],
+        "cnf": {"jkt": jkt},
+        "client_id": CLIENT_ID,
+        "client_amr": "private_key_jwt",
+        "helseid://claims/client/amr": "rsa_private_key",
+        "helseid://claims/client/client_name": "Acme EPJ (multi-tenant)",
+        "helseid://claims/client/claims/orgnr_parent": ORGNR_PARENT,
+        "helseid://claims/client/claims/orgnr_child": ORGNR_CHILD,
+        "helseid://claims/client/claims/client_tenancy": "multi-tenant",
+        "jti": uuid.uuid4().hex.upper(),
+    }
+
+
+def make_helseid_token(
+    key: Key,
+    *,
+    jkt: str,
+    kid: str | None = None,
+    alg: str = "RS256",
+    issuer: str = HELSEID_ISSUER,
+    audience: str = HELSEID_AUDIENCE,
+    now: float = NOW,
+    header: Mapping[str, Any] | None = None,
+    **claims: Any,
+) -> str:
+    """A HelseID-shaped access token (``typ: at+jwt``, RS256 by default) signed by ``key``."""
+    h: dict[str, Any] = {"alg": alg, "kid": kid if kid is not None else key.kid, "typ": "at+jwt"}
+    h.update(header or {})
+    c = {**helseid_token_claims(jkt=jkt, issuer=issuer, audience=audience, now=now), **claims}
+    return sign(h, c, key)

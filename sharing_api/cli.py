@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shlex
@@ -14,7 +15,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from sharing_api import consumer
 from sharing_api.settings import Settings
+from sharing_api.store.clients import ClientRegistry
 from sharing_api.store.engine import make_engine, upgrade
 
 console = Console(stderr=True)
@@ -211,13 +214,37 @@ def _redis_if_reachable(url: str = "redis://127.0.0.1:6379/0") -> str | None:
     return url
 
 
+DEMO_HOSPITAL = ("987654325", "999888771", "Demo sykehus")  # legal entity, point of care (synthetic)
+DEMO_HPR = "9144900"
+
+
+def _demo_client(
+    directory: Path, registry: ClientRegistry, client_id: str, orgnr: str, scopes: set[str]
+) -> Path:
+    """A client system with a fresh private key (a JWK file under ``directory``, never in the repo)."""
+    from joserfc.jwk import ECKey
+
+    key_path = directory / f"{client_id}.key.json"
+    if key_path.exists():
+        key = ECKey.import_key(json.loads(key_path.read_text(encoding="utf-8")))
+    else:
+        key = ECKey.generate_key("P-256", private=True)
+        key_path.write_text(json.dumps(key.as_dict(private=True)), encoding="utf-8")
+        key_path.chmod(0o600)
+    registry.add(
+        client_id, orgnr=orgnr, jwks={"keys": [key.as_dict(private=False)]}, scopes=frozenset(scopes)
+    )
+    return key_path
+
+
 @main.command()
 @click.option("--port", default=8080, show_default=True, type=int)
 @click.option("--patients", default=20, show_default=True, type=click.IntRange(1))
 @click.option("--days", default=30, show_default=True, type=click.IntRange(1))
 @click.option("--no-serve", is_flag=True, help="Set up and print the example, but do not serve")
 def demo(port: int, patients: int, days: int, no_serve: bool) -> None:
-    """Set up a demo municipality with synthetic patients and serve it on 127.0.0.1."""
+    """Set up a demo municipality and hospital with synthetic patients, and serve them on 127.0.0.1."""
+    from sharing_api.store.clients import ClientRegistry
     from sharing_api.store.tenants import TenantDirectory
 
     overrides: dict[str, object] = {"public_url": f"http://127.0.0.1:{port}"}
@@ -225,32 +252,52 @@ def demo(port: int, patients: int, days: int, no_serve: bool) -> None:
         overrides["redis_url"] = _redis_if_reachable()
     settings = Settings(**overrides)  # type: ignore[arg-type]
     upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
     orgnr, name = DEMO_TENANT
-    directory = TenantDirectory(make_engine(settings.database_url))
-    directory.add(orgnr, name)
+    TenantDirectory(engine).add(orgnr, name)
+    demo_dir = settings.signing_keys_path.parent / "demo"
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    registry = ClientRegistry(engine)
+    _demo_client(demo_dir, registry, "demo-kommune-dho", orgnr, {"dho-share/observation.write"})
+    hospital, unit, hospital_name = DEMO_HOSPITAL
+    key_path = _demo_client(demo_dir, registry, "demo-sykehus-epj", hospital, {"dho-share/observation.read"})
+    profile = demo_dir / "hospital.json"
+    profile.write_text(
+        json.dumps(
+            {
+                "issuer": settings.issuer_url,
+                "api": settings.base_url,
+                "client_id": "demo-sykehus-epj",
+                "key": key_path.name,
+                "organisation": hospital,
+                "point_of_care": unit,
+                "hpr": DEMO_HPR,
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
     fnrs = _seed(settings, orgnr, patients, days, seed=1)
     base = f"{settings.base_url}/{orgnr}/fhir"
-    console.print(f"\n[bold]dho-share demo[/bold]: {name} ({orgnr}) at {base}")
+    console.print(f"\n[bold]dho-share demo[/bold]: {name} ({orgnr}) shares with {hospital_name} ({hospital})")
+    console.print(f"API {base}; token service {settings.issuer_url}/.well-known/openid-configuration")
     console.print(
-        f"database: {settings.database_url}; Redis: {settings.redis_url or 'none (in-process sessions)'}"
+        f"database: {settings.database_url}; Redis: {settings.redis_url or 'none (in-process state)'}"
     )
-    console.print(
-        "Try, in another terminal (the patient's number goes in the form body, never in the URL):\n"
-    )
-    query = (
-        f"curl -s -X POST {base}/Observation/_search "
-        f"-d {shlex.quote(f'patient.identifier=urn:oid:2.16.578.1.12.4.1.4.1|{fnrs[0]}')} "
-        f"-d {shlex.quote('code=http://loinc.org|85354-9')} -d _count=5"
-    )
-    click.echo(query)
+    console.print("In another terminal, as the hospital's doctor (HPR " + DEMO_HPR + "), try:\n")
     click.echo(
-        f"curl -s -X POST {base}/Observation/\\$lastn "
-        f"-d {shlex.quote(f'patient.identifier=urn:oid:2.16.578.1.12.4.1.4.1|{fnrs[0]}')}"
+        f"dho-share query --profile {profile} --tenant {orgnr} --patient {fnrs[0]} "
+        f"--code {shlex.quote('http://loinc.org|85354-9')} --count 5"
     )
+    click.echo(f"dho-share query --profile {profile} --tenant {orgnr} --patient {fnrs[0]} --lastn")
     if not no_serve:
         from sharing_api.serving import serve as run
 
         run(settings, "127.0.0.1", port, workers=2 if settings.redis_url else 1)
+
+
+main.add_command(consumer.token)
+main.add_command(consumer.query)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(env: dict[str, str], *, workers: int = 2, log: Path | None = None) -> Iterator[str]:
+def live_server(
+    env: dict[str, str],
+    *,
+    workers: int = 2,
+    log: Path | None = None,
+    cwd: Path | None = None,
+    port: int | None = None,
+) -> Iterator[str]:
     """Start gunicorn with ``workers`` workers; yield its base URL; stop it afterwards."""
-    port = free_port()
+    port = port or free_port()
     base = f"http://127.0.0.1:{port}"
     full_env = {**os.environ, **env, "DHO_PUBLIC_URL": base}
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
@@ -32,6 +39,7 @@ def live_server(env: dict[str, str], *, workers: int = 2, log: Path | None = Non
         env=full_env,
         stdout=out,
         stderr=out,
+        cwd=cwd,
     )
     try:
         deadline = time.monotonic() + 30
@@ -41,7 +49,7 @@ def live_server(env: dict[str, str], *, workers: int = 2, log: Path | None = Non
             try:
                 if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or workers still booting
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError("the server did not become ready in 30 s")

@@ -1,0 +1,47 @@
+"""README command 1: the demo sets itself up, serves protected data, and its printed queries work."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REDIS_URL
+from tests.live_server import free_port, live_server
+
+CLI = [sys.executable, "-m", "sharing_api.cli"]
+
+
+@pytest.mark.slow
+def test_demo_prints_queries_that_work(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "DHO_REDIS_URL": REDIS_URL}
+    env.pop("DHO_DATABASE_URL", None)
+    setup = subprocess.run(
+        [*CLI, "demo", "--no-serve", "--patients", "2", "--days", "3", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    printed = [line for line in setup.stdout.splitlines() if line.startswith("dho-share query")]
+    assert len(printed) == 2, setup.stdout
+    with live_server({"DHO_REDIS_URL": REDIS_URL}, workers=2, cwd=tmp_path, port=port):
+        for line in printed:
+            result = subprocess.run(
+                [*CLI, *shlex.split(line)[1:]],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert result.returncode == 0, result.stderr
+            assert "measurements" in result.stdout
+            assert "mm[Hg]" in result.stdout

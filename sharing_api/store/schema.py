@@ -30,6 +30,8 @@ tenants = Table(
     Column("resh_ids", Text, nullable=False, server_default=""),
     Column("opt_in", Boolean, nullable=False, server_default="0"),
     Column("created", BigInteger, nullable=False),
+    Column("processors", Text, nullable=False, server_default=""),
+    Column("emergency_override", Boolean, nullable=False, server_default="0"),
 )
 
 observations = Table(
@@ -77,6 +79,50 @@ observation_identifiers = Table(
 
 observation_history = Table(
     "observation_history",
+    metadata,
+    Column("tenant", String(9), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("last_updated", BigInteger, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("tenant", "id", "version_id"),
+)
+
+# -- sharing policy (issue #4): agreements between organisations, patients' directives -------------
+
+agreements = Table(
+    "agreements",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("controller", String(9), nullable=False),
+    Column("consumer", String(9), nullable=False),
+    Column("categories", Text, nullable=False),  # space-separated observation-category codes
+    Column("purposes", Text, nullable=False),  # space-separated PurposeOfUse codes
+    Column("valid_from", BigInteger, nullable=False),
+    Column("valid_to", BigInteger, nullable=True),
+    Column("data_from", BigInteger, nullable=True),
+    Column("data_to", BigInteger, nullable=True),
+    Column("created", BigInteger, nullable=False),
+    Index("ix_agreements_parties", "controller", "consumer"),
+)
+
+directives = Table(
+    "directives",
+    metadata,
+    Column("tenant", String(9), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("last_updated", BigInteger, nullable=False),
+    Column("patient_system", String(64), nullable=False),
+    Column("patient_value", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),  # reservation | block | consent
+    Column("data", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("tenant", "id"),
+    Index("ix_directives_patient", "tenant", "patient_value", "patient_system"),
+)
+
+directive_history = Table(
+    "directive_history",
     metadata,
     Column("tenant", String(9), nullable=False),
     Column("id", String(64), nullable=False),

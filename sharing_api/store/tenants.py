@@ -21,6 +21,8 @@ class TenantRecord:
     opt_in: bool
     processors: frozenset[str] = frozenset()
     """Org.nrs of processors (databehandlere) allowed to publish into this tenant."""
+    emergency_override: bool = False
+    """ETREAT/BTG may override a reservation (never a block): the controller's choice (domain.md)."""
 
     @property
     def validation(self) -> Tenant:

@@ -18,6 +18,7 @@ from auth.resource import ResourceGuard
 from auth.revocation import InMemoryRevocationList, RedisRevocationList, RevocationList
 from auth.server import RegisteredClient, TokenService
 from auth.tokens import TokenPolicy
+from sharing_api.access import AccessPolicy
 from sharing_api.errors import FhirError, Issue, operation_outcome
 from sharing_api.keyfiles import KeysetFile
 from sharing_api.publishing import Publisher
@@ -29,6 +30,7 @@ from sharing_api.settings import Settings
 from sharing_api.store.clients import ClientRegistry
 from sharing_api.store.engine import is_current, make_engine
 from sharing_api.store.observations import ObservationStore
+from sharing_api.store.policy import PolicyStore
 from sharing_api.store.tenants import TenantDirectory
 
 log = logging.getLogger("dho_share")
@@ -118,6 +120,7 @@ def build_services(settings: Settings) -> Services:
         sessions = LocalSessions(settings.search_session_ttl)
     observations = ObservationStore(engine, _clock)
     registry = ClientRegistry(engine)
+    policy = PolicyStore(engine, _clock)
     return Services(
         settings=settings,
         engine=engine,
@@ -131,6 +134,8 @@ def build_services(settings: Settings) -> Services:
         redis_url=settings.redis_url,
         clients=registry,
         clock=time.time,
+        policy=policy,
+        access=AccessPolicy(policy),
         **_token_protection(settings, client, registry),
     )
 

@@ -17,11 +17,12 @@ import orjson
 from sharing_api.errors import Forbidden, Gone, InvalidSearch
 from sharing_api.fhir.search import SearchQuery, parse_search
 from sharing_api.sessions import SearchSessions
-from sharing_api.store.observations import Anchor, ObservationStore, Page
+from sharing_api.store.observations import Anchor, ObservationStore, Page, ReadScope
 
 MAX_LASTN = 100
-QueryCheck = Callable[[SearchQuery], None]
-"""Raises when the caller may not run the query (e.g. it names another patient than the attestation)."""
+QueryCheck = Callable[[SearchQuery], ReadScope]
+"""Authorises a query: raises when the caller may not run it (e.g. another patient than the attested
+one), else returns what the sharing decision lets it see."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +48,7 @@ class Searcher:
 
     def search(self, ctx: SearchContext, query: SearchQuery, check: QueryCheck) -> bytes:
         """The first page of ``query`` as a searchset Bundle, once ``check`` allows the query."""
-        check(query)
-        return self._page(ctx, query, None)
+        return self._page(ctx, query, None, check(query))
 
     def resume(self, ctx: SearchContext, cursor: str, check: QueryCheck) -> bytes:
         """The page a ``_cursor`` names; refused for another tenant or requester, or by ``check``."""
@@ -59,9 +59,9 @@ class Searcher:
         if record.get("requester") != ctx.requester:
             raise Forbidden("this paging cursor belongs to another client", "_cursor")
         query = self.parse([tuple(p) for p in record["params"]], strict=False)
-        check(query)
+        scope = check(query)
         anchor = Anchor(*record["anchor"]) if record.get("anchor") else None
-        return self._page(ctx, query, anchor)
+        return self._page(ctx, query, anchor, scope)
 
     def _cursor_record(self, ctx: SearchContext, query: SearchQuery, anchor: Anchor | None) -> dict[str, Any]:
         return {
@@ -71,11 +71,15 @@ class Searcher:
             "anchor": [anchor.value, anchor.id, anchor.backwards] if anchor else None,
         }
 
-    def _page(self, ctx: SearchContext, query: SearchQuery, anchor: Anchor | None) -> bytes:
+    def _page(self, ctx: SearchContext, query: SearchQuery, anchor: Anchor | None, scope: ReadScope) -> bytes:
         total = None
         if query.summary_count or query.total != "none":
-            total = self.store.count(ctx.tenant, query)
-        page = Page([], False, False) if query.summary_count else self.store.search(ctx.tenant, query, anchor)
+            total = self.store.count(ctx.tenant, query, scope)
+        page = (
+            Page([], False, False)
+            if query.summary_count
+            else self.store.search(ctx.tenant, query, anchor, scope)
+        )
         records = [self._cursor_record(ctx, query, anchor)]
         relations = ["self"]
         if page.rows and page.more_after:
@@ -103,12 +107,13 @@ class Searcher:
             raise InvalidSearch(
                 "$lastn needs the patient (patient.identifier=system|value)", "patient.identifier"
             )
+        scope = check(query)
         per_kind = 1
         if max_values:
             if not max_values[-1].isdigit() or not 1 <= int(max_values[-1]) <= MAX_LASTN:
                 raise InvalidSearch(f"max must be a whole number from 1 to {MAX_LASTN}", "max")
             per_kind = int(max_values[-1])
-        rows = self.store.lastn(ctx.tenant, query, per_kind)
+        rows = self.store.lastn(ctx.tenant, query, per_kind, scope)
         return searchset(ctx.base, rows, total=len(rows), links=[])
 
 

@@ -10,12 +10,14 @@ from sqlalchemy import Engine
 from auth.ratelimit import RateLimiter
 from auth.resource import ResourceGuard
 from auth.server import TokenService
+from sharing_api.access import AccessPolicy
 from sharing_api.publishing import Publisher
 from sharing_api.searching import Searcher
 from sharing_api.sessions import SearchSessions
 from sharing_api.settings import Settings
 from sharing_api.store.clients import ClientRegistry
 from sharing_api.store.observations import ObservationStore
+from sharing_api.store.policy import PolicyStore
 from sharing_api.store.tenants import TenantDirectory
 
 
@@ -34,3 +36,5 @@ class Services:
     guard: ResourceGuard
     rate_limiter: RateLimiter
     clock: Callable[[], float]
+    policy: PolicyStore
+    access: AccessPolicy

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -17,12 +18,13 @@ import pytest
 import redis
 from flask import Flask
 
+from consent.model import PurposeOfUse
 from sharing_api.app import create_app
 from sharing_api.services import Services
 from sharing_api.settings import Settings
 from sharing_api.store.engine import make_engine, upgrade
 from sharing_api.store.schema import metadata
-from tests.api_client import ApiClient
+from tests.api_client import HOSPITAL, OTHER_HOSPITAL, ApiClient
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 POSTGRES_ADMIN = os.environ.get("DHO_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -116,6 +118,15 @@ def app(settings: Settings) -> Iterator[Flask]:
     svc: Services = app.extensions["dho"]
     svc.tenants.add(TENANT_A, "Kommune A")
     svc.tenants.add(TENANT_B, "Kommune B")
+    for controller in (TENANT_A, TENANT_B):
+        for consumer in (HOSPITAL, OTHER_HOSPITAL):
+            svc.policy.add_agreement(
+                controller=controller,
+                consumer=consumer,
+                categories=frozenset({"vital-signs", "survey"}),
+                purposes=frozenset(PurposeOfUse),
+                valid_from=datetime(2020, 1, 1, tzinfo=UTC),
+            )
     yield app
     svc.engine.dispose()
 

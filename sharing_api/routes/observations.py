@@ -6,6 +6,7 @@ from flask import Blueprint, Response, g, request
 
 from auth.attestation import require_patient_access
 from auth.errors import AuthError, InvalidAuthorizationDetails
+from consent.policy import Reason
 from sharing_api.errors import Forbidden, InvalidResource, InvalidSearch, NotFound
 from sharing_api.fhir.dates import format_instant
 from sharing_api.fhir.search import SearchQuery, refuse_pii_in_url
@@ -21,7 +22,15 @@ from sharing_api.routes.common import (
 )
 from sharing_api.routes.guard import protect, refused
 from sharing_api.searching import SearchContext
-from sharing_api.store.observations import Stored
+from sharing_api.store.observations import ReadScope, Stored
+
+REFUSALS = {
+    Reason.NO_AGREEMENT: "there is no sharing agreement between your organisation and this data controller",
+    Reason.AGREEMENT_EXPIRED: "the sharing agreement has ended",
+    Reason.AGREEMENT_NOT_YET_VALID: "the sharing agreement is not yet in force",
+    Reason.PURPOSE_NOT_AGREED: "the agreement does not cover this purpose of use",
+    Reason.SCOPE_NOT_AGREED: "the agreement does not cover the data asked for",
+}
 
 bp = Blueprint("observations", __name__, url_prefix="/<orgnr>/fhir")
 
@@ -48,8 +57,23 @@ def _attested_patient() -> tuple[str, str]:
     return identifier.system, identifier.id
 
 
-def _check_query(query: SearchQuery) -> None:
-    """A search reads one patient's data: the one the attestation names (trust-framework rule)."""
+def _decide(patient: tuple[str, str]) -> ReadScope:
+    """The sharing decision for reading ``patient``'s data here, kept on ``g`` for the audit record.
+
+    A denial whose reason concerns the patient (a reservation, a block, no consent) must look exactly
+    like "no such data"; one that concerns only the organisations (no agreement) is said plainly.
+    """
+    verdict = services().access.decide_read(caller(), tenant(), patient)
+    g.decision = verdict.decision
+    if not verdict.decision.permit and verdict.decision.reveals_existence:
+        reason = verdict.decision.reasons[0]
+        raise Forbidden(f"sharing is not permitted here ({reason}): {REFUSALS.get(reason, reason)}")
+    return verdict.scope
+
+
+def _check_query(query: SearchQuery) -> ReadScope:
+    """A search reads one patient's data: the one the attestation names (trust-framework rule), and
+    only what the sharing decision permits."""
     system, value = _attested_patient()
     named = [token for group in query.patients for token in group]
     if len(named) != 1 or len(query.patients) != 1:
@@ -59,13 +83,21 @@ def _check_query(query: SearchQuery) -> None:
     token = named[0]
     if token.code != value or token.system not in (None, system):
         raise Forbidden("the attestation is for another patient than the one searched", "patient.identifier")
+    return _decide((system, value))
 
 
-def _readable(stored: Stored | None, what: str) -> Stored:
-    """``stored`` if it is about the attested patient; otherwise exactly the answer for a missing one."""
-    if stored is None or stored.patient != _attested_patient():
-        raise NotFound(f"{what} is not known", "Observation.id")
-    return stored
+def _readable(obs_id: str) -> Stored:
+    """The observation if it is about the attested patient and the decision lets it be seen;
+    otherwise exactly the answer for a missing one."""
+    patient = _attested_patient()
+    stored = services().observations.read(tenant().orgnr, obs_id)
+    if stored is None or stored.patient != patient:
+        raise NotFound(f"Observation/{obs_id} is not known", "Observation.id")
+    scope = _decide(patient)
+    visible = services().observations.read(tenant().orgnr, obs_id, scope)
+    if visible is None:
+        raise NotFound(f"Observation/{obs_id} is not known", "Observation.id")
+    return visible
 
 
 @bp.url_defaults
@@ -105,7 +137,7 @@ def create() -> Response:
 
 @bp.get("/Observation/<obs_id>")
 def read(obs_id: str) -> Response:
-    stored = _readable(services().observations.read(tenant().orgnr, obs_id), f"Observation/{obs_id}")
+    stored = _readable(obs_id)
     return fhir_response(stored.data, headers=_headers(stored))
 
 
@@ -117,7 +149,7 @@ def update(obs_id: str) -> Response:
 
 @bp.get("/Observation/<obs_id>/_history")
 def history(obs_id: str) -> Response:
-    _readable(services().observations.read(tenant().orgnr, obs_id), f"Observation/{obs_id}")
+    _readable(obs_id)
     versions = services().observations.history(tenant().orgnr, obs_id)
     base = tenant_base()
     entries = [
@@ -130,7 +162,7 @@ def history(obs_id: str) -> Response:
 
 @bp.get("/Observation/<obs_id>/_history/<int:version_id>")
 def vread(obs_id: str, version_id: int) -> Response:
-    _readable(services().observations.read(tenant().orgnr, obs_id), f"Observation/{obs_id}")
+    _readable(obs_id)
     stored = services().observations.version(tenant().orgnr, obs_id, version_id)
     if stored is None:
         raise NotFound(

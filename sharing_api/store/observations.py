@@ -67,6 +67,20 @@ class Anchor:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadScope:
+    """What a sharing decision lets a read see: categories (``None``: all), an effective-time window,
+    or nothing at all. Applied inside the SQL, so data outside it is never read."""
+
+    categories: frozenset[str] | None = None
+    start: int | None = None
+    end: int | None = None
+    nothing: bool = False
+
+
+EVERYTHING = ReadScope()
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
     rows: list[tuple[str, int, bytes, int]]
     """(id, sort value, data, last_updated) in the requested order."""
@@ -267,9 +281,17 @@ class ObservationStore:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    def read(self, tenant: str, obs_id: str) -> Stored | None:
+    def read(self, tenant: str, obs_id: str, scope: ReadScope | None = None) -> Stored | None:
+        """The current version; with ``scope``, only if the sharing decision lets it be seen."""
         with self.reading() as conn:
-            return self._current(conn, tenant, obs_id)
+            if scope is None:
+                return self._current(conn, tenant, obs_id)
+            if scope.nothing:
+                return None
+            visible = conn.execute(
+                select(o.c.id).where(o.c.tenant == tenant, o.c.id == obs_id, *self._scope_clauses(scope))
+            ).first()
+            return self._current(conn, tenant, obs_id) if visible else None
 
     def read_in(self, conn: Connection, tenant: str, obs_id: str) -> Stored | None:
         return self._current(conn, tenant, obs_id)
@@ -358,28 +380,47 @@ class ObservationStore:
             where.append(self._date_clause(o.c.last_updated, o.c.last_updated + 1, bound))
         return where
 
-    def count(self, tenant: str, query: SearchQuery, extra: Sequence[ColumnElement[bool]] = ()) -> int:
-        with self.reading() as conn:
-            return int(
-                conn.execute(
-                    select(func.count()).select_from(o).where(*self._filters(tenant, query), *extra)
-                ).scalar()
-                or 0
+    @staticmethod
+    def _scope_clauses(scope: ReadScope) -> list[ColumnElement[bool]]:
+        t = observation_tokens
+        clauses: list[ColumnElement[bool]] = []
+        if scope.categories is not None:
+            clauses.append(
+                exists().where(
+                    t.c.tenant == o.c.tenant,
+                    t.c.observation_id == o.c.id,
+                    t.c.param == "category",
+                    t.c.code.in_(sorted(scope.categories)),
+                )
             )
+        if scope.start is not None:
+            clauses.append(o.c.effective_start >= scope.start)
+        if scope.end is not None:
+            clauses.append(o.c.effective_end <= scope.end)
+        return clauses
+
+    def count(self, tenant: str, query: SearchQuery, scope: ReadScope = EVERYTHING) -> int:
+        if scope.nothing:
+            return 0
+        where = [*self._filters(tenant, query), *self._scope_clauses(scope)]
+        with self.reading() as conn:
+            return int(conn.execute(select(func.count()).select_from(o).where(*where)).scalar() or 0)
 
     def search(
         self,
         tenant: str,
         query: SearchQuery,
         anchor: Anchor | None = None,
-        extra: Sequence[ColumnElement[bool]] = (),
+        scope: ReadScope = EVERYTHING,
     ) -> Page:
         """One page in ``query.sort`` order, after ``anchor`` (or before it, when ``anchor.backwards``)."""
         key = o.c.effective_start if query.sort.endswith("date") else o.c.last_updated
         descending = query.sort.startswith("-")
         backwards = bool(anchor and anchor.backwards)
         scan_desc = descending != backwards
-        where = [*self._filters(tenant, query), *extra]
+        if scope.nothing:
+            return Page([], more_after=False, more_before=False)
+        where = [*self._filters(tenant, query), *self._scope_clauses(scope)]
         if anchor is not None:
             pos = tuple_(key, o.c.id)
             where.append(pos < (anchor.value, anchor.id) if scan_desc else pos > (anchor.value, anchor.id))
@@ -395,7 +436,7 @@ class ObservationStore:
         return Page(rows, more_after=more, more_before=anchor is not None)
 
     def lastn(
-        self, tenant: str, query: SearchQuery, max_per_kind: int, extra: Sequence[ColumnElement[bool]] = ()
+        self, tenant: str, query: SearchQuery, max_per_kind: int, scope: ReadScope = EVERYTHING
     ) -> list[bytes]:
         """The newest ``max_per_kind`` observations per measurement type (FHIR ``Observation/$lastn``)."""
         rank = (
@@ -403,8 +444,10 @@ class ObservationStore:
             .over(partition_by=o.c.kind, order_by=(o.c.effective_start.desc(), o.c.id.desc()))
             .label("rank")
         )
+        if scope.nothing:
+            return []
         inner = select(o.c.kind, o.c.effective_start, o.c.id, o.c.data, rank).where(
-            *self._filters(tenant, query), *extra
+            *self._filters(tenant, query), *self._scope_clauses(scope)
         )
         sub = inner.subquery()
         stmt = (

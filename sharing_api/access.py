@@ -1,0 +1,71 @@
+"""Deciding a patient-data read: the caller, the tenant and the patient -> a sharing decision and the
+narrowing of the query it implies (product.md §4 step 3-4). Web-free; the routes call it.
+
+The decision narrows the SQL itself (categories, effective-time window): denied data is never read,
+not read and then filtered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from auth.caller import Caller
+from consent.model import Block, Consent, PatientId, PurposeOfUse, Reservation, TenantPolicy
+from consent.policy import AccessRequest, Decision, decide
+from sharing_api.fhir.dates import to_micros
+from sharing_api.store.observations import ReadScope
+from sharing_api.store.policy import PolicyStore
+from sharing_api.store.tenants import TenantRecord
+
+
+@dataclass(frozen=True, slots=True)
+class ReadDecision:
+    decision: Decision
+    scope: ReadScope
+
+
+def scope_of(decision: Decision) -> ReadScope:
+    """The query narrowing a decision implies; a denial reads nothing."""
+    if not decision.permit:
+        return ReadScope(nothing=True)
+    period = decision.period
+    return ReadScope(
+        categories=decision.categories,
+        start=to_micros(period.start) if period and period.start else None,
+        end=to_micros(period.end) if period and period.end else None,
+    )
+
+
+class AccessPolicy:
+    """Loads the controller's records for one request and asks ``consent.decide``."""
+
+    def __init__(self, store: PolicyStore):
+        self.store = store
+
+    def decide_read(self, caller: Caller, tenant: TenantRecord, patient: tuple[str, str]) -> ReadDecision:
+        consumer = caller.organisation or ""
+        purpose = caller.purpose_of_use or PurposeOfUse.TREAT
+        request = AccessRequest(
+            controller=tenant.orgnr,
+            consumer=consumer,
+            purpose=PurposeOfUse(str(purpose)),
+            patient=PatientId(patient[0], patient[1]),
+            at=datetime.now(UTC),
+            point_of_care=caller.point_of_care if caller.point_of_care != consumer else None,
+            practitioner_hpr=caller.practitioner_hpr,
+        )
+        directives = self.store.directives_for(tenant.orgnr, patient)
+        decision = decide(
+            request,
+            agreements=self.store.agreements(controller=tenant.orgnr, consumer=consumer)
+            if consumer != tenant.orgnr
+            else [],
+            reservations=[d for d in directives if isinstance(d, Reservation)],
+            blocks=[d for d in directives if isinstance(d, Block)],
+            consents=[d for d in directives if isinstance(d, Consent)],
+            tenant_policy=TenantPolicy(
+                opt_in=tenant.opt_in, emergency_overrides_reservation=tenant.emergency_override
+            ),
+        )
+        return ReadDecision(decision, scope_of(decision))

@@ -1,0 +1,277 @@
+"""Storage of the sharing policy: agreements between organisations and patients' directives.
+
+Directives are FHIR ``Consent`` resources (consent/fhir_consent.py maps them to the policy model); they
+are stored as validated JSON with versions, like observations. There is no decision cache: every read
+decides from these tables, so a new reservation, block or revocation applies from the very next
+request in every worker (staleness bound: zero).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine, insert, select, update
+
+from consent.fhir_consent import ConsentFormatError, directive_from_fhir, directive_to_fhir
+from consent.model import (
+    Block,
+    Consent,
+    PatientDirective,
+    Period,
+    PurposeOfUse,
+    Reservation,
+    SharingAgreement,
+)
+from sharing_api.errors import InvalidResource, NotFound, UnprocessableResource
+from sharing_api.fhir.dates import format_instant, from_micros, to_micros
+from sharing_api.store.schema import agreements, directive_history, directives
+
+KINDS: dict[type, str] = {Reservation: "reservation", Block: "block", Consent: "consent"}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDirective:
+    id: str
+    version_id: int
+    last_updated: int
+    data: bytes
+    patient: tuple[str, str]
+    kind: str
+
+
+def _period(start: int | None, end: int | None) -> Period | None:
+    if start is None and end is None:
+        return None
+    return Period(
+        from_micros(start) if start is not None else None, from_micros(end) if end is not None else None
+    )
+
+
+def _micros(moment: datetime | None) -> int | None:
+    return to_micros(moment) if moment is not None else None
+
+
+def _agreement(row: Any) -> SharingAgreement:
+    period = _period(row.valid_from, row.valid_to)
+    assert period is not None
+    return SharingAgreement(
+        id=row.id,
+        controller=row.controller,
+        consumer=row.consumer,
+        categories=frozenset(row.categories.split()),
+        purposes=frozenset(PurposeOfUse(p) for p in row.purposes.split()),
+        period=period,
+        data_period=_period(row.data_from, row.data_to),
+    )
+
+
+class PolicyStore:
+    def __init__(self, engine: Engine, clock: Callable[[], int]):
+        self.engine = engine
+        self.clock = clock
+
+    # -- agreements -----------------------------------------------------------------------------
+
+    def add_agreement(
+        self,
+        *,
+        controller: str,
+        consumer: str,
+        categories: frozenset[str],
+        purposes: frozenset[PurposeOfUse],
+        valid_from: datetime,
+        valid_to: datetime | None = None,
+        data_from: datetime | None = None,
+        data_to: datetime | None = None,
+    ) -> SharingAgreement:
+        """Record an agreement (validated by the policy model first)."""
+        agreement = SharingAgreement(
+            id=str(uuid.uuid4()),
+            controller=controller,
+            consumer=consumer,
+            categories=categories,
+            purposes=purposes,
+            period=Period(valid_from, valid_to),
+            data_period=Period(data_from, data_to) if data_from or data_to else None,
+        )
+        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+            conn.execute(
+                insert(agreements).values(
+                    id=agreement.id,
+                    controller=controller,
+                    consumer=consumer,
+                    categories=" ".join(sorted(categories)),
+                    purposes=" ".join(sorted(purposes)),
+                    valid_from=to_micros(valid_from),
+                    valid_to=_micros(valid_to),
+                    data_from=_micros(data_from),
+                    data_to=_micros(data_to),
+                    created=self.clock(),
+                )
+            )
+        return agreement
+
+    def end_agreement(self, agreement_id: str, at: datetime, *, controller: str | None = None) -> bool:
+        """End an agreement at ``at`` (kept for the record); ``False`` when there is no such agreement."""
+        cond = [agreements.c.id == agreement_id]
+        if controller is not None:
+            cond.append(agreements.c.controller == controller)
+        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+            result = conn.execute(update(agreements).where(*cond).values(valid_to=to_micros(at)))
+        return bool(result.rowcount)
+
+    def agreements(
+        self, controller: str | None = None, consumer: str | None = None
+    ) -> list[SharingAgreement]:
+        stmt = select(agreements).order_by(agreements.c.created)
+        if controller is not None:
+            stmt = stmt.where(agreements.c.controller == controller)
+        if consumer is not None:
+            stmt = stmt.where(agreements.c.consumer == consumer)
+        with self.engine.connect() as conn:
+            return [_agreement(r) for r in conn.execute(stmt)]
+
+    # -- directives (FHIR Consent) --------------------------------------------------------------
+
+    @staticmethod
+    def parse(resource: Any, record_id: str) -> PatientDirective:
+        try:
+            return directive_from_fhir(resource, record_id=record_id)
+        except ConsentFormatError as exc:
+            raise InvalidResource(exc.message, exc.expression) from exc
+
+    def _render(self, resource: dict[str, Any], directive_id: str, version: int, now: int) -> bytes:
+        meta = {
+            k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")
+        }
+        out: dict[str, Any] = {
+            "resourceType": "Consent",
+            "id": directive_id,
+            "meta": {"versionId": str(version), "lastUpdated": format_instant(now), **meta},
+        }
+        out.update((k, v) for k, v in resource.items() if k not in ("resourceType", "id", "meta"))
+        return orjson.dumps(out)
+
+    def create_directive(self, tenant: str, resource: Any) -> tuple[StoredDirective, PatientDirective]:
+        directive_id = str(uuid.uuid4())
+        directive = self.parse(
+            {**resource, "id": directive_id} if isinstance(resource, dict) else resource, directive_id
+        )
+        now = self.clock()
+        data = self._render(resource, directive_id, 1, now)
+        patient = (directive.patient.system, directive.patient.value)
+        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+            conn.execute(
+                insert(directives).values(
+                    tenant=tenant,
+                    id=directive_id,
+                    version_id=1,
+                    last_updated=now,
+                    patient_system=patient[0],
+                    patient_value=patient[1],
+                    kind=KINDS[type(directive)],
+                    data=data,
+                )
+            )
+            conn.execute(
+                insert(directive_history).values(
+                    tenant=tenant, id=directive_id, version_id=1, last_updated=now, data=data
+                )
+            )
+        return StoredDirective(directive_id, 1, now, data, patient, KINDS[type(directive)]), directive
+
+    def update_directive(
+        self, tenant: str, directive_id: str, resource: Any
+    ) -> tuple[StoredDirective, PatientDirective]:
+        """A new version (e.g. ``status: inactive`` revokes); the patient and the kind cannot change."""
+        directive = self.parse(
+            {**resource, "id": directive_id} if isinstance(resource, dict) else resource, directive_id
+        )
+        patient = (directive.patient.system, directive.patient.value)
+        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+            row = conn.execute(
+                select(
+                    directives.c.version_id,
+                    directives.c.patient_system,
+                    directives.c.patient_value,
+                    directives.c.kind,
+                )
+                .where(directives.c.tenant == tenant, directives.c.id == directive_id)
+                .with_for_update()
+            ).first()
+            if row is None:
+                raise NotFound(f"Consent/{directive_id} is not known", "Consent.id")
+            if (row.patient_system, row.patient_value) != patient or row.kind != KINDS[type(directive)]:
+                raise UnprocessableResource(
+                    "a directive keeps its patient and kind; revoke it and record a new one",
+                    "Consent.patient",
+                )
+            version, now = row.version_id + 1, self.clock()
+            data = self._render(resource, directive_id, version, now)
+            conn.execute(
+                update(directives)
+                .where(directives.c.tenant == tenant, directives.c.id == directive_id)
+                .values(version_id=version, last_updated=now, data=data)
+            )
+            conn.execute(
+                insert(directive_history).values(
+                    tenant=tenant, id=directive_id, version_id=version, last_updated=now, data=data
+                )
+            )
+        return StoredDirective(directive_id, version, now, data, patient, row.kind), directive
+
+    def revoke_directive(self, tenant: str, directive_id: str) -> tuple[StoredDirective, PatientDirective]:
+        """Mark a directive inactive (a new version); the record stays."""
+        current = self.read_directive(tenant, directive_id)
+        if current is None:
+            raise NotFound(f"Consent/{directive_id} is not known", "Consent.id")
+        resource = orjson.loads(current.data)
+        resource["status"] = "inactive"
+        return self.update_directive(tenant, directive_id, resource)
+
+    def read_directive(self, tenant: str, directive_id: str) -> StoredDirective | None:
+        d = directives
+        with self.engine.connect() as conn:
+            row = conn.execute(select(d).where(d.c.tenant == tenant, d.c.id == directive_id)).first()
+        if row is None:
+            return None
+        return StoredDirective(
+            row.id,
+            row.version_id,
+            row.last_updated,
+            row.data,
+            (row.patient_system, row.patient_value),
+            row.kind,
+        )
+
+    def patient_directives(self, tenant: str, patient: tuple[str, str]) -> list[StoredDirective]:
+        d = directives
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(d)
+                .where(
+                    d.c.tenant == tenant,
+                    d.c.patient_value == patient[1],
+                    d.c.patient_system == patient[0],
+                )
+                .order_by(d.c.last_updated)
+            ).all()
+        return [
+            StoredDirective(
+                r.id, r.version_id, r.last_updated, r.data, (r.patient_system, r.patient_value), r.kind
+            )
+            for r in rows
+        ]
+
+    def directives_for(self, tenant: str, patient: tuple[str, str]) -> list[PatientDirective]:
+        """The policy model of every directive of ``patient`` at ``tenant`` (active or not)."""
+        return [directive_from_fhir(orjson.loads(s.data)) for s in self.patient_directives(tenant, patient)]
+
+    @staticmethod
+    def to_fhir(directive: PatientDirective) -> dict[str, Any]:
+        return directive_to_fhir(directive)

@@ -147,9 +147,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["dho"] = build_services(settings)
 
-    from sharing_api.routes import observations, system, token
+    from sharing_api.routes import agreements, consents, observations, system, token
 
+    assert consents  # registers the Consent routes on the FHIR blueprint
     app.register_blueprint(observations.bp)
+    app.register_blueprint(agreements.bp)
     app.register_blueprint(system.bp)
     app.register_blueprint(token.bp)
 

@@ -14,6 +14,7 @@ import redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from sqlalchemy import Engine
 
 from sharing_api import consumer
 from sharing_api.settings import Settings
@@ -157,6 +158,100 @@ def clients_enable(client_id: str) -> None:
     console.print(f"enabled client {client_id}")
 
 
+@main.group()
+def agreements() -> None:
+    """Sharing agreements: which organisation may read which controller's data, for what."""
+
+
+@agreements.command("add")
+@click.option("--controller", required=True, help="The data controller's org.nr (a tenant)")
+@click.option("--consumer", required=True, help="The consuming organisation's org.nr (legal entity)")
+@click.option(
+    "--category",
+    "categories",
+    multiple=True,
+    default=("vital-signs", "survey"),
+    show_default=True,
+    help="A data category shared (observation-category code; repeatable)",
+)
+@click.option(
+    "--purpose",
+    "purposes",
+    multiple=True,
+    default=("TREAT", "ETREAT", "COC"),
+    show_default=True,
+    type=click.Choice(["TREAT", "ETREAT", "COC", "BTG"]),
+    help="A purpose of use covered (repeatable)",
+)
+@click.option("--from", "valid_from", type=click.DateTime(), help="In force from (default: now)")
+@click.option("--to", "valid_to", type=click.DateTime(), help="In force until (default: until ended)")
+def agreements_add(
+    controller: str,
+    consumer: str,
+    categories: tuple[str, ...],
+    purposes: tuple[str, ...],
+    valid_from: datetime | None,
+    valid_to: datetime | None,
+) -> None:
+    """Let CONSUMER read CONTROLLER's data of these categories for these purposes."""
+    from consent.model import PurposeOfUse
+    from sharing_api.fhir.dates import LOCAL_ZONE
+    from sharing_api.store.policy import PolicyStore
+
+    def aware(moment: datetime | None) -> datetime | None:
+        return moment.replace(tzinfo=LOCAL_ZONE) if moment and moment.tzinfo is None else moment
+
+    try:
+        agreement = PolicyStore(
+            make_engine(_settings().database_url), lambda: int(datetime.now(UTC).timestamp() * 1e6)
+        ).add_agreement(
+            controller=controller,
+            consumer=consumer,
+            categories=frozenset(categories),
+            purposes=frozenset(PurposeOfUse(p) for p in purposes),
+            valid_from=aware(valid_from) or datetime.now(UTC),
+            valid_to=aware(valid_to),
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    console.print(
+        f"agreement {agreement.id}: {consumer} may read {controller}'s {', '.join(sorted(categories))}"
+    )
+
+
+@agreements.command("list")
+@click.option("--controller", help="Only this controller's agreements")
+def agreements_list(controller: str | None) -> None:
+    """List agreements."""
+    from sharing_api.store.policy import PolicyStore
+
+    table = Table("id", "controller", "consumer", "categories", "purposes", "from", "to")
+    for a in PolicyStore(make_engine(_settings().database_url), lambda: 0).agreements(controller=controller):
+        table.add_row(
+            a.id,
+            a.controller,
+            a.consumer,
+            " ".join(sorted(a.categories)),
+            " ".join(sorted(a.purposes)),
+            a.period.start.isoformat() if a.period.start else "",
+            a.period.end.isoformat() if a.period.end else "",
+        )
+    Console().print(table)
+
+
+@agreements.command("end")
+@click.argument("agreement_id")
+def agreements_end(agreement_id: str) -> None:
+    """End an agreement now (it is kept for the record)."""
+    from sharing_api.store.policy import PolicyStore
+
+    if not PolicyStore(make_engine(_settings().database_url), lambda: 0).end_agreement(
+        agreement_id, datetime.now(UTC)
+    ):
+        raise click.BadParameter(f"no agreement {agreement_id!r}")
+    console.print(f"ended agreement {agreement_id}")
+
+
 def _seed(settings: Settings, tenant_orgnr: str, patients: int, days: int, seed: int) -> list[str]:
     from sharing_api.app import build_services
     from sharing_api.seed import batches, make_patient, series
@@ -237,6 +332,33 @@ def _demo_client(
     return key_path
 
 
+def _demo_policy(engine: Engine, controller: str, consumer: str, fnrs: list[str]) -> None:
+    """An agreement controller -> consumer; patient 2 reserves against sharing, 3 blocks the doctor."""
+    from consent.fhir_consent import directive_to_fhir
+    from consent.model import Block, PatientDirective, PatientId, PurposeOfUse, Reservation
+    from sharing_api.fhir.identifiers import FNR
+    from sharing_api.store.policy import PolicyStore
+
+    store = PolicyStore(engine, lambda: int(datetime.now(UTC).timestamp() * 1e6))
+    if not store.agreements(controller=controller, consumer=consumer):
+        store.add_agreement(
+            controller=controller,
+            consumer=consumer,
+            categories=frozenset({"vital-signs", "survey"}),
+            purposes=frozenset({PurposeOfUse.TREAT, PurposeOfUse.ETREAT, PurposeOfUse.COC}),
+            valid_from=datetime(2024, 1, 1, tzinfo=UTC),
+        )
+    wishes: list[PatientDirective] = [
+        Reservation(id="demo", patient=PatientId(FNR, fnrs[1])),
+        Block(id="demo", patient=PatientId(FNR, fnrs[2]), practitioner_hpr=DEMO_HPR),
+    ]
+    for wish in wishes:
+        if not store.patient_directives(controller, (FNR, wish.patient.value)):
+            resource = directive_to_fhir(wish)
+            resource.pop("id", None)
+            store.create_directive(controller, resource)
+
+
 @main.command()
 @click.option("--port", default=8080, show_default=True, type=int)
 @click.option("--patients", default=20, show_default=True, type=click.IntRange(1))
@@ -277,7 +399,8 @@ def demo(port: int, patients: int, days: int, no_serve: bool) -> None:
         ),
         encoding="utf-8",
     )
-    fnrs = _seed(settings, orgnr, patients, days, seed=1)
+    fnrs = _seed(settings, orgnr, max(patients, 3), days, seed=1)
+    _demo_policy(engine, orgnr, hospital, fnrs)
     base = f"{settings.base_url}/{orgnr}/fhir"
     console.print(f"\n[bold]dho-share demo[/bold]: {name} ({orgnr}) shares with {hospital_name} ({hospital})")
     console.print(f"API {base}; token service {settings.issuer_url}/.well-known/openid-configuration")
@@ -290,6 +413,12 @@ def demo(port: int, patients: int, days: int, no_serve: bool) -> None:
         f"--code {shlex.quote('http://loinc.org|85354-9')} --count 5"
     )
     click.echo(f"dho-share query --profile {profile} --tenant {orgnr} --patient {fnrs[0]} --lastn")
+    console.print(f"\nPatient {fnrs[1]} has reserved against sharing, so the hospital sees no data:\n")
+    click.echo(f"dho-share query --profile {profile} --tenant {orgnr} --patient {fnrs[1]} --lastn")
+    console.print(
+        f"\nPatient {fnrs[2]} has blocked this doctor (HPR {DEMO_HPR}), so the doctor sees no data:\n"
+    )
+    click.echo(f"dho-share query --profile {profile} --tenant {orgnr} --patient {fnrs[2]} --lastn")
     if not no_serve:
         from sharing_api.serving import serve as run
 

@@ -118,7 +118,12 @@ class Searcher:
 
 
 def searchset(
-    base: str, resources: Sequence[bytes], *, total: int | None, links: list[dict[str, str]]
+    base: str,
+    resources: Sequence[bytes],
+    *,
+    total: int | None,
+    links: list[dict[str, str]],
+    resource_type: str = "Observation",
 ) -> bytes:
     """A searchset Bundle around stored resources (bytes), without re-parsing them."""
     head: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
@@ -130,7 +135,7 @@ def searchset(
         obs_id = _id_of(data)
         parts.append(
             b'{"fullUrl":'
-            + orjson.dumps(f"{base}/Observation/{obs_id}")
+            + orjson.dumps(f"{base}/{resource_type}/{obs_id}")
             + b',"resource":'
             + data
             + b',"search":{"mode":"match"}}'
@@ -139,6 +144,6 @@ def searchset(
 
 
 def _id_of(data: bytes) -> str:
-    # Stored JSON always starts {"resourceType":"Observation","id":"<uuid>", (store.render writes it so).
+    # Stored JSON always starts {"resourceType":"...","id":"<uuid>", (the stores render it so).
     start = data.index(b'"id":"') + 6
     return data[start : data.index(b'"', start)].decode()

@@ -31,7 +31,8 @@ def test_demo_prints_queries_that_work(tmp_path: Path) -> None:
         check=True,
     )
     printed = [line for line in setup.stdout.splitlines() if line.startswith("dho-share query")]
-    assert len(printed) == 2, setup.stdout
+    assert len(printed) == 4, setup.stdout
+    outputs = []
     with live_server({"DHO_REDIS_URL": REDIS_URL}, workers=2, cwd=tmp_path, port=port):
         for line in printed:
             result = subprocess.run(
@@ -43,5 +44,10 @@ def test_demo_prints_queries_that_work(tmp_path: Path) -> None:
                 timeout=60,
             )
             assert result.returncode == 0, result.stderr
-            assert "measurements" in result.stdout
-            assert "mm[Hg]" in result.stdout
+            outputs.append(result.stdout)
+    shared, latest, reserved, blocked = outputs
+    assert "mm[Hg]" in shared
+    assert "mm[Hg]" in latest
+    # The reservation and the block look exactly like "no data" to the hospital's doctor.
+    assert "0 measurements" in reserved
+    assert "0 measurements" in blocked

@@ -1,14 +1,18 @@
-"""Every FHIR route is protected: token + DPoP proof -> Caller, rate limit, scope, tenant rules.
+"""Every API route is protected: token + DPoP proof -> Caller, rate limit, scope, organisation rules.
 
-Runs before any route of the FHIR blueprint (product.md §4 steps 1-2). What each endpoint needs:
+Runs before any route of the FHIR and admin blueprints (product.md §4 steps 1-2). What each needs:
 
-============================  =============================  ==========================================
-endpoint                      scope                          more
-============================  =============================  ==========================================
-metadata                      (public)                       the CapabilityStatement
-create, update, bundle        dho-share/observation.write    the caller's organisation is the tenant
-read, history, search, lastn  dho-share/observation.read     an attestation bound to the one patient
-============================  =============================  ==========================================
+===========================================  ==========================  ===================================
+endpoints                                    scope                       who
+===========================================  ==========================  ===================================
+metadata                                     (public)                    anyone: the CapabilityStatement
+create, update, bundle                       dho-share/observation.write the tenant or its processor
+read, history, search, lastn                 dho-share/observation.read  attestation for the one patient,
+                                                                         then the sharing decision (route)
+Consent create, update, revoke               dho-share/consent.write     the tenant, or the patient (route)
+Consent read, search                         dho-share/consent.read      the tenant, or the patient (route)
+admin: agreements                            consent.read / .write       the tenant itself
+===========================================  ==========================  ===================================
 
 Failures of the shared state (Redis) surface as 503 and never let a request through unchecked.
 """
@@ -24,19 +28,30 @@ from sharing_api.routes.common import resolve_tenant, services
 
 READ = "dho-share/observation.read"
 WRITE = "dho-share/observation.write"
-SCOPES = {
-    "observations.create": WRITE,
-    "observations.update": WRITE,
-    "observations.bundle": WRITE,
-    "observations.read": READ,
-    "observations.vread": READ,
-    "observations.history": READ,
-    "observations.search_get": READ,
-    "observations.search_post": READ,
-    "observations.lastn": READ,
+CONSENT_READ = "dho-share/consent.read"
+CONSENT_WRITE = "dho-share/consent.write"
+PUBLISHER, CONTROLLER, ANYONE = "publisher", "controller", "anyone"
+RULES: dict[str, tuple[str, str]] = {
+    "fhir.create": (WRITE, PUBLISHER),
+    "fhir.update": (WRITE, PUBLISHER),
+    "fhir.bundle": (WRITE, PUBLISHER),
+    "fhir.read": (READ, ANYONE),
+    "fhir.vread": (READ, ANYONE),
+    "fhir.history": (READ, ANYONE),
+    "fhir.search_get": (READ, ANYONE),
+    "fhir.search_post": (READ, ANYONE),
+    "fhir.lastn": (READ, ANYONE),
+    "fhir.consent_create": (CONSENT_WRITE, ANYONE),
+    "fhir.consent_update": (CONSENT_WRITE, ANYONE),
+    "fhir.consent_revoke": (CONSENT_WRITE, ANYONE),
+    "fhir.consent_read": (CONSENT_READ, ANYONE),
+    "fhir.consent_search": (CONSENT_READ, ANYONE),
+    "admin.agreements_list": (CONSENT_READ, CONTROLLER),
+    "admin.agreements_add": (CONSENT_WRITE, CONTROLLER),
+    "admin.agreements_end": (CONSENT_WRITE, CONTROLLER),
 }
-PUBLIC = frozenset({"observations.metadata"})
-WRITES = frozenset(e for e, s in SCOPES.items() if s == WRITE)
+"""Scope and organisation rule per endpoint; an endpoint missing here is refused (fail closed)."""
+PUBLIC = frozenset({"fhir.metadata"})
 
 
 def refused(exc: AuthError) -> AccessRefused:
@@ -45,7 +60,7 @@ def refused(exc: AuthError) -> AccessRefused:
 
 
 def protect() -> None:
-    """``before_request`` of the FHIR blueprint: authenticate, limit, authorise, then bind the tenant."""
+    """``before_request`` of the FHIR and admin routes: authenticate, limit, authorise, bind the tenant."""
     endpoint = request.endpoint or ""
     if endpoint in PUBLIC:
         g.tenant = resolve_tenant(g.orgnr)
@@ -67,18 +82,17 @@ def protect() -> None:
                 status=429,
                 headers={"Retry-After": str(max(1, decision.retry_after))},
             )
-        scope = SCOPES.get(endpoint)
-        if scope is None or not who.has_scope(scope):
-            raise InsufficientScope("the token lacks the scope this request needs", scope=scope or "")
+        scope, rule = RULES.get(endpoint, ("", CONTROLLER))
+        if not scope or not who.has_scope(scope):
+            raise InsufficientScope("the token lacks the scope this request needs", scope=scope or None)
     except AuthError as exc:
         raise refused(exc) from exc
     g.caller = who
     g.tenant = resolve_tenant(g.orgnr)
-    if (
-        endpoint in WRITES
-        and who.organisation != g.tenant.orgnr
-        and who.organisation not in g.tenant.processors
-    ):
+    own = who.organisation == g.tenant.orgnr
+    if rule == PUBLISHER and not own and who.organisation not in g.tenant.processors:
         raise Forbidden(
             "a client publishes only into its own organisation's data (or as its registered processor)"
         )
+    if rule == CONTROLLER and not own:
+        raise Forbidden("only the data controller itself manages its sharing agreements")

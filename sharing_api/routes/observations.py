@@ -32,7 +32,7 @@ REFUSALS = {
     Reason.SCOPE_NOT_AGREED: "the agreement does not cover the data asked for",
 }
 
-bp = Blueprint("observations", __name__, url_prefix="/<orgnr>/fhir")
+bp = Blueprint("fhir", __name__, url_prefix="/<orgnr>/fhir")
 
 
 @bp.url_value_preprocessor

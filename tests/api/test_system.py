@@ -24,6 +24,14 @@ ROUTES = {
     ("PUT", "/<orgnr>/fhir/Observation/<obs_id>"),
     ("GET", "/<orgnr>/fhir/Observation/<obs_id>/_history"),
     ("GET", "/<orgnr>/fhir/Observation/<obs_id>/_history/<int:version_id>"),
+    ("POST", "/<orgnr>/fhir/Consent"),
+    ("POST", "/<orgnr>/fhir/Consent/_search"),
+    ("GET", "/<orgnr>/fhir/Consent/<directive_id>"),
+    ("PUT", "/<orgnr>/fhir/Consent/<directive_id>"),
+    ("DELETE", "/<orgnr>/fhir/Consent/<directive_id>"),
+    ("GET", "/<orgnr>/admin/agreements"),
+    ("POST", "/<orgnr>/admin/agreements"),
+    ("POST", "/<orgnr>/admin/agreements/<agreement_id>/end"),
     ("POST", "/connect/token"),
     ("POST", "/connect/introspect"),
     ("POST", "/connect/revocation"),
@@ -34,6 +42,10 @@ ROUTES = {
 
 
 def test_route_inventory(app: Flask) -> None:
+    from sharing_api.routes.guard import PUBLIC, RULES
+
+    protected = {rule.endpoint for rule in app.url_map.iter_rules() if "<orgnr>" in rule.rule}
+    assert protected <= set(RULES) | PUBLIC, "every tenant route has a scope and rule in the guard"
     served = {
         (method, rule.rule)
         for rule in app.url_map.iter_rules()

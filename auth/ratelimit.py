@@ -75,7 +75,7 @@ def _window(now: float, window_seconds: int) -> tuple[int, int]:
     """``(window index, seconds until it ends rounded up, >= 1)`` for ``now``."""
     if not math.isfinite(now):
         raise ValueError("now must be a finite number")
-    index = math.floor(now / window_seconds)
+    index = int(now // window_seconds)  # floor division of floats is exact; floor(now / w) may round up
     remaining = (index + 1) * window_seconds - now
     return index, max(1, math.ceil(remaining))
 

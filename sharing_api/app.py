@@ -12,12 +12,13 @@ import redis
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
+from auth.external import IssuerDirectory, IssuerKeys, TrustedIssuer
 from auth.ratelimit import InMemoryRateLimiter, RateLimiter, RedisRateLimiter
 from auth.replay import InMemoryReplayCache, NonceSource, RedisReplayCache, ReplayCache
 from auth.resource import ResourceGuard
 from auth.revocation import InMemoryRevocationList, RedisRevocationList, RevocationList
 from auth.server import RegisteredClient, TokenService
-from auth.tokens import TokenPolicy
+from auth.tokens import HELSEID_TOKEN_ALGS, TokenPolicy
 from sharing_api.access import AccessPolicy
 from sharing_api.errors import FhirError, Issue, operation_outcome
 from sharing_api.keyfiles import KeysetFile
@@ -97,8 +98,19 @@ def _token_protection(
         TokenPolicy.own(issuer, settings.audience),
         lambda kid: keyset().verification_key(kid, time.time()),
     )
+    external = [
+        IssuerKeys(
+            TrustedIssuer(
+                issuer=t.issuer,
+                audience=t.audience,
+                jwks_uri=t.jwks_uri,
+                algorithms=t.algorithms or HELSEID_TOKEN_ALGS,
+            )
+        )
+        for t in settings.trusted_issuers
+    ]
     guard = ResourceGuard(
-        issuers=lambda iss: own if iss == issuer else None,
+        issuers=IssuerDirectory(own=own, trusted=external),
         replay=replay,
         is_revoked=revocations.is_revoked,
         clock=time.time,

@@ -8,10 +8,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AnyHttpUrl, Field, field_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path("var")
+
+
+class TrustedIssuerSetting(BaseModel):
+    """An external token issuer the API trusts (e.g. HelseID): ``DHO_TRUSTED_ISSUERS`` is a JSON list."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    issuer: str
+    audience: str
+    algorithms: tuple[str, ...] | None = None
+    jwks_uri: str | None = None
 
 
 class Settings(BaseSettings):
@@ -47,6 +58,10 @@ class Settings(BaseSettings):
     token_lifetime: int = Field(default=300, ge=30, le=3600, description="Access-token lifetime in seconds")
     dpop_nonce: bool = Field(
         default=False, description="Require server-provided DPoP nonces (RFC 9449 §8, §9)"
+    )
+    trusted_issuers: tuple[TrustedIssuerSetting, ...] = Field(
+        default=(),
+        description='Trusted external issuers (JSON): [{"issuer": "https://...", "audience": "..."}]',
     )
     rate_limit: int = Field(default=6000, ge=1, description="Requests per client per minute before 429")
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import strategies as st
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -189,3 +191,27 @@ def test_in_memory_drops_counters_of_past_windows() -> None:
     assert limiter.live_counters() == 101
     limiter.hit("client-0", T0 + 2 * WINDOW)
     assert limiter.live_counters() == 2
+
+
+@given(
+    limit=st.integers(1, 5),
+    window=st.integers(1, 120),
+    hits=st.lists(st.tuples(st.sampled_from("abc"), st.floats(0, 1000)), max_size=60),
+)
+def test_in_memory_matches_the_fixed_window_model(
+    limit: int, window: int, hits: list[tuple[str, float]]
+) -> None:
+    """Any hits in time order: the first ``limit`` per key and window pass, the rest wait for the end."""
+    limiter = InMemoryRateLimiter(limit=limit, window_seconds=window)
+    counts: dict[tuple[str, int], int] = {}
+    for key, offset in sorted(hits, key=lambda hit: hit[1]):
+        now = T0 + offset
+        index = int(now // window)
+        counts[key, index] = counts.get((key, index), 0) + 1
+        decision = limiter.hit(key, now)
+        assert decision.allowed is (counts[key, index] <= limit)
+        if decision.allowed:
+            assert decision.retry_after == 0
+        else:
+            assert 1 <= decision.retry_after <= window
+            assert now + decision.retry_after >= (index + 1) * window

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import re
+import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import redis
-from flask import Flask, Response
+from flask import Flask, Response, current_app, g, request
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from auth.external import IssuerDirectory, IssuerKeys, TrustedIssuer
@@ -20,7 +24,12 @@ from auth.revocation import InMemoryRevocationList, RedisRevocationList, Revocat
 from auth.server import RegisteredClient, TokenService
 from auth.tokens import HELSEID_TOKEN_ALGS, TokenPolicy
 from sharing_api.access import AccessPolicy
-from sharing_api.errors import FhirError, Issue, operation_outcome
+from sharing_api.audit import sequencer
+from sharing_api.audit.actions import AuditAction, Outcome
+from sharing_api.audit.checkpoints import AuditSigner
+from sharing_api.audit.log import AuditLog
+from sharing_api.auditing import Auditor, RequestInfo, audit_facts
+from sharing_api.errors import FhirError, Issue, ServiceUnavailable, operation_outcome
 from sharing_api.keyfiles import KeysetFile
 from sharing_api.publishing import Publisher
 from sharing_api.routes.common import fhir_response
@@ -35,6 +44,7 @@ from sharing_api.store.policy import PolicyStore
 from sharing_api.store.tenants import TenantDirectory
 
 log = logging.getLogger("dho_share")
+_CORRELATION = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def _clock() -> int:
@@ -133,6 +143,11 @@ def build_services(settings: Settings) -> Services:
     observations = ObservationStore(engine, _clock)
     registry = ClientRegistry(engine)
     policy = PolicyStore(engine, _clock)
+    audit_log = AuditLog(
+        engine,
+        signer=AuditSigner.load_or_create(settings.audit_key_path),
+        origin=f"{settings.base_url}/audit",
+    )
     return Services(
         settings=settings,
         engine=engine,
@@ -148,6 +163,8 @@ def build_services(settings: Settings) -> Services:
         clock=time.time,
         policy=policy,
         access=AccessPolicy(policy),
+        audit_log=audit_log,
+        auditor=Auditor(audit_log),
         **_token_protection(settings, client, registry),
     )
 
@@ -167,8 +184,19 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(system.bp)
     app.register_blueprint(token.bp)
 
+    @app.before_request
+    def _correlation() -> None:
+        given = request.headers.get("X-Request-ID", "")
+        g.correlation_id = given if _CORRELATION.fullmatch(given) else str(uuid.uuid4())
+
     @app.errorhandler(FhirError)
     def _fhir_error(exc: FhirError) -> Response:
+        if exc.status in (401, 403, 429) and not isinstance(exc, ServiceUnavailable):
+            try:
+                record_refusal(exc)
+            except SQLAlchemyError:
+                unavailable = ServiceUnavailable("the audit log cannot be written")
+                return fhir_response(unavailable.outcome(), 503)
         return fhir_response(exc.outcome(), exc.status, exc.headers)
 
     @app.errorhandler(HTTPException)
@@ -189,9 +217,55 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.after_request
     def _security_headers(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("correlation_id", "")
         response.headers["Cache-Control"] = "no-store"
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Strict-Transport-Security"] = "max-age=31536000"
         return response
 
+    if settings.audit_sequencer_interval > 0:
+        _start_sequencer(app.extensions["dho"].audit_log, settings.audit_sequencer_interval)
     return app
+
+
+def _start_sequencer(log: AuditLog, interval: float) -> None:
+    """Sequence and checkpoint the audit log in the background of this process (several processes may
+    run it at once: each batch takes the tenant's head row lock). Errors are logged and retried."""
+
+    def loop() -> None:
+        while True:
+            try:
+                sequencer.run(log, loop=True, interval=interval)
+            except Exception as exc:  # the sequencer must outlive a database outage
+                log_error = logging.getLogger("dho_share.audit")
+                log_error.warning("audit sequencer paused: %s", type(exc).__name__)
+                time.sleep(interval)
+
+    threading.Thread(target=loop, name="audit-sequencer", daemon=True).start()
+
+
+def record_refusal(exc: FhirError) -> None:
+    """A refused request goes into the audit log of the tenant it was addressed to (AUD-02)."""
+    orgnr = g.get("orgnr")
+    svc: Services = current_app.extensions["dho"]
+    record = svc.tenants.get(orgnr) if orgnr else None
+    if record is None:
+        return
+    decision = g.get("decision")
+    facts = audit_facts(
+        action=AuditAction.REQUEST_REFUSED,
+        outcome=Outcome.MINOR_FAILURE,
+        tenant=record.orgnr,
+        caller=g.get("caller"),
+        request=RequestInfo(
+            method=request.method,
+            target=request.full_path.rstrip("?") if request.query_string else request.path,
+            body=None,
+            correlation_id=g.get("correlation_id", ""),
+            source_address=request.remote_addr,
+            server=svc.settings.base_url,
+        ),
+        decision=decision,
+        description=f"{exc.status}: {exc.issues[0].diagnostics}"[:200],
+    )
+    svc.auditor.record(facts)

@@ -7,7 +7,7 @@ bad entry fails alone; a transaction is all or nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -22,10 +22,12 @@ from sharing_api.fhir.validation import ValidObservation, validate_observation
 from sharing_api.store.observations import ObservationStore, Stored
 from sharing_api.store.tenants import TenantRecord
 
+WriteAudit = Callable[[Connection, list[tuple[ValidObservation, Stored]]], None]
+"""Records a transaction's writes in the audit log, inside that same transaction (AUD: nothing lost)."""
 
-@dataclass(frozen=True, slots=True)
-class BundleResult:
-    body: dict[str, Any]
+
+def _no_audit(conn: Connection, writes: list[tuple[ValidObservation, Stored]]) -> None:
+    """For the operator's own tools (seeding): no request, no caller to record."""
 
 
 def _same_content(stored: bytes, valid: ValidObservation) -> bool:
@@ -59,10 +61,19 @@ class Publisher:
             raise PreconditionFailed("If-None-Exist matches more than one Observation", "If-None-Exist")
         return page.rows[0][0] if page.rows else None
 
-    def create(self, tenant: TenantRecord, resource: Any, *, if_none_exist: str | None = None) -> Stored:
+    def create(
+        self,
+        tenant: TenantRecord,
+        resource: Any,
+        *,
+        if_none_exist: str | None = None,
+        audit: WriteAudit = _no_audit,
+    ) -> Stored:
         valid = validate_observation(resource, tenant.validation)
         with self.store.writing() as conn:
-            return self._create(conn, tenant, valid, if_none_exist)
+            stored = self._create(conn, tenant, valid, if_none_exist)
+            audit(conn, [(valid, stored)])
+        return stored
 
     def _create(
         self, conn: Connection, tenant: TenantRecord, valid: ValidObservation, if_none_exist: str | None
@@ -76,13 +87,21 @@ class Publisher:
         return self.store.create_in(conn, tenant.orgnr, valid)
 
     def update(
-        self, tenant: TenantRecord, obs_id: str, resource: Any, *, if_match: int | None = None
+        self,
+        tenant: TenantRecord,
+        obs_id: str,
+        resource: Any,
+        *,
+        if_match: int | None = None,
+        audit: WriteAudit = _no_audit,
     ) -> Stored:
         valid = validate_observation(resource, tenant.validation)
         if "id" in resource and resource["id"] != obs_id:
             raise InvalidResource("the resource id must match the id in the URL", "Observation.id")
         with self.store.writing() as conn:
-            return self._update(conn, tenant, obs_id, valid, if_match)
+            stored = self._update(conn, tenant, obs_id, valid, if_match)
+            audit(conn, [(valid, stored)])
+        return stored
 
     def _update(
         self,
@@ -118,11 +137,13 @@ class Publisher:
     def _location(self, base: str, stored: Stored) -> str:
         return f"{base}/Observation/{stored.id}/_history/{stored.version_id}"
 
-    def bundle(self, tenant: TenantRecord, bundle: Any, *, base: str) -> dict[str, Any]:
+    def bundle(
+        self, tenant: TenantRecord, bundle: Any, *, base: str, audit: WriteAudit = _no_audit
+    ) -> dict[str, Any]:
         """Process a batch or transaction Bundle; the response Bundle echoes each entry's ``fullUrl``."""
         kind, entries = parse_bundle(bundle, max_entries=self.max_entries)
         if kind == "transaction":
-            return self._transaction(tenant, entries, base)
+            return self._transaction(tenant, entries, base, audit)
         out: list[dict[str, Any]] = []
         valid: dict[int, ValidObservation] = {}
         for entry in entries:
@@ -133,6 +154,7 @@ class Publisher:
             except FhirError as exc:
                 out.append(response_entry(entry.full_url, exc.status, outcome=exc.outcome()))
         results: dict[int, dict[str, Any]] = {}
+        written: list[tuple[ValidObservation, Stored]] = []
         with self.store.writing() as conn:
             for entry in entries:
                 if entry.index not in valid:
@@ -144,6 +166,7 @@ class Publisher:
                     exc.issues = [i.rebased(f"Bundle.entry[{entry.index}].resource") for i in exc.issues]
                     results[entry.index] = response_entry(entry.full_url, exc.status, outcome=exc.outcome())
                     continue
+                written.append((valid[entry.index], stored))
                 results[entry.index] = response_entry(
                     entry.full_url,
                     201 if stored.created else 200,
@@ -151,11 +174,14 @@ class Publisher:
                     version=stored.version_id,
                     last_modified=format_instant(stored.last_updated),
                 )
+            audit(conn, written)
         failed = iter(out)
         ordered = [results[e.index] if e.index in results else next(failed) for e in entries]
         return {"resourceType": "Bundle", "type": "batch-response", "entry": ordered}
 
-    def _transaction(self, tenant: TenantRecord, entries: list[Entry], base: str) -> dict[str, Any]:
+    def _transaction(
+        self, tenant: TenantRecord, entries: list[Entry], base: str, audit: WriteAudit
+    ) -> dict[str, Any]:
         issues: list[Issue] = []
         valid: list[ValidObservation] = []
         for entry in entries:
@@ -170,6 +196,7 @@ class Publisher:
         if issues:
             raise InvalidResource(issues[0].diagnostics, issues=issues)
         out = []
+        written: list[tuple[ValidObservation, Stored]] = []
         with self.store.writing() as conn:
             for entry, v in zip(entries, valid, strict=True):
                 try:
@@ -177,6 +204,7 @@ class Publisher:
                 except FhirError as exc:
                     exc.issues = [i.rebased(f"Bundle.entry[{entry.index}].resource") for i in exc.issues]
                     raise
+                written.append((v, stored))
                 out.append(
                     response_entry(
                         entry.full_url,
@@ -186,4 +214,5 @@ class Publisher:
                         last_modified=format_instant(stored.last_updated),
                     )
                 )
+            audit(conn, written)
         return {"resourceType": "Bundle", "type": "transaction-response", "entry": out}

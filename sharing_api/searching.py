@@ -26,6 +26,14 @@ one), else returns what the sharing decision lets it see."""
 
 
 @dataclass(frozen=True, slots=True)
+class SearchResult:
+    """A searchset Bundle as bytes, and the ids it returns (for the audit record)."""
+
+    body: bytes
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class SearchContext:
     """Where a search runs and for whom: the tenant, its base URL and the requester a cursor is bound to."""
 
@@ -46,11 +54,11 @@ class Searcher:
     def parse(self, params: Iterable[tuple[str, str]], *, strict: bool) -> SearchQuery:
         return parse_search(params, strict=strict, default_count=self.default_count, max_count=self.max_count)
 
-    def search(self, ctx: SearchContext, query: SearchQuery, check: QueryCheck) -> bytes:
+    def search(self, ctx: SearchContext, query: SearchQuery, check: QueryCheck) -> SearchResult:
         """The first page of ``query`` as a searchset Bundle, once ``check`` allows the query."""
         return self._page(ctx, query, None, check(query))
 
-    def resume(self, ctx: SearchContext, cursor: str, check: QueryCheck) -> bytes:
+    def resume(self, ctx: SearchContext, cursor: str, check: QueryCheck) -> SearchResult:
         """The page a ``_cursor`` names; refused for another tenant or requester, or by ``check``."""
         record = self.sessions.get(cursor)
         if record is None or record.get("tenant") != ctx.tenant:
@@ -71,7 +79,9 @@ class Searcher:
             "anchor": [anchor.value, anchor.id, anchor.backwards] if anchor else None,
         }
 
-    def _page(self, ctx: SearchContext, query: SearchQuery, anchor: Anchor | None, scope: ReadScope) -> bytes:
+    def _page(
+        self, ctx: SearchContext, query: SearchQuery, anchor: Anchor | None, scope: ReadScope
+    ) -> SearchResult:
         total = None
         if query.summary_count or query.total != "none":
             total = self.store.count(ctx.tenant, query, scope)
@@ -94,11 +104,12 @@ class Searcher:
             {"relation": rel, "url": f"{ctx.base}/Observation?_cursor={self.sessions.put(rec)}"}
             for rel, rec in zip(relations, records, strict=True)
         ]
-        return searchset(ctx.base, [r[2] for r in page.rows], total=total, links=links)
+        body = searchset(ctx.base, [r[2] for r in page.rows], total=total, links=links)
+        return SearchResult(body, tuple(r[0] for r in page.rows))
 
     def lastn(
         self, ctx: SearchContext, params: Sequence[tuple[str, str]], *, strict: bool, check: QueryCheck
-    ) -> bytes:
+    ) -> SearchResult:
         """``Observation/$lastn``: the newest ``max`` values per measurement type for one patient."""
         max_values = [v for k, v in params if k == "max"]
         rest = [(k, v) for k, v in params if k != "max"]
@@ -114,7 +125,9 @@ class Searcher:
                 raise InvalidSearch(f"max must be a whole number from 1 to {MAX_LASTN}", "max")
             per_kind = int(max_values[-1])
         rows = self.store.lastn(ctx.tenant, query, per_kind, scope)
-        return searchset(ctx.base, rows, total=len(rows), links=[])
+        return SearchResult(
+            searchset(ctx.base, rows, total=len(rows), links=[]), tuple(_id_of(r) for r in rows)
+        )
 
 
 def searchset(

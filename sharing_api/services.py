@@ -11,6 +11,8 @@ from auth.ratelimit import RateLimiter
 from auth.resource import ResourceGuard
 from auth.server import TokenService
 from sharing_api.access import AccessPolicy
+from sharing_api.audit.log import AuditLog
+from sharing_api.auditing import Auditor
 from sharing_api.publishing import Publisher
 from sharing_api.searching import Searcher
 from sharing_api.sessions import SearchSessions
@@ -38,3 +40,5 @@ class Services:
     clock: Callable[[], float]
     policy: PolicyStore
     access: AccessPolicy
+    audit_log: AuditLog
+    auditor: Auditor

@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     dpop_nonce: bool = Field(
         default=False, description="Require server-provided DPoP nonces (RFC 9449 §8, §9)"
     )
+    audit_key_path: Path = Field(
+        default=DEFAULT_DATA_DIR / "audit-signing-key.pem",
+        description="Ed25519 key that signs audit checkpoints (made on first start; never in the repo)",
+    )
+    audit_sequencer_interval: float = Field(
+        default=1.0, ge=0, description="Seconds between sequencer runs in each worker (0: run it separately)"
+    )
     trusted_issuers: tuple[TrustedIssuerSetting, ...] = Field(
         default=(),
         description='Trusted external issuers (JSON): [{"issuer": "https://...", "audience": "..."}]',

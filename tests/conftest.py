@@ -110,6 +110,8 @@ def settings(database_url: str, redis_url: str, signing_keys: Path) -> Settings:
         public_url="https://dho.example.test",  # type: ignore[arg-type]
         signing_keys_path=signing_keys,
         rate_limit=100_000,  # the rate limiter has its own tests; the suite must not trip it
+        audit_key_path=signing_keys.parent / "audit-key.pem",
+        audit_sequencer_interval=0,  # tests sequence explicitly (services.audit_log.drain())
     )
 
 

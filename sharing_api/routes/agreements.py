@@ -12,9 +12,10 @@ from typing import Any
 from flask import Blueprint, Response, g
 
 from consent.model import PurposeOfUse, SharingAgreement
+from sharing_api.audit.actions import AuditAction
 from sharing_api.errors import InvalidResource, NotFound
 from sharing_api.fhir.dates import DateFormatError, from_micros, parse_range
-from sharing_api.routes.common import json_body, json_response, services, tenant
+from sharing_api.routes.common import audit, json_body, json_response, services, tenant
 from sharing_api.routes.guard import protect
 
 bp = Blueprint("admin", __name__, url_prefix="/<orgnr>/admin")
@@ -81,6 +82,7 @@ def agreements_add() -> Response:
         )
     except ValueError as exc:
         raise InvalidResource(str(exc), "agreement") from exc
+    audit(AuditAction.AGREEMENT_CHANGE, patient=None, resources=[f"SharingAgreement/{agreement.id}"])
     return json_response(agreement_json(agreement), 201)
 
 
@@ -88,4 +90,5 @@ def agreements_add() -> Response:
 def agreements_end(agreement_id: str) -> Response:
     if not services().policy.end_agreement(agreement_id, datetime.now(UTC), controller=tenant().orgnr):
         raise NotFound(f"no agreement {agreement_id}", "agreement")
+    audit(AuditAction.AGREEMENT_CHANGE, patient=None, resources=[f"SharingAgreement/{agreement_id}"])
     return json_response({"ended": agreement_id})

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 from flask import Response, current_app, g, request
+from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 from auth.caller import Caller
-from sharing_api.errors import NotFound
+from sharing_api.audit.actions import AuditAction, Outcome
+from sharing_api.auditing import RequestInfo, audit_facts
+from sharing_api.errors import NotFound, ServiceUnavailable
 from sharing_api.fhir.body import parse_json
 from sharing_api.services import Services
 from sharing_api.store.tenants import TenantRecord
@@ -53,6 +58,59 @@ def json_body() -> Any:
     return parse_json(
         request.get_data(cache=False), request.content_type, max_depth=services().settings.max_json_depth
     )
+
+
+def request_info(*, with_body: bool) -> RequestInfo:
+    """The request as the audit log keeps it; ``with_body`` only for reads (a search's form)."""
+    target = request.full_path.rstrip("?") if request.query_string else request.path
+    return RequestInfo(
+        method=request.method,
+        target=target,
+        body=request.get_data(cache=True) if with_body else None,
+        correlation_id=g.get("correlation_id", ""),
+        source_address=request.remote_addr,
+        server=services().settings.base_url,
+    )
+
+
+def audit(
+    action: AuditAction,
+    *,
+    patient: tuple[str, str] | None,
+    resources: Sequence[str] = (),
+    outcome: Outcome | None = None,
+    with_body: bool = False,
+    conn: Connection | None = None,
+    description: str | None = None,
+) -> None:
+    """Record this request in the tenant's audit log; fail closed (503, no data) if that fails.
+
+    Reads record and commit before their data is returned; writes pass ``conn`` to record in the same
+    transaction as the data.
+    """
+    decision = g.get("decision")
+    if outcome is None:
+        outcome = Outcome.SUCCESS if decision is None or decision.permit else Outcome.MINOR_FAILURE
+    facts = audit_facts(
+        action=action,
+        outcome=outcome,
+        tenant=tenant().orgnr,
+        caller=g.get("caller"),
+        request=request_info(with_body=with_body),
+        patient=patient,
+        resources=resources,
+        decision=decision,
+        categories=sorted(decision.categories) if decision is not None and decision.categories else (),
+        description=description,
+    )
+    auditor = services().auditor
+    if conn is not None:
+        auditor.record_in(conn, facts)
+        return
+    try:
+        auditor.record(facts)
+    except SQLAlchemyError as exc:
+        raise ServiceUnavailable("the audit log cannot be written; nothing is returned without it") from exc
 
 
 def prefers_strict() -> bool:

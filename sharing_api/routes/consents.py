@@ -10,17 +10,20 @@ Who may do what (domain.md, "Sharing policy"; security-tests AZ-06):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from flask import Response, request
+from sqlalchemy import Connection
 
 from auth.caller import Caller
 from consent.model import Consent, PatientDirective
+from sharing_api.audit.actions import AuditAction
 from sharing_api.errors import Forbidden, NotFound
 from sharing_api.fhir.dates import format_instant
 from sharing_api.fhir.search import parse_search, refuse_pii_in_url
-from sharing_api.routes.common import caller, fhir_response, json_body, services, tenant, tenant_base
+from sharing_api.routes.common import audit, caller, fhir_response, json_body, services, tenant, tenant_base
 from sharing_api.routes.observations import bp
 from sharing_api.searching import searchset
 from sharing_api.store.policy import StoredDirective
@@ -59,6 +62,18 @@ def _may_read(patient: tuple[str, str]) -> None:
         raise Forbidden("directives are read by the data controller or by the patient themself")
 
 
+def _audited(action: AuditAction) -> Callable[[Connection, StoredDirective], None]:
+    def record(conn: Connection, stored: StoredDirective) -> None:
+        audit(
+            action,
+            patient=stored.patient,
+            resources=[f"Consent/{stored.id}/_history/{stored.version_id}"],
+            conn=conn,
+        )
+
+    return record
+
+
 def _headers(stored: StoredDirective, status_location: bool = False) -> dict[str, str]:
     headers = {"ETag": f'W/"{stored.version_id}"', "Last-Modified": format_instant(stored.last_updated)}
     if status_location:
@@ -71,7 +86,7 @@ def consent_create() -> Response:
     store = services().policy
     resource: Any = json_body()
     _may_record(store.parse(resource, "new"))
-    stored, _ = store.create_directive(tenant().orgnr, resource)
+    stored, _ = store.create_directive(tenant().orgnr, resource, _audited(AuditAction.CONSENT_CREATE))
     return fhir_response(stored.data, 201, _headers(stored, True))
 
 
@@ -93,7 +108,9 @@ def consent_update(directive_id: str) -> Response:
             {**resource, "id": directive_id} if isinstance(resource, dict) else resource, directive_id
         )
     )
-    stored, _ = store.update_directive(tenant().orgnr, directive_id, resource)
+    stored, _ = store.update_directive(
+        tenant().orgnr, directive_id, resource, _audited(AuditAction.CONSENT_UPDATE)
+    )
     return fhir_response(stored.data, 200, _headers(stored, True))
 
 
@@ -102,7 +119,7 @@ def consent_revoke(directive_id: str) -> Response:
     """Revoke: the directive becomes ``inactive`` (a new version); the record is kept."""
     store = services().policy
     _may_record(store.parse(orjson.loads(_existing(directive_id).data), directive_id))
-    stored, _ = store.revoke_directive(tenant().orgnr, directive_id)
+    stored, _ = store.revoke_directive(tenant().orgnr, directive_id, _audited(AuditAction.CONSENT_UPDATE))
     return fhir_response(stored.data, 200, _headers(stored))
 
 
@@ -113,6 +130,7 @@ def consent_read(directive_id: str) -> Response:
     if stored is None or not (_is_controller(who) or _is_the_patient(who, stored.patient)):
         # The same answer whether it does not exist or is not yours to see.
         raise NotFound(f"Consent/{directive_id} is not known", "Consent.id")
+    audit(AuditAction.CONSENT_READ, patient=stored.patient, resources=[f"Consent/{stored.id}"])
     return fhir_response(stored.data, headers=_headers(stored))
 
 
@@ -129,6 +147,12 @@ def consent_search() -> Response:
     patient = (tokens[0].system, tokens[0].code)
     _may_read(patient)
     found = services().policy.patient_directives(tenant().orgnr, patient)
+    audit(
+        AuditAction.CONSENT_SEARCH,
+        patient=patient,
+        resources=[f"Consent/{s.id}" for s in found],
+        with_body=True,
+    )
     return fhir_response(
         searchset(tenant_base(), [s.data for s in found], total=len(found), links=[], resource_type="Consent")
     )

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, g, request
+from sqlalchemy import Connection
 
 from auth.attestation import require_patient_access
 from auth.errors import AuthError, InvalidAuthorizationDetails
 from consent.policy import Reason
+from sharing_api.audit.actions import AuditAction
 from sharing_api.errors import Forbidden, InvalidResource, InvalidSearch, NotFound
 from sharing_api.fhir.dates import format_instant
 from sharing_api.fhir.search import SearchQuery, refuse_pii_in_url
+from sharing_api.fhir.validation import ValidObservation
+from sharing_api.publishing import WriteAudit
 from sharing_api.routes.common import (
+    audit,
     caller,
     fhir_response,
     json_body,
@@ -21,7 +26,7 @@ from sharing_api.routes.common import (
     tenant_base,
 )
 from sharing_api.routes.guard import protect, refused
-from sharing_api.searching import SearchContext
+from sharing_api.searching import SearchContext, SearchResult
 from sharing_api.store.observations import ReadScope, Stored
 
 REFUSALS = {
@@ -127,10 +132,39 @@ def _ctx() -> SearchContext:
     return SearchContext(tenant().orgnr, tenant_base(), requester())
 
 
+def _write_audit(action: AuditAction) -> WriteAudit:
+    """Record a transaction's writes, one event per patient, in that same transaction."""
+
+    def record(conn: Connection, writes: list[tuple[ValidObservation, Stored]]) -> None:
+        by_patient: dict[tuple[str, str], list[str]] = {}
+        for valid, stored in writes:
+            by_patient.setdefault(valid.patient, []).append(
+                f"Observation/{stored.id}/_history/{stored.version_id}"
+            )
+        for patient, resources in by_patient.items():
+            audit(action, patient=patient, resources=resources, conn=conn)
+
+    return record
+
+
+def _read_result(action: AuditAction, result: SearchResult) -> Response:
+    """Audit a search (committed), then send it: the event is durable before any data leaves."""
+    audit(
+        action,
+        patient=_attested_patient(),
+        resources=[f"Observation/{i}" for i in result.ids],
+        with_body=True,
+    )
+    return fhir_response(result.body)
+
+
 @bp.post("/Observation")
 def create() -> Response:
     stored = services().publisher.create(
-        tenant(), json_body(), if_none_exist=request.headers.get("If-None-Exist")
+        tenant(),
+        json_body(),
+        if_none_exist=request.headers.get("If-None-Exist"),
+        audit=_write_audit(AuditAction.OBSERVATION_CREATE),
     )
     return fhir_response(stored.data, 201 if stored.created else 200, _headers(stored, location=True))
 
@@ -138,18 +172,25 @@ def create() -> Response:
 @bp.get("/Observation/<obs_id>")
 def read(obs_id: str) -> Response:
     stored = _readable(obs_id)
+    audit(AuditAction.OBSERVATION_READ, patient=stored.patient, resources=[f"Observation/{obs_id}"])
     return fhir_response(stored.data, headers=_headers(stored))
 
 
 @bp.put("/Observation/<obs_id>")
 def update(obs_id: str) -> Response:
-    stored = services().publisher.update(tenant(), obs_id, json_body(), if_match=_if_match())
+    stored = services().publisher.update(
+        tenant(),
+        obs_id,
+        json_body(),
+        if_match=_if_match(),
+        audit=_write_audit(AuditAction.OBSERVATION_UPDATE),
+    )
     return fhir_response(stored.data, headers=_headers(stored, location=True))
 
 
 @bp.get("/Observation/<obs_id>/_history")
 def history(obs_id: str) -> Response:
-    _readable(obs_id)
+    current = _readable(obs_id)
     versions = services().observations.history(tenant().orgnr, obs_id)
     base = tenant_base()
     entries = [
@@ -157,17 +198,27 @@ def history(obs_id: str) -> Response:
         for v in versions
     ]
     head = b'{"resourceType":"Bundle","type":"history","total":' + str(len(versions)).encode()
+    audit(
+        AuditAction.OBSERVATION_HISTORY,
+        patient=current.patient,
+        resources=[f"Observation/{obs_id}/_history/{v.version_id}" for v in versions],
+    )
     return fhir_response(head + b',"entry":[' + b",".join(entries) + b"]}")
 
 
 @bp.get("/Observation/<obs_id>/_history/<int:version_id>")
 def vread(obs_id: str, version_id: int) -> Response:
-    _readable(obs_id)
+    current = _readable(obs_id)
     stored = services().observations.version(tenant().orgnr, obs_id, version_id)
     if stored is None:
         raise NotFound(
             f"Observation/{obs_id}/_history/{version_id} is not known", "Observation.meta.versionId"
         )
+    audit(
+        AuditAction.OBSERVATION_READ,
+        patient=current.patient,
+        resources=[f"Observation/{obs_id}/_history/{version_id}"],
+    )
     return fhir_response(stored.data, headers=_headers(stored))
 
 
@@ -179,11 +230,10 @@ def search_get() -> Response:
     if cursor is not None:
         if len(params) != 1:
             raise InvalidSearch("a paging cursor is used alone", "_cursor")
-        return fhir_response(searcher.resume(_ctx(), cursor, _check_query))
+        return _read_result(AuditAction.OBSERVATION_SEARCH, searcher.resume(_ctx(), cursor, _check_query))
     refuse_pii_in_url(params)
-    return fhir_response(
-        searcher.search(_ctx(), searcher.parse(params, strict=prefers_strict()), _check_query)
-    )
+    query = searcher.parse(params, strict=prefers_strict())
+    return _read_result(AuditAction.OBSERVATION_SEARCH, searcher.search(_ctx(), query, _check_query))
 
 
 @bp.post("/Observation/_search")
@@ -191,20 +241,26 @@ def search_post() -> Response:
     refuse_pii_in_url(list(request.args.items(multi=True)))
     params = list(request.args.items(multi=True)) + list(request.form.items(multi=True))
     searcher = services().searcher
-    return fhir_response(
-        searcher.search(_ctx(), searcher.parse(params, strict=prefers_strict()), _check_query)
-    )
+    query = searcher.parse(params, strict=prefers_strict())
+    return _read_result(AuditAction.OBSERVATION_SEARCH, searcher.search(_ctx(), query, _check_query))
 
 
 @bp.route("/Observation/$lastn", methods=["GET", "POST"])
 def lastn() -> Response:
     refuse_pii_in_url(list(request.args.items(multi=True)))
     params = list(request.args.items(multi=True)) + list(request.form.items(multi=True))
-    return fhir_response(
-        services().searcher.lastn(_ctx(), params, strict=prefers_strict(), check=_check_query)
-    )
+    result = services().searcher.lastn(_ctx(), params, strict=prefers_strict(), check=_check_query)
+    return _read_result(AuditAction.OBSERVATION_LASTN, result)
 
 
 @bp.post("")
 def bundle() -> Response:
-    return fhir_response(services().publisher.bundle(tenant(), json_body(), base=tenant_base()))
+    body = json_body()
+    action = (
+        AuditAction.BUNDLE_TRANSACTION
+        if isinstance(body, dict) and body.get("type") == "transaction"
+        else AuditAction.BUNDLE_BATCH
+    )
+    return fhir_response(
+        services().publisher.bundle(tenant(), body, base=tenant_base(), audit=_write_audit(action))
+    )

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 
 from consent.fhir_consent import ConsentFormatError, directive_from_fhir, directive_to_fhir
 from consent.model import (
@@ -30,6 +30,14 @@ from consent.model import (
 from sharing_api.errors import InvalidResource, NotFound, UnprocessableResource
 from sharing_api.fhir.dates import format_instant, from_micros, to_micros
 from sharing_api.store.schema import agreements, directive_history, directives
+
+DirectiveAudit = Callable[[Connection, "StoredDirective"], None]
+"""Records a directive change in the audit log, in the same transaction as the change."""
+
+
+def _no_audit(conn: Connection, stored: StoredDirective) -> None:
+    """For the operator's tools (the demo): no request to record."""
+
 
 KINDS: dict[type, str] = {Reservation: "reservation", Block: "block", Consent: "consent"}
 
@@ -157,7 +165,9 @@ class PolicyStore:
         out.update((k, v) for k, v in resource.items() if k not in ("resourceType", "id", "meta"))
         return orjson.dumps(out)
 
-    def create_directive(self, tenant: str, resource: Any) -> tuple[StoredDirective, PatientDirective]:
+    def create_directive(
+        self, tenant: str, resource: Any, audit: DirectiveAudit = _no_audit
+    ) -> tuple[StoredDirective, PatientDirective]:
         directive_id = str(uuid.uuid4())
         directive = self.parse(
             {**resource, "id": directive_id} if isinstance(resource, dict) else resource, directive_id
@@ -186,7 +196,7 @@ class PolicyStore:
         return StoredDirective(directive_id, 1, now, data, patient, KINDS[type(directive)]), directive
 
     def update_directive(
-        self, tenant: str, directive_id: str, resource: Any
+        self, tenant: str, directive_id: str, resource: Any, audit: DirectiveAudit = _no_audit
     ) -> tuple[StoredDirective, PatientDirective]:
         """A new version (e.g. ``status: inactive`` revokes); the patient and the kind cannot change."""
         directive = self.parse(
@@ -223,16 +233,20 @@ class PolicyStore:
                     tenant=tenant, id=directive_id, version_id=version, last_updated=now, data=data
                 )
             )
-        return StoredDirective(directive_id, version, now, data, patient, row.kind), directive
+            stored = StoredDirective(directive_id, version, now, data, patient, row.kind)
+            audit(conn, stored)
+        return stored, directive
 
-    def revoke_directive(self, tenant: str, directive_id: str) -> tuple[StoredDirective, PatientDirective]:
+    def revoke_directive(
+        self, tenant: str, directive_id: str, audit: DirectiveAudit = _no_audit
+    ) -> tuple[StoredDirective, PatientDirective]:
         """Mark a directive inactive (a new version); the record stays."""
         current = self.read_directive(tenant, directive_id)
         if current is None:
             raise NotFound(f"Consent/{directive_id} is not known", "Consent.id")
         resource = orjson.loads(current.data)
         resource["status"] = "inactive"
-        return self.update_directive(tenant, directive_id, resource)
+        return self.update_directive(tenant, directive_id, resource, audit)
 
     def read_directive(self, tenant: str, directive_id: str) -> StoredDirective | None:
         d = directives

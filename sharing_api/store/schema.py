@@ -146,3 +146,60 @@ clients = Table(
     Column("enabled", Boolean, nullable=False, server_default="1"),
     Column("created", BigInteger, nullable=False),
 )
+
+# == audit log (sharing_api/audit; migration 0003) ==================================================
+# One tamper-evident log per tenant (domain.md "Audit"). ``audit_entries`` holds every event as its
+# RFC 8785 canonical bytes; ``seq`` and ``leaf`` are NULL until the sequencer gives the entry its place
+# in the tenant's Merkle tree. The other columns are extracted at append time for search and log
+# control. ``audit_heads`` is the per-tenant tree state the sequencer locks; ``audit_checkpoints`` the
+# signed checkpoints (C2SP signed notes).
+
+audit_entries = Table(
+    "audit_entries",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("tenant", String(32), nullable=False),
+    Column("seq", BigInteger, nullable=True),
+    Column("leaf", LargeBinary, nullable=True),
+    Column("recorded", BigInteger, nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("outcome", String(2), nullable=False),
+    Column("purpose", String(8), nullable=True),
+    Column("patient_system", String(64), nullable=True),
+    Column("patient_value", String(64), nullable=True),
+    Column("agent_hpr", String(16), nullable=True),
+    Column("organisation", String(16), nullable=True),
+    Column("client_id", String(128), nullable=True),
+    Column("event", LargeBinary, nullable=False),
+    # No index twice in one log, whatever the sequencers do (security-tests AUD-09).
+    Index("uq_audit_entries_tenant_seq", "tenant", "seq", unique=True),
+    # Pending entries (seq IS NULL) sort together: the sequencer finds them without a scan.
+    Index("ix_audit_entries_pending", "seq", "tenant", "id"),
+    Index("ix_audit_entries_patient", "tenant", "patient_value", "seq"),
+    Index("ix_audit_entries_agent", "tenant", "agent_hpr", "seq"),
+    Index("ix_audit_entries_organisation", "tenant", "organisation", "seq"),
+    Index("ix_audit_entries_recorded", "tenant", "recorded"),
+)
+
+audit_heads = Table(
+    "audit_heads",
+    metadata,
+    Column("tenant", String(32), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("root", LargeBinary, nullable=False),
+    Column("peaks", LargeBinary, nullable=False),  # the compact range of the tree: 32 bytes per bit of size
+    Column("checkpoint_size", BigInteger, nullable=False),
+    Column("checkpoint_at", BigInteger, nullable=False),
+    Column("updated", BigInteger, nullable=False),
+)
+
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("tenant", String(32), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("root", LargeBinary, nullable=False),
+    Column("created", BigInteger, nullable=False),
+    Column("note", Text, nullable=False),
+    PrimaryKeyConstraint("tenant", "size"),
+)

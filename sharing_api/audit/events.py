@@ -1,0 +1,607 @@
+"""What one access was (``AuditFacts``) and the FHIR R4 ``AuditEvent`` JSON that records it.
+
+The API hands over plain values, keyword by keyword; this module turns them into AuditEvent JSON shaped
+per IHE Basic Audit Log Patterns (BALP) and HL7 Norway's trust-framework AuditEvent IG
+(``shared/reference/auditevent/fsh/``). domain.md "Audit": who (practitioner with HPR, legal entity,
+point of care), for whom (patient identifier), why (purpose of use, decision ref), what (query, data
+categories, resource ids), the outcome, the consent decision, and the token's ``jti`` as
+``urn:ietf:params:oauth:jti:<jti>``. **Never** the token, a DPoP proof, a client assertion or a
+measurement value: ``AuditFacts`` has no field for them, string fields that look like a JWT are refused
+(``ValueError``), and JWT-shaped runs inside the raw query are replaced (security-tests.md AUD-04).
+
+Shapes (BALP 1.1, profiles on ``https://profiles.ihe.net/ITI/BALP/StructureDefinition/``):
+
+=====================  ============================  =======  ==============================================
+action                 BALP profile (when success)   action   what is recorded
+=====================  ============================  =======  ==============================================
+read, history          IHE.BasicAudit.PatientRead    R        patient, each resource read
+search, $lastn, audit  IHE.BasicAudit.PatientQuery   E        patient, raw query (base64), resources returned
+create                 IHE.BasicAudit.PatientCreate  C        patient, the resource created
+update                 IHE.BasicAudit.PatientUpdate  U        patient, the resource changed
+batch, transaction     (none; type ``rest``)         E        resources touched
+token, refusals        (none; DICOM security types)  E        client, user, reason
+consent decision       IHE.BasicAudit.AuthZconsent   E        patient, Consent/agreements used, token jti
+=====================  ============================  =======  ==============================================
+
+A profile is named in ``meta.profile`` only when the event meets it: BALP fixes ``outcome`` to success
+for the RESTful patterns ("failures are recorded differently": FHIR core *Access Denied*), so a refusal
+keeps the same shape, with the failure outcome and ``outcomeDesc``, and claims no profile.
+
+The Norwegian IG's elements are carried as that IG defines them (canonical ``http://hl7.no/fhir``): the
+``auditevent-patient-extension`` pointing at a contained ``Patient``, the
+``auditevent-carerelation-metadata-extension`` with ``decision-ref-id``/``-description``/``-user-selected``
+and ``toa``, the user agent as a contained ``PractitionerRole`` (``Practitioner`` with HPR, legal entity,
+point of care as ``Location.managingOrganization``), and ``purposeOfEvent`` with the v3 PurposeOfUse code
+(system ``http://terminology.hl7.org/CodeSystem/v3-ActReason``, as the IG's instances spell it; the
+attestation's ``urn:oid:2.16.840.1.113883.1.11.20448`` names the *value set*) plus the details coding.
+``meta.profile`` does not name ``no-domain-Trustframework-Auditevent``: that profile restricts *every*
+``agent.who`` to a PractitionerRole, while BALP requires client and server agents; BALP wins.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sharing_api.audit.actions import (
+    PURPOSES_OF_USE,
+    AuditAction,
+    Interaction,
+    Outcome,
+    interaction_of,
+)
+
+__all__ = [
+    "ACTION_SYSTEM",
+    "HPR_SYSTEM",
+    "JTI_PREFIX",
+    "ORGNR_SYSTEM",
+    "AuditFacts",
+    "Coded",
+    "DecisionRef",
+    "SharingDecision",
+    "build_audit_event",
+    "build_audit_events",
+    "build_authz_event",
+    "format_recorded",
+    "redact_tokens",
+]
+
+HPR_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.4"
+ORGNR_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.101"
+ACTION_SYSTEM = "urn:dho-share:audit-action"
+"""Code system of ``AuditAction`` values, carried as an extra ``subtype`` coding (BALP slicing is open) so
+that a stored event names its action; AuthZconsent events carry none (their subtype binding is required)
+and are indexed as ``AuditAction.ACCESS_DECISION``."""
+JTI_PREFIX = "urn:ietf:params:oauth:jti:"
+"""RFC 3553 URN prefix BALP requires for a token's ``jti`` (AuthZconsent ``entity[token]``)."""
+
+BALP = "https://profiles.ihe.net/ITI/BALP"
+NO_SD = "http://hl7.no/fhir/StructureDefinition"
+EXT_PATIENT = f"{NO_SD}/auditevent-patient-extension"
+EXT_CARE_RELATION = f"{NO_SD}/auditevent-carerelation-metadata-extension"
+EXT_ENCOUNTER = f"{NO_SD}/auditevent-encounter-extension"
+
+_DCM = "http://dicom.nema.org/resources/ontology/DCM"
+_ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+_OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+_ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+_PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+_ROLE_CLASS = "http://terminology.hl7.org/CodeSystem/v3-RoleClass"
+_RESOURCE_TYPES = "http://hl7.org/fhir/resource-types"
+
+_TYPE_REST = {
+    "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+    "code": "rest",
+    "display": "Restful Operation",
+}
+_SECURITY_TYPES = {
+    "110114": {"system": _DCM, "code": "110114", "display": "User Authentication"},
+    "110113": {"system": _DCM, "code": "110113", "display": "Security Alert"},
+}
+_LOGIN = {"system": _DCM, "code": "110122"}
+_SOURCE_ROLE = {"system": _DCM, "code": "110153"}
+_DESTINATION_ROLE = {"system": _DCM, "code": "110152"}
+_APPLICATION = {"system": _DCM, "code": "110150"}
+_RECIPIENT = {"system": _PARTICIPATION, "code": "IRCP"}
+_AUTHOR = {"system": _PARTICIPATION, "code": "AUT"}
+_PROVIDER = {"system": _ROLE_CLASS, "code": "PROV"}
+_AUTHSERVER = {
+    "system": "http://terminology.hl7.org/CodeSystem/extra-security-role-type",
+    "code": "authserver",
+}
+_APP_SERVER = {"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4"}
+_PERSON = {"system": _ENTITY_TYPE, "code": "1"}
+_SYSTEM_OBJECT = {"system": _ENTITY_TYPE, "code": "2"}
+_ROLE_PATIENT = {"system": _OBJECT_ROLE, "code": "1"}
+_ROLE_DOMAIN_RESOURCE = {"system": _OBJECT_ROLE, "code": "4"}
+_ROLE_QUERY = {"system": _OBJECT_ROLE, "code": "24"}
+_XREQUEST_ID = {"system": f"{BALP}/CodeSystem/BasicAuditEntityType", "code": "XrequestId"}
+_OAUTH_AGENT = {"system": f"{BALP}/CodeSystem/UserAgentTypes", "code": "UserOauthAgent"}
+_AUTHZ_CONSENT = {"system": f"{BALP}/CodeSystem/AuthZsubType", "code": "AuthZ-Consent"}
+
+_PROFILES = {
+    Interaction.READ: f"{BALP}/StructureDefinition/IHE.BasicAudit.PatientRead",
+    Interaction.QUERY: f"{BALP}/StructureDefinition/IHE.BasicAudit.PatientQuery",
+    Interaction.CREATE: f"{BALP}/StructureDefinition/IHE.BasicAudit.PatientCreate",
+    Interaction.UPDATE: f"{BALP}/StructureDefinition/IHE.BasicAudit.PatientUpdate",
+}
+_AUTHZ_PROFILE = f"{BALP}/StructureDefinition/IHE.BasicAudit.AuthZconsent"
+_ACTION_CODES = {
+    Interaction.READ: "R",
+    Interaction.QUERY: "E",
+    Interaction.CREATE: "C",
+    Interaction.UPDATE: "U",
+    Interaction.BATCH: "E",
+    Interaction.SECURITY: "E",
+}
+
+# A JWS/JWE in compact serialisation: a base64url JSON header ("eyJ" is '{"') and at least two more parts.
+_JWT_BYTES = re.compile(rb"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*){0,2}")
+_JWT_TEXT = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.")
+REDACTED = b"[redacted-jwt]"
+MAX_TENANT = 32
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Coded:
+    """A coding from the attestation, e.g. ``purpose_of_use_details`` (Volven 9151, DIPS template)."""
+
+    system: str
+    code: str
+    display: str | None = None
+
+    def coding(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"system": self.system, "code": self.code}
+        if self.display:
+            out["display"] = self.display
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecisionRef:
+    """``care_relationship.decision_ref`` of the attestation: the EPJ's own record of the care relation."""
+
+    id: str
+    user_selected: bool
+    description: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SharingDecision:
+    """The sharing policy's answer, as plain values (``consent.policy.Decision``).
+
+    ``reasons`` are the policy's reason codes in order; ``used`` the references the answer rests on
+    (``SharingAgreement/<id>``, ``Consent/<id>``).
+    """
+
+    permit: bool
+    reasons: tuple[str, ...] = ()
+    used: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditFacts:
+    """Everything one AuditEvent says, as plain values. Keyword-only; checked on construction.
+
+    ``tenant`` is the data controller whose log receives the event (its org.nr); ``organisation`` and
+    ``point_of_care`` are the caller's legal entity and point of care (org.nrs), ``practitioner_hpr``
+    the health worker's HPR number. ``patient`` is ``(system, value)`` of the patient identifier.
+    ``query`` is the raw request as received (for a ``POST _search``: method line, headers that matter
+    and the form body); it is stored base64 in ``entity.query`` byte for byte, except that JWT-shaped
+    runs are replaced by ``[redacted-jwt]``. ``resources`` are references such as
+    ``Observation/<id>``. ``server`` is how the API names itself (its public base URL), recorded as the
+    server agent and ``source.site``. ``attested_at`` is the attestation's ``toa``.
+
+    Raises ``TypeError`` or ``ValueError`` for a value of the wrong kind, a naive ``recorded``, an
+    unknown purpose of use, or any string that looks like a JWT.
+    """
+
+    action: AuditAction
+    outcome: Outcome
+    recorded: datetime
+    tenant: str
+    client_id: str | None = None
+    organisation: str | None = None
+    organisation_name: str | None = None
+    point_of_care: str | None = None
+    point_of_care_name: str | None = None
+    practitioner_hpr: str | None = None
+    practitioner_name: str | None = None
+    purpose_of_use: str | None = None
+    purpose_of_use_details: Coded | None = None
+    healthcare_service: Coded | None = None
+    decision_ref: DecisionRef | None = None
+    attested_at: datetime | None = None
+    patient: tuple[str, str] | None = None
+    query: bytes | None = None
+    data_categories: tuple[str, ...] = ()
+    resources: tuple[str, ...] = ()
+    decision: SharingDecision | None = None
+    token_jti: str | None = None
+    correlation_id: str | None = None
+    source_address: str | None = None
+    description: str | None = None
+    server: str = "dho-share"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.action, AuditAction):
+            raise TypeError(f"action must be an AuditAction, not {self.action!r}")
+        if not isinstance(self.outcome, Outcome):
+            raise TypeError(f"outcome must be an Outcome, not {self.outcome!r}")
+        for name in ("recorded", "attested_at"):
+            when = getattr(self, name)
+            if when is not None and (not isinstance(when, datetime) or when.utcoffset() is None):
+                raise ValueError(f"{name} must be a timezone-aware datetime")
+        if not isinstance(self.tenant, str) or not 0 < len(self.tenant) <= MAX_TENANT:
+            raise ValueError(f"tenant must be a non-empty string of at most {MAX_TENANT} characters")
+        if self.purpose_of_use is not None and self.purpose_of_use not in PURPOSES_OF_USE:
+            raise ValueError(f"purpose_of_use must be one of {sorted(PURPOSES_OF_USE)}")
+        if self.patient is not None and (
+            len(self.patient) != 2 or not all(isinstance(p, str) and p for p in self.patient)
+        ):
+            raise ValueError("patient must be (system, value), both non-empty strings")
+        if self.query is not None and not isinstance(self.query, bytes):
+            raise TypeError("query must be bytes, the request exactly as received")
+        for name in ("data_categories", "resources"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+                raise TypeError(f"{name} must be a tuple of strings")
+        for name in _TEXT_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be a string or None")
+            if value and _JWT_TEXT.search(value):
+                raise ValueError(f"{name} looks like a token; tokens are never recorded (AUD-04)")
+        for value in (*self.resources, *(self.decision.used if self.decision else ())):
+            if _JWT_TEXT.search(value):
+                raise ValueError("a reference looks like a token; tokens are never recorded (AUD-04)")
+
+
+_TEXT_FIELDS = (
+    "client_id",
+    "organisation",
+    "organisation_name",
+    "point_of_care",
+    "point_of_care_name",
+    "practitioner_hpr",
+    "practitioner_name",
+    "token_jti",
+    "correlation_id",
+    "source_address",
+    "description",
+    "server",
+)
+
+
+def redact_tokens(query: bytes) -> bytes:
+    """``query`` with every JWT-shaped run (JWS or JWE compact serialisation) replaced by ``[redacted-jwt]``.
+
+    AUD-03 wants the raw query byte-exact; AUD-04 wants no token anywhere in the audit. A token sent in
+    a query string (AUTH-02) is where the two meet, and AUD-04 wins. Every other byte is kept.
+    """
+    if b"eyJ" not in query:
+        return query
+    return _JWT_BYTES.sub(REDACTED, query)
+
+
+def format_recorded(when: datetime) -> str:
+    """A FHIR ``instant`` in UTC with microseconds, e.g. ``2024-03-19T06:45:00.123456Z``."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _logical(system: str, value: str, display: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"identifier": {"system": system, "value": value}}
+    if display:
+        out["display"] = display
+    return out
+
+
+def _contained(facts: AuditFacts) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The contained ``Patient`` and ``PractitionerRole`` of the NO IG, and the reference to the role.
+
+    The role points at the health worker (HPR), the legal entity and the point of care by logical
+    references (``Reference.identifier``), not by further contained resources: the attestation gives
+    identifiers only, and every contained resource costs some 150 bytes in every event.
+    """
+    contained: list[dict[str, Any]] = []
+    if facts.patient is not None:
+        contained.append(
+            {
+                "resourceType": "Patient",
+                "id": "patient",
+                "identifier": [{"system": facts.patient[0], "value": facts.patient[1]}],
+            }
+        )
+    if facts.practitioner_hpr is None and facts.organisation is None:
+        return contained, None
+    role: dict[str, Any] = {"resourceType": "PractitionerRole", "id": "practitioner-role"}
+    if facts.practitioner_hpr is not None:
+        role["practitioner"] = _logical(HPR_SYSTEM, facts.practitioner_hpr, facts.practitioner_name)
+    if facts.organisation is not None:
+        role["organization"] = _logical(ORGNR_SYSTEM, facts.organisation, facts.organisation_name)
+    if facts.point_of_care is not None:
+        role["location"] = [_logical(ORGNR_SYSTEM, facts.point_of_care, facts.point_of_care_name)]
+    if facts.healthcare_service is not None:
+        role["code"] = [{"coding": [facts.healthcare_service.coding()]}]
+    contained.append(role)
+    return contained, {"reference": "#practitioner-role"}
+
+
+def _extensions(facts: AuditFacts) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if facts.patient is not None:
+        out.append({"url": EXT_PATIENT, "valueReference": {"reference": "#patient"}})
+    ref, toa = facts.decision_ref, facts.attested_at
+    if ref is not None or toa is not None:
+        parts: list[dict[str, Any]] = []
+        if ref is not None:
+            parts.append({"url": "decision-ref-id", "valueString": ref.id})
+            if ref.description:
+                parts.append({"url": "decision-ref-description", "valueString": ref.description})
+            parts.append({"url": "decision-ref-user-selected", "valueBoolean": ref.user_selected})
+        if toa is not None:
+            parts.append({"url": "toa", "valueUnsignedInt": int(toa.timestamp())})
+        out.append({"url": EXT_CARE_RELATION, "extension": parts})
+    return out
+
+
+def _purpose(facts: AuditFacts) -> list[dict[str, Any]]:
+    if facts.purpose_of_use is None:
+        return []
+    codings = [
+        {
+            "system": _ACT_REASON,
+            "code": facts.purpose_of_use,
+            "display": PURPOSES_OF_USE[facts.purpose_of_use],
+        }
+    ]
+    if facts.purpose_of_use_details is not None:
+        codings.append(facts.purpose_of_use_details.coding())
+    return [{"coding": codings}]
+
+
+def _network(address: str, kind: str) -> dict[str, Any]:
+    return {"address": address, "type": kind}
+
+
+def _client_agent(facts: AuditFacts, role: dict[str, str]) -> dict[str, Any]:
+    agent: dict[str, Any] = {
+        "type": {"coding": [role]},
+        "who": {"identifier": {"value": facts.client_id}} if facts.client_id else {"display": "unknown"},
+        "requestor": False,
+    }
+    if facts.source_address:
+        agent["network"] = _network(facts.source_address, "2")  # IP address
+    return agent
+
+
+def _server_agent(facts: AuditFacts, role: dict[str, str]) -> dict[str, Any]:
+    return {
+        "type": {"coding": [role]},
+        "who": {"display": facts.server},
+        "requestor": False,
+        "network": _network(facts.server, "5"),  # URI
+    }
+
+
+def _user_agents(facts: AuditFacts, who: dict[str, Any] | None, role: dict[str, str]) -> list[dict[str, Any]]:
+    agents: list[dict[str, Any]] = []
+    if who is not None and facts.practitioner_hpr is not None:
+        user: dict[str, Any] = {"type": {"coding": [role]}, "who": who, "requestor": True}
+        if facts.practitioner_name:
+            user["name"] = facts.practitioner_name
+        if facts.purpose_of_use_details is not None:
+            user["purposeOfUse"] = [{"coding": [facts.purpose_of_use_details.coding()]}]
+        agents.append(user)
+    if facts.organisation is not None:
+        agents.append(
+            {
+                "type": {"coding": [_PROVIDER]},
+                "who": {
+                    "identifier": {"system": ORGNR_SYSTEM, "value": facts.organisation},
+                    **({"display": facts.organisation_name} if facts.organisation_name else {}),
+                },
+                "requestor": facts.practitioner_hpr is None,
+            }
+        )
+    return agents
+
+
+def _patient_entity() -> dict[str, Any]:
+    return {"what": {"reference": "#patient"}, "type": _PERSON, "role": _ROLE_PATIENT}
+
+
+def _token_entity(jti: str) -> dict[str, Any]:
+    return {"what": {"identifier": {"value": JTI_PREFIX + jti}}, "type": _OAUTH_AGENT}
+
+
+def _policy_entities(decision: SharingDecision) -> list[dict[str, Any]]:
+    out = []
+    for ref in decision.used:
+        code = "Consent" if ref.startswith("Consent/") else "Contract"
+        out.append({"what": {"reference": ref}, "type": {"system": _RESOURCE_TYPES, "code": code}})
+    return out
+
+
+def _decision_entity(decision: SharingDecision) -> dict[str, Any]:
+    details = [{"type": "permit", "valueString": "true" if decision.permit else "false"}]
+    details += [{"type": "reason", "valueString": r} for r in decision.reasons]
+    return {
+        "name": "sharing-decision",
+        "description": "permit" if decision.permit else "deny",
+        "detail": details,
+    }
+
+
+def _rest_entities(facts: AuditFacts, interaction: Interaction) -> list[dict[str, Any]]:
+    entities: list[dict[str, Any]] = []
+    if facts.patient is not None:
+        entities.append(_patient_entity())
+    if facts.query is not None:
+        entities.append(
+            {
+                "type": _SYSTEM_OBJECT,
+                "role": _ROLE_QUERY,
+                "query": base64.b64encode(redact_tokens(facts.query)).decode("ascii"),
+            }
+        )
+    if interaction is Interaction.QUERY:
+        # BALP records no results of a query; domain.md wants their ids, kept short (a page can hold 500).
+        entities += ({"what": {"reference": ref}} for ref in facts.resources)
+    else:
+        entities += (
+            {"what": {"reference": ref}, "type": _SYSTEM_OBJECT, "role": _ROLE_DOMAIN_RESOURCE}
+            for ref in facts.resources
+        )
+    if facts.data_categories:
+        entities.append(
+            {
+                "name": "data-categories",
+                "detail": [{"type": "data-category", "valueString": c} for c in facts.data_categories],
+            }
+        )
+    if facts.decision is not None:
+        entities.append(_decision_entity(facts.decision))
+        entities += _policy_entities(facts.decision)
+    if facts.token_jti:
+        entities.append(_token_entity(facts.token_jti))
+    if facts.correlation_id:
+        entities.append({"what": {"identifier": {"value": facts.correlation_id}}, "type": _XREQUEST_ID})
+    return entities
+
+
+def _conforms(facts: AuditFacts, interaction: Interaction) -> bool:
+    """Whether the event meets its BALP patient profile (success, patient, client network, data)."""
+    if interaction not in _PROFILES or facts.outcome is not Outcome.SUCCESS or facts.patient is None:
+        return False
+    if not facts.source_address:
+        return False
+    if interaction is Interaction.QUERY:
+        return facts.query is not None
+    return len(facts.resources) == 1
+
+
+def build_audit_event(facts: AuditFacts) -> dict[str, Any]:
+    """The FHIR R4 ``AuditEvent`` (JSON as a ``dict``) recording ``facts``, shaped per the module table.
+
+    The result is plain JSON data (str, int, bool, list, dict) ready for ``AuditLog.append``; it is
+    built fresh on every call and shares nothing with other calls.
+    """
+    interaction, code = interaction_of(facts.action)
+    contained, role_ref = _contained(facts)
+    event: dict[str, Any] = {"resourceType": "AuditEvent"}
+    if _conforms(facts, interaction):
+        event["meta"] = {"profile": [_PROFILES[interaction]]}
+    if contained:
+        event["contained"] = contained
+    extensions = _extensions(facts)
+    if extensions:
+        event["extension"] = extensions
+    action_coding = {"system": ACTION_SYSTEM, "code": facts.action.value}
+    if interaction is Interaction.SECURITY:
+        event["type"] = _SECURITY_TYPES[code]
+        event["subtype"] = [_LOGIN, action_coding] if code == "110114" else [action_coding]
+    else:
+        event["type"] = _TYPE_REST
+        event["subtype"] = [
+            {"system": "http://hl7.org/fhir/restful-interaction", "code": code},
+            action_coding,
+        ]
+    event["action"] = _ACTION_CODES[interaction]
+    event["recorded"] = format_recorded(facts.recorded)
+    event["outcome"] = facts.outcome.value
+    if facts.description:
+        event["outcomeDesc"] = facts.description
+    purpose = _purpose(facts)
+    if purpose:
+        event["purposeOfEvent"] = purpose
+    # DICOM/IHE convention: the side the *request* flows from is the Source Role; for a read the data
+    # flows to the client, so BALP's Read names the client Destination (PatientRead.fsh).
+    if interaction is Interaction.READ:
+        client_role, server_role = _DESTINATION_ROLE, _SOURCE_ROLE
+    else:
+        client_role, server_role = _SOURCE_ROLE, _DESTINATION_ROLE
+    user_role = _AUTHOR if interaction in (Interaction.CREATE, Interaction.UPDATE) else _RECIPIENT
+    event["agent"] = [
+        _client_agent(facts, client_role),
+        _server_agent(facts, server_role),
+        *_user_agents(facts, role_ref, user_role),
+    ]
+    event["source"] = {"site": facts.server, "observer": {"display": facts.server}, "type": [_APP_SERVER]}
+    entities = _rest_entities(facts, interaction)
+    if entities:
+        event["entity"] = entities
+    return event
+
+
+def build_authz_event(facts: AuditFacts) -> dict[str, Any] | None:
+    """The BALP ``AuthZconsent`` AuditEvent recording the sharing decision in ``facts``, or ``None``.
+
+    ``None`` when ``facts.decision`` is ``None``; the log indexes it as ``AuditAction.ACCESS_DECISION``.
+    Outcome: success for a permit; for a deny the request's failure outcome (minor failure when the
+    request itself was recorded as a success). ``outcomeDesc``
+    lists the policy's reasons. The Consent and agreement references used go in ``entity[consent]``
+    (BALP's slice is typed ``Consent``; an agreement is the controller's standing consent to share), and
+    the token's ``jti`` in ``entity[token]`` (security-tests.md AUD-02). ``meta.profile`` names
+    AuthZconsent when its required parts are there: a patient, at least one reference used, the client's
+    network address, the health worker and their organisation.
+    """
+    decision = facts.decision
+    if decision is None:
+        return None
+    contained, role_ref = _contained(facts)
+    if decision.permit:
+        outcome = Outcome.SUCCESS
+    else:
+        outcome = facts.outcome if facts.outcome is not Outcome.SUCCESS else Outcome.MINOR_FAILURE
+    event: dict[str, Any] = {"resourceType": "AuditEvent"}
+    if (
+        facts.patient is not None
+        and decision.used
+        and facts.source_address
+        and facts.practitioner_hpr is not None
+        and facts.organisation is not None
+    ):
+        event["meta"] = {"profile": [_AUTHZ_PROFILE]}
+    if contained:
+        event["contained"] = contained
+    extensions = _extensions(facts)
+    if extensions:
+        event["extension"] = extensions
+    event["type"] = _SECURITY_TYPES["110113"]
+    event["subtype"] = [_AUTHZ_CONSENT]
+    event["action"] = "E"
+    event["recorded"] = format_recorded(facts.recorded)
+    event["outcome"] = outcome.value
+    event["outcomeDesc"] = ("permit: " if decision.permit else "deny: ") + ", ".join(decision.reasons)
+    purpose = _purpose(facts)
+    if purpose:
+        event["purposeOfEvent"] = purpose
+    agents = [_client_agent(facts, _APPLICATION), *_user_agents(facts, role_ref, _RECIPIENT)]
+    agents.append({"type": {"coding": [_AUTHSERVER]}, "who": {"display": facts.server}, "requestor": False})
+    event["agent"] = agents
+    event["source"] = {"site": facts.server, "observer": {"display": facts.server}, "type": [_APP_SERVER]}
+    entities: list[dict[str, Any]] = []
+    if facts.patient is not None:
+        entities.append(_patient_entity())
+    for ref in decision.used:
+        entities.append({"what": {"reference": ref}, "type": {"system": _RESOURCE_TYPES, "code": "Consent"}})
+    if facts.token_jti:
+        entities.append(_token_entity(facts.token_jti))
+    if entities:
+        event["entity"] = entities
+    return event
+
+
+def build_audit_events(facts: AuditFacts) -> list[dict[str, Any]]:
+    """The events one request records: the RESTful event, then the AuthZconsent event if there was a decision.
+
+    One request, one patient: for a query whose results span several patients, BALP PatientQuery wants
+    one event per patient, so call this once per patient with ``patient`` (and ``resources``) set.
+    """
+    authz = build_authz_event(facts)
+    return [build_audit_event(facts)] if authz is None else [build_audit_event(facts), authz]

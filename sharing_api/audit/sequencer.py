@@ -1,0 +1,46 @@
+"""Running the sequencer: until nothing is pending, or as a service that polls (``dho-share audit sequence``).
+
+Any number of these may run at once, in any number of processes, against one database; they serialise
+per tenant on the tenant's head row (``log``). Killing one at any moment is safe (AUD-09): the batch it
+was writing rolls back and the next run sequences those entries again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from sharing_api.audit.log import AuditLog
+
+__all__ = ["run"]
+
+
+def run(
+    log: AuditLog,
+    *,
+    tenant: str | None = None,
+    max_batch: int = 1000,
+    loop: bool = False,
+    interval: float = 1.0,
+    should_stop: Callable[[], bool] = lambda: False,
+    observe: Callable[[str, int], None] | None = None,
+) -> int:
+    """Sequence batches of ``tenant`` (or of every tenant) until none is pending; with ``loop``, then poll
+    every ``interval`` seconds until ``should_stop()``. Returns the number of entries sequenced.
+
+    ``observe(what, n)`` is told ``("batch", 0)`` before each batch and ``("done", n)`` after it.
+    """
+    total = 0
+    while not should_stop():
+        if observe is not None:
+            observe("batch", 0)
+        n = log.sequence(tenant, max_batch=max_batch)
+        if observe is not None:
+            observe("done", n)
+        total += n
+        if n:
+            continue
+        if not loop:
+            break
+        time.sleep(interval)
+    return total

@@ -1,0 +1,125 @@
+"""The searchable facts of a stored AuditEvent, read from its JSON when it is appended.
+
+``AuditLog.append`` stores them in indexed columns so that the auditor's search and the patient's access
+log do not parse events (product.md §2). They are read from the shapes ``events`` builds: the
+``ACTION_SYSTEM`` coding of ``subtype`` (AuthZconsent events are ``access.decision``), ``outcome``,
+``recorded``, the v3-ActReason coding of ``purposeOfEvent``, the contained ``Patient`` and
+``PractitionerRole`` (HPR, legal entity), and the client agent's identifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sharing_api.audit.actions import AuditAction, Outcome
+from sharing_api.audit.events import ACTION_SYSTEM, HPR_SYSTEM, ORGNR_SYSTEM
+
+__all__ = ["SearchTerms", "micros", "search_terms"]
+
+_AUTHZ_SUBTYPE = "AuthZ-Consent"
+_ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+_CLIENT_ROLES = frozenset({"110150", "110152", "110153"})
+
+
+@dataclass(frozen=True, slots=True)
+class SearchTerms:
+    """The indexed columns of one log entry."""
+
+    recorded: int
+    action: AuditAction
+    outcome: Outcome
+    purpose: str | None
+    patient_system: str | None
+    patient_value: str | None
+    agent_hpr: str | None
+    organisation: str | None
+    client_id: str | None
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def micros(when: datetime) -> int:
+    """Microseconds since the epoch (UTC) of an aware datetime, as every time column stores it."""
+    return (when - _EPOCH) // _MICROSECOND
+
+
+def _codings(value: Any) -> list[Mapping[str, Any]]:
+    return [c for c in value if isinstance(c, Mapping)] if isinstance(value, list) else []
+
+
+def _action(event: Mapping[str, Any]) -> AuditAction:
+    for coding in _codings(event.get("subtype")):
+        if coding.get("system") == ACTION_SYSTEM:
+            return AuditAction(str(coding.get("code")))
+        if coding.get("code") == _AUTHZ_SUBTYPE:
+            return AuditAction.ACCESS_DECISION
+    raise ValueError("the AuditEvent names no AuditAction (build it with sharing_api.audit.events)")
+
+
+def _identifier(resource: Mapping[str, Any], system: str | None = None) -> tuple[str, str] | None:
+    for ident in resource.get("identifier") or ():
+        if isinstance(ident, Mapping) and (system is None or ident.get("system") == system):
+            sys_, value = ident.get("system"), ident.get("value")
+            if isinstance(sys_, str) and isinstance(value, str):
+                return sys_, value
+    return None
+
+
+def _reference(value: Any, system: str) -> str | None:
+    """The identifier value of a logical reference in ``system``."""
+    ident = value.get("identifier") if isinstance(value, Mapping) else None
+    if isinstance(ident, Mapping) and ident.get("system") == system and isinstance(ident.get("value"), str):
+        return str(ident["value"])
+    return None
+
+
+def search_terms(event: Mapping[str, Any]) -> SearchTerms:
+    """The indexed columns of ``event``; ``ValueError`` if it is not an AuditEvent this package built."""
+    if event.get("resourceType") != "AuditEvent":
+        raise ValueError("only AuditEvent resources go into the audit log")
+    recorded = event.get("recorded")
+    if not isinstance(recorded, str):
+        raise ValueError("the AuditEvent has no recorded time")
+    when = datetime.fromisoformat(recorded)
+    if when.utcoffset() is None:
+        raise ValueError("AuditEvent.recorded must carry a time zone")
+    purpose = next(
+        (
+            c.get("code")
+            for pe in event.get("purposeOfEvent") or ()
+            for c in _codings(pe.get("coding"))
+            if c.get("system") == _ACT_REASON
+        ),
+        None,
+    )
+    patient = hpr = org = None
+    for res in event.get("contained") or ():
+        kind = res.get("resourceType")
+        if kind == "Patient":
+            patient = _identifier(res)
+        elif kind == "PractitionerRole":
+            hpr = _reference(res.get("practitioner"), HPR_SYSTEM)
+            org = _reference(res.get("organization"), ORGNR_SYSTEM)
+    client = None
+    for agent in event.get("agent") or ():
+        types = {c.get("code") for c in _codings((agent.get("type") or {}).get("coding"))}
+        ident = (agent.get("who") or {}).get("identifier") or {}
+        if types & _CLIENT_ROLES and isinstance(ident.get("value"), str):
+            client = ident["value"]
+            break
+    return SearchTerms(
+        recorded=micros(when),
+        action=_action(event),
+        outcome=Outcome(str(event.get("outcome"))),
+        purpose=purpose if isinstance(purpose, str) else None,
+        patient_system=patient[0] if patient else None,
+        patient_value=patient[1] if patient else None,
+        agent_hpr=hpr,
+        organisation=org,
+        client_id=client,
+    )

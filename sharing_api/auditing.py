@@ -1,0 +1,111 @@
+"""From a request's plain facts to the audit log: who, for whom, why, what, and the decision.
+
+Web-free: the routes hand in the :class:`Caller`, the tenant, the patient and a :class:`RequestInfo`.
+Writing fails closed: an error propagates, and the caller answers 503 with no data (product.md §4 step 5).
+Tokens, proofs and measurement values are never part of what is recorded: only reads record the request
+body (a search's form), never writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection
+
+from auth.caller import Caller
+from consent.policy import Decision
+from sharing_api.audit.actions import AuditAction, Outcome
+from sharing_api.audit.events import AuditFacts, Coded, DecisionRef, SharingDecision
+from sharing_api.audit.log import AuditLog
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """What the audit keeps of the HTTP request itself."""
+
+    method: str
+    target: str
+    """Path and query string, exactly as received."""
+    body: bytes | None
+    """The form body of a read (search parameters), else ``None``."""
+    correlation_id: str
+    source_address: str | None
+    server: str
+
+    def query(self) -> bytes:
+        """The raw query for ``entity.query``: the request line, and a search's form body."""
+        head = f"{self.method} {self.target}".encode()
+        return head + (b"\n\n" + self.body if self.body else b"")
+
+
+def _coded(coding: object) -> Coded | None:
+    code, system = getattr(coding, "code", None), getattr(coding, "system", None)
+    if not code or not system:
+        return None
+    return Coded(system=system, code=code, display=getattr(coding, "text", None))
+
+
+def audit_facts(
+    *,
+    action: AuditAction,
+    outcome: Outcome,
+    tenant: str,
+    caller: Caller | None,
+    request: RequestInfo,
+    patient: tuple[str, str] | None = None,
+    resources: Sequence[str] = (),
+    decision: Decision | None = None,
+    categories: Sequence[str] = (),
+    description: str | None = None,
+) -> AuditFacts:
+    attestation = caller.attestation if caller else None
+    decision_ref = None
+    if attestation is not None and attestation.decision_ref is not None:
+        ref = attestation.decision_ref
+        decision_ref = DecisionRef(id=ref.id, user_selected=ref.user_selected, description=ref.description)
+    return AuditFacts(
+        action=action,
+        outcome=outcome,
+        recorded=datetime.now(UTC),
+        tenant=tenant,
+        client_id=caller.client_id if caller else None,
+        organisation=caller.organisation if caller else None,
+        point_of_care=caller.point_of_care if caller else None,
+        practitioner_hpr=caller.practitioner_hpr if caller else None,
+        purpose_of_use=str(caller.purpose_of_use) if caller and caller.purpose_of_use else None,
+        purpose_of_use_details=_coded(attestation.purpose_of_use_details) if attestation else None,
+        healthcare_service=_coded(attestation.healthcare_service) if attestation else None,
+        decision_ref=decision_ref,
+        attested_at=datetime.fromtimestamp(attestation.toa, UTC) if attestation and attestation.toa else None,
+        patient=patient,
+        query=request.query(),
+        data_categories=tuple(categories),
+        resources=tuple(resources),
+        decision=SharingDecision(
+            permit=decision.permit, reasons=tuple(str(r) for r in decision.reasons), used=decision.used
+        )
+        if decision is not None
+        else None,
+        token_jti=caller.token_jti if caller else None,
+        correlation_id=request.correlation_id,
+        source_address=request.source_address,
+        description=description,
+        server=request.server,
+    )
+
+
+class Auditor:
+    """Records facts in the tenant's log, inside a given transaction or in one of its own."""
+
+    def __init__(self, log: AuditLog):
+        self.log = log
+
+    def record_in(self, conn: Connection, facts: AuditFacts) -> None:
+        self.log.record(conn, facts)
+
+    def record(self, facts: AuditFacts) -> None:
+        """Record and commit now (before the response that it records is sent)."""
+        with self.log.engine.connect().execution_options(write=True) as conn, conn.begin():
+            self.log.record(conn, facts)

@@ -1,0 +1,45 @@
+"""Fixtures of the audit-log tests: an empty migrated database of each backend, a signer, an AuditLog.
+
+``database_url`` (tests/conftest.py) is parametrised over SQLite and PostgreSQL, so every test that uses
+``engine`` or ``log`` runs on both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from sharing_api.audit.checkpoints import AuditSigner
+from sharing_api.audit.log import AuditLog
+from sharing_api.store.engine import make_engine
+from sharing_api.store.schema import audit_checkpoints, audit_entries, audit_heads
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    eng = make_engine(database_url)
+    with eng.begin() as conn:
+        for table in (audit_entries, audit_heads, audit_checkpoints):
+            conn.execute(table.delete())
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def signer() -> AuditSigner:
+    return AuditSigner.generate()
+
+
+@pytest.fixture
+def key_file(tmp_path: Path, signer: AuditSigner) -> Path:
+    path = tmp_path / "audit-key.pem"
+    signer.save(path)
+    return path
+
+
+@pytest.fixture
+def log(engine: Engine, signer: AuditSigner) -> AuditLog:
+    return AuditLog(engine, signer=signer, checkpoint_every=10, checkpoint_interval=3600)

@@ -1,0 +1,103 @@
+"""Small factories for audit tests: facts of a typical request, and a filled log."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sharing_api.audit.actions import AuditAction, Outcome
+from sharing_api.audit.events import AuditFacts, Coded, DecisionRef, SharingDecision
+from sharing_api.audit.log import AuditLog
+
+TENANT = "921234562"
+OTHER_TENANT = "923456783"
+FNR = "urn:oid:2.16.578.1.12.4.1.4.1"
+HOSPITAL = "993467049"
+T0 = datetime(2025, 3, 19, 6, 45, tzinfo=UTC)
+
+
+def synthetic_fnr(n: int) -> str:
+    """An 11-digit synthetic person number (month + 80); the control digits do not matter here."""
+    return f"{(n % 28) + 1:02d}{81 + n % 12:02d}69{n % 100000:05d}"
+
+
+def facts(n: int = 0, **changes: Any) -> AuditFacts:
+    """The facts of a hospital doctor's permitted search for patient ``n`` at ``T0 + n seconds``."""
+    base = AuditFacts(
+        action=AuditAction.OBSERVATION_SEARCH,
+        outcome=Outcome.SUCCESS,
+        recorded=T0 + timedelta(seconds=n),
+        tenant=TENANT,
+        client_id="ous-dips-epj",
+        organisation=HOSPITAL,
+        organisation_name="Oslo universitetssykehus HF",
+        point_of_care="874716782",
+        practitioner_hpr="9144897",
+        practitioner_name="August September",
+        purpose_of_use="TREAT",
+        purpose_of_use_details=Coded(
+            system="https://terminology.dips.com/decisiontemplate",
+            code="POLBESOK",
+            display="Poliklinisk besøk",
+        ),
+        healthcare_service=Coded(
+            system="urn:oid:2.16.578.1.12.4.1.1.8655", code="S03", display="Indremedisin"
+        ),
+        decision_ref=DecisionRef(id="23423255", user_selected=False, description="Innlagt pasient"),
+        attested_at=T0,
+        patient=(FNR, synthetic_fnr(n)),
+        query=f"POST /{TENANT}/fhir/Observation/_search\n\npatient={synthetic_fnr(n)}&code=8867-4".encode(),
+        data_categories=("vital-signs",),
+        resources=(f"Observation/{n:08d}-0000-4000-8000-000000000000",),
+        decision=SharingDecision(
+            permit=True, reasons=("PERMIT_AGREEMENT",), used=("SharingAgreement/ag-1", "Consent/c-9")
+        ),
+        token_jti=f"jti-{n}",
+        correlation_id=f"req-{n}",
+        source_address="10.1.2.3",
+        description="search with 1 result",
+        server="https://dho.kommune.example",
+    )
+    return replace(base, **changes)
+
+
+def fill(log: AuditLog, count: int, tenant: str = TENANT, start: int = 0) -> list[int]:
+    """Append ``count`` search events (one each) to ``tenant``'s log in one transaction."""
+    from sharing_api.audit.events import build_audit_event
+
+    ids = []
+    with log.engine.connect().execution_options(write=True) as conn, conn.begin():
+        for n in range(start, start + count):
+            ids.append(log.append(conn, tenant, build_audit_event(facts(n, tenant=tenant))))
+    return ids
+
+
+def bulk_pending(log: AuditLog, count: int, tenant: str = TENANT, start: int = 0) -> None:
+    """Insert ``count`` pending entries at once, as ``append`` would store them (test set-up only)."""
+    from sharing_api.audit.encoding import canonical_event
+    from sharing_api.audit.events import build_audit_event
+    from sharing_api.audit.terms import search_terms
+    from sharing_api.store.schema import audit_entries
+
+    rows = []
+    for n in range(start, start + count):
+        event = build_audit_event(facts(n, tenant=tenant))
+        terms = search_terms(event)
+        rows.append(
+            {
+                "tenant": tenant,
+                "recorded": terms.recorded,
+                "action": terms.action.value,
+                "outcome": terms.outcome.value,
+                "purpose": terms.purpose,
+                "patient_system": terms.patient_system,
+                "patient_value": terms.patient_value,
+                "agent_hpr": terms.agent_hpr,
+                "organisation": terms.organisation,
+                "client_id": terms.client_id,
+                "event": canonical_event(event),
+            }
+        )
+    with log.engine.begin() as conn:
+        conn.execute(audit_entries.insert(), rows)

@@ -1,0 +1,338 @@
+"""The audit log on SQLite and PostgreSQL: append, sequence, checkpoints, proofs, search, export.
+
+security-tests.md AUD-03 (query bytes through the database), AUD-05 (fail closed), AUD-08 (checkpoints
+verify with the pinned key; consistency between every pair of retained checkpoints).
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from sharing_api.audit.actions import AuditAction, Outcome
+from sharing_api.audit.checkpoints import AuditSigner, load_public_key
+from sharing_api.audit.events import SharingDecision, build_audit_event
+from sharing_api.audit.export_format import entry_leaf
+from sharing_api.audit.log import AuditLog, LogCorrupted
+from sharing_api.audit.merkle import (
+    EMPTY_ROOT,
+    leaf_hash,
+    root_from_leaf_hashes,
+    verify_consistency,
+    verify_inclusion,
+)
+from sharing_api.audit.verify import verify
+from sharing_api.store.schema import audit_entries, audit_heads
+from tests.audit.factories import HOSPITAL, OTHER_TENANT, T0, TENANT, facts, fill
+from tests.audit.test_events import MALICIOUS
+
+e = audit_entries
+
+
+def stored(engine: Engine, tenant: str = TENANT) -> list[tuple[int | None, bytes, bytes | None]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(e.c.seq, e.c.event, e.c.leaf).where(e.c.tenant == tenant).order_by(e.c.id)
+        ).all()
+    return [(r.seq, bytes(r.event), bytes(r.leaf) if r.leaf is not None else None) for r in rows]
+
+
+def assert_dense_and_hashed(log: AuditLog, tenant: str, count: int) -> None:
+    rows = sorted(stored(log.engine, tenant), key=lambda r: r[0] if r[0] is not None else -1)
+    assert [seq for seq, _, _ in rows] == list(range(count))
+    for seq, event, leaf in rows:
+        assert seq is not None
+        assert leaf == entry_leaf(event, seq) == leaf_hash(b'{"event":%s,"seq":%d}' % (event, seq))
+    head = log.head(tenant)
+    assert head is not None
+    assert head.size == count
+    assert head.root == root_from_leaf_hashes([leaf for _, _, leaf in rows])  # type: ignore[misc]
+
+
+def test_append_then_sequence_round_trip(log: AuditLog) -> None:
+    ids = fill(log, 25)
+    assert len(set(ids)) == 25
+    assert [seq for seq, _, _ in stored(log.engine)] == [None] * 25  # pending until sequenced
+    assert log.head(TENANT) is None
+    assert log.sequence(TENANT, max_batch=10) == 10
+    assert log.sequence(max_batch=100) == 15
+    assert log.sequence() == 0
+    assert_dense_and_hashed(log, TENANT, 25)
+    # entries keep the exact canonical event
+    (entry,) = log.search(TENANT, count=1, after_seq=6)
+    assert entry.seq == 7
+    assert entry.resource() == build_audit_event(facts(7))
+    assert entry.action == "observation.search"
+    assert entry.recorded_at == T0 + timedelta(seconds=7)
+
+
+def test_every_tenant_has_its_own_log(log: AuditLog) -> None:
+    fill(log, 5, TENANT)
+    fill(log, 3, OTHER_TENANT)
+    assert log.drain() == 8
+    assert_dense_and_hashed(log, TENANT, 5)
+    assert_dense_and_hashed(log, OTHER_TENANT, 3)
+    assert log.search(OTHER_TENANT, count=10)[0].tenant == OTHER_TENANT
+    assert len(log.search(TENANT, count=10)) == 5
+
+
+def test_event_commits_with_the_callers_transaction_or_not_at_all(log: AuditLog) -> None:
+    event = build_audit_event(facts())
+    with pytest.raises(RuntimeError, match="boom"):  # noqa: PT012 (the failure is inside the transaction)
+        with log.engine.connect().execution_options(write=True) as conn, conn.begin():
+            log.append(conn, TENANT, event)
+            raise RuntimeError("boom")
+    assert stored(log.engine) == []
+    with log.engine.connect().execution_options(write=True) as conn, conn.begin():
+        log.append(conn, TENANT, event)
+    assert len(stored(log.engine)) == 1
+
+
+def test_append_fails_closed(log: AuditLog) -> None:
+    event = build_audit_event(facts())
+    with log.engine.connect() as conn:
+        with pytest.raises(ValueError, match="transaction"):
+            log.append(conn, TENANT, event)
+    with log.engine.connect().execution_options(write=True) as conn, conn.begin():
+        with pytest.raises(ValueError, match="AuditEvent"):
+            log.append(conn, TENANT, {"resourceType": "Observation"})
+        with pytest.raises(ValueError, match="AuditAction"):
+            log.append(conn, TENANT, {**event, "subtype": []})
+        with pytest.raises(ValueError):
+            log.append(conn, TENANT, {**event, "outcomeDesc": float("nan")})
+
+
+def test_a_database_error_in_append_reaches_the_caller(
+    log: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AUD-05: nothing swallows an audit write failure; the caller's transaction fails (and answers 503)."""
+    from sqlalchemy import Column, Integer, MetaData, Table, insert
+
+    missing = Table("audit_store_that_is_down", MetaData(), Column("x", Integer))
+    monkeypatch.setattr("sharing_api.audit.log._INSERT", insert(missing))
+    with pytest.raises(DBAPIError):  # noqa: PT012 (the error must leave the transaction block)
+        with log.engine.connect().execution_options(write=True) as conn, conn.begin():
+            log.append(conn, TENANT, build_audit_event(facts()))
+    assert stored(log.engine) == []
+
+
+def test_append_on_sqlite_needs_a_write_transaction(log: AuditLog) -> None:
+    if log.engine.dialect.name != "sqlite":
+        pytest.skip("BEGIN IMMEDIATE is SQLite's")
+    with log.engine.connect() as conn, conn.begin(), pytest.raises(ValueError, match="write"):
+        log.append(conn, TENANT, build_audit_event(facts()))
+
+
+def test_concurrent_appends_and_sequencers_give_a_dense_sequence(log: AuditLog) -> None:
+    threads, per_thread = 8, 40
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def appender(t: int) -> None:
+        try:
+            for i in range(per_thread):
+                with log.engine.connect().execution_options(write=True) as conn, conn.begin():
+                    log.append(conn, TENANT, build_audit_event(facts(t * 1000 + i)))
+        except BaseException as exc:
+            errors.append(exc)
+
+    def sequencer() -> None:
+        try:
+            while not stop.is_set():
+                log.sequence(TENANT, max_batch=7)
+        except BaseException as exc:
+            errors.append(exc)
+
+    seqs = [threading.Thread(target=sequencer) for _ in range(3)]
+    apps = [threading.Thread(target=appender, args=(t,)) for t in range(threads)]
+    for t in seqs + apps:
+        t.start()
+    for t in apps:
+        t.join()
+    stop.set()
+    for t in seqs:
+        t.join()
+    assert errors == []
+    log.drain(TENANT)
+    assert_dense_and_hashed(log, TENANT, threads * per_thread)
+    assert verify(log.export(TENANT), log.signer.verifier).ok  # type: ignore[union-attr]
+
+
+def test_sequence_is_arrival_order(log: AuditLog) -> None:
+    ids = fill(log, 12)
+    log.drain()
+    with log.engine.connect() as conn:
+        order = conn.execute(select(e.c.id).where(e.c.tenant == TENANT).order_by(e.c.seq)).scalars().all()
+    assert order == ids
+
+
+def test_checkpoints_every_n_entries_and_after_an_interval(engine: Engine, signer: AuditSigner) -> None:
+    now = [1000.0]
+    log = AuditLog(engine, signer=signer, checkpoint_every=10, checkpoint_interval=60, clock=lambda: now[0])
+    fill(log, 25)
+    log.drain(max_batch=100)
+    assert [cp.size for cp in log.checkpoints(TENANT)] == [10, 20]  # 25 is not due yet
+    assert log.sequence() == 0
+    now[0] += 61
+    assert log.pending_tenants() == [TENANT]
+    log.sequence()
+    assert [cp.size for cp in log.checkpoints(TENANT)] == [10, 20, 25]
+    latest = log.latest_checkpoint(TENANT)
+    assert latest is not None
+    assert latest.size == 25
+    assert latest.root == log.root_at(TENANT, 25)
+    assert log.pending_tenants() == []
+    assert log.checkpoint(TENANT) == latest  # nothing new to sign
+
+
+def test_no_signer_no_checkpoints(engine: Engine) -> None:
+    log = AuditLog(engine)
+    fill(log, 15)
+    assert log.drain() == 15
+    assert log.checkpoints(TENANT) == []
+    with pytest.raises(ValueError, match="signer"):
+        log.checkpoint(TENANT)
+
+
+def test_checkpoints_verify_with_the_pinned_key_and_are_consistent_pairwise(
+    log: AuditLog, signer: AuditSigner
+) -> None:
+    """AUD-08: every retained checkpoint verifies with the pinned key, and a consistency proof links
+    every pair of them; an inclusion proof ties every entry to the latest checkpoint."""
+    for batch in (7, 13, 1, 30, 9):
+        fill(log, batch, start=len(stored(log.engine)))
+        log.drain(max_batch=6)
+        log.checkpoint(TENANT)
+    verifier = load_public_key(signer.public_key_pem())  # the auditor pins the public key only
+    checkpoints = log.checkpoints(TENANT)
+    # every 10 entries after the previous checkpoint, plus the ones signed on demand
+    assert [cp.size for cp in checkpoints] == [7, 17, 20, 21, 31, 41, 51, 60]
+    bodies = [verifier.open(cp.note, origin=log.origin_of(TENANT)) for cp in checkpoints]
+    assert [(b.size, b.root) for b in bodies] == [(cp.size, cp.root) for cp in checkpoints]
+    for old, new in itertools.combinations(bodies, 2):
+        proof = log.consistency_proof(TENANT, old.size, new.size)
+        verify_consistency(old.size, new.size, old.root, new.root, proof)
+    latest = bodies[-1]
+    leaves = log.leaf_hashes(TENANT, latest.size)
+    for index in range(latest.size):
+        verify_inclusion(
+            index, latest.size, leaves[index], log.inclusion_proof(TENANT, index, latest.size), latest.root
+        )
+    assert log.root_at(TENANT, 0) == EMPTY_ROOT
+
+
+def test_query_bytes_round_trip_through_the_database(log: AuditLog) -> None:
+    """AUD-03 end to end: what the client sent comes back from the stored event byte for byte."""
+    with log.engine.connect().execution_options(write=True) as conn, conn.begin():
+        for n, query in enumerate(MALICIOUS):
+            log.record(conn, facts(n, query=query, decision=None))
+    entries = log.search(TENANT, count=100)
+    assert len(entries) == len(MALICIOUS)
+    for entry, query in zip(entries, MALICIOUS, strict=True):
+        (q,) = [x for x in entry.resource()["entity"] if x.get("role", {}).get("code") == "24"]
+        assert base64.b64decode(q["query"]) == query
+
+
+def test_search_filters_and_pages(log: AuditLog) -> None:
+    with log.engine.connect().execution_options(write=True) as conn, conn.begin():
+        for n in range(30):
+            log.record(
+                conn,
+                facts(
+                    n,
+                    patient=(
+                        "urn:oid:2.16.578.1.12.4.1.4.1",
+                        "13116900216" if n % 3 == 0 else f"0101{n:07d}",
+                    ),
+                    practitioner_hpr="1234567" if n % 5 == 0 else "9144897",
+                    purpose_of_use="ETREAT" if n == 4 else "TREAT",
+                    outcome=Outcome.MINOR_FAILURE if n in (7, 8) else Outcome.SUCCESS,
+                    organisation="974589095" if n >= 25 else HOSPITAL,
+                    action=AuditAction.OBSERVATION_READ if n % 2 else AuditAction.OBSERVATION_SEARCH,
+                    decision=None,
+                ),
+            )
+    assert len(stored(log.engine)) == 30  # pending; search sequences first
+    by_patient = log.search(TENANT, patient="13116900216")
+    assert [x.seq for x in by_patient] == [0, 3, 6, 9, 12, 15, 18, 21, 24, 27]
+    assert log.search(TENANT, patient=("urn:oid:2.16.578.1.12.4.1.4.3", "13116900216")) == []
+    assert [x.seq for x in log.search(TENANT, agent_hpr="1234567")] == [0, 5, 10, 15, 20, 25]
+    assert [x.seq for x in log.search(TENANT, purpose="ETREAT")] == [4]
+    assert [x.seq for x in log.search(TENANT, purpose=["ETREAT", "BTG"])] == [4]
+    assert [x.seq for x in log.search(TENANT, outcome=Outcome.MINOR_FAILURE)] == [7, 8]
+    assert [x.seq for x in log.search(TENANT, organisation="974589095")] == [25, 26, 27, 28, 29]
+    assert len(log.search(TENANT, action=AuditAction.OBSERVATION_READ)) == 15
+    window = log.search(TENANT, date_from=T0 + timedelta(seconds=10), date_to=T0 + timedelta(seconds=13))
+    assert [x.seq for x in window] == [10, 11, 12]
+    page1 = log.search(TENANT, count=4, newest_first=True)
+    page2 = log.search(TENANT, count=4, newest_first=True, after_seq=page1[-1].seq)
+    assert [x.seq for x in page1 + page2] == [29, 28, 27, 26, 25, 24, 23, 22]
+    pages, after = [], None
+    while chunk := log.search(TENANT, patient="13116900216", count=3, after_seq=after):
+        pages.append([x.seq for x in chunk])
+        after = chunk[-1].seq
+    assert pages == [[0, 3, 6], [9, 12, 15], [18, 21, 24], [27]]
+    assert log.search(OTHER_TENANT) == []
+    with pytest.raises(ValueError, match="aware"):
+        log.search(TENANT, date_from=T0.replace(tzinfo=None))
+
+
+def test_search_without_sequencing_sees_only_sequenced_entries(log: AuditLog) -> None:
+    fill(log, 3)
+    assert log.search(TENANT, sequence_first=False) == []
+    log.drain()
+    assert len(log.search(TENANT, sequence_first=False)) == 3
+
+
+def test_the_sequencer_refuses_an_inconsistent_head(log: AuditLog) -> None:
+    fill(log, 5)
+    log.drain()
+    with log.engine.begin() as conn:
+        conn.execute(update(audit_heads).values(size=3))
+    fill(log, 1, start=5)
+    with pytest.raises(LogCorrupted, match="head says 3"):
+        log.sequence(TENANT)
+    with log.engine.begin() as conn:
+        conn.execute(update(audit_heads).values(size=5))
+        conn.execute(e.delete().where(e.c.seq == 2))
+    with pytest.raises(LogCorrupted):
+        log.leaf_hashes(TENANT, 5)
+
+
+def test_a_duplicate_index_is_refused_by_the_database(log: AuditLog) -> None:
+    fill(log, 3)
+    log.drain()
+    with pytest.raises(IntegrityError), log.engine.begin() as conn:
+        conn.execute(update(e).where(e.c.seq == 2).values(seq=1))
+
+
+def test_export_from_the_middle_verifies(log: AuditLog) -> None:
+    fill(log, 37)
+    log.drain()
+    log.checkpoint(TENANT)
+    whole = list(log.export(TENANT))
+    assert verify(whole, log.signer.verifier).ok  # type: ignore[union-attr]
+    part = list(log.export(TENANT, from_seq=20))
+    report = verify(part, log.signer.verifier)  # type: ignore[union-attr]
+    assert report.ok, report
+    assert (report.start, report.entries, report.signed_size, report.checkpoints) == (20, 17, 37, 3)
+    middle = verify(log.export(TENANT, 10, 30), log.signer.verifier)  # type: ignore[union-attr]
+    assert (middle.ok, middle.entries, middle.signed_size) == (True, 20, 30)
+    with pytest.raises(ValueError):
+        list(log.export(TENANT, 5, 4))
+
+
+def test_record_writes_the_request_and_its_decision(log: AuditLog) -> None:
+    with log.engine.connect().execution_options(write=True) as conn, conn.begin():
+        ids = log.record(conn, facts(decision=SharingDecision(permit=False, reasons=("DENY",), used=())))
+    assert len(ids) == 2
+    actions = [x.action for x in log.search(TENANT)]
+    assert actions == ["observation.search", "access.decision"]
+    with log.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(e)).scalar() == 2

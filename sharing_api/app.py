@@ -176,9 +176,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["dho"] = build_services(settings)
 
-    from sharing_api.routes import agreements, consents, observations, system, token
-
-    assert consents  # registers the Consent routes on the FHIR blueprint
+    # audit_api and consents register their routes on the FHIR blueprint when imported.
+    from sharing_api.routes import agreements, audit_api, consents, observations, system, token  # noqa: F401
     app.register_blueprint(observations.bp)
     app.register_blueprint(agreements.bp)
     app.register_blueprint(system.bp)

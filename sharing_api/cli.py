@@ -17,6 +17,7 @@ from rich.table import Table
 from sqlalchemy import Engine
 
 from sharing_api import consumer
+from sharing_api.audit import cli as audit_cli
 from sharing_api.settings import Settings
 from sharing_api.store.clients import ClientRegistry
 from sharing_api.store.engine import make_engine, upgrade
@@ -425,6 +426,7 @@ def demo(port: int, patients: int, days: int, no_serve: bool) -> None:
         run(settings, "127.0.0.1", port, workers=2 if settings.redis_url else 1)
 
 
+main.add_command(audit_cli.audit)
 main.add_command(consumer.token)
 main.add_command(consumer.query)
 

@@ -12,6 +12,8 @@ read, history, search, lastn                 dho-share/observation.read  attesta
 Consent create, update, revoke               dho-share/consent.write     the tenant, or the patient (route)
 Consent read, search                         dho-share/consent.read      the tenant, or the patient (route)
 admin: agreements                            consent.read / .write       the tenant itself
+AuditEvent search, $export, proofs           dho-share/audit.read        the tenant itself (its own log)
+AuditEvent/$access-log                       dho-share/audit.read        the patient (route checks)
 ===========================================  ==========================  ===================================
 
 Failures of the shared state (Redis) surface as 503 and never let a request through unchecked.
@@ -30,6 +32,7 @@ READ = "dho-share/observation.read"
 WRITE = "dho-share/observation.write"
 CONSENT_READ = "dho-share/consent.read"
 CONSENT_WRITE = "dho-share/consent.write"
+AUDIT = "dho-share/audit.read"
 PUBLISHER, CONTROLLER, ANYONE = "publisher", "controller", "anyone"
 RULES: dict[str, tuple[str, str]] = {
     "fhir.create": (WRITE, PUBLISHER),
@@ -46,6 +49,13 @@ RULES: dict[str, tuple[str, str]] = {
     "fhir.consent_revoke": (CONSENT_WRITE, ANYONE),
     "fhir.consent_read": (CONSENT_READ, ANYONE),
     "fhir.consent_search": (CONSENT_READ, ANYONE),
+    "fhir.audit_search_get": (AUDIT, CONTROLLER),
+    "fhir.audit_search_post": (AUDIT, CONTROLLER),
+    "fhir.audit_export": (AUDIT, CONTROLLER),
+    "fhir.audit_checkpoint": (AUDIT, CONTROLLER),
+    "fhir.audit_inclusion": (AUDIT, CONTROLLER),
+    "fhir.audit_consistency": (AUDIT, CONTROLLER),
+    "fhir.access_log": (AUDIT, ANYONE),
     "admin.agreements_list": (CONSENT_READ, CONTROLLER),
     "admin.agreements_add": (CONSENT_WRITE, CONTROLLER),
     "admin.agreements_end": (CONSENT_WRITE, CONTROLLER),
@@ -95,4 +105,4 @@ def protect() -> None:
             "a client publishes only into its own organisation's data (or as its registered processor)"
         )
     if rule == CONTROLLER and not own:
-        raise Forbidden("only the data controller itself manages its sharing agreements")
+        raise Forbidden("only the data controller itself may do this (its agreements, its audit log)")

@@ -178,6 +178,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     # audit_api and consents register their routes on the FHIR blueprint when imported.
     from sharing_api.routes import agreements, audit_api, consents, observations, system, token  # noqa: F401
+
     app.register_blueprint(observations.bp)
     app.register_blueprint(agreements.bp)
     app.register_blueprint(system.bp)

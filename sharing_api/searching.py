@@ -137,6 +137,7 @@ def searchset(
     total: int | None,
     links: list[dict[str, str]],
     resource_type: str = "Observation",
+    ids: Sequence[str] | None = None,
 ) -> bytes:
     """A searchset Bundle around stored resources (bytes), without re-parsing them."""
     head: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
@@ -144,8 +145,8 @@ def searchset(
         head["total"] = total
     head["link"] = links
     parts = []
-    for data in resources:
-        obs_id = _id_of(data)
+    for n, data in enumerate(resources):
+        obs_id = ids[n] if ids is not None else _id_of(data)
         parts.append(
             b'{"fullUrl":'
             + orjson.dumps(f"{base}/{resource_type}/{obs_id}")

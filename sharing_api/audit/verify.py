@@ -180,8 +180,8 @@ class _Verifier:
         if any(size < self.start for size in roots):
             raise _malformed(None, "a checkpoint is older than the start of the export")
         head = [_segment(line)] if line else []
-        read = getattr(lines, "read", None)
-        rest = _chunked(read) if callable(read) else map(_segment, it)
+        readinto = getattr(lines, "readinto", None)
+        rest = _chunked(readinto) if callable(readinto) else map(_segment, it)
         self._replay(itertools.chain(head, rest), sorted(roots.items()))
 
     def _replay(self, segments: Iterator[_Segment], pending: list[tuple[int, bytes]]) -> None:
@@ -205,7 +205,8 @@ class _Verifier:
         leaf_mark, entry_prefix, leaf_at, seq_at = LEAF_MARK, ENTRY_PREFIX, _LEAF_AT, _SEQ_AT
         expected_tail = b'","seq":%d}' % expected
         gap: tuple[int, int] | None = None  # (first missing index, the index that came instead)
-        viewed, view = b"", memoryview(b"")
+        viewed: bytes | bytearray = b""
+        view = memoryview(viewed)
         for buf, pos, end in segments:
             k = buf.rfind(leaf_mark, pos, end)
             if (
@@ -262,7 +263,7 @@ class _Verifier:
             )
 
     @staticmethod
-    def _mismatch(line: bytes, k: int, seq: int, following: Iterator[_Segment]) -> None:
+    def _mismatch(line: bytes | bytearray, k: int, seq: int, following: Iterator[_Segment]) -> None:
         """Name what is wrong with entry ``seq`` whose bytes do not hash to its listed leaf.
 
         If the listed leaf is the hash of these bytes at a nearby index, the entry was logged there and
@@ -286,21 +287,22 @@ class _Verifier:
         raise _Failed(Problem.MISSING, seq, f"{moved}: entry {seq} was removed and later ones renumbered")
 
 
-def _logged_position(line: bytes, k: int, seq: int) -> int | None:
+def _logged_position(line: bytes | bytearray, k: int, seq: int) -> int | None:
     """The index at which the entry bytes of ``line`` hash to its listed leaf (``seq`` itself, or one
     within reach of it), or ``None``."""
     try:
         listed = bytes.fromhex(line[k + _LEAF_AT : k + _SEQ_AT].decode("ascii"))
     except ValueError:
         return None
-    event = line[len(ENTRY_PREFIX) : k]
+    event = bytes(line[len(ENTRY_PREFIX) : k])
     if compare_digest(entry_leaf(event, seq), listed):
         return seq
     return _logged_at(event, listed, seq)
 
 
-_Segment = tuple[bytes, int, int]
-"""A line as (buffer, start, end): ``buffer[start:end]`` without its newline."""
+_Segment = tuple[bytes | bytearray, int, int]
+"""A line as (buffer, start, end): ``buffer[start:end]`` without its newline. The buffer may be reused
+for the next lines, so a segment is read before the next one is asked for (or copied)."""
 _CHUNK = 1 << 22
 
 
@@ -308,21 +310,32 @@ def _segment(line: bytes) -> _Segment:
     return line, 0, len(line) - 1 if line.endswith(b"\n") else len(line)
 
 
-def _chunked(read: Callable[[int], bytes]) -> Iterator[_Segment]:
-    """The lines of a binary file read in 4 MiB chunks, as segments of the chunk (no copy per line)."""
-    rest = b""
-    while data := read(_CHUNK):
-        buf = rest + data if rest else data
+def _chunked(readinto: Callable[[memoryview], int | None]) -> Iterator[_Segment]:
+    """The lines of a binary file, read into one reused 4 MiB buffer (no allocation per line or chunk).
+
+    A line longer than the buffer gets a buffer twice the size.
+    """
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    filled = 0
+    while n := readinto(view[filled:]):
+        filled += n
         pos, find = 0, buf.find
-        while (nl := find(b"\n", pos)) >= 0:
+        while (nl := find(b"\n", pos, filled)) >= 0:
             yield buf, pos, nl
             pos = nl + 1
-        rest = buf[pos:]
-    if rest:
-        yield rest, 0, len(rest)
+        rest = filled - pos
+        if pos == 0 and filled == len(buf):
+            buf = bytearray(buf) + bytearray(len(buf))  # a new buffer: views of the old one may live on
+            view = memoryview(buf)
+        elif pos:
+            buf[:rest] = buf[pos:filled]
+        filled = rest
+    if filled:
+        yield buf, 0, filled
 
 
-def _sequence_number(line: bytes, k: int, expected: int) -> int:
+def _sequence_number(line: bytes | bytearray, k: int, expected: int) -> int:
     """The sequence number of an entry line (no newline) that is not the expected entry; ``malformed``
     if it has none."""
     if k <= 0 or not line.startswith(ENTRY_PREFIX) or line[k + _SEQ_AT : k + _DIGITS_AT] != SEQ_MARK:

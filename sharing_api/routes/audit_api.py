@@ -120,7 +120,12 @@ def _search(params: list[tuple[str, str]]) -> Response:
         )
     audit(AuditAction.AUDIT_SEARCH, patient=None, with_body=True)
     body = searchset(
-        tenant_base(), [e.event for e in entries], total=None, links=links, resource_type="AuditEvent"
+        tenant_base(),
+        [e.event for e in entries],
+        total=None,
+        links=links,
+        resource_type="AuditEvent",
+        ids=[str(e.seq) if e.seq is not None else f"pending-{e.id}" for e in entries],
     )
     return fhir_response(body)
 
@@ -177,13 +182,14 @@ def _b64(items: list[bytes]) -> list[str]:
 
 @bp.get("/AuditEvent/$checkpoint")
 def audit_checkpoint() -> Response:
+    """A signed checkpoint of the log as it is now (signed on demand when the tree has grown)."""
     log = services().audit_log
     log.drain(tenant().orgnr)
-    checkpoint = log.latest_checkpoint(tenant().orgnr)
+    checkpoint = log.checkpoint(tenant().orgnr)
     if checkpoint is None:
         return json_response({"size": 0})
     return json_response(
-        {"size": checkpoint.size, "note": checkpoint.text if hasattr(checkpoint, "text") else str(checkpoint)}
+        {"size": checkpoint.size, "root": base64.b64encode(checkpoint.root).decode(), "note": checkpoint.note}
     )
 
 

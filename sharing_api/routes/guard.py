@@ -72,6 +72,8 @@ def refused(exc: AuthError) -> AccessRefused:
 def protect() -> None:
     """``before_request`` of the FHIR and admin routes: authenticate, limit, authorise, bind the tenant."""
     endpoint = request.endpoint or ""
+    if request.mimetype == "application/x-www-form-urlencoded":
+        request.get_data(cache=True)  # keep the raw form for the audit record (entity.query, AUD-03)
     if endpoint in PUBLIC:
         g.tenant = resolve_tenant(g.orgnr)
         return

@@ -20,6 +20,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class LiveUrl(str):
+    """The server's base URL; ``pid`` is gunicorn's master process."""
+
+    pid: int
+
+
 @contextmanager
 def live_server(
     env: dict[str, str],
@@ -28,7 +34,7 @@ def live_server(
     log: Path | None = None,
     cwd: Path | None = None,
     port: int | None = None,
-) -> Iterator[str]:
+) -> Iterator[LiveUrl]:
     """Start gunicorn with ``workers`` workers; yield its base URL; stop it afterwards."""
     port = port or free_port()
     base = f"http://127.0.0.1:{port}"
@@ -54,7 +60,9 @@ def live_server(
             if time.monotonic() > deadline:
                 raise RuntimeError("the server did not become ready in 30 s")
             time.sleep(0.1)
-        yield base
+        url = LiveUrl(base)
+        url.pid = proc.pid
+        yield url
     finally:
         proc.terminate()
         try:

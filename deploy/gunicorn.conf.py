@@ -7,10 +7,11 @@ Configuration comes from the same ``DHO_*`` environment as ``dho-share serve``; 
 import multiprocessing
 import os
 
-from sharing_api.serving import require_loopback
+from sharing_api.serving import require_safe_bind
+from sharing_api.settings import Settings
 
 bind = os.environ.get("DHO_BIND", "127.0.0.1:8080")
-require_loopback(bind.rsplit(":", 1)[0].strip("[]"))
+require_safe_bind(bind.rsplit(":", 1)[0].strip("[]"), Settings().base_url)
 workers = int(os.environ.get("DHO_WORKERS", str(min(4, multiprocessing.cpu_count() * 2))))
 worker_class = "gthread"
 threads = int(os.environ.get("DHO_THREADS", "4"))

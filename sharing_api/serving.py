@@ -11,22 +11,24 @@ from gunicorn.app.base import BaseApplication
 from sharing_api.settings import Settings
 
 
-def require_loopback(host: str) -> None:
-    """Refuse to listen beyond this machine until callers must authenticate (issue #3 lands).
-
-    Fail closed: a name that does not resolve, or resolves to any non-loopback address, is refused.
-    """
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` resolves to is a loopback address (fail closed: unresolvable is not)."""
     try:
         infos = socket.getaddrinfo(host, None)
-    except socket.gaierror as exc:
-        raise SystemExit(f"cannot resolve listen address {host!r}: {exc}") from exc
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        if not address.is_loopback:
-            raise SystemExit(
-                f"refusing to listen on {host} ({address}): without client authentication this server "
-                "listens on loopback only (127.0.0.1 or ::1)"
-            )
+    except socket.gaierror:
+        return False
+    return all(ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]).is_loopback for info in infos)
+
+
+def require_safe_bind(host: str, public_url: str) -> None:
+    """Beyond loopback, the API is reached through TLS: refuse to listen on a network interface while the
+    configured public URL (which DPoP ``htu`` and every link use) is plain ``http``. Behind a TLS-terminating
+    load balancer, set ``DHO_PUBLIC_URL`` to its ``https://`` address."""
+    if not is_loopback(host) and not public_url.startswith("https://"):
+        raise SystemExit(
+            f"refusing to listen on {host} with DHO_PUBLIC_URL={public_url}: beyond loopback the API is "
+            "served over TLS; set DHO_PUBLIC_URL to the https:// address clients use"
+        )
 
 
 class GunicornApp(BaseApplication):  # type: ignore[misc]
@@ -48,7 +50,7 @@ class GunicornApp(BaseApplication):  # type: ignore[misc]
 
 
 def serve(settings: Settings, host: str, port: int, workers: int, threads: int = 4) -> None:
-    require_loopback(host)
+    require_safe_bind(host, settings.base_url)
     if workers > 1 and not settings.redis_url:
         raise SystemExit(
             "several workers share search sessions through Redis: set DHO_REDIS_URL or use --workers 1"

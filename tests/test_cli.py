@@ -56,9 +56,9 @@ def test_seed_needs_a_registered_tenant(env: str) -> None:
     assert "not registered" in result.output
 
 
-def test_serve_refuses_a_non_loopback_address(env: str) -> None:
+def test_serve_beyond_loopback_needs_an_https_public_url(env: str) -> None:
     runner = CliRunner()
     runner.invoke(main, ["db", "upgrade"])
     result = runner.invoke(main, ["serve", "--host", "0.0.0.0"])
     assert result.exit_code != 0
-    assert "loopback" in str(result.exception) + result.output
+    assert "https://" in str(result.exception) + result.output

@@ -28,11 +28,11 @@ from sharing_api.audit import sequencer
 from sharing_api.audit.actions import AuditAction, Outcome
 from sharing_api.audit.checkpoints import AuditSigner
 from sharing_api.audit.log import AuditLog
-from sharing_api.auditing import Auditor, RequestInfo, audit_facts
+from sharing_api.auditing import Auditor, audit_facts
 from sharing_api.errors import FhirError, Issue, ServiceUnavailable, operation_outcome
 from sharing_api.keyfiles import KeysetFile
 from sharing_api.publishing import Publisher
-from sharing_api.routes.common import fhir_response
+from sharing_api.routes.common import fhir_response, request_info
 from sharing_api.searching import Searcher
 from sharing_api.services import Services
 from sharing_api.sessions import LocalSessions, RedisSessions, SearchSessions
@@ -257,14 +257,7 @@ def record_refusal(exc: FhirError) -> None:
         outcome=Outcome.MINOR_FAILURE,
         tenant=record.orgnr,
         caller=g.get("caller"),
-        request=RequestInfo(
-            method=request.method,
-            target=request.full_path.rstrip("?") if request.query_string else request.path,
-            body=None,
-            correlation_id=g.get("correlation_id", ""),
-            source_address=request.remote_addr,
-            server=svc.settings.base_url,
-        ),
+        request=request_info(with_body=False),
         decision=decision,
         description=f"{exc.status}: {exc.issues[0].diagnostics}"[:200],
     )

@@ -2,8 +2,10 @@
 
 The database comes from the settings (``DHO_DATABASE_URL``); the checkpoint signing key from ``--key``
 or ``DHO_AUDIT_KEY_PATH`` (default ``var/audit-signing-key.pem``, made on first use, never in the
-repository); the log name prefix of checkpoints from ``--origin`` or ``DHO_AUDIT_ORIGIN``. Also runnable
-as ``python -m sharing_api.audit.cli``.
+repository); the log name prefix of checkpoints from ``--origin`` or ``DHO_AUDIT_ORIGIN``, by default
+``<DHO_PUBLIC_URL>/audit`` as the API signs with: every signer of one log must use the same origin, or
+a verifier rejects the other checkpoints as another log's. Also runnable as
+``python -m sharing_api.audit.cli``.
 
 Exit status: ``verify`` exits 1 when the export fails verification, 0 otherwise.
 """
@@ -23,7 +25,7 @@ from rich.table import Table
 
 from sharing_api.audit.checkpoints import AuditSigner, load_public_key
 from sharing_api.audit.control import AgreementPeriod, LogControlReport
-from sharing_api.audit.log import DEFAULT_ORIGIN, AuditLog
+from sharing_api.audit.log import AuditLog
 from sharing_api.audit.verify import VerificationReport, verify
 
 __all__ = ["DEFAULT_KEY_PATH", "audit"]
@@ -44,9 +46,8 @@ key_option = click.option(
 origin_option = click.option(
     "--origin",
     envvar="DHO_AUDIT_ORIGIN",
-    default=DEFAULT_ORIGIN,
-    show_default=True,
-    help="Log name prefix in checkpoints (<origin>/<tenant>); the same for every process",
+    default=None,
+    help="Log name prefix in checkpoints (<origin>/<tenant>); default <DHO_PUBLIC_URL>/audit, as the API",
 )
 
 
@@ -56,11 +57,20 @@ def _database_url() -> str:
     return Settings().database_url
 
 
-def _log(key_path: Path | None, origin: str, **options: Any) -> AuditLog:
+def _origin(given: str | None) -> str:
+    """The origin the API process signs with (``create_app``: ``<public URL>/audit``), unless given."""
+    if given:
+        return given
+    from sharing_api.settings import Settings
+
+    return f"{Settings().base_url}/audit"
+
+
+def _log(key_path: Path | None, origin: str | None, **options: Any) -> AuditLog:
     from sharing_api.store.engine import make_engine
 
     signer = AuditSigner.load_or_create(key_path) if key_path is not None else None
-    return AuditLog(make_engine(_database_url()), signer=signer, origin=origin, **options)
+    return AuditLog(make_engine(_database_url()), signer=signer, origin=_origin(origin), **options)
 
 
 @click.group()
@@ -85,7 +95,7 @@ def sequence(
     checkpoint_every: int,
     checkpoint_interval: float,
     key_path: Path,
-    origin: str,
+    origin: str | None,
 ) -> None:
     """Give pending entries their index and sign checkpoints; once, or with --loop as a service."""
     from sharing_api.audit.sequencer import run
@@ -117,7 +127,7 @@ def export(
     output: IO[bytes],
     sequence_first: bool,
     key_path: Path,
-    origin: str,
+    origin: str | None,
 ) -> None:
     """Write TENANT's log as NDJSON (header, checkpoints, entries) for offline verification."""
     log = _log(key_path if sequence_first else None, origin)
@@ -283,7 +293,7 @@ def report(
     """Log-control findings of TENANT: emergency access, denied attempts, unusual volume, no agreement."""
     zone = ZoneInfo(tz)
     start, end = _moment(date_from, zone), _moment(date_to, zone)
-    log = _log(None, DEFAULT_ORIGIN)
+    log = _log(None, "report")  # nothing is signed here: the origin does not matter
     try:
         result = log.report(
             tenant,

@@ -88,13 +88,16 @@ class Page:
     more_before: bool
 
 
-def render(valid: ValidObservation, obs_id: str, version: int, now: int) -> bytes:
-    """The JSON to store and serve: the validated resource with the server's ``id`` and ``meta``."""
-    resource = valid.resource
+def render(resource_type: str, resource: dict[str, Any], resource_id: str, version: int, now: int) -> bytes:
+    """The JSON to store and serve: ``resource`` with the server's ``id`` and ``meta`` first.
+
+    Client-sent ``meta.versionId``/``lastUpdated`` are replaced; other ``meta`` (profile, source, tags)
+    is kept. Stored JSON always starts ``{"resourceType":...,"id":...`` (search bundles rely on it).
+    """
     meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
     out: dict[str, Any] = {
-        "resourceType": "Observation",
-        "id": obs_id,
+        "resourceType": resource_type,
+        "id": resource_id,
         "meta": {"versionId": str(version), "lastUpdated": format_instant(now), **meta},
     }
     out.update((k, v) for k, v in resource.items() if k not in ("resourceType", "id", "meta"))
@@ -181,7 +184,7 @@ class ObservationStore:
             assert current is not None
             return current
         obs_id, now = str(uuid.uuid4()), self.clock()
-        data = render(valid, obs_id, 1, now)
+        data = render("Observation", valid.resource, obs_id, 1, now)
         try:
             with conn.begin_nested():
                 conn.execute(
@@ -251,7 +254,7 @@ class ObservationStore:
                 "this business identifier belongs to another Observation", "Observation.identifier"
             )
         version, now = row.version_id + 1, self.clock()
-        data = render(valid, obs_id, version, now)
+        data = render("Observation", valid.resource, obs_id, version, now)
         conn.execute(
             update(o)
             .where(o.c.tenant == tenant, o.c.id == obs_id)

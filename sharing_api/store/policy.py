@@ -28,7 +28,8 @@ from consent.model import (
     SharingAgreement,
 )
 from sharing_api.errors import InvalidResource, NotFound, UnprocessableResource
-from sharing_api.fhir.dates import format_instant, from_micros, to_micros
+from sharing_api.fhir.dates import from_micros, to_micros
+from sharing_api.store.observations import render
 from sharing_api.store.schema import agreements, directive_history, directives
 
 DirectiveAudit = Callable[[Connection, "StoredDirective"], None]
@@ -153,18 +154,6 @@ class PolicyStore:
         except ConsentFormatError as exc:
             raise InvalidResource(exc.message, exc.expression) from exc
 
-    def _render(self, resource: dict[str, Any], directive_id: str, version: int, now: int) -> bytes:
-        meta = {
-            k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")
-        }
-        out: dict[str, Any] = {
-            "resourceType": "Consent",
-            "id": directive_id,
-            "meta": {"versionId": str(version), "lastUpdated": format_instant(now), **meta},
-        }
-        out.update((k, v) for k, v in resource.items() if k not in ("resourceType", "id", "meta"))
-        return orjson.dumps(out)
-
     def create_directive(
         self, tenant: str, resource: Any, audit: DirectiveAudit = _no_audit
     ) -> tuple[StoredDirective, PatientDirective]:
@@ -173,7 +162,7 @@ class PolicyStore:
             {**resource, "id": directive_id} if isinstance(resource, dict) else resource, directive_id
         )
         now = self.clock()
-        data = self._render(resource, directive_id, 1, now)
+        data = render("Consent", resource, directive_id, 1, now)
         patient = (directive.patient.system, directive.patient.value)
         with self.engine.connect().execution_options(write=True) as conn, conn.begin():
             conn.execute(
@@ -222,7 +211,7 @@ class PolicyStore:
                     "Consent.patient",
                 )
             version, now = row.version_id + 1, self.clock()
-            data = self._render(resource, directive_id, version, now)
+            data = render("Consent", resource, directive_id, version, now)
             conn.execute(
                 update(directives)
                 .where(directives.c.tenant == tenant, directives.c.id == directive_id)

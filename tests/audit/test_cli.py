@@ -19,6 +19,8 @@ from tests.audit.factories import T0, TENANT, facts, fill
 def runner(database_url: str, key_file: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     monkeypatch.setenv("DHO_DATABASE_URL", database_url)
     monkeypatch.setenv("DHO_AUDIT_KEY_PATH", str(key_file))
+    monkeypatch.setenv("DHO_PUBLIC_URL", "https://dho.kommune.example")
+    monkeypatch.delenv("DHO_AUDIT_ORIGIN", raising=False)
     return CliRunner()
 
 
@@ -34,6 +36,10 @@ def test_sequence_export_and_verify(
     fill(log, 5, start=30)  # pending: export sequences and signs them first
     out = tmp_path / "export.ndjson"
     assert runner.invoke(audit, ["export", TENANT, "-o", str(out)]).exit_code == 0
+    # signed under the same log name as the API signs with (create_app: <public URL>/audit)
+    assert (
+        orjson.loads(out.read_bytes().splitlines()[0])["log"] == f"https://dho.kommune.example/audit/{TENANT}"
+    )
     pem = tmp_path / "pinned.pem"
     pem.write_bytes(signer.public_key_pem())
     checked = runner.invoke(audit, ["verify", str(out), "--public-key", str(pem), "--json"])

@@ -25,7 +25,6 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from multiprocessing.context import ForkServerContext
 from pathlib import Path
 
@@ -47,13 +46,13 @@ e = audit_entries
 
 
 @pytest.fixture(scope="module")
-def forkserver() -> Iterator[ForkServerContext]:
+def forkserver() -> ForkServerContext:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(
         # pytest too: a forkserver child re-imports the parent's main module (python -m pytest)
         ["pytest", "sqlalchemy", "psycopg", "sharing_api.audit.sequencer", crash_child.__name__]
     )
-    yield ctx
+    return ctx
 
 
 def invariants(log: AuditLog) -> int:
@@ -112,7 +111,7 @@ def test_sigkill_the_sequencer_mid_batch(
         )
         proc.start()
         sender.close()
-        messages = []
+        messages: list[tuple[str, int]] = []
         while not any(m[0] == "batch" for m in messages):
             assert receiver.poll(30), "the sequencer did not start"
             messages.append(receiver.recv())
@@ -150,6 +149,7 @@ def test_sigkill_the_cli_sequencer(
         **os.environ,
         "DHO_DATABASE_URL": database_url,
         "DHO_AUDIT_KEY_PATH": str(key_file),
+        "DHO_AUDIT_ORIGIN": log.origin,  # one log, one name, whoever signs
         "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
     }
     rng = random.Random(7)

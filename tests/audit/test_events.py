@@ -64,12 +64,12 @@ def codings(concept: dict[str, Any] | list[dict[str, Any]]) -> set[tuple[str, st
 
 def agent_of(event: dict[str, Any], system: str, code: str) -> dict[str, Any]:
     (agent,) = [a for a in event["agent"] if (system, code) in codings(a["type"])]
-    return agent
+    return dict(agent)
 
 
 def contained(event: dict[str, Any], res_id: str) -> dict[str, Any]:
     (res,) = [r for r in event["contained"] if r["id"] == res_id]
-    return res
+    return dict(res)
 
 
 @pytest.mark.parametrize("action", list(AuditAction))
@@ -300,14 +300,14 @@ def test_a_token_in_the_query_is_redacted_and_nothing_else_changes() -> None:
 )
 def test_a_token_in_any_text_field_is_refused(field: str) -> None:
     with pytest.raises(ValueError, match="token"):
-        facts(**{field: JWT})
+        facts(0, **{field: JWT})
     with pytest.raises(ValueError, match="token"):
         facts(resources=(f"Observation/{JWT}",))
 
 
 def test_facts_are_checked() -> None:
     with pytest.raises(ValueError, match="aware"):
-        facts(recorded=datetime(2025, 1, 1))  # noqa: DTZ001 (the point of the test)
+        facts(recorded=datetime(2025, 1, 1))  # a naive time: the point of the test
     with pytest.raises(ValueError, match="purpose_of_use"):
         facts(purpose_of_use="HMARKT")
     with pytest.raises(TypeError):
@@ -334,3 +334,21 @@ def test_events_are_fresh_data_every_time() -> None:
     first["agent"][0]["who"]["display"] = "changed"
     assert build_audit_event(f) == second
     assert build_audit_event(replace(f, tenant=TENANT)) == second
+
+
+def test_search_terms_are_read_back_from_the_event() -> None:
+    f = facts(3, purpose_of_use="ETREAT", outcome=Outcome.MINOR_FAILURE)
+    terms = search_terms(build_audit_event(f))
+    assert terms.action is AuditAction.OBSERVATION_SEARCH
+    assert terms.outcome is Outcome.MINOR_FAILURE
+    assert terms.purpose == "ETREAT"
+    assert (terms.patient_system, terms.patient_value) == f.patient
+    assert (terms.agent_hpr, terms.organisation, terms.client_id) == ("9144897", HOSPITAL, "ous-dips-epj")
+    assert terms.recorded == int(f.recorded.timestamp()) * 1_000_000
+    bare = search_terms(build_audit_event(facts(patient=None, practitioner_hpr=None, organisation=None)))
+    assert (bare.patient_value, bare.agent_hpr, bare.organisation) == (None, None, None)
+    authz = build_authz_event(f)
+    assert authz is not None
+    assert search_terms(authz).agent_hpr == "9144897"
+    with pytest.raises(ValueError, match="time zone"):
+        search_terms({**build_audit_event(f), "recorded": "2025-03-19T06:45:00"})

@@ -185,7 +185,9 @@ def test_file_checkpoints_that_disagree(exported: list[bytes], signer: AuditSign
     [
         lambda lines: lines.__setitem__(at(42), b"not json\n"),
         lambda lines: lines.__setitem__(at(42), lines[at(42)].replace(b'"seq":42}', b'"seq":042}')),
-        lambda lines: lines.__setitem__(at(42), lines[at(42)].replace(b',"leaf":"', b',"leaf":"zz', 1)[:-3]),
+        lambda lines: lines.__setitem__(
+            at(42), lines[at(42)].replace(b',"leaf":"', b',"leaf":"zz', 1)[:-4] + b"\n"
+        ),
         lambda lines: lines.insert(at(42), checkpoint_line("x")),
         lambda lines: lines.__setitem__(0, b"{}\n"),
     ],

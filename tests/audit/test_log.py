@@ -10,6 +10,7 @@ import base64
 import itertools
 import threading
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, func, select, update
@@ -129,11 +130,18 @@ def test_a_database_error_in_append_reaches_the_caller(
     assert stored(log.engine) == []
 
 
-def test_append_on_sqlite_needs_a_write_transaction(log: AuditLog) -> None:
-    if log.engine.dialect.name != "sqlite":
-        pytest.skip("BEGIN IMMEDIATE is SQLite's")
-    with log.engine.connect() as conn, conn.begin(), pytest.raises(ValueError, match="write"):
-        log.append(conn, TENANT, build_audit_event(facts()))
+def test_append_on_sqlite_needs_a_write_transaction(tmp_path: Path) -> None:
+    # SQLite only (BEGIN IMMEDIATE), so this test makes its own SQLite database.
+    from sharing_api.store.engine import make_engine, upgrade
+
+    url = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn, conn.begin(), pytest.raises(ValueError, match="write"):
+            AuditLog(engine).append(conn, TENANT, build_audit_event(facts()))
+    finally:
+        engine.dispose()
 
 
 def test_concurrent_appends_and_sequencers_give_a_dense_sequence(log: AuditLog) -> None:

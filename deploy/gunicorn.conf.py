@@ -17,6 +17,6 @@ worker_class = "gthread"
 threads = int(os.environ.get("DHO_THREADS", "4"))
 accesslog = None  # URLs are not logged here; the audit log records access
 errorlog = "-"
-loglevel = "warning"
+loglevel = "error"  # gunicorn warnings quote whole malformed header lines, tokens included
 graceful_timeout = 10
 timeout = 30

@@ -29,7 +29,7 @@ from sharing_api.audit.actions import AuditAction, Outcome
 from sharing_api.audit.checkpoints import AuditSigner
 from sharing_api.audit.log import AuditLog
 from sharing_api.auditing import Auditor, audit_facts
-from sharing_api.errors import FhirError, Issue, ServiceUnavailable, operation_outcome
+from sharing_api.errors import AccessRefused, FhirError, Issue, ServiceUnavailable, operation_outcome
 from sharing_api.keyfiles import KeysetFile
 from sharing_api.publishing import Publisher
 from sharing_api.routes.common import fhir_response, request_info
@@ -191,7 +191,9 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.errorhandler(FhirError)
     def _fhir_error(exc: FhirError) -> Response:
-        if exc.status in (401, 403, 429) and not isinstance(exc, ServiceUnavailable):
+        # Every refusal of access (authentication, authorisation, rate limit) is audited (AUD-02).
+        refusal = isinstance(exc, AccessRefused) or exc.status in (401, 403, 429)
+        if refusal and not isinstance(exc, ServiceUnavailable) and exc.status != 503:
             try:
                 record_refusal(exc)
             except SQLAlchemyError:

@@ -64,7 +64,7 @@ def serve(settings: Settings, host: str, port: int, workers: int, threads: int =
             "worker_class": "gthread",
             "accesslog": None,
             "errorlog": "-",
-            "loglevel": "warning",
+            "loglevel": "error",  # gunicorn warns with whole header lines, tokens included
             "graceful_timeout": 5,
         },
     ).run()

@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import orjson
+
 from auth.caller import Caller
 from consent.model import Block, Consent, PatientId, PurposeOfUse, Reservation, TenantPolicy
 from consent.policy import AccessRequest, Decision, decide
-from sharing_api.fhir.dates import to_micros
+from sharing_api.fhir.dates import DateFormatError, parse_range, to_micros
 from sharing_api.store.observations import ReadScope
 from sharing_api.store.policy import PolicyStore
 from sharing_api.store.tenants import TenantRecord
@@ -35,6 +37,35 @@ def scope_of(decision: Decision) -> ReadScope:
         start=to_micros(period.start) if period and period.start else None,
         end=to_micros(period.end) if period and period.end else None,
     )
+
+
+def version_visible(data: bytes, scope: ReadScope) -> bool:
+    """Whether one stored version (its own categories and effective time) lies inside ``scope``.
+
+    Earlier versions are not indexed, so ``_history`` and ``vread`` check each version here: a version
+    corrected into the permitted window must not reveal what it said before (AZ-05).
+    """
+    if scope.nothing:
+        return False
+    resource = orjson.loads(data)
+    if scope.categories is not None:
+        codes = {c.get("code") for cat in resource.get("category") or [] for c in cat.get("coding") or []}
+        if not codes & scope.categories:
+            return False
+    if scope.start is None and scope.end is None:
+        return True
+    try:
+        if "effectivePeriod" in resource:
+            period = resource["effectivePeriod"]
+            start = parse_range(period["start"])[0]
+            end = parse_range(period["end"])[1] if "end" in period else start + 1
+        else:
+            start, end = parse_range(
+                resource.get("effectiveDateTime") or resource.get("effectiveInstant") or ""
+            )
+    except (DateFormatError, KeyError, TypeError):
+        return False
+    return (scope.start is None or start >= scope.start) and (scope.end is None or end <= scope.end)
 
 
 class AccessPolicy:

@@ -6,7 +6,7 @@ nor change them (security-tests AZ-06). The CLI ``dho-share agreements`` does th
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, g
@@ -32,7 +32,7 @@ bp.before_request(protect)
 
 def agreement_json(a: SharingAgreement) -> dict[str, Any]:
     def iso(moment: datetime | None) -> str | None:
-        return moment.isoformat() if moment else None
+        return moment.isoformat(timespec="microseconds") if moment else None
 
     return {
         "id": a.id,
@@ -43,7 +43,10 @@ def agreement_json(a: SharingAgreement) -> dict[str, Any]:
         "validFrom": iso(a.period.start),
         "validTo": iso(a.period.end),
         "dataFrom": iso(a.data_period.start) if a.data_period else None,
-        "dataTo": iso(a.data_period.end) if a.data_period else None,
+        # dataTo is inclusive on the wire (the last instant inside), exclusive in the model.
+        "dataTo": iso(a.data_period.end - timedelta(microseconds=1))
+        if a.data_period and a.data_period.end
+        else None,
     }
 
 
@@ -69,6 +72,10 @@ def agreements_add() -> Response:
     body = json_body()
     if not isinstance(body, dict):
         raise InvalidResource("send a JSON object", "agreement")
+    for name in ("categories", "purposes"):
+        value = body.get(name)
+        if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+            raise InvalidResource(f"{name} is an array of strings", name)
     try:
         agreement = services().policy.add_agreement(
             controller=tenant().orgnr,

@@ -8,6 +8,7 @@ from sqlalchemy import Connection
 from auth.attestation import require_patient_access
 from auth.errors import AuthError, InvalidAuthorizationDetails
 from consent.policy import Reason
+from sharing_api.access import version_visible
 from sharing_api.audit.actions import AuditAction
 from sharing_api.errors import Forbidden, InvalidResource, InvalidSearch, NotFound
 from sharing_api.fhir.dates import format_instant
@@ -91,18 +92,16 @@ def _check_query(query: SearchQuery) -> ReadScope:
     return _decide((system, value))
 
 
-def _readable(obs_id: str) -> Stored:
+def _readable(obs_id: str) -> tuple[Stored, ReadScope]:
     """The observation if it is about the attested patient and the decision lets it be seen;
-    otherwise exactly the answer for a missing one."""
+    otherwise exactly the answer for a missing one. The decision comes first, before any lookup of the
+    id, so neither the answer nor its timing says whether the id exists (AZ-02, AZ-09)."""
     patient = _attested_patient()
-    stored = services().observations.read(tenant().orgnr, obs_id)
-    if stored is None or stored.patient != patient:
-        raise NotFound(f"Observation/{obs_id} is not known", "Observation.id")
     scope = _decide(patient)
     visible = services().observations.read(tenant().orgnr, obs_id, scope)
-    if visible is None:
+    if visible is None or visible.patient != patient:
         raise NotFound(f"Observation/{obs_id} is not known", "Observation.id")
-    return visible
+    return visible, scope
 
 
 @bp.url_defaults
@@ -171,7 +170,7 @@ def create() -> Response:
 
 @bp.get("/Observation/<obs_id>")
 def read(obs_id: str) -> Response:
-    stored = _readable(obs_id)
+    stored, _ = _readable(obs_id)
     audit(AuditAction.OBSERVATION_READ, patient=stored.patient, resources=[f"Observation/{obs_id}"])
     return fhir_response(stored.data, headers=_headers(stored))
 
@@ -190,8 +189,10 @@ def update(obs_id: str) -> Response:
 
 @bp.get("/Observation/<obs_id>/_history")
 def history(obs_id: str) -> Response:
-    current = _readable(obs_id)
-    versions = services().observations.history(tenant().orgnr, obs_id)
+    current, scope = _readable(obs_id)
+    versions = [
+        v for v in services().observations.history(tenant().orgnr, obs_id) if version_visible(v.data, scope)
+    ]
     base = tenant_base()
     entries = [
         b'{"fullUrl":"' + f"{base}/Observation/{v.id}".encode() + b'","resource":' + v.data + b"}"
@@ -208,9 +209,9 @@ def history(obs_id: str) -> Response:
 
 @bp.get("/Observation/<obs_id>/_history/<int:version_id>")
 def vread(obs_id: str, version_id: int) -> Response:
-    current = _readable(obs_id)
+    current, scope = _readable(obs_id)
     stored = services().observations.version(tenant().orgnr, obs_id, version_id)
-    if stored is None:
+    if stored is None or not version_visible(stored.data, scope):
         raise NotFound(
             f"Observation/{obs_id}/_history/{version_id} is not known", "Observation.meta.versionId"
         )

@@ -15,6 +15,8 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from fhir.resources.R4B.consent import Consent as FhirConsent
+from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, insert, select, update
 
 from consent.fhir_consent import ConsentFormatError, directive_from_fhir, directive_to_fhir
@@ -131,8 +133,15 @@ class PolicyStore:
         if controller is not None:
             cond.append(agreements.c.controller == controller)
         with self.engine.connect().execution_options(write=True) as conn, conn.begin():
-            result = conn.execute(update(agreements).where(*cond).values(valid_to=to_micros(at)))
-        return bool(result.rowcount)
+            row = conn.execute(select(agreements.c.valid_from, agreements.c.valid_to).where(*cond)).first()
+            if row is None:
+                return False
+            # An end only ever moves earlier, and never before the start (a period is never empty): an
+            # agreement ended before it began ends one microsecond after its start.
+            end = max(to_micros(at), row.valid_from + 1)
+            if row.valid_to is None or end < row.valid_to:
+                conn.execute(update(agreements).where(*cond).values(valid_to=end))
+        return True
 
     def agreements(
         self, controller: str | None = None, consumer: str | None = None
@@ -149,6 +158,23 @@ class PolicyStore:
 
     @staticmethod
     def parse(resource: Any, record_id: str) -> PatientDirective:
+        """Validate a Consent: FHIR structure (fhir.resources R4B: no unknown elements), no
+        ``modifierExtension`` (it could change the meaning unseen), then the directive rules."""
+        if isinstance(resource, dict):
+            if resource.get("resourceType") != "Consent":
+                raise InvalidResource("expected a Consent resource", "Consent.resourceType")
+            if "modifierExtension" in resource or "modifierExtension" in (resource.get("provision") or {}):
+                raise InvalidResource(
+                    "modifierExtension is not supported on directives", "Consent.modifierExtension"
+                )
+            try:
+                FhirConsent.model_validate(resource)
+            except ValidationError as exc:
+                first = exc.errors(include_url=False)[0]
+                where = "Consent" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
+                raise InvalidResource(first["msg"], where) from exc
+            except (ValueError, TypeError) as exc:
+                raise InvalidResource(str(exc), "Consent") from exc
         try:
             return directive_from_fhir(resource, record_id=record_id)
         except ConsentFormatError as exc:

@@ -44,7 +44,12 @@ class TenantDirectory:
             rows = conn.execute(select(tenants)).all()
         self._cache = {
             r.orgnr: TenantRecord(
-                r.orgnr, r.name, frozenset(filter(None, r.resh_ids.split(","))), bool(r.opt_in)
+                r.orgnr,
+                r.name,
+                frozenset(filter(None, r.resh_ids.split(","))),
+                bool(r.opt_in),
+                frozenset(filter(None, r.processors.split(","))),
+                bool(r.emergency_override),
             )
             for r in rows
         }
@@ -65,12 +70,28 @@ class TenantDirectory:
             return sorted(self._cache.values(), key=lambda t: t.orgnr)
 
     def add(
-        self, orgnr: str, name: str, *, resh_ids: frozenset[str] = frozenset(), opt_in: bool = False
+        self,
+        orgnr: str,
+        name: str,
+        *,
+        resh_ids: frozenset[str] = frozenset(),
+        opt_in: bool = False,
+        processors: frozenset[str] = frozenset(),
+        emergency_override: bool = False,
     ) -> bool:
         """Register or update a tenant; ``True`` when it was new."""
-        if not is_valid_orgnr(orgnr):
-            raise ValueError(f"{orgnr!r} is not a valid organisasjonsnummer (9 digits, mod-11 control digit)")
-        values = {"name": name, "resh_ids": ",".join(sorted(resh_ids)), "opt_in": opt_in}
+        for number in (orgnr, *processors):
+            if not is_valid_orgnr(number):
+                raise ValueError(
+                    f"{number!r} is not a valid organisasjonsnummer (9 digits, mod-11 control digit)"
+                )
+        values = {
+            "name": name,
+            "resh_ids": ",".join(sorted(resh_ids)),
+            "opt_in": opt_in,
+            "processors": ",".join(sorted(processors)),
+            "emergency_override": emergency_override,
+        }
         with self.engine.connect().execution_options(write=True) as conn, conn.begin():
             exists = conn.execute(select(tenants.c.orgnr).where(tenants.c.orgnr == orgnr)).first()
             if exists:

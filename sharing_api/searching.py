@@ -82,14 +82,16 @@ class Searcher:
     def _page(
         self, ctx: SearchContext, query: SearchQuery, anchor: Anchor | None, scope: ReadScope
     ) -> SearchResult:
-        total = None
-        if query.summary_count or query.total != "none":
-            total = self.store.count(ctx.tenant, query, scope)
         page = (
             Page([], False, False)
             if query.summary_count
             else self.store.search(ctx.tenant, query, anchor, scope)
         )
+        total = None
+        if query.summary_count or query.total != "none":
+            # A first page that holds every match already knows the total: no second scan.
+            complete = not query.summary_count and anchor is None and not page.more_after
+            total = len(page.rows) if complete else self.store.count(ctx.tenant, query, scope)
         records = [self._cursor_record(ctx, query, anchor)]
         relations = ["self"]
         if page.rows and page.more_after:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, request
+import base64
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from flask import Blueprint, Response, g, request
+from sqlalchemy.exc import SQLAlchemyError
 
 from auth.server import (
     INTROSPECTION_PATH,
@@ -12,6 +18,10 @@ from auth.server import (
     TokenRequest,
     TokenResponse,
 )
+from auth.tokens import CLAIM_ORGNR_PARENT
+from sharing_api.audit.actions import AuditAction, Outcome
+from sharing_api.audit.events import AuditFacts
+from sharing_api.errors import ServiceUnavailable
 from sharing_api.routes.common import json_response, services
 
 bp = Blueprint("token", __name__)
@@ -32,9 +42,42 @@ def _respond(response: TokenResponse) -> Response:
     return json_response(dict(response.body), response.status, dict(response.headers))
 
 
+TOKEN_LOG = "token-service"  # noqa: S105 (a log name, not a secret)
+"""The audit log of the token service itself (issued and refused tokens belong to no tenant)."""
+
+
+def _audit_token(response: TokenResponse) -> None:
+    """Record an issued or refused token in the token service's own log; fail closed (503)."""
+    issued = response.status == 200
+    claims: dict[str, Any] = {}
+    if issued:
+        payload = str(response.body["access_token"]).split(".")[1]
+        claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    facts = AuditFacts(
+        action=AuditAction.TOKEN_ISSUE if issued else AuditAction.TOKEN_REFUSED,
+        outcome=Outcome.SUCCESS if issued else Outcome.MINOR_FAILURE,
+        recorded=datetime.now(UTC),
+        tenant=TOKEN_LOG,
+        client_id=claims.get("client_id"),
+        organisation=claims.get(CLAIM_ORGNR_PARENT),
+        token_jti=claims.get("jti"),
+        query=f"POST {TOKEN_PATH}".encode(),  # never the form: it holds the client assertion
+        correlation_id=g.get("correlation_id", ""),
+        source_address=request.remote_addr,
+        description=None if issued else f"{response.status} {response.body.get('error', '')}",
+        server=services().settings.base_url,
+    )
+    try:
+        services().auditor.record(facts)
+    except SQLAlchemyError as exc:
+        raise ServiceUnavailable("the audit log cannot be written; no token is issued without it") from exc
+
+
 @bp.post(TOKEN_PATH)
 def token() -> Response:
-    return _respond(services().token_service.token(_request(TOKEN_PATH)))
+    response = services().token_service.token(_request(TOKEN_PATH))
+    _audit_token(response)
+    return _respond(response)
 
 
 @bp.post(INTROSPECTION_PATH)

@@ -211,3 +211,22 @@ def test_the_patients_access_log_shows_exactly_their_accesses(
     assert {a["organisation"] for a in accesses} == {"974760673"}
     assert all(a["why"] == "TREAT" for a in accesses)
     assert other not in str(response.get_json())
+
+
+def test_token_issuance_and_refusal_are_audited_in_the_token_services_log(
+    client: ApiClient, services: Services
+) -> None:
+    from sharing_api.routes.token import TOKEN_LOG
+
+    hospital = client.parties["hospital"]
+    issued = client.token_response(hospital, patient=(FNR, fnr()))
+    assert issued.status_code == 200
+    refused = client.token_response(hospital, scope="dho-share/audit.read")
+    assert refused.status_code == 400
+    services.audit_log.drain(TOKEN_LOG)
+    entries = services.audit_log.search(TOKEN_LOG, count=10)
+    assert [e.action for e in entries] == ["token.issue", "token.refused"]
+    assert entries[0].client_id == "hospital"
+    jti = issued.get_json()["access_token"].split(".")[1]
+    assert all(jti.encode() not in e.event for e in entries)  # claims recorded, never the token
+    assert b"urn:ietf:params:oauth:jti:" in entries[0].event

@@ -426,6 +426,7 @@ def demo(port: int, patients: int, days: int, no_serve: bool) -> None:
         run(settings, "127.0.0.1", port, workers=2 if settings.redis_url else 1)
 
 
+audit_cli.audit.add_command(consumer.fetch_audit)
 main.add_command(audit_cli.audit)
 main.add_command(consumer.token)
 main.add_command(consumer.query)

@@ -174,3 +174,29 @@ def query(
         when = r.get("effectiveDateTime") or r.get("effectivePeriod", {}).get("start", "")
         table.add_row(when, coding.get("display", coding["code"]), _value(r), r.get("status", ""))
     console.print(table)
+
+
+@click.command(name="fetch")
+@profile_option
+@click.option("--tenant", required=True, help="The data controller whose log to fetch (your own tenant)")
+@click.option("--from", "from_seq", default=0, show_default=True, help="First sequence number")
+@click.option("--output", "-o", type=click.File("wb"), default="-", help="Where to write the NDJSON export")
+def fetch_audit(profile_path: Path, tenant: str, from_seq: int, output: Any) -> None:
+    """Download TENANT's audit export from a live server (scope dho-share/audit.read), to verify it with
+    ``dho-share audit verify``: ``dho-share audit fetch ... | dho-share audit verify - --public-key K``."""
+    profile = Profile.load(profile_path)
+    client = DhoClient(
+        issuer=profile.issuer,
+        client_id=profile.client_id,
+        client_key=profile.key(),
+        scope="dho-share/audit.read",
+    )
+    url = f"{profile.api.rstrip('/')}/{tenant}/fhir/AuditEvent/$export?from={from_seq}"
+    try:
+        response = client.request("GET", url, stream=True)
+    except TokenError as exc:
+        raise click.ClickException(f"no token: {exc}") from exc
+    if response.status_code != 200:
+        raise click.ClickException(f"{response.status_code}: {response.text[:300]}")
+    for chunk in response.iter_content(chunk_size=1 << 16):
+        output.write(chunk)

@@ -1,0 +1,210 @@
+"""``python -m benchmarks``: ingest and search throughput of dho-share over HTTP, against product.md §6.
+
+One run: a fresh database (migrated, one tenant), the API under gunicorn on a free loopback port,
+then (1) ingest of synthetic measurements as batch Bundles, (2) ``GET /healthz`` as a baseline of
+what the framework alone costs, (3) search for one patient, one code and a period (12 hits). The
+server is stopped and the database dropped at the end, also after an error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+import orjson
+from rich.console import Console
+
+from benchmarks import report
+from benchmarks.cpu import CpuProbe
+from benchmarks.environment import (
+    TENANT,
+    Dataset,
+    Server,
+    analyze,
+    api_server,
+    database_version,
+    fresh_database,
+    make_dataset,
+    search_forms,
+)
+from benchmarks.load import Connection, count_created, request_bytes, run_load
+from benchmarks.parties import Credentials, register
+
+console = Console(stderr=True)
+SEARCH_MIX = 256  # distinct searches (patient and period), cycled by every client
+HITS = 12
+NEEDS_AUTH = "The API refused the benchmark's requests (see the server log and BENCHMARKS.md)."
+
+
+def _verify_search(port: int, requests: list[bytes]) -> None:
+    """Every search of the mix answers 200 with ``HITS`` hits (this also warms the server up)."""
+    conn = Connection(port)
+    try:
+        for request in requests:
+            status, body = conn.roundtrip(request)
+            if status in (401, 403):
+                raise click.ClickException(NEEDS_AUTH)
+            bundle = orjson.loads(body)
+            hits = len(bundle.get("entry", []))
+            if status != 200 or hits != HITS or bundle.get("total") != HITS:
+                raise click.ClickException(
+                    f"a warm-up search answered {status} with {hits} hits (total {bundle.get('total')}); "
+                    f"expected {HITS}"
+                )
+    finally:
+        conn.close()
+
+
+SEARCHES_PER_CLIENT_SECOND = 400
+"""Requests signed in advance per search client and second: more than one client can send."""
+
+
+def _measure(
+    server: Server, url: str, data: Dataset, probe: CpuProbe, options: dict[str, float]
+) -> report.Results:
+    """Ingest ``data``, then the baseline, then search; each phase with its own client processes."""
+    port, clients, ingest_clients = server.port, int(options["clients"]), int(options["ingest_clients"])
+    warmup, duration = options["warmup"], options["duration"]
+    base = f"http://127.0.0.1:{port}"
+    creds = Credentials(base, register(url, TENANT))
+    console.print(f"ingest: {len(data.bundles)} Bundles over {ingest_clients} connections ...")
+    ingest_url = f"{base}/{TENANT}/fhir"
+    bundles = [
+        request_bytes(
+            "POST",
+            f"/{TENANT}/fhir",
+            port,
+            b,
+            "application/fhir+json",
+            creds.headers(creds.publisher, "POST", ingest_url),
+        )
+        for b in data.bundles
+    ]
+    ingest = run_load(
+        port,
+        [bundles[i::ingest_clients] for i in range(ingest_clients)],
+        repeat=False,
+        warmup=0.0,
+        duration=options["ingest_timeout"],
+        check=count_created,
+        probe=probe,
+    )
+    if ingest.items == 0:
+        raise click.ClickException(f"no observation was created. {NEEDS_AUTH}")
+    if url.startswith("postgresql"):
+        analyze(url)
+    path, form = f"/{TENANT}/fhir/Observation/_search", "application/x-www-form-urlencoded"
+    forms = search_forms(data, SEARCH_MIX, data.seed)
+
+    def signed(count: int, offset: int = 0) -> list[bytes]:
+        # A fresh DPoP proof per request (proofs are single-use), signed before the clock starts.
+        return [
+            request_bytes("POST", path, port, f, form, creds.search_headers(f, base + path))
+            for f in (forms[(offset + i) % len(forms)] for i in range(count))
+        ]
+
+    _verify_search(port, signed(len(forms)))
+    console.print(f"baseline: GET /healthz, {clients} clients, {warmup:g} s warm-up + {duration:g} s ...")
+    health = run_load(
+        port,
+        [[request_bytes("GET", "/healthz", port)]] * clients,
+        repeat=True,
+        warmup=warmup,
+        duration=duration,
+        probe=probe,
+    )
+    console.print(f"search: {clients} clients, {warmup:g} s warm-up + {duration:g} s ...")
+    per_client = int(SEARCHES_PER_CLIENT_SECOND * (warmup + duration))
+    search = run_load(
+        port,
+        [signed(per_client, i * len(forms) // clients) for i in range(clients)],
+        repeat=False,
+        warmup=warmup,
+        duration=duration,
+        probe=probe,
+    )
+    return report.Results(ingest, ingest.items, data.observations, data.bundle_size, health, search)
+
+
+@click.command()
+@click.option(
+    "--database", type=click.Choice(["postgresql", "sqlite"]), default="postgresql", show_default=True
+)
+@click.option(
+    "--postgres-url",
+    default="postgresql://postgres@127.0.0.1:5432/postgres",
+    show_default=True,
+    help="An administrative connection; the benchmark creates and drops its own database beside it",
+)
+@click.option("--observations", default=100_000, show_default=True, type=click.IntRange(1))
+@click.option("--bundle-size", default=500, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--days", default=180, show_default=True, type=click.IntRange(10), help="Days per patient")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1), help="gunicorn workers")
+@click.option("--ingest-clients", default=4, show_default=True, type=click.IntRange(1, 64))
+@click.option("--clients", default=8, show_default=True, type=click.IntRange(1, 64), help="Search clients")
+@click.option("--duration", default=10.0, show_default=True, type=click.FloatRange(1, 600), help="Seconds")
+@click.option("--warmup", default=2.0, show_default=True, type=click.FloatRange(0, 60), help="Seconds")
+@click.option("--ingest-timeout", default=900.0, show_default=True, type=click.FloatRange(10, 3600))
+@click.option("--seed", default=1, show_default=True, help="Random seed of the synthetic data")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path))
+def main(
+    database: str,
+    postgres_url: str,
+    observations: int,
+    bundle_size: int,
+    days: int,
+    workers: int,
+    seed: int,
+    markdown_path: Path | None,
+    **options: float,
+) -> None:
+    """Benchmark ingest and search over HTTP on this machine (loopback only)."""
+    load_before = os.getloadavg()[0]
+    console.print(f"generating {observations:,} synthetic observations ...")
+    try:
+        data = make_dataset(observations, bundle_size, days, seed)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--observations") from exc
+    with tempfile.TemporaryDirectory(prefix="dho-bench-") as tmp:
+        log = Path(tmp) / "server.log"
+        try:
+            with fresh_database(database, Path(tmp), postgres_url) as url:
+                db_version = database_version(url)
+                with api_server(url, workers, log) as server:
+                    probe = CpuProbe(server.pid, url.rsplit("/", 1)[1] if database == "postgresql" else None)
+                    results = _measure(server, url, data, probe, options)
+        except Exception as exc:
+            if not isinstance(exc, click.ClickException) and log.exists() and log.stat().st_size:
+                console.print(f"[red]server log (last lines):[/red]\n{log.read_text()[-3000:]}")
+            raise
+
+    context = [
+        f"- {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {report.machine()}, {db_version}; "
+        f"load average before the run {load_before:.2f}",
+        f"- command: `{' '.join(['python -m benchmarks', *sys.argv[1:]])}`; code: {report.revision()}",
+        f"- ingest: {results.created:,} of {data.observations:,} observations created (201) in "
+        f"{results.ingest.seconds:.1f} s ({data.patient_count} patients x {days} days); "
+        f"server: {workers} gunicorn workers x 4 threads; search and baseline: {int(options['clients'])} "
+        f"closed-loop clients, {options['warmup']:g} s warm-up, {options['duration']:g} s measured, "
+        f"{SEARCH_MIX} distinct searches",
+        "- CPU: share of all cores used by the API server (gunicorn), storage (PostgreSQL, Redis), this "
+        "load generator, and the rest (kernel, other processes); CPU ms per item: server and storage CPU "
+        "time per request (per observation for ingest)",
+        f"- {report.NOT_MEASURED}",
+        *(f"- WARNING: {w}" for w in report.warnings(results)),
+    ]
+    table_rows = report.rows(results)
+    report.show(table_rows, context)
+    if markdown_path:
+        markdown_path.write_text(report.markdown(table_rows, context))
+        console.print(f"wrote {markdown_path}")
+    if results.broken:
+        raise SystemExit("some requests failed or some observations were not created: see the table")
+
+
+if __name__ == "__main__":
+    main()

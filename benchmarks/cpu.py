@@ -1,0 +1,101 @@
+"""Where the machine's CPU went during a measurement, from Linux's /proc.
+
+On a 2-core machine the API server, the database and the load generator share the cores, and so
+does anything else that happens to run (a test suite, say). Splitting the CPU time between them
+shows whether the server was saturated, whether the load generator got in the way, and whether
+other work disturbed the run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+GROUPS = ("server", "storage", "loadgen", "rest")
+"""The API's gunicorn processes; PostgreSQL and Redis; this program; everything else (including the
+kernel's own time, such as loopback networking, and other people's processes)."""
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _processes() -> dict[int, tuple[int, str, float, int]]:
+    """pid -> (parent pid, command line, CPU seconds used so far, start time)."""
+    out = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                command = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # it ended meanwhile
+        cpu = (int(fields[11]) + int(fields[12])) / _TICK
+        out[int(entry.name)] = (int(fields[1]), command, cpu, int(fields[19]))
+    return out
+
+
+def _machine() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine since boot."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:8]]
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    return (sum(ticks) - idle) / _TICK, sum(ticks) / _TICK
+
+
+@dataclass(frozen=True)
+class Sample:
+    per_process: dict[int, tuple[int, str, float, int]]
+    busy: float
+    total: float
+
+
+class CpuProbe:
+    """Samples CPU time by group; ``share(a, b)`` gives each group's fraction of all cores between."""
+
+    def __init__(self, server_pid: int, database: str | None):
+        self.server_pid = server_pid
+        self.own_pid = os.getpid()
+        self.database = re.compile(rf"\b{re.escape(database)}\b") if database else None
+
+    def sample(self) -> Sample | None:
+        try:
+            return Sample(_processes(), *_machine())
+        except OSError:
+            return None  # not Linux
+
+    def _group(self, pid: int, procs: dict[int, tuple[int, str, float, int]]) -> str:
+        command = procs[pid][1]
+        if command.startswith("redis-server"):
+            return "storage"
+        if command.startswith("postgres"):
+            # Our database's backends and the cluster's own processes; other databases' backends are
+            # somebody else's work.
+            is_backend = "(" in command or "[local]" in command
+            ours = self.database is not None and self.database.search(command)
+            return "storage" if ours or not is_backend else "rest"
+        seen = 0
+        while pid > 1 and seen < 64:  # walk up to a known ancestor
+            if pid == self.server_pid:
+                return "server"
+            if pid == self.own_pid:
+                return "loadgen"
+            pid, seen = procs[pid][0] if pid in procs else 0, seen + 1
+        return "rest"
+
+    def share(self, before: Sample | None, after: Sample | None) -> dict[str, float]:
+        """Each group's CPU time between the samples as a fraction of all cores; ``rest`` is what the
+        machine spent beyond the named groups (other processes, processes that ended, the kernel)."""
+        if before is None or after is None or after.total <= before.total:
+            return {}
+        used = dict.fromkeys(GROUPS, 0.0)
+        for pid, (_, _, cpu, started) in after.per_process.items():
+            earlier = before.per_process.get(pid)
+            delta = cpu - earlier[2] if earlier and earlier[3] == started else cpu
+            used[self._group(pid, after.per_process)] += max(0.0, delta)
+        wall = after.total - before.total
+        busy = after.busy - before.busy
+        used["rest"] = max(0.0, busy - used["server"] - used["storage"] - used["loadgen"])
+        return {group: seconds / wall for group, seconds in used.items()}

@@ -1,0 +1,249 @@
+"""A closed-loop HTTP/1.1 load generator that stays out of the way on a small machine.
+
+Each client is its own process with one persistent keep-alive connection: it sends a request,
+reads the whole response, records the latency (``time.perf_counter_ns``), and sends the next.
+Requests are encoded once, before the clock starts, and responses are parsed only as far as the
+status line and ``Content-Length`` (the server always sends one), so a request costs the client a
+``sendall`` and a ``recv`` or two: far less CPU than ``http.client`` or ``requests`` spend on header
+parsing. A ``CpuProbe`` shows how much of the machine the load generator itself took.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from benchmarks.cpu import CpuProbe
+
+SOCKET_TIMEOUT = 60.0
+
+
+def request_bytes(
+    method: str,
+    path: str,
+    port: int,
+    body: bytes = b"",
+    content_type: str | None = None,
+    headers: Sequence[str] = (),
+) -> bytes:
+    """One encoded HTTP/1.1 keep-alive request (``headers``: extra ``Name: value`` lines)."""
+    head = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Accept: application/fhir+json", *headers]
+    if body or method in ("POST", "PUT"):
+        head += [f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+class Connection:
+    """A persistent connection to 127.0.0.1:``port`` that reads framed responses (Content-Length)."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.sock: socket.socket | None = None
+        self.pending = b""
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=SOCKET_TIMEOUT)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock, self.pending = sock, b""
+        return sock
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def _recv(self, sock: socket.socket) -> bytes:
+        chunk = sock.recv(262144)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        return chunk
+
+    def roundtrip(self, request: bytes) -> tuple[int, bytes]:
+        """Send ``request``; return the status code and the body. Reconnects after a close."""
+        sock = self.sock or self._connect()
+        try:
+            sock.sendall(request)
+            data = self.pending
+            while (end := data.find(b"\r\n\r\n")) < 0:
+                data += self._recv(sock)
+            head = data[:end].lower()
+            status = int(head[9:12])
+            at = head.find(b"\r\ncontent-length:")
+            if at < 0:
+                raise ConnectionError("a response without Content-Length")
+            length = int(head[at + 17 : head.index(b"\r\n", at + 2)])
+            body_start = end + 4
+            while len(data) < body_start + length:
+                data += self._recv(sock)
+            self.pending = data[body_start + length :]
+            if b"\r\nconnection: close" in head:
+                self.close()
+            return status, data[body_start : body_start + length]
+        except (OSError, ValueError):
+            self.close()
+            raise
+
+
+def count_created(body: bytes) -> int:
+    """How many entries of a batch-response Bundle were created (201)."""
+    return sum(1 for e in orjson.loads(body)["entry"] if e["response"]["status"].startswith("201"))
+
+
+@dataclass
+class ClientResult:
+    latencies_ns: list[int] = field(default_factory=list)
+    errors: int = 0
+    items: int = 0
+    """What ``check`` counted in the 2xx bodies (created entries, for ingest)."""
+    first_send: float = 0.0
+    last_receive: float = 0.0
+
+
+def run_client(
+    port: int,
+    requests: Sequence[bytes],
+    *,
+    repeat: bool,
+    start_at: float,
+    measure_from: float,
+    stop_at: float,
+    check: Callable[[bytes], int] | None = None,
+) -> ClientResult:
+    """Send ``requests`` in order (cycling when ``repeat``) from ``start_at`` until ``stop_at``.
+
+    Times are ``time.monotonic()`` values, the same clock in every process. Latencies of requests
+    sent before ``measure_from`` (the warm-up) are not recorded.
+    """
+    conn = Connection(port)
+    result = ClientResult()
+    time.sleep(max(0.0, start_at - time.monotonic()))
+    result.first_send = time.monotonic()
+    n, total = 0, len(requests)
+    try:
+        while (repeat or n < total) and (now := time.monotonic()) < stop_at:
+            request = requests[n % total]
+            n += 1
+            t0 = time.perf_counter_ns()
+            try:
+                status, body = conn.roundtrip(request)
+            except (OSError, ValueError):
+                status, body = 0, b""
+            elapsed = time.perf_counter_ns() - t0
+            if now >= measure_from:
+                result.latencies_ns.append(elapsed)
+                if not 200 <= status < 300:
+                    result.errors += 1
+                elif check is not None:
+                    result.items += check(body)
+    finally:
+        conn.close()
+    result.last_receive = time.monotonic()
+    return result
+
+
+def _client_process(
+    results: Any, done: Any, port: int, requests: Sequence[bytes], options: dict[str, Any]
+) -> None:
+    """A client process: run, report, then stay alive until its CPU time has been sampled."""
+    try:
+        results.put(run_client(port, requests, **options))
+    except BaseException as exc:
+        results.put(exc)
+        raise
+    finally:
+        done.wait(timeout=60)
+
+
+@dataclass
+class LoadResult:
+    clients: int
+    latencies_ns: list[int]
+    errors: int
+    items: int
+    seconds: float
+    """The measured window: from the first send to the last response (or the fixed duration)."""
+    cpu: dict[str, float]
+    """Fractions of all cores by group (``benchmarks.cpu.GROUPS``) over the measured window."""
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies_ns)
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def percentile_ms(self, p: float) -> float:
+        """Nearest-rank percentile in milliseconds."""
+        if not self.latencies_ns:
+            return float("nan")
+        ordered = sorted(self.latencies_ns)
+        rank = max(1, min(len(ordered), -(-len(ordered) * p // 100)))
+        return ordered[int(rank) - 1] / 1e6
+
+
+def run_load(
+    port: int,
+    per_client: Sequence[Sequence[bytes]],
+    *,
+    repeat: bool,
+    warmup: float,
+    duration: float,
+    check: Callable[[bytes], int] | None = None,
+    probe: CpuProbe | None = None,
+) -> LoadResult:
+    """Run one client process per entry of ``per_client`` at the same time; gather their results.
+
+    With ``repeat`` the clients cycle through their requests for ``warmup`` + ``duration`` seconds
+    and the rate is over ``duration``; without, each sends its requests once (``duration`` is then
+    a cap) and the rate is over the time from the first send to the last response.
+    """
+    ctx = multiprocessing.get_context("fork")  # the clients inherit their requests: nothing to pickle
+    start_at = time.monotonic() + 0.5  # every process is up before the first request
+    measure_from = start_at + warmup
+    stop_at = measure_from + duration
+    options: dict[str, Any] = {
+        "repeat": repeat,
+        "start_at": start_at,
+        "measure_from": measure_from,
+        "stop_at": stop_at,
+        "check": check,
+    }
+    queue, done = ctx.Queue(), ctx.Event()
+    clients = [
+        ctx.Process(target=_client_process, args=(queue, done, port, reqs, options), daemon=True)
+        for reqs in per_client
+    ]
+    for client in clients:
+        client.start()
+    try:
+        time.sleep(max(0.0, measure_from - time.monotonic()))
+        cpu_before = probe.sample() if probe else None
+        if repeat:
+            time.sleep(max(0.0, stop_at - time.monotonic()))
+        results = [queue.get(timeout=max(1.0, stop_at - time.monotonic()) + SOCKET_TIMEOUT) for _ in clients]
+        cpu_after = probe.sample() if probe else None  # the clients are still alive here
+    finally:
+        done.set()
+        for client in clients:
+            client.join(timeout=5)
+            if client.is_alive():
+                client.terminate()
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        raise RuntimeError("a load-generator client failed") from failed[0]
+    wall = max(r.last_receive for r in results) - min(r.first_send for r in results)
+    return LoadResult(
+        clients=len(per_client),
+        latencies_ns=[x for r in results for x in r.latencies_ns],
+        errors=sum(r.errors for r in results),
+        items=sum(r.items for r in results),
+        seconds=duration if repeat else wall,
+        cpu=probe.share(cpu_before, cpu_after) if probe else {},
+    )

@@ -1,0 +1,89 @@
+"""The benchmark's client systems: a publisher for the tenant and a hospital with an agreement.
+
+Every measured request carries a DPoP-bound token from the server's own token service and a fresh
+DPoP proof (proofs are single-use, so they are signed before the clock starts: one per request).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from urllib.parse import parse_qs
+
+from joserfc.jwk import ECKey
+
+from auth.client import DhoClient, attestation, dpop_proof
+from consent.model import PurposeOfUse
+from sharing_api.fhir.identifiers import FNR
+from sharing_api.store.clients import ClientRegistry
+from sharing_api.store.engine import make_engine
+from sharing_api.store.policy import PolicyStore
+
+PUBLISHER = "bench-publisher"
+HOSPITAL = "bench-hospital"
+HOSPITAL_ORG, HOSPITAL_UNIT, HPR = "974760673", "987654325", "1234567"
+
+
+def register(database_url: str, tenant: str) -> dict[str, ECKey]:
+    """Register both clients with fresh keys, and an agreement tenant -> hospital."""
+    engine = make_engine(database_url)
+    keys = {name: ECKey.generate_key("P-256", private=True) for name in (PUBLISHER, HOSPITAL)}
+    registry = ClientRegistry(engine)
+    registry.add(
+        PUBLISHER,
+        orgnr=tenant,
+        jwks={"keys": [keys[PUBLISHER].as_dict(private=False)]},
+        scopes=frozenset({"dho-share/observation.write"}),
+    )
+    registry.add(
+        HOSPITAL,
+        orgnr=HOSPITAL_ORG,
+        jwks={"keys": [keys[HOSPITAL].as_dict(private=False)]},
+        scopes=frozenset({"dho-share/observation.read"}),
+        point_of_care=HOSPITAL_UNIT,
+    )
+    PolicyStore(engine, lambda: int(time.time() * 1e6)).add_agreement(
+        controller=tenant,
+        consumer=HOSPITAL_ORG,
+        categories=frozenset({"vital-signs", "survey"}),
+        purposes=frozenset({PurposeOfUse.TREAT}),
+        valid_from=datetime(2020, 1, 1, tzinfo=UTC),
+    )
+    engine.dispose()
+    return keys
+
+
+class Credentials:
+    """Tokens from the server under test, and proof headers for one request each."""
+
+    def __init__(self, base: str, keys: dict[str, ECKey]):
+        self.base = base
+        self.keys = keys
+        self.publisher = DhoClient(
+            issuer=base, client_id=PUBLISHER, client_key=keys[PUBLISHER], scope="dho-share/observation.write"
+        )
+        self._readers: dict[str, DhoClient] = {}
+
+    def reader(self, fnr: str) -> DhoClient:
+        """The hospital's doctor, with an attestation for this patient."""
+        if fnr not in self._readers:
+            self._readers[fnr] = DhoClient(
+                issuer=self.base,
+                client_id=HOSPITAL,
+                client_key=self.keys[HOSPITAL],
+                scope="dho-share/observation.read",
+                attestation=attestation(
+                    legal_entity=HOSPITAL_ORG, point_of_care=HOSPITAL_UNIT, patient=(FNR, fnr), hpr_number=HPR
+                ),
+            )
+        return self._readers[fnr]
+
+    @staticmethod
+    def headers(client: DhoClient, method: str, url: str) -> list[str]:
+        token = client.access_token()
+        proof = dpop_proof(client.dpop_key, method=method, url=url, access_token=token)
+        return [f"Authorization: DPoP {token}", f"DPoP: {proof}"]
+
+    def search_headers(self, form: bytes, url: str) -> list[str]:
+        fnr = parse_qs(form.decode())["patient.identifier"][0].split("|", 1)[1]
+        return self.headers(self.reader(fnr), "POST", url)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import overload
 
 import click
 import orjson
@@ -59,6 +61,26 @@ def _verify_search(port: int, requests: list[bytes]) -> None:
         conn.close()
 
 
+class OnDemand(Sequence[bytes]):
+    """Requests encoded (and their DPoP proofs signed) when the load generator takes them."""
+
+    def __init__(self, bodies: list[bytes], encode: Callable[[bytes], bytes], indices: range | None = None):
+        self.bodies, self.encode = bodies, encode
+        self.indices = indices if indices is not None else range(len(bodies))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @overload
+    def __getitem__(self, i: int) -> bytes: ...
+    @overload
+    def __getitem__(self, i: slice) -> OnDemand: ...
+    def __getitem__(self, i: int | slice) -> bytes | OnDemand:
+        if isinstance(i, slice):
+            return OnDemand(self.bodies, self.encode, self.indices[i])
+        return self.encode(self.bodies[self.indices[i]])
+
+
 SEARCHES_PER_CLIENT_SECOND = 400
 """Requests signed in advance per search client and second: more than one client can send."""
 
@@ -73,17 +95,14 @@ def _measure(
     creds = Credentials(base, register(url, TENANT))
     console.print(f"ingest: {len(data.bundles)} Bundles over {ingest_clients} connections ...")
     ingest_url = f"{base}/{TENANT}/fhir"
-    bundles = [
-        request_bytes(
-            "POST",
-            f"/{TENANT}/fhir",
-            port,
-            b,
-            "application/fhir+json",
-            creds.headers(creds.publisher, "POST", ingest_url),
-        )
-        for b in data.bundles
-    ]
+    creds.publisher.access_token()  # fetched once here; the client processes inherit it
+
+    def signed_bundle(body: bytes) -> bytes:
+        # Signed when sent: a long ingest outlives a proof's 60 s iat window.
+        headers = creds.headers(creds.publisher, "POST", ingest_url)
+        return request_bytes("POST", f"/{TENANT}/fhir", port, body, "application/fhir+json", headers)
+
+    bundles = OnDemand(data.bundles, signed_bundle)
     ingest = run_load(
         port,
         [bundles[i::ingest_clients] for i in range(ingest_clients)],

@@ -41,6 +41,7 @@ from auth.tokens import (
     OWN_AUDIENCE,
     SCOPES,
     TokenPolicy,
+    VerifiedAccessToken,
     issue_access_token,
     verify_access_token,
 )
@@ -314,10 +315,10 @@ class TokenService(AuthorizationServer):  # type: ignore[misc]
     def _authenticated(self, request: TokenRequest) -> RegisteredClient:
         return self._authenticate_private_key_jwt(None, self.create_oauth2_request(request))
 
-    def _own_token(self, client: RegisteredClient, token: str) -> Mapping[str, Any] | None:
-        """The claims of ``token`` if it is a live token of ours issued to ``client``."""
+    def _ours(self, token: str) -> VerifiedAccessToken | None:
+        """``token`` verified as a live access token of this issuer, or ``None``."""
         try:
-            verified = verify_access_token(
+            return verify_access_token(
                 token,
                 policy=TokenPolicy.own(self.issuer, self.audience),
                 keys=lambda kid: self.keyset.verification_key(kid, self.clock()),
@@ -325,7 +326,11 @@ class TokenService(AuthorizationServer):  # type: ignore[misc]
             )
         except AuthError:
             return None
-        return verified.claims if verified.client_id == client.client_id else None
+
+    def _own_token(self, client: RegisteredClient, token: str) -> Mapping[str, Any] | None:
+        """The claims of ``token`` if it is a live token of ours issued to ``client``."""
+        verified = self._ours(token)
+        return verified.claims if verified is not None and verified.client_id == client.client_id else None
 
     def introspect(self, request: TokenRequest) -> TokenResponse:
         """``POST /connect/introspect`` (RFC 7662): a client may introspect its own tokens."""
@@ -351,14 +356,8 @@ class TokenService(AuthorizationServer):  # type: ignore[misc]
             token = self._single(request, "token")
         except AuthError as exc:
             return _error(exc, status=401 if isinstance(exc, InvalidClient) else None)
-        try:
-            verified = verify_access_token(
-                token,
-                policy=TokenPolicy.own(self.issuer, self.audience),
-                keys=lambda kid: self.keyset.verification_key(kid, self.clock()),
-                now=self.clock(),
-            )
-        except AuthError:
+        verified = self._ours(token)
+        if verified is None:
             return TokenResponse(200, {}, dict(_NO_STORE))  # RFC 7009 §2.2: invalid tokens are not an error
         if verified.client_id != client.client_id:
             return _error(UnauthorizedClient("the token was issued to another client"))

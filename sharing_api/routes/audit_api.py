@@ -35,7 +35,7 @@ from sharing_api.routes.common import (
     tenant,
     tenant_base,
 )
-from sharing_api.routes.consents import _is_the_patient
+from sharing_api.routes.consents import is_the_patient
 from sharing_api.routes.observations import bp
 from sharing_api.searching import searchset
 
@@ -239,7 +239,7 @@ def _plain(entry: Entry) -> dict[str, Any]:
 def access_log() -> Response:
     """The patient's own access history: who looked, from which organisation, when and why."""
     who = caller()
-    if who.pid is None or not _is_the_patient(who, ("", who.pid)):
+    if who.pid is None or not is_the_patient(who, ("", who.pid)):
         raise Forbidden("the access log is for the patient themself (a patient token at security level 4)")
     reads = [
         a

@@ -33,7 +33,7 @@ def _is_controller(who: Caller) -> bool:
     return who.organisation == tenant().orgnr
 
 
-def _is_the_patient(who: Caller, patient: tuple[str, str]) -> bool:
+def is_the_patient(who: Caller, patient: tuple[str, str]) -> bool:
     """A patient's own token: their pid, at security level 4, and no health worker behind it."""
     return (
         who.pid is not None
@@ -49,7 +49,7 @@ def _may_record(directive: PatientDirective) -> None:
     if _is_controller(who):
         return
     patient = (directive.patient.system, directive.patient.value)
-    if _is_the_patient(who, patient) and not isinstance(directive, Consent):
+    if is_the_patient(who, patient) and not isinstance(directive, Consent):
         return
     raise Forbidden(
         "only the data controller, or the patient for their own reservations and blocks, may do this"
@@ -58,7 +58,7 @@ def _may_record(directive: PatientDirective) -> None:
 
 def _may_read(patient: tuple[str, str]) -> None:
     who = caller()
-    if not (_is_controller(who) or _is_the_patient(who, patient)):
+    if not (_is_controller(who) or is_the_patient(who, patient)):
         raise Forbidden("directives are read by the data controller or by the patient themself")
 
 
@@ -127,7 +127,7 @@ def consent_revoke(directive_id: str) -> Response:
 def consent_read(directive_id: str) -> Response:
     stored = services().policy.read_directive(tenant().orgnr, directive_id)
     who = caller()
-    if stored is None or not (_is_controller(who) or _is_the_patient(who, stored.patient)):
+    if stored is None or not (_is_controller(who) or is_the_patient(who, stored.patient)):
         # The same answer whether it does not exist or is not yours to see.
         raise NotFound(f"Consent/{directive_id} is not known", "Consent.id")
     audit(AuditAction.CONSENT_READ, patient=stored.patient, resources=[f"Consent/{stored.id}"])

@@ -109,6 +109,7 @@ def test_aud_05_no_data_without_the_audit_record(
 ) -> None:
     patient = fnr()
     client.post(f"{BASE}/Observation", json=heart_rate(patient, identifier="before"))
+    client.token(client.parties["hospital"], (FNR, patient))  # tokens first: issuing one is audited too
 
     def broken(*_: Any, **__: Any) -> None:
         raise OperationalError("INSERT INTO audit_entries", {}, Exception("audit store down"))

@@ -81,6 +81,31 @@ def tenants_list() -> None:
 
 
 @main.group()
+def keys() -> None:
+    """The token service's signing keys."""
+
+
+@keys.command("rotate")
+def keys_rotate() -> None:
+    """Sign new tokens with a fresh key; the old key stays in the JWKS until its last token expires.
+
+    Running workers pick the new file up within a second (sharing_api.keyfiles.KeysetFile).
+    """
+    import time
+
+    from auth.keys import save_keyset
+    from sharing_api.keyfiles import load_or_create
+
+    settings = _settings()
+    current = load_or_create(settings.signing_keys_path)
+    rotated = current.rotate(now=time.time(), keep_published_for=settings.token_lifetime + 60)
+    save_keyset(rotated, settings.signing_keys_path)
+    console.print(
+        f"signing with {rotated.kid}; {current.kid} stays published for {settings.token_lifetime + 60} s"
+    )
+
+
+@main.group()
 def clients() -> None:
     """Client systems allowed to ask the token service for tokens."""
 

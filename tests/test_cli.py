@@ -62,3 +62,28 @@ def test_serve_beyond_loopback_needs_an_https_public_url(env: str) -> None:
     result = runner.invoke(main, ["serve", "--host", "0.0.0.0"])
     assert result.exit_code != 0
     assert "https://" in str(result.exception) + result.output
+
+
+def test_keys_rotate_keeps_the_old_key_published(
+    env: str, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+    from pathlib import Path
+
+    from auth.keys import load_keyset
+
+    path = Path(str(tmp_path)) / "keys.json"
+    monkeypatch.setenv("DHO_SIGNING_KEYS_PATH", str(path))
+    runner = CliRunner()
+    first = runner.invoke(main, ["keys", "rotate"])
+    assert first.exit_code == 0, first.output
+    before = load_keyset(path)
+    second = runner.invoke(main, ["keys", "rotate"])
+    assert second.exit_code == 0, second.output
+    after = load_keyset(path)
+    assert after.kid != before.kid
+    import time
+
+    published = {k["kid"] for k in after.public_jwks(time.time())["keys"]}
+    assert {after.kid, before.kid} <= published
+    assert all("d" not in k for k in json.loads(json.dumps(after.public_jwks(time.time())))["keys"])

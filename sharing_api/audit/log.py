@@ -134,6 +134,24 @@ def _entry(row: Any) -> Entry:
     )
 
 
+def entry_row(tenant: str, event: Mapping[str, Any]) -> dict[str, Any]:
+    """The pending ``audit_entries`` row of ``event``: its canonical bytes and the columns searched by."""
+    terms = search_terms(event)
+    return {
+        "tenant": tenant,
+        "recorded": terms.recorded,
+        "action": terms.action.value,
+        "outcome": terms.outcome.value,
+        "purpose": terms.purpose,
+        "patient_system": terms.patient_system,
+        "patient_value": terms.patient_value,
+        "agent_hpr": terms.agent_hpr,
+        "organisation": terms.organisation,
+        "client_id": terms.client_id,
+        "event": canonical_event(event),
+    }
+
+
 class AuditLog:
     """The audit logs of all tenants in one database.
 
@@ -196,24 +214,7 @@ class AuditLog:
             raise ValueError("on SQLite, append needs a write transaction (execution_options(write=True))")
         if not tenant or len(tenant) > 32:
             raise ValueError("tenant must be a non-empty string of at most 32 characters")
-        terms = search_terms(event)
-        data = canonical_event(event)
-        result = conn.execute(
-            _INSERT,
-            {
-                "tenant": tenant,
-                "recorded": terms.recorded,
-                "action": terms.action.value,
-                "outcome": terms.outcome.value,
-                "purpose": terms.purpose,
-                "patient_system": terms.patient_system,
-                "patient_value": terms.patient_value,
-                "agent_hpr": terms.agent_hpr,
-                "organisation": terms.organisation,
-                "client_id": terms.client_id,
-                "event": data,
-            },
-        )
+        result = conn.execute(_INSERT, entry_row(tenant, event))
         row_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
         if not isinstance(row_id, int):
             raise RuntimeError("the database returned no row id for the audit entry")

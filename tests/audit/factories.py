@@ -75,29 +75,12 @@ def fill(log: AuditLog, count: int, tenant: str = TENANT, start: int = 0) -> lis
 
 def bulk_pending(log: AuditLog, count: int, tenant: str = TENANT, start: int = 0) -> None:
     """Insert ``count`` pending entries at once, as ``append`` would store them (test set-up only)."""
-    from sharing_api.audit.encoding import canonical_event
     from sharing_api.audit.events import build_audit_event
-    from sharing_api.audit.terms import search_terms
+    from sharing_api.audit.log import entry_row
     from sharing_api.store.schema import audit_entries
 
-    rows = []
-    for n in range(start, start + count):
-        event = build_audit_event(facts(n, tenant=tenant))
-        terms = search_terms(event)
-        rows.append(
-            {
-                "tenant": tenant,
-                "recorded": terms.recorded,
-                "action": terms.action.value,
-                "outcome": terms.outcome.value,
-                "purpose": terms.purpose,
-                "patient_system": terms.patient_system,
-                "patient_value": terms.patient_value,
-                "agent_hpr": terms.agent_hpr,
-                "organisation": terms.organisation,
-                "client_id": terms.client_id,
-                "event": canonical_event(event),
-            }
-        )
+    rows = [
+        entry_row(tenant, build_audit_event(facts(n, tenant=tenant))) for n in range(start, start + count)
+    ]
     with log.engine.begin() as conn:
         conn.execute(audit_entries.insert(), rows)

@@ -25,6 +25,7 @@ from sharing_api.settings import Settings
 from sharing_api.store.engine import make_engine, upgrade
 from sharing_api.store.schema import metadata
 from tests.api_client import HOSPITAL, OTHER_HOSPITAL, ApiClient
+from tests.prerequisites import require
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 POSTGRES_ADMIN = os.environ.get("DHO_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -37,8 +38,7 @@ TENANT_B = "923456783"
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.fail(f"the reference pack is missing: expected {SHARED} beside the checkout")
+    require(SHARED.is_dir(), f"the reference pack is missing: expected {SHARED} beside the checkout")
     return SHARED
 
 

@@ -29,6 +29,7 @@ from sharing_api.audit.actions import AuditAction, Outcome
 from sharing_api.audit.checkpoints import AuditSigner
 from sharing_api.audit.log import AuditLog
 from sharing_api.auditing import Auditor, audit_facts
+from sharing_api.console import install_console
 from sharing_api.errors import AccessRefused, FhirError, Issue, ServiceUnavailable, operation_outcome
 from sharing_api.keyfiles import KeysetFile
 from sharing_api.publishing import Publisher
@@ -183,6 +184,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(agreements.bp)
     app.register_blueprint(system.bp)
     app.register_blueprint(token.bp)
+    install_console(app, settings)
 
     @app.before_request
     def _correlation() -> None:

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from sharing_api import consumer
 from sharing_api.audit import cli as audit_cli
+from sharing_api.console import cli as console_cli
 from sharing_api.settings import Settings
 from sharing_api.store.clients import ClientRegistry
 from sharing_api.store.engine import make_engine, upgrade
@@ -455,6 +456,8 @@ audit_cli.audit.add_command(consumer.fetch_audit)
 main.add_command(audit_cli.audit)
 main.add_command(consumer.token)
 main.add_command(consumer.query)
+main.add_command(console_cli.auditors)
+main.add_command(console_cli.seed_audit)
 
 
 if __name__ == "__main__":

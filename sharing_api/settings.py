@@ -71,6 +71,9 @@ class Settings(BaseSettings):
         description='Trusted external issuers (JSON): [{"issuer": "https://...", "audience": "..."}]',
     )
     rate_limit: int = Field(default=6000, ge=1, description="Requests per client per minute before 429")
+    console_session_timeout: int = Field(
+        default=900, ge=30, le=43200, description="Idle seconds before an auditor console session ends"
+    )
 
     @field_validator("database_url")
     @classmethod

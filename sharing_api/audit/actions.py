@@ -44,6 +44,8 @@ class AuditAction(StrEnum):
     """The sharing decision itself (BALP AuthZconsent), recorded beside the request it decided."""
     AUDIT_SEARCH = "audit.search"
     AUDIT_EXPORT = "audit.export"
+    AUDIT_TRIAGE = "audit.triage"
+    """An auditor's triage of a log-control rule hit in the console (explained, escalated, reopened)."""
     PATIENT_ACCESS_LOG = "patient.access-log"
 
 
@@ -113,6 +115,7 @@ INTERACTIONS: dict[AuditAction, tuple[Interaction, str]] = {
     AuditAction.ACCESS_DECISION: (Interaction.SECURITY, "110113"),
     AuditAction.AUDIT_SEARCH: (Interaction.QUERY, "search-type"),
     AuditAction.AUDIT_EXPORT: (Interaction.QUERY, "operation"),
+    AuditAction.AUDIT_TRIAGE: (Interaction.UPDATE, "update"),
     AuditAction.PATIENT_ACCESS_LOG: (Interaction.QUERY, "search-type"),
 }
 """Each action's BALP pattern and its FHIR ``restful-interaction`` code; for ``SECURITY`` the DICOM code of

@@ -255,3 +255,10 @@ def access_log() -> Response:
     )
     audit(AuditAction.PATIENT_ACCESS_LOG, patient=None)
     return json_response({"patient": who.pid, "accesses": [_plain(e) for e in entries]})
+
+
+def search_filters(params: list[tuple[str, str]]) -> tuple[dict[str, Any], int, int | None]:
+    """The AuditEvent search parameters ``params`` as ``AuditLog.search`` keywords, the page size and the
+    ``_after`` cursor; ``InvalidSearch`` naming a bad parameter. The auditor console (sharing_api/console)
+    calls this too, so its filters are the API's: one source of truth."""
+    return _filters(params)

@@ -203,3 +203,54 @@ audit_checkpoints = Table(
     Column("note", Text, nullable=False),
     PrimaryKeyConstraint("tenant", "size"),
 )
+
+# The auditor console (sharing_api/console): auditor accounts, per-tenant rule settings, triage of rule
+# hits, and the result of the last server-side verification of each tenant's log.
+
+console_auditors = Table(
+    "console_auditors",
+    metadata,
+    Column("username", String(64), primary_key=True),
+    Column("tenant", String(32), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("password_hash", Text, nullable=False),  # argon2id (argon2-cffi), never the password
+    Column("enabled", Boolean, nullable=False, server_default="1"),
+    Column("created", BigInteger, nullable=False),
+)
+
+console_rule_settings = Table(
+    "console_rule_settings",
+    metadata,
+    Column("tenant", String(32), nullable=False),
+    Column("rule", String(8), nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("threshold", Integer, nullable=True),
+    Column("updated", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant", "rule"),
+)
+
+console_triage = Table(
+    "console_triage",
+    metadata,
+    Column("tenant", String(32), nullable=False),
+    Column("flag", String(128), nullable=False),  # the rule hit's key: rule id and the evidence's first seq
+    Column("state", String(16), nullable=False),  # explained | escalated | open
+    Column("note", Text, nullable=False, server_default=""),
+    Column("auditor", String(64), nullable=False),
+    Column("updated", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant", "flag"),
+)
+
+console_verifications = Table(
+    "console_verifications",
+    metadata,
+    Column("tenant", String(32), primary_key=True),
+    Column("verified_at", BigInteger, nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("problem", String(32), nullable=True),
+    Column("bad_index", BigInteger, nullable=True),
+    Column("entries", BigInteger, nullable=False),
+    Column("signed_size", BigInteger, nullable=False),
+    Column("seconds", Text, nullable=False),
+    Column("detail", Text, nullable=False, server_default=""),
+)

@@ -17,7 +17,11 @@ $(BIN)/dho-share: pyproject.toml
 demo: $(BIN)/dho-share  ## run the system with demo data on http://127.0.0.1:8080 (SQLite; Redis when reachable)
 	$(BIN)/dho-share demo
 
-test: $(BIN)/dho-share  ## lint, type-check and run every test on SQLite and PostgreSQL
+node_modules/axe-core/axe.min.js: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+test: $(BIN)/dho-share node_modules/axe-core/axe.min.js  ## lint, type-check and run every test on SQLite and PostgreSQL
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -33,4 +37,4 @@ bench: $(BIN)/dho-share  ## ingest and search benchmarks over HTTP against gunic
 	$(BIN)/python -m benchmarks
 
 clean:  ## remove the virtual environment and local data
-	rm -rf $(VENV) var
+	rm -rf $(VENV) var node_modules

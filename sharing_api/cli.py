@@ -446,6 +446,8 @@ def demo(port: int, patients: int, days: int, no_serve: bool) -> None:
         f"\nPatient {fnrs[2]} has blocked this doctor (HPR {DEMO_HPR}), so the doctor sees no data:\n"
     )
     click.echo(f"dho-share query --profile {profile} --tenant {orgnr} --patient {fnrs[2]} --lastn")
+    auditor, password = console_cli.demo_console(settings, orgnr, days)
+    console.print(f"\nAuditor console: {settings.base_url}/console/ (user {auditor}, password {password})")
     if not no_serve:
         from sharing_api.serving import serve as run
 

@@ -70,6 +70,18 @@ class AuditorAccounts:
             )
         return Auditor(username, tenant, name.strip(), True)
 
+    def set_password(self, username: str, password: str) -> bool:
+        """Replace an account's password (``AccountError`` when too short); False for no such account."""
+        if len(password) < MIN_PASSWORD:
+            raise AccountError(f"password: at least {MIN_PASSWORD} characters")
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(console_auditors)
+                .where(console_auditors.c.username == username)
+                .values(password_hash=_HASHER.hash(password))
+            )
+        return result.rowcount == 1
+
     def list(self, tenant: str | None = None) -> list[Auditor]:
         stmt = select(console_auditors).order_by(console_auditors.c.tenant, console_auditors.c.username)
         if tenant is not None:

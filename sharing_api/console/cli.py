@@ -138,3 +138,24 @@ def seed_audit(tenant: str, days: int, seed: int) -> None:
     """Seed a synthetic month of audit events (with a few planted inappropriate accesses) and print the
     false-positive rate of the log-control rules on it."""
     seed_and_measure(Settings(), tenant, days, seed)
+
+
+DEMO_AUDITOR = "demo-revisor"
+
+
+def demo_console(settings: Settings, tenant: str, days: int) -> tuple[str, str]:
+    """``make demo``: a month of audit events in ``tenant``'s log and a demo auditor with a fresh random
+    password (printed once; a rerun sets a new one). Returns (username, password)."""
+    import secrets
+
+    from sharing_api.console.accounts import AuditorAccounts
+    from sharing_api.store.engine import make_engine
+
+    seed_and_measure(settings, tenant, days, seed=1)
+    accounts = AuditorAccounts(make_engine(settings.database_url))
+    password = secrets.token_urlsafe(12)
+    if not accounts.set_password(DEMO_AUDITOR, password):
+        accounts.add(DEMO_AUDITOR, tenant, "Demo Revisor", password)
+    accounts.set_enabled(DEMO_AUDITOR, True)
+    accounts.engine.dispose()
+    return DEMO_AUDITOR, password

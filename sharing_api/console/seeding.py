@@ -147,14 +147,15 @@ def _month(tenant: str, days: int, end: datetime, rng: random.Random) -> Iterato
                     tag=f"n-{n}",
                     n=n,
                 )
-    yield from _planted(tenant, workers, start_day, days, n)
+    if days >= 7:  # the planted accesses fall in the last week of the period
+        yield from _planted(tenant, workers, start_day, days, n)
 
 
 def _planted(
     tenant: str, workers: list[_Worker], start_day: object, days: int, n: int
 ) -> Iterator[AuditFacts]:
     assert isinstance(start_day, type(datetime.now().date()))
-    mid = start_day + timedelta(days=days // 2)
+    mid = start_day + timedelta(days=days - 7)
 
     def at(day_offset: int, hour: int, minute: int = 0) -> datetime:
         return datetime.combine(mid + timedelta(days=day_offset), time(hour, minute), OSLO)

@@ -460,6 +460,7 @@ main.add_command(consumer.token)
 main.add_command(consumer.query)
 main.add_command(console_cli.auditors)
 main.add_command(console_cli.seed_audit)
+main.add_command(console_cli.audit_rules)
 
 
 if __name__ == "__main__":

@@ -159,3 +159,40 @@ def demo_console(settings: Settings, tenant: str, days: int) -> tuple[str, str]:
     accounts.set_enabled(DEMO_AUDITOR, True)
     accounts.engine.dispose()
     return DEMO_AUDITOR, password
+
+
+@click.group(name="audit-rules")
+def audit_rules() -> None:
+    """The console's log-control rules R1-R14 per tenant: on/off and thresholds."""
+
+
+@audit_rules.command(name="list")
+@click.option("--tenant", required=True, help="The tenant's org.nr")
+def audit_rules_list(tenant: str) -> None:
+    from sharing_api.console import rules
+    from sharing_api.store.engine import make_engine
+
+    table = Table("rule", "title", "severity", "on", "threshold", "needs")
+    for rid, setting in rules.settings_of(make_engine(Settings().database_url), tenant).items():
+        rule = rules.RULES[rid]
+        threshold = "-" if setting.threshold is None else str(setting.threshold)
+        on = "yes" if setting.enabled else "no"
+        table.add_row(rid, rule.title, rule.severity, on, threshold, rule.needs or "")
+    Console().print(table)
+
+
+@audit_rules.command(name="set")
+@click.option("--tenant", required=True, help="The tenant's org.nr")
+@click.argument("rule")
+@click.option("--on/--off", "enabled", default=True, show_default=True)
+@click.option("--threshold", type=click.IntRange(1), help="The rule's threshold (R3, R5, R11, R14)")
+def audit_rules_set(tenant: str, rule: str, enabled: bool, threshold: int | None) -> None:
+    from sharing_api.console import rules
+    from sharing_api.store.engine import make_engine
+
+    if rule not in rules.RULES:
+        raise click.BadParameter(f"one of {', '.join(rules.RULES)}", param_hint="RULE")
+    if threshold is not None and rules.RULES[rule].threshold is None:
+        raise click.BadParameter(f"{rule} has no threshold", param_hint="--threshold")
+    rules.set_rule(make_engine(Settings().database_url), tenant, rule, enabled, threshold)
+    console.print(f"{rule} for {tenant}: {'on' if enabled else 'off'}, threshold {threshold or 'default'}")

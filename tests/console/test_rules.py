@@ -59,9 +59,20 @@ def test_every_planted_access_is_flagged_and_false_positives_stay_in_budget(seed
     assert all(f.sentence.endswith(".") for f in run.flags)
 
 
-def test_a_rule_switched_off_for_the_tenant_is_silent(seeded: Services) -> None:
-    rules.set_rule(seeded.engine, TENANT_A, "R1", enabled=False, threshold=None)
-    rules.set_rule(seeded.engine, TENANT_A, "R5", enabled=True, threshold=100)
+def test_a_rule_switched_off_for_the_tenant_is_silent(
+    seeded: Services, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DHO_DATABASE_URL", database_url)
+    runner = CliRunner()
+    off = runner.invoke(main, ["audit-rules", "set", "--tenant", TENANT_A, "R1", "--off"])
+    assert off.exit_code == 0, off.output
+    raised = runner.invoke(main, ["audit-rules", "set", "--tenant", TENANT_A, "R5", "--threshold", "100"])
+    assert raised.exit_code == 0, raised.output
+    assert (
+        runner.invoke(main, ["audit-rules", "set", "--tenant", TENANT_A, "R1", "--threshold", "3"]).exit_code
+        != 0
+    )
+    assert "R5" in runner.invoke(main, ["audit-rules", "list", "--tenant", TENANT_A]).output
     run, _ = _run(seeded)
     assert "R1" not in run.counts
     assert "R5" not in run.counts

@@ -190,7 +190,7 @@ def agreement_periods(services: Services, tenant: str) -> list[AgreementPeriod]:
     return [(c.consumer, c.start, c.end) for c in covers(services, tenant)]
 
 
-def _covered(view: EntryView, tenant: str, agreements: list[Cover]) -> bool:
+def covered(view: EntryView, tenant: str, agreements: list[Cover]) -> bool:
     if view.organisation in (None, tenant):
         return True
     return any(
@@ -206,7 +206,7 @@ def _covered(view: EntryView, tenant: str, agreements: list[Cover]) -> bool:
 # -- running -----------------------------------------------------------------------------------------
 
 
-def _views(services: Services, tenant: str, start: datetime, end: datetime) -> Iterator[EntryView]:
+def views_in(services: Services, tenant: str, start: datetime, end: datetime) -> Iterator[EntryView]:
     after = None
     while True:
         page = services.audit_log.search(tenant, date_from=start, date_to=end, count=1000, after_seq=after)
@@ -221,7 +221,7 @@ def _views(services: Services, tenant: str, start: datetime, end: datetime) -> I
 def run(services: Services, tenant: str, start: datetime, end: datetime) -> RuleRun:
     """Every enabled rule over ``tenant``'s log in ``[start, end)``."""
     return run_views(
-        list(_views(services, tenant, start, end)),
+        list(views_in(services, tenant, start, end)),
         tenant,
         covers(services, tenant),
         settings_of(services.engine, tenant),
@@ -246,7 +246,7 @@ def run_views(
     explained = [
         v
         for v in accesses
-        if v.permitted and v.purpose in ("TREAT", "COC") and _covered(v, tenant, agreements)
+        if v.permitted and v.purpose in ("TREAT", "COC") and covered(v, tenant, agreements)
     ]
     explained_ids = {id(v) for v in explained}
     rest = [v for v in accesses if id(v) not in explained_ids]
@@ -288,7 +288,7 @@ def run_views(
             )
         # Emergency access is R1's; R4 asks whether an agreement covers the consumer and the data.
         plain = replace(v, purpose="TREAT") if v.emergency else v
-        if "R4" in on and v.action in READ_ACTIONS and not _covered(plain, tenant, agreements):
+        if "R4" in on and v.action in READ_ACTIONS and not covered(plain, tenant, agreements):
             severity = "critical" if v.permitted else "medium"
             what = "fikk data" if v.permitted else "prøvde å hente data"
             add(

@@ -40,7 +40,7 @@ from flask import (
 from sharing_api.audit.actions import PURPOSES_OF_USE, AuditAction, Outcome
 from sharing_api.audit.events import AuditFacts
 from sharing_api.audit.log import Entry
-from sharing_api.console import aggregates, charts, integrity, rules
+from sharing_api.console import actors, aggregates, charts, integrity, rules
 from sharing_api.console.accounts import AuditorAccounts
 from sharing_api.console.disclosure import DISCLOSED_ACTIONS, episodes
 from sharing_api.console.reading import EntryView, view_of
@@ -441,6 +441,46 @@ def integrity_page() -> str:
 def integrity_verify() -> Any:
     integrity.verify_now(services().audit_log, session().tenant)
     return redirect(url_for("console.integrity_page"), code=303)
+
+
+# -- health workers and organisation flows ----------------------------------------------------------
+
+
+@bp.get("/workers")
+@login_required
+def workers_page() -> str:
+    start, end = _period()
+    views = list(rules.views_in(services(), session().tenant, start, end))
+    return render_template("console/workers.html", rows=actors.workers(views), start=start, end=end)
+
+
+@bp.get("/workers/<hpr>")
+@login_required
+def worker_page(hpr: str) -> str:
+    if not hpr.isdigit() or len(hpr) > 16:
+        abort(404, "no such health worker in your log")
+    start, end = _period()
+    views = list(rules.views_in(services(), session().tenant, start, end))
+    profile = actors.worker_profile(views, hpr)
+    if profile is None:
+        abort(404, "no such health worker in your log in this period")
+    return render_template("console/worker.html", p=profile, weekdays=actors.WEEKDAYS, start=start, end=end)
+
+
+@bp.get("/organisations")
+@login_required
+def organisations_page() -> str:
+    start, end = _period()
+    tenant = session().tenant
+    views = list(rules.views_in(services(), tenant, start, end))
+    found = actors.flows(views, tenant, rules.covers(services(), tenant))
+    return render_template(
+        "console/organisations.html",
+        flows=found,
+        agreements=rules.covers(services(), tenant),
+        start=start,
+        end=end,
+    )
 
 
 # -- review queue and log-control report ---------------------------------------------------------------

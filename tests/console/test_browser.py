@@ -269,6 +269,9 @@ def test_every_page_passes_axe_and_the_chart_matches_its_table(
             ("integrity", f"{live.base}/console/integrity", "#verify-now"),
             ("review", f"{live.base}/console/review?to=2025-03-31", None),
             ("report", f"{live.base}/console/report?to=2025-03-31", None),
+            ("workers", f"{live.base}/console/workers?to=2025-03-31", None),
+            ("worker", f"{live.base}/console/workers/9144897?to=2025-03-31", None),
+            ("organisations", f"{live.base}/console/organisations?to=2025-03-31", None),
         ]
         for name, url, click in visits:
             page.goto(url)

@@ -21,6 +21,7 @@ from sharing_api.console.rules import agreement_periods
 from sharing_api.console.views import CSP
 from sharing_api.services import Services
 from sharing_api.store.schema import audit_entries
+from tests.api_client import HOSPITAL
 from tests.conftest import TENANT_A, TENANT_B
 from tests.console.conftest import AUDITOR_A, AUDITOR_B, FNR, PASSWORD, access, login, record, utc
 
@@ -31,6 +32,8 @@ PAGES = (
     "/console/integrity",
     "/console/review",
     "/console/report",
+    "/console/workers",
+    "/console/organisations",
 )
 
 
@@ -365,3 +368,49 @@ def test_the_report_page_has_the_cli_report_content(console: FlaskClient, servic
         TENANT_A, start, end, agreements=agreement_periods(services, TENANT_A)
     )
     assert {k: v for k, v in body.items() if k not in ("integrity", "checkpoint")} == expected.to_json()
+
+
+def test_health_worker_view_and_organisation_flows(console: FlaskClient, services: Services) -> None:
+    record(
+        services,
+        [
+            access(
+                TENANT_A,
+                utc(2025, 3, 3, 9, i),
+                f"0181690{i:04d}",
+                n=i,
+                hpr="9000001",
+                name="Travel",
+                org=HOSPITAL,
+            )
+            for i in range(7)
+        ]
+        + [
+            access(
+                TENANT_A,
+                utc(2025, 3, 3, 10),
+                "01816900001",
+                n=50,
+                hpr="9000002",
+                name="Kollega",
+                org=HOSPITAL,
+            )
+        ]
+        + [
+            access(
+                TENANT_A, utc(2025, 3, 4, 10), "01816900002", n=51, org="912345678", org_name="Uten Avtale AS"
+            )
+        ],
+    )
+    login(console)
+    rows = console.get("/console/workers?to=2025-03-31").data.decode()
+    assert re.search(r"Travel</a></td><td>9000001</td><td>[^<]*</td><td>7</td><td>7</td>", rows)
+    profile = console.get("/console/workers/9000001?to=2025-03-31").data.decode()
+    heat = [int(n) for n in re.findall(r'<td class="h\d">(\d+)</td>', profile)]
+    assert sum(heat) == 7
+    assert "01816900003" not in profile
+    assert "********003" in profile
+    assert console.get("/console/workers/9999999?to=2025-03-31").status_code == 404
+    flows = console.get("/console/organisations?to=2025-03-31").data.decode()
+    assert re.search(r'<tr class="outside"><td>Uten Avtale AS</td>.*?1 utenfor avtale', flows, re.S)
+    assert not re.search(r'<tr class="outside"><td>Oslo universitetssykehus HF', flows)

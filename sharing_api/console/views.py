@@ -401,20 +401,42 @@ def patient_post() -> str:
     return render_template("console/patient.html", patient=patient_id, report=report)
 
 
+_STATIC_TYPES = {".css": "text/css", ".svg": "image/svg+xml"}
+_PDF_BASE = "https://console.invalid/"
+
+
+def _static_only(url: str) -> Any:
+    """weasyprint's URL fetcher: our own static files, nothing from the network."""
+    from weasyprint.urls import URLFetcherResponse
+
+    name = url.removeprefix(_PDF_BASE + "console/static/")
+    kind = _STATIC_TYPES.get(name[name.rfind(".") :] if "." in name else "")
+    if "/" in name or kind is None or url == name:
+        raise ValueError(f"the PDF renderer fetches only the console's own files, not {url!r}")
+    with current_app.open_resource(f"console/static/{name}", "rb") as f:
+        return URLFetcherResponse(url, body=f.read(), headers={"Content-Type": kind})
+
+
+def _pdf(html: str, filename: str) -> Response:
+    """``html`` as PDF (weasyprint, print stylesheet), as a download."""
+    from weasyprint import CSS, HTML
+
+    with current_app.open_resource("console/static/print.css") as f:
+        css = f.read()
+    pdf = HTML(string=html, base_url=_PDF_BASE, url_fetcher=_static_only).write_pdf(
+        stylesheets=[CSS(string=css)]
+    )
+    return Response(
+        pdf, mimetype="application/pdf", headers={"Content-Disposition": f"attachment; filename={filename}"}
+    )
+
+
 @bp.post("/patient.pdf")
 @login_required
 def patient_pdf() -> Response:
-    """The patient's copy as PDF (weasyprint over the print page): no internal ids, no identity number."""
-    from weasyprint import CSS, HTML
-
+    """The patient's copy as PDF (the print page): no internal ids, no identity number."""
     _, report = _report()
-    html = render_template("console/patient_print.html", report=report, standalone=True)
-    with current_app.open_resource("console/static/print.css") as f:
-        css = f.read()
-    pdf = HTML(string=html).write_pdf(stylesheets=[CSS(string=css)])
-    return Response(
-        pdf, mimetype="application/pdf", headers={"Content-Disposition": "attachment; filename=innsyn.pdf"}
-    )
+    return _pdf(render_template("console/patient_print.html", report=report, standalone=True), "innsyn.pdf")
 
 
 # -- integrity ---------------------------------------------------------------------------------------
@@ -525,4 +547,7 @@ def report() -> str | Response:
         checkpoint = log.latest_checkpoint(tenant)
         body["checkpoint"] = checkpoint.note if checkpoint else None
         return Response(orjson.dumps(body), mimetype="application/json")
-    return render_template("console/report.html", result=result, badge=status, start=start, end=end)
+    html = render_template("console/report.html", result=result, badge=status, start=start, end=end)
+    if request.args.get("format") == "pdf":
+        return _pdf(html, "loggkontroll.pdf")
+    return html

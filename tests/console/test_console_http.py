@@ -368,6 +368,9 @@ def test_the_report_page_has_the_cli_report_content(console: FlaskClient, servic
         TENANT_A, start, end, agreements=agreement_periods(services, TENANT_A)
     )
     assert {k: v for k, v in body.items() if k not in ("integrity", "checkpoint")} == expected.to_json()
+    pdf = console.get("/console/report?to=2025-03-31&format=pdf")
+    assert pdf.status_code == 200
+    assert pdf.data.startswith(b"%PDF-")
 
 
 def test_health_worker_view_and_organisation_flows(console: FlaskClient, services: Services) -> None:

@@ -3,16 +3,31 @@ month of audit events, with the false-positive rate of the log-control rules mea
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from sqlalchemy import Engine
 
 from sharing_api.settings import Settings
 
 console = Console(stderr=True)
+
+
+@contextmanager
+def _engine() -> Iterator[Engine]:
+    """The configured database, its connections closed afterwards."""
+    from sharing_api.store.engine import make_engine
+
+    engine = make_engine(Settings().database_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 @click.group()
@@ -27,18 +42,17 @@ def auditors() -> None:
 @click.password_option(help="The password (prompted twice when not given)")
 def auditors_add(username: str, tenant: str, name: str, password: str) -> None:
     from sharing_api.console.accounts import AccountError, AuditorAccounts
-    from sharing_api.store.engine import make_engine
     from sharing_api.store.tenants import TenantDirectory
 
-    engine = make_engine(Settings().database_url)
-    if TenantDirectory(engine).get(tenant) is None:
-        raise click.BadParameter(
-            f"tenant {tenant} is not registered (dho-share tenants add)", param_hint="--tenant"
-        )
-    try:
-        AuditorAccounts(engine).add(username, tenant, name, password)
-    except AccountError as exc:
-        raise click.BadParameter(str(exc)) from exc
+    with _engine() as engine:
+        if TenantDirectory(engine).get(tenant) is None:
+            raise click.BadParameter(
+                f"tenant {tenant} is not registered (dho-share tenants add)", param_hint="--tenant"
+            )
+        try:
+            AuditorAccounts(engine).add(username, tenant, name, password)
+        except AccountError as exc:
+            raise click.BadParameter(str(exc)) from exc
     console.print(f"auditor {username} added for tenant {tenant}")
 
 
@@ -46,10 +60,11 @@ def auditors_add(username: str, tenant: str, name: str, password: str) -> None:
 @click.option("--tenant", help="Only this tenant's auditors")
 def auditors_list(tenant: str | None) -> None:
     from sharing_api.console.accounts import AuditorAccounts
-    from sharing_api.store.engine import make_engine
 
     table = Table("username", "tenant", "name", "enabled")
-    for a in AuditorAccounts(make_engine(Settings().database_url)).list(tenant):
+    with _engine() as engine:
+        found = AuditorAccounts(engine).list(tenant)
+    for a in found:
         table.add_row(a.username, a.tenant, a.name, "yes" if a.enabled else "no")
     Console().print(table)
 
@@ -58,9 +73,10 @@ def auditors_list(tenant: str | None) -> None:
 @click.argument("username")
 def auditors_disable(username: str) -> None:
     from sharing_api.console.accounts import AuditorAccounts
-    from sharing_api.store.engine import make_engine
 
-    if not AuditorAccounts(make_engine(Settings().database_url)).set_enabled(username, False):
+    with _engine() as engine:
+        done = AuditorAccounts(engine).set_enabled(username, False)
+    if not done:
         raise click.BadParameter(f"no auditor {username!r}")
     console.print(f"auditor {username} disabled (their sessions end at the next request)")
 
@@ -72,33 +88,35 @@ def seed_and_measure(settings: Settings, tenant: str, days: int, seed: int) -> d
     from sharing_api.console.seeding import CONSUMERS, planted_flag, seed_month
 
     svc = build_services(settings)
-    if svc.tenants.get(tenant) is None:
-        raise click.BadParameter(
-            f"tenant {tenant} is not registered (dho-share tenants add)", param_hint="--tenant"
-        )
-    known = {a.consumer for a in svc.policy.agreements(controller=tenant)}
-    for consumer in CONSUMERS:
-        if consumer[0] not in known:
-            svc.policy.add_agreement(
-                controller=tenant,
-                consumer=consumer[0],
-                categories=frozenset({"vital-signs"}),
-                purposes=frozenset({"TREAT", "COC", "ETREAT"}),  # type: ignore[arg-type]
-                valid_from=datetime.now(UTC) - timedelta(days=days + 400),
+    try:
+        if svc.tenants.get(tenant) is None:
+            raise click.BadParameter(
+                f"tenant {tenant} is not registered (dho-share tenants add)", param_hint="--tenant"
             )
-    end = datetime.now(UTC)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("seeding audit events", total=None)
+        known = {a.consumer for a in svc.policy.agreements(controller=tenant)}
+        for consumer in CONSUMERS:
+            if consumer[0] not in known:
+                svc.policy.add_agreement(
+                    controller=tenant,
+                    consumer=consumer[0],
+                    categories=frozenset({"vital-signs"}),
+                    purposes=frozenset({"TREAT", "COC", "ETREAT"}),  # type: ignore[arg-type]
+                    valid_from=datetime.now(UTC) - timedelta(days=days + 400),
+                )
+        end = datetime.now(UTC)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("seeding audit events", total=None)
 
-        def advance(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
+            def advance(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
 
-        result = seed_month(svc.audit_log, tenant, days, seed=seed, end=end, progress=advance)
-    run = rules.run(svc, tenant, end - timedelta(days=days + 1), end + timedelta(days=1))
-    false = [f for f in run.flags if not any(planted_flag(v) for v in _tags(svc, tenant, f.seqs))]
-    detected = {t for f in run.flags for t in _tags(svc, tenant, f.seqs) if planted_flag(t)}
-    svc.engine.dispose()
+            result = seed_month(svc.audit_log, tenant, days, seed=seed, end=end, progress=advance)
+        run = rules.run(svc, tenant, end - timedelta(days=days + 1), end + timedelta(days=1))
+        false = [f for f in run.flags if not any(planted_flag(v) for v in _tags(svc, tenant, f.seqs))]
+        detected = {t for f in run.flags for t in _tags(svc, tenant, f.seqs) if planted_flag(t)}
+    finally:
+        svc.engine.dispose()
     figures = {
         "events": result.events,
         "accesses": run.accesses,
@@ -152,12 +170,15 @@ def demo_console(settings: Settings, tenant: str, days: int) -> tuple[str, str]:
     from sharing_api.store.engine import make_engine
 
     seed_and_measure(settings, tenant, days, seed=1)
-    accounts = AuditorAccounts(make_engine(settings.database_url))
-    password = secrets.token_urlsafe(12)
-    if not accounts.set_password(DEMO_AUDITOR, password):
-        accounts.add(DEMO_AUDITOR, tenant, "Demo Revisor", password)
-    accounts.set_enabled(DEMO_AUDITOR, True)
-    accounts.engine.dispose()
+    engine = make_engine(settings.database_url)
+    try:
+        accounts = AuditorAccounts(engine)
+        password = secrets.token_urlsafe(12)
+        if not accounts.set_password(DEMO_AUDITOR, password):
+            accounts.add(DEMO_AUDITOR, tenant, "Demo Revisor", password)
+        accounts.set_enabled(DEMO_AUDITOR, True)
+    finally:
+        engine.dispose()
     return DEMO_AUDITOR, password
 
 
@@ -170,10 +191,11 @@ def audit_rules() -> None:
 @click.option("--tenant", required=True, help="The tenant's org.nr")
 def audit_rules_list(tenant: str) -> None:
     from sharing_api.console import rules
-    from sharing_api.store.engine import make_engine
 
     table = Table("rule", "title", "severity", "on", "threshold", "needs")
-    for rid, setting in rules.settings_of(make_engine(Settings().database_url), tenant).items():
+    with _engine() as engine:
+        settings = rules.settings_of(engine, tenant)
+    for rid, setting in settings.items():
         rule = rules.RULES[rid]
         threshold = "-" if setting.threshold is None else str(setting.threshold)
         on = "yes" if setting.enabled else "no"
@@ -188,11 +210,11 @@ def audit_rules_list(tenant: str) -> None:
 @click.option("--threshold", type=click.IntRange(1), help="The rule's threshold (R3, R5, R11, R14)")
 def audit_rules_set(tenant: str, rule: str, enabled: bool, threshold: int | None) -> None:
     from sharing_api.console import rules
-    from sharing_api.store.engine import make_engine
 
     if rule not in rules.RULES:
         raise click.BadParameter(f"one of {', '.join(rules.RULES)}", param_hint="RULE")
     if threshold is not None and rules.RULES[rule].threshold is None:
         raise click.BadParameter(f"{rule} has no threshold", param_hint="--threshold")
-    rules.set_rule(make_engine(Settings().database_url), tenant, rule, enabled, threshold)
+    with _engine() as engine:
+        rules.set_rule(engine, tenant, rule, enabled, threshold)
     console.print(f"{rule} for {tenant}: {'on' if enabled else 'off'}, threshold {threshold or 'default'}")

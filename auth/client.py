@@ -246,10 +246,14 @@ def attestation(
     authorization: str = "LE",
     healthcare_service: str = "KP01",
     decision_ref: str | None = None,
+    decision_ref_description: str | None = None,
+    toa: int | None = None,
 ) -> dict[str, Any]:
     """An ``nhn:tillitsrammeverk:parameters`` attestation (HelseID spelling) for one patient.
 
-    ``patient`` is (identifier system, value); ``authorization`` a 9060 code (LE doctor, SP nurse...).
+    ``patient`` is (identifier system, value); ``authorization`` a 9060 code (LE doctor, SP nurse...);
+    ``decision_ref_description`` the EPJ's words for the care relation; ``toa`` the time of attestation
+    (epoch seconds, Tillitsrammeverk §4.6.1).
     """
     orgnr = "urn:oid:2.16.578.1.12.4.1.4.101"
     practitioner: dict[str, Any] = {
@@ -267,7 +271,12 @@ def attestation(
         "care_relationship": {
             "healthcare_service": {"code": healthcare_service, "system": "urn:oid:2.16.578.1.12.4.1.1.8663"},
             "purpose_of_use": {"code": purpose_of_use, "system": "urn:oid:2.16.840.1.113883.1.11.20448"},
-            "decision_ref": {"id": decision_ref or str(uuid.uuid4()), "user_selected": True},
+            "decision_ref": {
+                "id": decision_ref or str(uuid.uuid4()),
+                "user_selected": True,
+                **({"description": decision_ref_description} if decision_ref_description else {}),
+            },
         },
         "patients": [{"identifier": {"id": patient[1], "system": patient[0]}}] if patient else [{}],
+        **({"toa": toa} if toa is not None else {}),
     }

@@ -73,11 +73,13 @@ __all__ = [
     "JTI_PREFIX",
     "ORGNR_SYSTEM",
     "AuditFacts",
+    "Classification",
     "Coded",
     "DecisionRef",
     "SharingDecision",
     "build_audit_event",
     "build_audit_events",
+    "classification",
     "fhir_reference",
     "format_recorded",
     "redact_tokens",
@@ -555,13 +557,36 @@ def _conforms(facts: AuditFacts, interaction: Interaction) -> bool:
     return len(facts.resources) == 1
 
 
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """How an action's events are coded: ``type``, ``subtype`` codings and the ``action`` code (C R U D E).
+
+    The one source of these codes for building events and for searching them by ``type``, ``subtype``
+    and ``action`` (routes/audit_api.py)."""
+
+    type: dict[str, str]
+    subtype: tuple[dict[str, str], ...]
+    action: str
+
+
+def classification(action: AuditAction) -> Classification:
+    """The type, subtypes and action code every event of ``action`` carries (see the module table)."""
+    interaction, code = interaction_of(action)
+    action_coding = {"system": ACTION_SYSTEM, "code": action.value}
+    if interaction is Interaction.SECURITY:
+        subtypes = (_LOGIN, action_coding) if code == "110114" else (action_coding,)
+        return Classification(_SECURITY_TYPES[code], subtypes, _ACTION_CODES[interaction])
+    rest = {"system": "http://hl7.org/fhir/restful-interaction", "code": code}
+    return Classification(_TYPE_REST, (rest, action_coding), _ACTION_CODES[interaction])
+
+
 def build_audit_event(facts: AuditFacts) -> dict[str, Any]:
     """The FHIR R4 ``AuditEvent`` (JSON as a ``dict``) recording ``facts``, shaped per the module table.
 
     The result is plain JSON data (str, int, bool, list, dict) ready for ``AuditLog.append``; it is
     built fresh on every call and shares nothing with other calls.
     """
-    interaction, code = interaction_of(facts.action)
+    interaction, _ = interaction_of(facts.action)
     contained, role_ref = _contained(facts)
     event: dict[str, Any] = {"resourceType": "AuditEvent"}
     if _conforms(facts, interaction):
@@ -571,17 +596,10 @@ def build_audit_event(facts: AuditFacts) -> dict[str, Any]:
     extensions = _extensions(facts)
     if extensions:
         event["extension"] = extensions
-    action_coding = {"system": ACTION_SYSTEM, "code": facts.action.value}
-    if interaction is Interaction.SECURITY:
-        event["type"] = _SECURITY_TYPES[code]
-        event["subtype"] = [_LOGIN, action_coding] if code == "110114" else [action_coding]
-    else:
-        event["type"] = _TYPE_REST
-        event["subtype"] = [
-            {"system": "http://hl7.org/fhir/restful-interaction", "code": code},
-            action_coding,
-        ]
-    event["action"] = _ACTION_CODES[interaction]
+    kind = classification(facts.action)
+    event["type"] = dict(kind.type)
+    event["subtype"] = [dict(c) for c in kind.subtype]
+    event["action"] = kind.action
     event["recorded"] = format_recorded(facts.recorded)
     event["outcome"] = facts.outcome.value
     if facts.description:

@@ -350,7 +350,9 @@ def _contained(facts: AuditFacts) -> tuple[list[dict[str, Any]], dict[str, Any] 
     worker = facts.practitioner_hpr is not None
     if worker and facts.organisation is not None:
         contained.append(_organization("legal-entity", facts.organisation, facts.organisation_name))
-    if facts.point_of_care is not None:
+    # Referenced by the PractitionerRole, or by the organisation agent of a system client (dom-3: every
+    # contained resource is referenced).
+    if facts.point_of_care is not None and (worker or facts.organisation is not None):
         shared = worker and facts.point_of_care == facts.organisation
         contained.append(
             {

@@ -9,6 +9,7 @@ reference read in place (``shared_dir``); docs/audit-profile.md lists where BALP
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -89,6 +90,33 @@ def test_every_action_and_outcome_is_a_valid_r4_auditevent(action: AuditAction, 
     assert (ACTION_SYSTEM, action.value) in codings(event["subtype"])
     assert search_terms(event).action is action
     assert canonical_event(event)  # has a canonical form
+    assert_contained_are_referenced(event)
+
+
+def assert_contained_are_referenced(event: dict[str, Any]) -> None:
+    """FHIR dom-3: every contained resource is referenced from elsewhere in the resource."""
+    text = json.dumps({k: v for k, v in event.items() if k != "contained"}) + json.dumps(
+        [{k: v for k, v in r.items() if k != "id"} for r in event.get("contained", [])]
+    )
+    for res in event.get("contained", []):
+        assert f'"#{res["id"]}"' in text, f"contained {res['id']} is not referenced"
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"practitioner_hpr": None},
+        {"organisation": None},
+        {"practitioner_hpr": None, "organisation": None},
+        {"point_of_care": HOSPITAL},
+        {"practitioner_hpr": None, "point_of_care": HOSPITAL},
+    ],
+)
+def test_every_contained_resource_is_referenced(changes: dict[str, Any]) -> None:
+    event = build_audit_event(facts(**changes))
+    validated(event)
+    assert_contained_are_referenced(event)
 
 
 def test_patient_query_follows_balp_and_the_norwegian_ig() -> None:

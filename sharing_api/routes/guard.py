@@ -44,6 +44,8 @@ RULES: dict[str, tuple[str, str]] = {
     "fhir.search_get": (READ, ANYONE),
     "fhir.search_post": (READ, ANYONE),
     "fhir.lastn": (READ, ANYONE),
+    "fhir.patient_match": (READ, ANYONE),
+    "fhir.patient_search": (READ, ANYONE),
     "fhir.consent_create": (CONSENT_WRITE, ANYONE),
     "fhir.consent_update": (CONSENT_WRITE, ANYONE),
     "fhir.consent_revoke": (CONSENT_WRITE, ANYONE),

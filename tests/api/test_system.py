@@ -26,6 +26,8 @@ ROUTES = {
     ("GET", "/<orgnr>/fhir/Observation/<obs_id>/_history/<int:version_id>"),
     ("POST", "/<orgnr>/fhir/Consent"),
     ("POST", "/<orgnr>/fhir/Consent/_search"),
+    ("POST", "/<orgnr>/fhir/Patient/$match"),
+    ("POST", "/<orgnr>/fhir/Patient/_search"),
     ("GET", "/<orgnr>/fhir/Consent/<directive_id>"),
     ("PUT", "/<orgnr>/fhir/Consent/<directive_id>"),
     ("DELETE", "/<orgnr>/fhir/Consent/<directive_id>"),

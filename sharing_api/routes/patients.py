@@ -22,7 +22,7 @@ import orjson
 from flask import Response, request
 
 from sharing_api.audit.actions import AuditAction
-from sharing_api.errors import Forbidden, InvalidResource, InvalidSearch
+from sharing_api.errors import Forbidden, InvalidResource, InvalidSearch, NotFound
 from sharing_api.fhir.identifiers import FNR
 from sharing_api.fhir.search import Token, refuse_pii_in_url, split_modifier
 from sharing_api.matching import PatientMatches
@@ -30,6 +30,14 @@ from sharing_api.routes.common import audit, fhir_response, json_body, services,
 from sharing_api.routes.observations import _attested_patient, _decide, bp, match_binding
 
 MATCH_PARAMETERS = ("resource", "onlyCertainMatches", "count")
+
+
+def _patient(patient_id: str, identifier: tuple[str, str]) -> dict[str, Any]:
+    return {
+        "resourceType": "Patient",
+        "id": patient_id,
+        "identifier": [{"system": identifier[0], "value": identifier[1]}],
+    }
 
 
 def _match(identifier: Token, expression: str) -> Response:
@@ -40,11 +48,7 @@ def _match(identifier: Token, expression: str) -> Response:
         raise Forbidden("the attestation is for another patient than the one matched", expression)
     _decide(attested)  # no agreement etc.: said plainly; a denial about the patient is not revealed
     patient_id = PatientMatches(services().sessions).bind(match_binding(), attested)
-    patient = {
-        "resourceType": "Patient",
-        "id": patient_id,
-        "identifier": [{"system": attested[0], "value": attested[1]}],
-    }
+    patient = _patient(patient_id, attested)
     audit(AuditAction.PATIENT_MATCH, patient=attested, resources=[f"Patient/{patient_id}"], with_body=True)
     base = tenant_base()
     bundle: dict[str, Any] = {
@@ -112,3 +116,14 @@ def patient_search() -> Response:
     if identifier is None:
         raise InvalidSearch("Patient search needs identifier=system|value", "identifier")
     return _match(identifier, "identifier")
+
+
+@bp.get("/Patient/<patient_id>")
+def patient_read(patient_id: str) -> Response:
+    """The Patient a ``$match`` id names, for the requester and attestation it was made for; for anyone
+    else, and once expired, exactly the answer for an id that never existed (404)."""
+    found = PatientMatches(services().sessions).resolve(match_binding(), patient_id)
+    if found is None:
+        raise NotFound(f"Patient/{patient_id} is not known", "Patient.id")
+    audit(AuditAction.PATIENT_MATCH, patient=found, resources=[f"Patient/{patient_id}"])
+    return fhir_response(_patient(patient_id, found))

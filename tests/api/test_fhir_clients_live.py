@@ -92,6 +92,7 @@ def test_fhirpy_matches_searches_pages_and_reads(client: ApiClient, server: str,
     assert len(fhir.resources("Observation").search(patient=patient_id).fetch_all()) == 6
     read = fhir.reference("Observation", found[0]["id"]).to_resource()
     assert read["valueQuantity"] == found[0]["valueQuantity"]
+    assert fhir.reference("Patient", patient_id).to_resource()["identifier"][0]["value"] == patient
 
 
 def test_fhirclient_matches_searches_pages_and_reads(client: ApiClient, server: str, key: Jwk) -> None:

@@ -113,6 +113,18 @@ def test_an_id_is_nobody_for_another_client_tenant_attestation_or_after_expiry(
     assert observations(client.get(elsewhere, patient=patient)) == []
     # The same client under an attestation for another patient.
     assert observations(client.get(url, patient=other)) == []
+    # Read as a Patient: for the same binding only; elsewhere as if it never existed.
+    read = client.get(f"{BASE}/Patient/{patient_id}", patient=patient)
+    assert read.status_code == 200
+    assert read.get_json()["identifier"] == [{"system": FNR, "value": patient}]
+    never = client.get(f"{BASE}/Patient/made-up", patient=patient)
+    other_client = client.get(f"{BASE}/Patient/{patient_id}", party="other-hospital", patient=patient)
+    assert never.status_code == other_client.status_code == 404
+
+    def shape(response: Any) -> list[tuple[str, list[str]]]:
+        return [(i["code"], i["expression"]) for i in response.get_json()["issue"]]
+
+    assert shape(never) == shape(other_client) == [("not-found", ["Patient.id"])]
     # A made-up id, a paging cursor used as an id.
     assert observations(client.get(f"{BASE}/Observation?patient=nonsense", patient=patient)) == []
     # Expired: the session store forgets it as it forgets a cursor (TTL).

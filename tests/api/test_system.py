@@ -28,6 +28,7 @@ ROUTES = {
     ("POST", "/<orgnr>/fhir/Consent/_search"),
     ("POST", "/<orgnr>/fhir/Patient/$match"),
     ("POST", "/<orgnr>/fhir/Patient/_search"),
+    ("GET", "/<orgnr>/fhir/Patient/<patient_id>"),
     ("GET", "/<orgnr>/fhir/Consent/<directive_id>"),
     ("PUT", "/<orgnr>/fhir/Consent/<directive_id>"),
     ("DELETE", "/<orgnr>/fhir/Consent/<directive_id>"),

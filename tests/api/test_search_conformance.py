@@ -322,3 +322,12 @@ def test_a_body_that_is_not_a_form_gets_415(client: ApiClient, content_type: str
     outcome = response.get_json()
     assert outcome["resourceType"] == "OperationOutcome"
     assert "application/x-www-form-urlencoded" in outcome["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("path", ["Consent/_search", "AuditEvent/_search", "Patient/_search"])
+def test_other_searches_take_a_form_too(client: ApiClient, path: str) -> None:
+    response = client.post(
+        f"{BASE}/{path}", data=b'{"patient": "x"}', headers={"Content-Type": "application/json"}, auth=False
+    )
+    assert response.status_code == 415
+    assert response.get_json()["resourceType"] == "OperationOutcome"

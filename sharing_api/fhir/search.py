@@ -1,8 +1,13 @@
-"""FHIR search parameters for Observation: parsed once into a ``SearchQuery`` (FHIR R4 "Search").
+"""FHIR search parameters: the registry of what is supported, and parsing into a ``SearchQuery``
+(FHIR R4 "Search").
 
-Repeated parameters are ANDed; comma-separated values inside one parameter are ORed. Unknown
-parameters follow ``Prefer: handling=strict|lenient`` (lenient by default, and then left out of the
-``self`` link so the client sees what was applied).
+``SEARCH_PARAMETERS`` (resource type -> ``SearchParameter``: type, modifiers, prefixes) and
+``RESULT_PARAMETERS`` are the single statement of what this server applies; the CapabilityStatement and
+the README's list are generated from them. Repeated parameters are ANDed; comma-separated values inside
+one parameter are ORed. A modifier or prefix not in the registry is always refused (400 naming the
+parameter). Unknown parameters follow ``Prefer: handling=strict|lenient`` (lenient by default, and
+then left out of the ``self`` link so the client sees what was applied). Caps (``SearchLimits``) are
+checked before anything else.
 """
 
 from __future__ import annotations

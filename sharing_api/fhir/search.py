@@ -2,12 +2,12 @@
 (FHIR R4 "Search").
 
 ``SEARCH_PARAMETERS`` (resource type -> ``SearchParameter``: type, modifiers, prefixes) and
-``RESULT_PARAMETERS`` are the single statement of what this server applies; the README's list is checked
-against them by a test, and the CapabilityStatement is to be generated from them. Repeated parameters are ANDed; comma-separated values inside
-one parameter are ORed. A modifier or prefix not in the registry is always refused (400 naming the
-parameter). Unknown parameters follow ``Prefer: handling=strict|lenient`` (lenient by default, and
-then left out of the ``self`` link so the client sees what was applied). Caps (``SearchLimits``) are
-checked before anything else.
+``RESULT_PARAMETERS`` are the single statement of what this server applies; a test checks the README's
+list against them, and the CapabilityStatement is to be generated from them. Repeated parameters are
+ANDed; comma-separated values inside one parameter are ORed. A modifier or prefix not in the registry
+is always refused (400 naming the parameter). Unknown parameters follow ``Prefer:
+handling=strict|lenient`` (lenient by default, and then left out of the ``self`` link so the client
+sees what was applied). Caps (``SearchLimits``) are checked before anything else.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from sharing_api.audit.events import HPR_SYSTEM, ORGNR_SYSTEM, classification
 from sharing_api.audit.log import Entry
 from sharing_api.errors import Forbidden, InvalidSearch
 from sharing_api.fhir.dates import DateFormatError, from_micros, parse_range
-from sharing_api.fhir.search import refuse_pii_in_url
+from sharing_api.fhir.search import SearchParameter, refuse_pii_in_url, split_modifier, whole_number
 from sharing_api.routes.common import (
     audit,
     caller,
@@ -77,6 +77,32 @@ AUDIT_EVENT_SEARCH_MODIFIERS: dict[str, tuple[str, ...]] = {
 }
 #: Prefixes ``date`` accepts (FHIR R4 search §3.1.1.4; no prefix means ``eq``).
 AUDIT_EVENT_DATE_PREFIXES = ("eq", "ge", "gt", "le", "lt")
+
+_EXPRESSIONS = {
+    "type": ("AuditEvent.type", "the event type (rest; DICOM 110113/110114)"),
+    "subtype": ("AuditEvent.subtype", "restful interaction, or our action (urn:dho-share:audit-action)"),
+    "action": ("AuditEvent.action", "C R U D E, or our action names (observation.read, ...)"),
+    "entity": ("AuditEvent.entity.what", "the patient by identifier (system|value), POST only"),
+    "agent": ("AuditEvent.agent.who", "the health worker (HPR) or legal entity (org.nr) as system|value"),
+    "date": ("AuditEvent.recorded", "when the event was recorded"),
+    "patient": ("AuditEvent.entity.what", "the patient by identifier (system|value), POST only"),
+    "outcome": ("AuditEvent.outcome", "0, 4, 8 or 12"),
+    "purpose": ("AuditEvent.purposeOfEvent", "v3 PurposeOfUse (TREAT, ETREAT, COC, BTG)"),
+    "organisation": ("AuditEvent.agent.who", "the requesting legal entity's org.nr (ours)"),
+}
+#: The same parameters in the shape of ``fhir.search.SEARCH_PARAMETERS`` (expression, documentation,
+#: modifiers, prefixes), derived from the three tables above, for a generated CapabilityStatement.
+AUDIT_EVENT_SEARCH: tuple[SearchParameter, ...] = tuple(
+    SearchParameter(
+        name,
+        kind,
+        _EXPRESSIONS[name][0],
+        _EXPRESSIONS[name][1],
+        modifiers=AUDIT_EVENT_SEARCH_MODIFIERS.get(name, ()),
+        prefixes=AUDIT_EVENT_DATE_PREFIXES if kind == "date" else (),
+    )
+    for name, kind in AUDIT_EVENT_SEARCH_PARAMS.items()
+)
 
 _OUTCOME_SYSTEMS = frozenset(
     {"http://terminology.hl7.org/CodeSystem/audit-event-outcome", "http://hl7.org/fhir/audit-event-outcome"}
@@ -185,7 +211,7 @@ def _filters(params: list[tuple[str, str]]) -> tuple[dict[str, Any], int, int | 
         actions = found if actions is None else actions & found
 
     for raw_name, value in params:
-        name, _, modifier = raw_name.partition(":")
+        name, modifier = split_modifier(raw_name)
         if name in _CONTROL_PARAMS and not modifier:
             pass
         elif name not in AUDIT_EVENT_SEARCH_PARAMS:
@@ -228,13 +254,9 @@ def _filters(params: list[tuple[str, str]]) -> tuple[dict[str, Any], int, int | 
             if high is not None:
                 upper = high if upper is None else min(upper, high)
         elif name == "_count":
-            if not (value.isascii() and value.isdigit()):
-                raise InvalidSearch("_count must be a whole number", "_count")
-            count = max(1, min(int(value), MAX_COUNT))
+            count = max(1, min(whole_number("_count", value), MAX_COUNT))
         elif name == "_after":
-            if not (value.isascii() and value.isdigit()):
-                raise InvalidSearch("_after is a sequence number", "_after")
-            after = int(value)
+            after = whole_number("_after", value)
     if actions is not None:
         filters["action"] = sorted(actions)
     if lower is not None:
@@ -303,9 +325,9 @@ def _int_arg(name: str, default: int | None = None) -> int:
     raw = request.args.get(name)
     if raw is None and default is not None:
         return default
-    if raw is None or not raw.isdigit():
+    if raw is None:
         raise InvalidSearch(f"{name} must be a whole number", name)
-    return int(raw)
+    return whole_number(name, raw)
 
 
 @bp.get("/AuditEvent/$export")
@@ -315,8 +337,9 @@ def audit_export() -> Response:
     log.drain(orgnr)
     start = _int_arg("from", 0)
     end = request.args.get("to")
+    stop = whole_number("to", end) if end else None
     audit(AuditAction.AUDIT_EXPORT, patient=None)
-    lines: Iterator[bytes] = log.export(orgnr, start, int(end) if end and end.isdigit() else None)
+    lines: Iterator[bytes] = log.export(orgnr, start, stop)
     return Response(
         (line if line.endswith(b"\n") else line + b"\n" for line in lines), mimetype="application/x-ndjson"
     )

@@ -15,7 +15,11 @@ import pytest
 from sharing_api.audit.actions import AuditAction
 from sharing_api.audit.events import ACTION_SYSTEM, HPR_SYSTEM, ORGNR_SYSTEM, classification
 from sharing_api.fhir.identifiers import FNR
-from sharing_api.routes.audit_api import AUDIT_EVENT_SEARCH_MODIFIERS, AUDIT_EVENT_SEARCH_PARAMS
+from sharing_api.routes.audit_api import (
+    AUDIT_EVENT_SEARCH,
+    AUDIT_EVENT_SEARCH_MODIFIERS,
+    AUDIT_EVENT_SEARCH_PARAMS,
+)
 from sharing_api.services import Services
 from tests.api_client import HOSPITAL, HPR, ApiClient, Party
 from tests.conftest import TENANT_A
@@ -74,6 +78,7 @@ def test_the_registry_names_every_standard_parameter() -> None:
     types |= {"entity": "reference", "agent": "reference", "patient": "reference", "date": "date"}
     assert {name: AUDIT_EVENT_SEARCH_PARAMS[name] for name in STANDARD} == types  # FHIR R4 AuditEvent
     assert set(AUDIT_EVENT_SEARCH_MODIFIERS) <= set(AUDIT_EVENT_SEARCH_PARAMS)
+    assert {p.name: p.type for p in AUDIT_EVENT_SEARCH} == AUDIT_EVENT_SEARCH_PARAMS
 
 
 def test_type_selects_by_the_events_type_coding(client: ApiClient, patient: str) -> None:

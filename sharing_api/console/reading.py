@@ -61,6 +61,33 @@ def _contained(event: dict[str, Any], kind: str) -> dict[str, Any]:
     return {}
 
 
+def _resolve(event: dict[str, Any], ref: Any) -> dict[str, Any]:
+    """A ``Reference`` as the contained resource it points to (``#id``), or the reference itself."""
+    if not isinstance(ref, dict):
+        return {}
+    target = ref.get("reference")
+    if isinstance(target, str) and target.startswith("#"):
+        for item in event.get("contained", []):
+            if isinstance(item, dict) and item.get("id") == target[1:]:
+                return item
+    return ref
+
+
+def _name(resource: dict[str, Any]) -> str | None:
+    """``display`` of a reference, ``name`` of an Organization/Location, ``name[0].text`` of a person."""
+    names = resource.get("name")
+    if isinstance(names, list) and names and isinstance(names[0], dict):
+        return _text(names[0].get("text"))
+    return _text(resource.get("display")) or _text(names)
+
+
+def _identifier(resource: dict[str, Any]) -> str | None:
+    ident = resource.get("identifier")
+    if isinstance(ident, list):
+        ident = ident[0] if ident else {}
+    return _text((ident or {}).get("value")) if isinstance(ident, dict) else None
+
+
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -72,8 +99,10 @@ def view_of(entry: Entry) -> EntryView:
     except orjson.JSONDecodeError:
         event = {}
     role = _contained(event, "PractitionerRole")
-    organization = role.get("organization") or {}
-    locations = role.get("location") or [{}]
+    practitioner = _resolve(event, role.get("practitioner"))
+    organization = _resolve(event, role.get("organization"))
+    location = _resolve(event, (role.get("location") or [{}])[0])
+    place = _resolve(event, location.get("managingOrganization")) if location else {}
     service = ((role.get("code") or [{}])[0].get("coding") or [{}])[0]
     details = None
     for purpose in event.get("purposeOfEvent", []):
@@ -93,6 +122,10 @@ def view_of(entry: Entry) -> EntryView:
         ident = ((entity.get("what") or {}).get("identifier") or {}).get("value")
         if isinstance(ident, str) and ident.startswith("urn:ietf:params:oauth:jti:"):
             jti = ident.removeprefix("urn:ietf:params:oauth:jti:")
+    for agent in event.get("agent", []):
+        for policy in agent.get("policy", []) or []:
+            if isinstance(policy, str) and policy.startswith("urn:ietf:params:oauth:jti:"):
+                jti = jti or policy.removeprefix("urn:ietf:params:oauth:jti:")
     user_selected = decision_ref = None
     for extension in event.get("extension", []):
         if extension.get("url", "").endswith("carerelation-metadata-extension"):
@@ -101,7 +134,6 @@ def view_of(entry: Entry) -> EntryView:
                     user_selected = bool(part.get("valueBoolean"))
                 elif part.get("url") == "decision-ref-id":
                     decision_ref = _text(part.get("valueString"))
-    location = (locations[0] or {}) if locations else {}
     return EntryView(
         seq=entry.seq,
         recorded=entry.recorded_at,
@@ -113,10 +145,9 @@ def view_of(entry: Entry) -> EntryView:
         agent_hpr=entry.agent_hpr,
         organisation=entry.organisation,
         client_id=entry.client_id,
-        practitioner_name=_text((role.get("practitioner") or {}).get("display")),
-        organisation_name=_text(organization.get("display")),
-        point_of_care=_text(location.get("display"))
-        or _text((location.get("identifier") or {}).get("value")),
+        practitioner_name=_name(practitioner),
+        organisation_name=_name(organization),
+        point_of_care=_name(location) or _identifier(location) or _name(place) or _identifier(place),
         healthcare_service=_text(service.get("display")) or _text(service.get("code")),
         purpose_details=details,
         categories=tuple(dict.fromkeys(categories)),

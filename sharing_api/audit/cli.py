@@ -2,9 +2,9 @@
 
 The database comes from the settings (``DHO_DATABASE_URL``); the checkpoint signing key from ``--key``
 or ``DHO_AUDIT_KEY_PATH`` (default ``var/audit-signing-key.pem``, made on first use, never in the
-repository); the log name prefix of checkpoints from ``--origin`` or ``DHO_AUDIT_ORIGIN``, by default
-``<DHO_PUBLIC_URL>/audit`` as the API signs with: every signer of one log must use the same origin, or
-a verifier rejects the other checkpoints as another log's. Also runnable as
+repository); the name prefix of new logs from ``--origin`` or ``DHO_AUDIT_ORIGIN``, by default
+``dho-share.<public host>/audit`` as the API uses. A log's name is stored in the database when the log
+is created and every later checkpoint is signed under it, whatever the prefix or URL is then. Also runnable as
 ``python -m sharing_api.audit.cli``.
 
 Exit status: ``verify`` exits 1 when the export fails verification, 0 otherwise.
@@ -47,7 +47,7 @@ origin_option = click.option(
     "--origin",
     envvar="DHO_AUDIT_ORIGIN",
     default=None,
-    help="Log name prefix in checkpoints (<origin>/<tenant>); default <DHO_PUBLIC_URL>/audit, as the API",
+    help="Name prefix of new logs (<origin>/<tenant>); default dho-share.<public host>/audit, as the API",
 )
 
 
@@ -63,7 +63,7 @@ def _origin(given: str | None) -> str:
         return given
     from sharing_api.settings import Settings
 
-    return f"{Settings().base_url}/audit"
+    return Settings().audit_log_origin
 
 
 def _log(key_path: Path | None, origin: str | None, **options: Any) -> AuditLog:

@@ -13,6 +13,7 @@ Exit status: ``verify`` exits 1 when the export fails verification, 0 otherwise.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import IO, Any
@@ -153,12 +154,15 @@ def public_key(key_path: Path) -> None:
     click.echo(signer.verifier.vkey())
 
 
-def _print_verification(report: VerificationReport) -> None:
+def _print_verification(report: VerificationReport, column: str | None = None) -> None:
     table = Table(show_header=False)
     table.add_row("log", report.origin or "?")
-    table.add_row("result", "[green]ok[/green]" if report.ok else f"[red]FAILED: {report.problem}[/red]")
+    problem = report.problem or ("column" if column else None)
+    table.add_row("result", "[green]ok[/green]" if report.ok else f"[red]FAILED: {problem}[/red]")
     if not report.ok:
         table.add_row("first bad index", "-" if report.index is None else str(report.index))
+        if column:
+            table.add_row("column", column)
         if report.window:
             table.add_row("window", f"[{report.window[0]}, {report.window[1]})")
         table.add_row("detail", report.detail)
@@ -170,7 +174,7 @@ def _print_verification(report: VerificationReport) -> None:
 
 
 @audit.command(name="verify")
-@click.argument("export_file", type=click.File("rb"))
+@click.argument("export_file", type=click.File("rb"), required=False)
 @click.option(
     "--public-key",
     "public_key_file",
@@ -182,17 +186,43 @@ def _print_verification(report: VerificationReport) -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A signed checkpoint you already trust; the export must reach and match it",
 )
+@click.option(
+    "--database",
+    "tenant",
+    default=None,
+    metavar="TENANT",
+    help="Check TENANT's log in the database instead of an export: the tree and every search column",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON")
 @key_option
 def verify_command(
-    export_file: IO[bytes], public_key_file: Path | None, trusted: Path | None, as_json: bool, key_path: Path
+    export_file: IO[bytes] | None,
+    public_key_file: Path | None,
+    trusted: Path | None,
+    tenant: str | None,
+    as_json: bool,
+    key_path: Path,
 ) -> None:
-    """Verify an NDJSON export (EXPORT_FILE, '-' for stdin) against the pinned checkpoint key."""
+    """Verify an NDJSON export (EXPORT_FILE, '-' for stdin), or with --database a tenant's stored log,
+    against the pinned checkpoint key."""
+    if (export_file is None) == (tenant is None):
+        raise click.UsageError("give an EXPORT_FILE or --database TENANT (one of them)")
     if public_key_file is not None:
         verifier = load_public_key(public_key_file.read_bytes())
     else:
         verifier = AuditSigner.load(key_path).verifier
-    report = verify(export_file, verifier, trusted=trusted.read_text() if trusted else None)
+    trusted_note = trusted.read_text() if trusted else None
+    column: str | None = None
+    if tenant is not None:
+        from sharing_api.audit.stored_check import check_stored_log
+
+        stored = check_stored_log(_log(None, None), tenant, verifier, trusted=trusted_note)
+        report, column = stored.tree, stored.column
+        if column is not None:
+            report = replace(report, ok=False, index=stored.index, detail=stored.detail)
+    else:
+        assert export_file is not None
+        report = verify(export_file, verifier, trusted=trusted_note)
     if as_json:
         out = {
             "ok": report.ok,
@@ -202,14 +232,15 @@ def verify_command(
             "checkpoints": report.checkpoints,
             "signed_size": report.signed_size,
             "unsigned": report.unsigned,
-            "problem": report.problem.value if report.problem else None,
+            "problem": report.problem.value if report.problem else ("column" if column else None),
             "index": report.index,
+            "column": column,
             "window": list(report.window) if report.window else None,
             "detail": report.detail,
         }
         click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
     else:
-        _print_verification(report)
+        _print_verification(report, column)
     sys.exit(0 if report.ok else 1)
 
 

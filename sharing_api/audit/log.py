@@ -124,9 +124,23 @@ class Entry:
         return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=self.recorded)
 
     def resource(self) -> dict[str, Any]:
-        """The AuditEvent as JSON data."""
-        value: dict[str, Any] = orjson.loads(self.event)
+        """The AuditEvent as JSON data, with its ``id`` once sequenced (``fhir_bytes``)."""
+        value: dict[str, Any] = orjson.loads(self.fhir_bytes())
         return value
+
+    @property
+    def fhir_id(self) -> str | None:
+        """The AuditEvent's FHIR id: its index in the tenant's log (``None`` while pending). Stable:
+        an index never changes once given, and ``AuditLog.entry`` reads the event back by it."""
+        return str(self.seq) if self.seq is not None else None
+
+    def fhir_bytes(self) -> bytes:
+        """The AuditEvent as served: the logged bytes with ``"id"`` added first once sequenced (the
+        logged event itself has no id: its index is given after it was signed into the request's
+        transaction). The logged bytes stay what the export and the Merkle tree carry."""
+        if self.seq is None or not self.event.startswith(b"{"):
+            return self.event
+        return b'{"id":"%d",' % self.seq + self.event[1:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -576,6 +590,18 @@ class AuditLog:
                     raise ValueError("search dates must be timezone-aware")
                 where.append(e.c.recorded >= micros(bound) if inclusive else e.c.recorded < micros(bound))
         return where
+
+    def entry(self, tenant: str, seq: int) -> Entry | None:
+        """``tenant``'s sequenced entry with index ``seq`` (its FHIR id), checked against its event like
+        ``search``'s results; ``None`` if the log has no such index."""
+        with self._reading() as conn:
+            row = conn.execute(select(e).where(e.c.tenant == tenant, e.c.seq == seq)).first()
+        if row is None:
+            return None
+        found = _entry(row)
+        if (column := column_mismatch(found, DERIVED_COLUMNS)) is not None:
+            raise LogCorrupted(f"audit log of {tenant}: index {seq} column {column} is not its event's")
+        return found
 
     def entries(self, tenant: str, from_seq: int = 0, to_seq: int | None = None) -> Iterator[Entry]:
         """Sequenced entries with ``from_seq <= seq < to_seq`` (all from ``from_seq`` if ``to_seq`` is None),

@@ -20,23 +20,35 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-_APPEND_ONLY = """
-CREATE OR REPLACE FUNCTION dho_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+_ENTRIES_APPEND_ONLY = """
+CREATE OR REPLACE FUNCTION dho_audit_entries_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  IF TG_OP = 'UPDATE' AND TG_TABLE_NAME = 'audit_entries'
-     AND OLD.seq IS NULL AND NEW.seq IS NOT NULL AND NEW.leaf IS NOT NULL
-     AND (NEW.id, NEW.tenant, NEW.recorded, NEW.action, NEW.outcome, NEW.purpose, NEW.patient_system,
-          NEW.patient_value, NEW.agent_hpr, NEW.organisation, NEW.client_id, NEW.event)
-         IS NOT DISTINCT FROM
-         (OLD.id, OLD.tenant, OLD.recorded, OLD.action, OLD.outcome, OLD.purpose, OLD.patient_system,
-          OLD.patient_value, OLD.agent_hpr, OLD.organisation, OLD.client_id, OLD.event)
-  THEN
-    RETURN NEW;  -- the sequencer gives a pending entry its index and leaf hash, once
+  IF TG_OP = 'UPDATE' THEN
+    IF OLD.seq IS NULL AND NEW.seq IS NOT NULL AND NEW.leaf IS NOT NULL
+       AND (NEW.id, NEW.tenant, NEW.recorded, NEW.action, NEW.outcome, NEW.purpose, NEW.patient_system,
+            NEW.patient_value, NEW.agent_hpr, NEW.organisation, NEW.client_id, NEW.event)
+           IS NOT DISTINCT FROM
+           (OLD.id, OLD.tenant, OLD.recorded, OLD.action, OLD.outcome, OLD.purpose, OLD.patient_system,
+            OLD.patient_value, OLD.agent_hpr, OLD.organisation, OLD.client_id, OLD.event)
+    THEN
+      RETURN NEW;  -- the sequencer gives a pending entry its index and leaf hash, once
+    END IF;
   END IF;
-  RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP
+  RAISE EXCEPTION 'audit_entries is append-only: % refused', TG_OP
     USING ERRCODE = 'insufficient_privilege';
 END $$;
 """
+_CHECKPOINTS_APPEND_ONLY = """
+CREATE OR REPLACE FUNCTION dho_audit_checkpoints_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION 'audit_checkpoints is append-only: % refused', TG_OP
+    USING ERRCODE = 'insufficient_privilege';
+END $$;
+"""
+_TABLES = {
+    "audit_entries": "dho_audit_entries_append_only",
+    "audit_checkpoints": "dho_audit_checkpoints_append_only",
+}
 
 
 def _is_postgresql() -> bool:
@@ -60,18 +72,19 @@ def upgrade() -> None:
             {"origin": note.split("\n", 1)[0], "tenant": tenant},
         )
     if _is_postgresql():
-        op.execute(_APPEND_ONLY)
-        for table in ("audit_entries", "audit_checkpoints"):
+        op.execute(_ENTRIES_APPEND_ONLY)
+        op.execute(_CHECKPOINTS_APPEND_ONLY)
+        for table, function in _TABLES.items():
             op.execute(
                 f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table}"
-                " FOR EACH ROW EXECUTE FUNCTION dho_audit_append_only()"
+                f" FOR EACH ROW EXECUTE FUNCTION {function}()"
             )
 
 
 def downgrade() -> None:
     if _is_postgresql():
-        for table in ("audit_entries", "audit_checkpoints"):
+        for table, function in _TABLES.items():
             op.execute(f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}")
-        op.execute("DROP FUNCTION IF EXISTS dho_audit_append_only()")
+            op.execute(f"DROP FUNCTION IF EXISTS {function}()")
     with op.batch_alter_table("audit_heads") as batch:
         batch.drop_column("origin")

@@ -140,9 +140,10 @@ def export(
         for line in log.export(tenant, from_seq, to_seq):
             output.write(line)
             lines += 1
+        name = log.log_name(tenant)
     finally:
         log.engine.dispose()
-    err.print(f"exported {max(0, lines - 1)} lines of {log.origin_of(tenant)}")
+    err.print(f"exported {max(0, lines - 1)} lines of {name}")
 
 
 @audit.command(name="public-key")
@@ -216,7 +217,11 @@ def verify_command(
     if tenant is not None:
         from sharing_api.audit.stored_check import check_stored_log
 
-        stored = check_stored_log(_log(None, None), tenant, verifier, trusted=trusted_note)
+        log = _log(None, None)
+        try:
+            stored = check_stored_log(log, tenant, verifier, trusted=trusted_note)
+        finally:
+            log.engine.dispose()
         report, column = stored.tree, stored.column
         if column is not None:
             report = replace(report, ok=False, index=stored.index, detail=stored.detail)

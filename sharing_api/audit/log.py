@@ -124,8 +124,8 @@ class Entry:
         return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=self.recorded)
 
     def resource(self) -> dict[str, Any]:
-        """The AuditEvent as JSON data, with its ``id`` once sequenced (``fhir_bytes``)."""
-        value: dict[str, Any] = orjson.loads(self.fhir_bytes())
+        """The AuditEvent as JSON data, as logged (without the ``id`` that ``fhir_bytes`` adds)."""
+        value: dict[str, Any] = orjson.loads(self.event)
         return value
 
     @property

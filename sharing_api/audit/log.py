@@ -173,8 +173,7 @@ def _entry(row: Any) -> Entry:
     )
 
 
-def entry_row(tenant: str, event: Mapping[str, Any]) -> dict[str, Any]:
-    """The pending ``audit_entries`` row of ``event``: its canonical bytes and the columns searched by."""
+def _derived(tenant: str, event: Mapping[str, Any]) -> dict[str, Any]:
     terms = search_terms(event)
     return {
         "tenant": tenant,
@@ -187,8 +186,12 @@ def entry_row(tenant: str, event: Mapping[str, Any]) -> dict[str, Any]:
         "agent_hpr": terms.agent_hpr,
         "organisation": terms.organisation,
         "client_id": terms.client_id,
-        "event": canonical_event(event),
     }
+
+
+def entry_row(tenant: str, event: Mapping[str, Any]) -> dict[str, Any]:
+    """The pending ``audit_entries`` row of ``event``: its canonical bytes and the columns searched by."""
+    return {**_derived(tenant, event), "event": canonical_event(event)}
 
 
 DERIVED_COLUMNS = (
@@ -209,7 +212,10 @@ def column_mismatch(entry: Entry, columns: Iterable[str] = (*DERIVED_COLUMNS, "e
     """The first of ``columns`` in which ``entry`` is not what its event bytes say, or ``None``.
     An event that cannot be read at all is reported as column ``event``."""
     try:
-        expected = entry_row(entry.tenant, orjson.loads(entry.event))
+        parsed = orjson.loads(entry.event)
+        expected = _derived(entry.tenant, parsed)
+        if "event" in columns:
+            expected["event"] = canonical_event(parsed)
     except (ValueError, TypeError, AttributeError):
         return "event"
     for column in columns:

@@ -47,7 +47,7 @@ def test_every_searched_audit_event_reads_back_by_its_id(
     client.post(f"{BASE}/Observation", json=heart_rate(patient))
     client.post(f"{BASE}/Observation/_search", data=search_form(patient))
     entries = search(client, services)["entry"]
-    assert len(entries) >= 3
+    assert len(entries) >= 2  # the create and the search
     for entry in entries:
         resource = entry["resource"]
         assert resource["id"], "a searched AuditEvent carries its id"

@@ -30,6 +30,7 @@ from sharing_api.services import Services
 from sharing_api.settings import Settings
 from sharing_api.store.schema import audit_entries
 from tests.api_client import HOSPITAL
+from tests.audit.factories import tampering
 from tests.conftest import TENANT_A, TENANT_B
 from tests.console.conftest import AUDITOR_A, AUDITOR_B, FNR, PASSWORD, access, record, utc
 from tests.live_server import free_port
@@ -222,7 +223,7 @@ def test_tampering_turns_the_badge_red_with_the_index(
     page.click("#verify-now")
     assert page.locator("#integrity-badge").get_attribute("data-state") == "verified"
     target = 3
-    with live.services.engine.begin() as conn:
+    with tampering(live.services.engine) as conn:
         where = (audit_entries.c.tenant == TENANT_A, audit_entries.c.seq == target)
         event = conn.execute(select(audit_entries.c.event).where(*where)).scalar_one()
         conn.execute(

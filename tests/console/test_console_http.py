@@ -22,6 +22,7 @@ from sharing_api.console.views import CSP
 from sharing_api.services import Services
 from sharing_api.store.schema import audit_entries
 from tests.api_client import HOSPITAL
+from tests.audit.factories import tampering
 from tests.conftest import TENANT_A, TENANT_B
 from tests.console.conftest import AUDITOR_A, AUDITOR_B, FNR, PASSWORD, access, login, record, utc
 
@@ -288,7 +289,7 @@ def test_tampering_one_row_turns_the_badge_red_with_its_index(
     console.post("/console/integrity/verify", data={"csrf": csrf})
     assert 'data-state="verified"' in console.get("/console/").data.decode()
     target = 5
-    with services.engine.begin() as conn:
+    with tampering(services.engine) as conn:
         row = conn.execute(
             select(audit_entries.c.event).where(
                 audit_entries.c.tenant == TENANT_A, audit_entries.c.seq == target

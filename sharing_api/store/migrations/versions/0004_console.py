@@ -1,14 +1,14 @@
 """The auditor console: auditor accounts, rule settings, triage, last verification (sharing_api/console).
 
 Revision ID: 0004_console
-Revises: 0003
+Revises: 0004_audit_store
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_console"
-down_revision = "0003"
+down_revision = "0004_audit_store"
 branch_labels = None
 depends_on = None
 

@@ -356,8 +356,8 @@ class ObservationStore:
                 conn.execute(insert(table).values(rows[at : at + CHUNK]))
         existing = self._currents(conn, tenant, [p for p in plan if p not in fresh])
         out: list[tuple[Stored, bool]] = []
-        for obs_id in plan:
-            if obs_id in fresh:
+        for n, obs_id in enumerate(plan):
+            if fresh.get(obs_id) == n:
                 out.append((Stored(obs_id, 1, now, data[obs_id], created=True), False))
             elif obs_id in existing:
                 out.append((existing[obs_id], True))

@@ -33,9 +33,11 @@ import hmac
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey
 
@@ -218,9 +220,18 @@ def _proof_key(jwk: Any, alg: str) -> ECKey | OKPKey:
     if jwk.get("crv") != ALG_CRV.get(alg):
         raise InvalidDPoPProof("jwk curve does not match alg")
     try:
-        return ECKey.import_key(jwk) if kty == "EC" else OKPKey.import_key(jwk)
+        return _imported_key(kty, orjson.dumps(jwk, option=orjson.OPT_SORT_KEYS))
     except (JoseError, ValueError, TypeError) as err:
         raise InvalidDPoPProof("jwk malformed") from err
+
+
+@lru_cache(maxsize=4096)
+def _imported_key(kty: str, jwk: bytes) -> ECKey | OKPKey:
+    """The imported public key for one exact JWK (canonical JSON): a client proves with the same key
+    on every request, and importing it costs more than verifying the signature (issue 12). Keyed by
+    every member of the JWK, so a different key is never served; failures are not cached."""
+    members = orjson.loads(jwk)
+    return ECKey.import_key(members) if kty == "EC" else OKPKey.import_key(members)
 
 
 def _string_claim(claims: Mapping[str, Any], name: str) -> str:

@@ -81,6 +81,7 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             cursor = dbapi_conn.cursor()
             cursor.execute("SELECT 1")
             cursor.close()
+            dbapi_conn.rollback()  # leave it idle, as the pool hands it out (autocommit can be set)
         except Exception as exc:  # any failure: the connection is not usable, take another
             raise DisconnectionError("a pooled connection was dead") from exc
 

@@ -280,14 +280,10 @@ class ObservationStore:
         table = observation_identifiers
         won: set[tuple[str, str, str]] = set()
         dialect = conn.dialect.name
-        for at in range(0, len(claims), CHUNK):
-            part = claims[at : at + CHUNK]
-            if dialect == "postgresql":
-                stmt: Any = pg_insert(table).values(part).on_conflict_do_nothing()
-            else:
-                stmt = sqlite_insert(table).values(part).on_conflict_do_nothing()
-            rows = conn.execute(stmt.returning(table.c.system, table.c.value, table.c.observation_id))
-            won.update((r.system, r.value, r.observation_id) for r in rows)
+        stmt: Any = (pg_insert if dialect == "postgresql" else sqlite_insert)(table).on_conflict_do_nothing()
+        # executemany with RETURNING: SQLAlchemy sends multi-row INSERTs ("insertmanyvalues").
+        rows = conn.execute(stmt.returning(table.c.system, table.c.value, table.c.observation_id), claims)
+        won.update((r.system, r.value, r.observation_id) for r in rows)
         return won
 
     def create_many(
@@ -352,8 +348,8 @@ class ObservationStore:
         ]
         tokens = [row for obs_id, n in fresh.items() for row in self._token_rows(tenant, obs_id, valids[n])]
         for table, rows in ((o, obs_rows), (observation_history, history), (observation_tokens, tokens)):
-            for at in range(0, len(rows), CHUNK):
-                conn.execute(insert(table).values(rows[at : at + CHUNK]))
+            if rows:  # executemany: multi-row INSERTs of a cached statement ("insertmanyvalues")
+                conn.execute(insert(table), rows)
         existing = self._currents(conn, tenant, [p for p in plan if p not in fresh])
         out: list[tuple[Stored, bool]] = []
         for n, obs_id in enumerate(plan):

@@ -133,6 +133,9 @@ def _measure(
         duration=options["ingest_timeout"],
         check=count_created,
         probe=probe,
+        # A Bundle the client gave up on is still committed by the server later, and would then be
+        # missing from the searches that follow: wait for every answer, up to the ingest timeout.
+        socket_timeout=options["ingest_timeout"],
     )
     if ingest.items == 0:
         raise click.ClickException(f"no observation was created. {NEEDS_AUTH}")

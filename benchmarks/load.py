@@ -43,13 +43,14 @@ def request_bytes(
 class Connection:
     """A persistent connection to 127.0.0.1:``port`` that reads framed responses (Content-Length)."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, timeout: float = SOCKET_TIMEOUT):
         self.port = port
+        self.timeout = timeout
         self.sock: socket.socket | None = None
         self.pending = b""
 
     def _connect(self) -> socket.socket:
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=SOCKET_TIMEOUT)
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock, self.pending = sock, b""
         return sock
@@ -116,13 +117,14 @@ def run_client(
     measure_from: float,
     stop_at: float,
     check: Callable[[bytes], int] | None = None,
+    socket_timeout: float = SOCKET_TIMEOUT,
 ) -> ClientResult:
     """Send ``requests`` in order (cycling when ``repeat``) from ``start_at`` until ``stop_at``.
 
     Times are ``time.monotonic()`` values, the same clock in every process. Latencies of requests
     sent before ``measure_from`` (the warm-up) are not recorded.
     """
-    conn = Connection(port)
+    conn = Connection(port, socket_timeout)
     result = ClientResult()
     time.sleep(max(0.0, start_at - time.monotonic()))
     result.first_send = time.monotonic()
@@ -204,6 +206,7 @@ def run_load(
     duration: float,
     check: Callable[[bytes], int] | None = None,
     probe: CpuProbe | None = None,
+    socket_timeout: float = SOCKET_TIMEOUT,
 ) -> LoadResult:
     """Run one client process per entry of ``per_client`` at the same time; gather their results.
 
@@ -223,6 +226,7 @@ def run_load(
         "measure_from": measure_from,
         "stop_at": stop_at,
         "check": check,
+        "socket_timeout": socket_timeout,
     }
     queue, done = ctx.Queue(), ctx.Event()
     clients = [
@@ -237,7 +241,7 @@ def run_load(
         cpu_before = probe.sample() if probe else None
         if repeat:
             time.sleep(max(0.0, stop_at - time.monotonic()))
-        results = [queue.get(timeout=max(1.0, stop_at - time.monotonic()) + SOCKET_TIMEOUT) for _ in clients]
+        results = [queue.get(timeout=max(1.0, stop_at - time.monotonic()) + socket_timeout) for _ in clients]
         cpu_after = probe.sample() if probe else None  # the clients are still alive here
     finally:
         done.set()

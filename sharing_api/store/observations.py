@@ -479,7 +479,11 @@ class ObservationStore:
         return None
 
     def _token_clause(
-        self, param: str, group: tuple[Token, ...], patient: Token | None, query: SearchQuery
+        self,
+        param: str,
+        group: tuple[Token, ...],
+        patient: Token | None = None,
+        query: SearchQuery | None = None,
     ) -> ColumnElement[bool]:
         """The observation has a ``param`` token of ``group``; with ``patient`` known, the subquery is
         led by the patient and bounded by the query's dates, so it is a range scan of
@@ -494,7 +498,7 @@ class ObservationStore:
                 conds.append(t.c.code == token.code)
             alts.append(and_(*conds))
         inner = [t.c.tenant == o.c.tenant, t.c.observation_id == o.c.id, or_(*alts)]
-        if patient is not None:
+        if patient is not None and query is not None:
             inner += self._token_patient_clauses(patient, query, t)
         return exists().where(*inner).correlate(o)
 
@@ -523,6 +527,8 @@ class ObservationStore:
             "lt": [start < bound.start],
             "ge": [or_(end > bound.end, inside), end > bound.start],
             "le": [or_(start < bound.start, inside), start < bound.end],
+            "sa": [start >= bound.end],  # starts after the value's range
+            "eb": [end <= bound.start],  # ends before the value's range
         }
         return clauses[bound.prefix]
 
@@ -581,6 +587,10 @@ class ObservationStore:
             where.append(or_(*alts))
         for statuses in query.statuses:
             where.append(o.c.status.in_(statuses))
+        # :not (FHIR R4 search 3.1.1.5.5): none of the group's values match.
+        where.extend(not_(self._token_clause("code", group)) for group in query.not_codes)
+        where.extend(not_(self._token_clause("category", group)) for group in query.not_categories)
+        where.extend(o.c.status.not_in(statuses) for statuses in query.not_statuses)
         for bound in query.dates:
             where += self._date_clauses(o.c.effective_start, o.c.effective_end, bound)
         for bound in query.last_updated:

@@ -12,6 +12,7 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -343,11 +344,15 @@ def test_export_from_the_middle_verifies(log: AuditLog) -> None:
         list(log.export(TENANT, 5, 4))
 
 
-def test_record_writes_the_request_and_its_decision(log: AuditLog) -> None:
+def test_record_writes_one_entry_per_request_carrying_its_decision(log: AuditLog) -> None:
+    """Issue 12: one event per request, the decision inside it (was: a second AuthZconsent entry)."""
     with log.engine.connect().execution_options(write=True) as conn, conn.begin():
         ids = log.record(conn, facts(decision=SharingDecision(permit=False, reasons=("DENY",), used=())))
-    assert len(ids) == 2
-    actions = [x.action for x in log.search(TENANT)]
-    assert actions == ["observation.search", "access.decision"]
+    assert len(ids) == 1
+    (entry,) = log.search(TENANT)
+    assert entry.action == "observation.search"
+    event = orjson.loads(entry.event)
+    (decision,) = [x for x in event["entity"] if x.get("name") == "sharing-decision"]
+    assert decision["description"] == "deny"
     with log.engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(e)).scalar() == 2
+        assert conn.execute(select(func.count()).select_from(e)).scalar() == 1

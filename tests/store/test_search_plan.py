@@ -1,8 +1,8 @@
 """The search for one patient, one code and a period is planned as a range scan of the patient-led
 token index and a primary-key lookup per hit, on PostgreSQL with 100,000 stored observations (issue 12).
 
-The rows are written in bulk through ``ObservationStore.create_many`` (the set-based ingest path), not
-over HTTP; PostgreSQL's statistics are refreshed (``ANALYZE``) as autovacuum would after a bulk load.
+The rows are written in bulk with SQL (the rows ``ObservationStore.create_many`` would write), not over
+HTTP; PostgreSQL's statistics are refreshed (``VACUUM ANALYZE``) as autovacuum would after a bulk load.
 """
 
 from __future__ import annotations
@@ -36,6 +36,43 @@ KINDS = (("8867-4", 8), ("8867-4", 20), ("2708-6", 8), ("29463-7", 7))  # (LOINC
 FIRST = datetime(2026, 5, 1, tzinfo=UTC)
 
 
+BULK_PARAMS = {
+    "tenant": TENANT_A,
+    "stored": STORED,
+    "kinds": len(KINDS),
+    "codes": [code for code, _ in KINDS],
+    "hours": [hour for _, hour in KINDS],
+    "first": to_micros(FIRST),
+    "fnr": FNR,
+    "loinc": LOINC,
+    "days": DAYS,
+}
+# One row per (patient, day, kind), as create_many would store it (the store's own path is exercised
+# by test_an_ongoing_period_is_found_after_its_start and tests/api); generated inside PostgreSQL so
+# that 100,000 rows take seconds on a busy machine.
+BULK_OBSERVATIONS = """
+INSERT INTO observations (tenant, id, version_id, last_updated, patient_system, patient_value, status,
+                          kind, effective_start, effective_end, data)
+SELECT :tenant, 'plan-' || g, 1, 0, :fnr, (CAST(:patients AS text[]))[g / (:days * :kinds) + 1], 'final',
+       :loinc || '|' || (CAST(:codes AS text[]))[g % :kinds + 1],
+       :first + ((g / :kinds) % :days) * 86400000000::bigint
+              + (CAST(:hours AS int[]))[g % :kinds + 1] * 3600000000::bigint,
+       :first + ((g / :kinds) % :days) * 86400000000::bigint
+              + (CAST(:hours AS int[]))[g % :kinds + 1] * 3600000000::bigint + 1000000,
+       convert_to('{}', 'UTF8')
+FROM generate_series(0, :stored - 1) AS g
+"""
+BULK_TOKENS = """
+INSERT INTO observation_tokens (tenant, observation_id, param, system, code, patient_system, patient_value,
+                                effective_start, effective_end)
+SELECT o.tenant, o.id, t.param, t.system,
+       CASE WHEN t.param = 'code' THEN split_part(o.kind, '|', 2) ELSE 'vital-signs' END,
+       o.patient_system, o.patient_value, o.effective_start, o.effective_end
+FROM observations o
+CROSS JOIN (VALUES ('code', CAST(:loinc AS text)), ('category', CAST(:category AS text))) AS t(param, system)
+"""
+
+
 def _valid(patient: str, code: str, when: datetime, n: int) -> ValidObservation:
     start = to_micros(when)
     return ValidObservation(
@@ -59,19 +96,11 @@ def engine() -> Iterator[tuple[Engine, list[str]]]:
     eng = make_engine(url)
     try:
         upgrade(url)
-        store = ObservationStore(eng, lambda: to_micros(datetime.now(UTC)))
-        patients: list[str] = []
-        n = 0
-        while n < STORED:
-            patient = fnr()
-            patients.append(patient)
-            batch = []
-            for day in range(DAYS):
-                for code, hour in KINDS:
-                    batch.append(_valid(patient, code, FIRST + timedelta(days=day, hours=hour), n))
-                    n += 1
-            with store.writing() as conn:
-                store.create_many(conn, TENANT_A, batch[: STORED - (n - len(batch))])
+        per_patient = DAYS * len(KINDS)
+        patients = [fnr() for _ in range(-(-STORED // per_patient))]
+        with eng.begin() as conn:
+            conn.execute(text(BULK_OBSERVATIONS), {"patients": patients, **BULK_PARAMS})
+            conn.execute(text(BULK_TOKENS), {"loinc": LOINC, "category": CATEGORY})
         with eng.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("VACUUM ANALYZE")
         yield eng, patients

@@ -26,7 +26,7 @@ from flask import Response, request
 from sharing_api.audit.actions import AuditAction, Outcome
 from sharing_api.audit.events import HPR_SYSTEM, ORGNR_SYSTEM, classification
 from sharing_api.audit.log import Entry
-from sharing_api.errors import Forbidden, InvalidSearch
+from sharing_api.errors import Forbidden, InvalidSearch, NotFound
 from sharing_api.fhir.dates import DateFormatError, from_micros, parse_range
 from sharing_api.fhir.search import SearchParameter, refuse_pii_in_url, split_modifier, whole_number
 from sharing_api.routes.common import (
@@ -288,11 +288,11 @@ def _search(params: list[tuple[str, str]]) -> Response:
     audit(AuditAction.AUDIT_SEARCH, patient=None, with_body=True)
     body = searchset(
         tenant_base(),
-        [e.event for e in entries],
+        [e.fhir_bytes() for e in entries],
         total=None,
         links=links,
         resource_type="AuditEvent",
-        ids=[str(e.seq) if e.seq is not None else f"pending-{e.id}" for e in entries],
+        ids=[e.fhir_id or f"pending-{e.id}" for e in entries],
     )
     return fhir_response(body)
 
@@ -319,6 +319,20 @@ def audit_search_get() -> Response:
 def audit_search_post() -> Response:
     refuse_pii_in_url(list(request.args.items(multi=True)))
     return _search(list(request.form.items(multi=True)))
+
+
+@bp.get("/AuditEvent/<event_id>")
+def audit_read(event_id: str) -> Response:
+    """Read one AuditEvent by the id a search gave it (its index in the tenant's log): the tenant's
+    own auditors only (guard: ``dho-share/audit.read``, the controller itself); another tenant's
+    index or an unknown one is 404. The read is audited like a search."""
+    log = services().audit_log
+    orgnr = tenant().orgnr
+    entry = log.entry(orgnr, int(event_id)) if event_id.isdigit() and len(event_id) <= 18 else None
+    audit(AuditAction.AUDIT_SEARCH, patient=None, resources=[f"AuditEvent/{event_id[:64]}"])
+    if entry is None:
+        raise NotFound(f"AuditEvent/{event_id[:64]} is not in this log")
+    return fhir_response(entry.fhir_bytes())
 
 
 def _int_arg(name: str, default: int | None = None) -> int:

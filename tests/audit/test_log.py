@@ -31,7 +31,7 @@ from sharing_api.audit.merkle import (
 )
 from sharing_api.audit.verify import verify
 from sharing_api.store.schema import audit_entries, audit_heads
-from tests.audit.factories import HOSPITAL, OTHER_TENANT, T0, TENANT, facts, fill
+from tests.audit.factories import HOSPITAL, OTHER_TENANT, T0, TENANT, facts, fill, tampering
 from tests.audit.test_events import MALICIOUS
 
 e = audit_entries
@@ -309,12 +309,12 @@ def test_search_without_sequencing_sees_only_sequenced_entries(log: AuditLog) ->
 def test_the_sequencer_refuses_an_inconsistent_head(log: AuditLog) -> None:
     fill(log, 5)
     log.drain()
-    with log.engine.begin() as conn:
+    with tampering(log.engine) as conn:
         conn.execute(update(audit_heads).values(size=3))
     fill(log, 1, start=5)
     with pytest.raises(LogCorrupted, match="head says 3"):
         log.sequence(TENANT)
-    with log.engine.begin() as conn:
+    with tampering(log.engine) as conn:
         conn.execute(update(audit_heads).values(size=5))
         conn.execute(e.delete().where(e.c.seq == 2))
     with pytest.raises(LogCorrupted):
@@ -324,7 +324,7 @@ def test_the_sequencer_refuses_an_inconsistent_head(log: AuditLog) -> None:
 def test_a_duplicate_index_is_refused_by_the_database(log: AuditLog) -> None:
     fill(log, 3)
     log.drain()
-    with pytest.raises(IntegrityError), log.engine.begin() as conn:
+    with pytest.raises(IntegrityError), tampering(log.engine) as conn:
         conn.execute(update(e).where(e.c.seq == 2).values(seq=1))
 
 

@@ -10,7 +10,7 @@ its end becomes the open-end sentinel (``sharing_api.fhir.dates.OPEN_END``, repe
 migration must not change when the code does).
 
 Revision ID: 0004_perf
-Revises: 0003
+Revises: 0004_audit_store
 """
 
 import orjson
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_perf"
-down_revision = "0003"
+down_revision = "0004_audit_store"  # chained after main's 0004 (merged before this branch)
 branch_labels = None
 depends_on = None
 

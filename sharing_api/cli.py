@@ -31,6 +31,7 @@ def _settings() -> Settings:
 
 
 @click.group()
+@click.version_option(package_name="dho-share", prog_name="dho-share")
 def main() -> None:
     """dho-share: share home-monitoring measurements between health organisations."""
 

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from sharing_api.cli import main
-from tests.prerequisites import STRICT_VARIABLE
+from tests.prerequisites import STRICT_VARIABLE, require
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 # The tests that read ../shared: at module level (the Merkle vectors) and through the shared_dir fixture.
@@ -104,3 +104,36 @@ def test_version_option_prints_the_installed_version() -> None:
     result = CliRunner().invoke(main, ["--version"])
     assert result.exit_code == 0, result.output
     assert importlib.metadata.version("dho-share") in result.output
+
+
+def test_make_test_runs_the_suite_in_parallel_and_prints_the_slowest_tests() -> None:
+    require(shutil.which("make"), "make is not installed")
+    planned = subprocess.run(
+        ["make", "-n", "test", f"BIN={Path(sys.executable).parent}"],
+        cwd=CHECKOUT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    (pytest_line,) = [line for line in planned.splitlines() if " -m pytest" in line]
+    words = pytest_line.split()
+    assert "-n" in words, pytest_line  # pytest-xdist workers
+    assert "--durations=10" in words, pytest_line
+
+
+PARALLEL_PROBE = ["tests/test_sessions.py", "tests/api/test_tenancy.py"]
+
+
+@pytest.mark.slow
+def test_the_parallel_workers_keep_to_their_own_state(tmp_path: Path) -> None:
+    """Two workers run the Redis-session contract and the SQL fixtures at once without disturbing
+    each other (keys under a random prefix, a database per worker)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2", *PARALLEL_PROBE],
+        cwd=CHECKOUT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 workers" in result.stdout, result.stdout

@@ -204,7 +204,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         code = {404: "not-found", 405: "not-supported", 413: "too-costly"}.get(exc.code or 500, "exception")
-        issue = Issue(exc.description or exc.name, None, code)
+        # Werkzeug's own texts name neither the path nor the method: say which (issue 9).
+        text = {
+            404: f"no such path: {request.path} (what a tenant serves: GET /ORGNR/fhir/metadata)",
+            405: f"{request.method} is not supported on {request.path}",
+        }.get(exc.code or 500, exc.description or exc.name)
+        issue = Issue(text, None, code)
         return fhir_response(operation_outcome([issue]), exc.code or 500)
 
     @app.errorhandler(Exception)

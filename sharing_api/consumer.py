@@ -45,7 +45,16 @@ class Profile:
 
     @classmethod
     def load(cls, path: Path) -> Profile:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        """The profile at ``path``; a usage error naming the field that is missing or the JSON fault."""
+        try:
+            data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise click.BadParameter(f"{path} is not JSON: {exc}", param_hint="'--profile'") from exc
+        lacking = [name for name in ("issuer", "client_id", "key", "organisation") if name not in data]
+        if lacking:
+            raise click.BadParameter(
+                f"{path} lacks {', '.join(f'`{n}`' for n in lacking)}", param_hint="'--profile'"
+            )
         key_path = Path(data["key"])
         if not key_path.is_absolute():
             key_path = path.parent / key_path
@@ -171,7 +180,7 @@ def token(profile_path: Path, patient: str | None, purpose: str) -> None:
     except TokenError as exc:
         raise click.ClickException(f"no token from {client.issuer}: {exc}") from exc
     except requests.RequestException as exc:
-        raise _unreachable(client.issuer, exc) from exc
+        raise _unreachable(str(getattr(exc.request, "url", None) or client.issuer), exc) from exc
     claims = json.loads(base64.urlsafe_b64decode(client.access_token().split(".")[1] + "=="))
     click.echo(json.dumps({"token_type": "DPoP", "claims": claims}, indent=2, ensure_ascii=False))
 
@@ -218,8 +227,8 @@ def query(
     as_json: bool,
 ) -> None:
     """Search one patient's measurements at a data controller, as the profile's health worker."""
-    profile = Profile.load(profile_path)
     system, _ = _patient_identifier(patient)
+    profile = Profile.load(profile_path)
     client = profile.client(patient, purpose)
     form: list[tuple[str, str]] = [("patient.identifier", f"{system}|{patient}")]
     if code:

@@ -5,60 +5,17 @@ what failed and where, never a traceback; lists whole when piped and as JSON on 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
 from sharing_api.cli import main
-from tests.conftest import REDIS_URL
-from tests.live_server import free_port, live_server
+from tests.demo_server import DEMO_TENANT, Demo, demo
+from tests.live_server import free_port
 
-CLI = [sys.executable, "-m", "sharing_api.cli"]
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
-DEMO_TENANT = "921234562"
-
-
-@dataclass(frozen=True)
-class Demo:
-    directory: Path
-    hospital: Path  # the hospital's profile (reads)
-    municipality: Path  # the municipality's profile (publishes)
-    patient: str  # a demo patient whose data the hospital may read
-    database_url: str
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    """``dho-share demo --no-serve`` in a fresh directory, then its server on a free port."""
-    directory = tmp_path_factory.mktemp("demo")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "DHO_DATABASE_URL"}
-    env["DHO_REDIS_URL"] = REDIS_URL
-    setup = subprocess.run(
-        [*CLI, "demo", "--no-serve", "--patients", "3", "--days", "1", "--port", str(port)],
-        cwd=directory,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    first_query = next(line for line in setup.stdout.splitlines() if line.startswith("dho-share query"))
-    patient = first_query.split("--patient ")[1].split()[0]
-    with live_server({"DHO_REDIS_URL": REDIS_URL}, workers=1, cwd=directory, port=port):
-        yield Demo(
-            directory,
-            directory / "var" / "demo" / "hospital.json",
-            directory / "var" / "demo" / "municipality.json",
-            patient,
-            f"sqlite:///{directory / 'var' / 'dho-share.sqlite3'}",
-        )
+__all__ = ["demo"]  # the module-scoped fixture
 
 
 def run(*args: str, stdin: str | None = None) -> Result:

@@ -125,19 +125,48 @@ def clients() -> None:
     "--point-of-care", help="Org.nr of the point of care (underenhet), if the client is bound to one"
 )
 @click.option(
-    "--jwks", "jwks_path", required=True, type=click.Path(exists=True, dir_okay=False), help="Public JWKS"
+    "--jwks",
+    "jwks_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Public JWKS (not with --auditor)",
 )
-@click.option("--scope", "scopes", multiple=True, required=True, help="An allowed scope (repeatable)")
+@click.option("--scope", "scopes", multiple=True, help="An allowed scope (repeatable)")
 @click.option("--name", default="", help="A readable name")
+@click.option(
+    "--auditor",
+    is_flag=True,
+    help="An auditor of ORGNR's log: make its key and profile (scope dho-share/audit.read) under --out",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where --auditor writes the private key and profile (default: var/clients beside the signing keys)",
+)
 def clients_add(
-    client_id: str, orgnr: str, point_of_care: str | None, jwks_path: str, scopes: tuple[str, ...], name: str
+    client_id: str,
+    orgnr: str,
+    point_of_care: str | None,
+    jwks_path: str | None,
+    scopes: tuple[str, ...],
+    name: str,
+    auditor: bool,
+    out_dir: Path | None,
 ) -> None:
-    """Register CLIENT_ID with its public keys (a JWKS file) and allowed scopes."""
+    """Register CLIENT_ID with its public keys (a JWKS file) and allowed scopes; or, with --auditor, make
+    an auditor's key pair and profile for ``dho-share audit fetch`` and register its public key."""
     import json
 
     from auth.tokens import SCOPES
     from sharing_api.store.clients import ClientRegistry
 
+    if auditor:
+        if jwks_path or scopes:
+            raise click.UsageError("--auditor makes its own key and scope: leave out --jwks and --scope")
+        _add_auditor(client_id, orgnr, name, out_dir)
+        return
+    if not jwks_path or not scopes:
+        raise click.UsageError("--jwks and at least one --scope are needed (or --auditor)")
     unknown = sorted(set(scopes) - SCOPES)
     if unknown:
         raise click.BadParameter(f"unknown scope(s) {', '.join(unknown)}; known: {', '.join(sorted(SCOPES))}")
@@ -154,6 +183,44 @@ def clients_add(
     except (ValueError, json.JSONDecodeError) as exc:
         raise click.BadParameter(str(exc)) from exc
     console.print(f"{'registered' if new else 'updated'} client {client_id} for {orgnr}")
+
+
+AUDIT_SCOPE = "dho-share/audit.read"
+
+
+def _add_auditor(client_id: str, orgnr: str, name: str, out_dir: Path | None) -> None:
+    """An auditor's client: a fresh key (with a ``kid``), its profile, and the registration."""
+    from sharing_api.fhir.identifiers import is_valid_orgnr
+    from sharing_api.store.clients import ClientRegistry
+
+    if not is_valid_orgnr(orgnr):
+        raise click.BadParameter(f"{orgnr} is not a valid organisasjonsnummer", param_hint="'--org'")
+    settings = _settings()
+    directory = out_dir or settings.signing_keys_path.parent / "clients"
+    directory.mkdir(parents=True, exist_ok=True)
+    profile = directory / f"{client_id}.json"
+    if profile.exists():
+        raise click.ClickException(f"{profile} exists: remove it or choose another --out")
+    key_path = _client_with_fresh_key(
+        directory, ClientRegistry(make_engine(settings.database_url)), client_id, orgnr, {AUDIT_SCOPE}
+    )
+    _write_profile(
+        profile,
+        issuer=settings.issuer_url,
+        api=settings.base_url,
+        client_id=client_id,
+        key=key_path.name,
+        organisation=orgnr,
+        tenant=orgnr,
+        scope=AUDIT_SCOPE,
+    )
+    console.print(
+        f"registered auditor {client_id}{f' ({name})' if name else ''} for {orgnr}; profile {profile}"
+    )
+    click.echo(
+        f"dho-share audit fetch --profile {profile} --tenant {orgnr} "
+        f"| dho-share audit verify - --public-key AUDIT_PUBLIC_KEY.pem"
+    )
 
 
 @clients.command("list")
@@ -392,7 +459,7 @@ DEMO_HOSPITAL = ("987654325", "999888771", "Demo sykehus")  # legal entity, poin
 DEMO_HPR = "9144900"
 
 
-def _demo_client(
+def _client_with_fresh_key(
     directory: Path, registry: ClientRegistry, client_id: str, orgnr: str, scopes: set[str]
 ) -> Path:
     """A client system with a fresh private key (a JWK file under ``directory``, never in the repo),
@@ -489,11 +556,11 @@ def demo(port: int, patients: int, days: int, no_serve: bool) -> None:
     demo_dir = settings.signing_keys_path.parent / "demo"
     demo_dir.mkdir(parents=True, exist_ok=True)
     registry = ClientRegistry(engine)
-    publisher_key = _demo_client(
+    publisher_key = _client_with_fresh_key(
         demo_dir, registry, "demo-kommune-dho", orgnr, {"dho-share/observation.write"}
     )
     hospital, unit, hospital_name = DEMO_HOSPITAL
-    key_path = _demo_client(demo_dir, registry, "demo-sykehus-epj", hospital, {"dho-share/observation.read"})
+    key_path = _client_with_fresh_key(demo_dir, registry, "demo-sykehus-epj", hospital, {"dho-share/observation.read"})
     profile = demo_dir / "hospital.json"
     _write_profile(
         profile,

@@ -176,3 +176,57 @@ def test_piped_agreement_ids_are_whole_and_end_takes_them(
     assert json.loads(run("agreements", "list", "--json").output)[0]["to"] is not None
     tenants = json.loads(run("tenants", "list", "--json").output)
     assert tenants == [{"orgnr": DEMO_TENANT, "name": "K", "resh_ids": []}]
+
+
+@pytest.mark.slow
+def test_clients_add_auditor_makes_a_key_and_profile_that_fetch_and_verify_use(
+    demo: Demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sharing_api.audit.cli import audit
+
+    monkeypatch.setenv("DHO_DATABASE_URL", demo.database_url)
+    monkeypatch.setenv("DHO_PUBLIC_URL", demo.url)
+    added = run("clients", "add", "demo-revisor", "--org", DEMO_TENANT, "--auditor", "--out", str(tmp_path))
+    assert added.exit_code == 0, added.output
+    profile = json.loads((tmp_path / "demo-revisor.json").read_text())
+    assert profile["scope"] == "dho-share/audit.read"
+    key = json.loads((tmp_path / profile["key"]).read_text())
+    assert key["kid"]
+    assert (tmp_path / profile["key"]).stat().st_mode & 0o077 == 0
+    (listed,) = [
+        c for c in json.loads(run("clients", "list", "--json").output) if c["client_id"] == "demo-revisor"
+    ]
+    assert (listed["scopes"], listed["kids"]) == (["dho-share/audit.read"], [key["kid"]])
+    printed = [line for line in added.output.splitlines() if line.startswith("dho-share audit fetch")]
+    assert printed, added.output
+
+    fetched = CliRunner().invoke(
+        audit, ["fetch", "--profile", str(tmp_path / "demo-revisor.json"), "--tenant", DEMO_TENANT]
+    )
+    assert fetched.exit_code == 0, fetched.output
+    pem = CliRunner().invoke(
+        audit, ["public-key", "--key", str(demo.directory / "var" / "audit-signing-key.pem")]
+    )
+    assert pem.exit_code == 0, pem.output
+    (tmp_path / "audit.pub").write_text(
+        pem.output.split("-----END PUBLIC KEY-----")[0] + "-----END PUBLIC KEY-----\n"
+    )
+    (tmp_path / "export.ndjson").write_text(fetched.output)
+    verified = CliRunner().invoke(
+        audit,
+        ["verify", str(tmp_path / "export.ndjson"), "--public-key", str(tmp_path / "audit.pub"), "--json"],
+    )
+    assert verified.exit_code == 0, verified.output
+    assert json.loads(verified.output)["ok"] is True
+    # The auditor's key reads the log but not measurements.
+    refused = run(
+        "query",
+        "--profile",
+        str(tmp_path / "demo-revisor.json"),
+        "--tenant",
+        DEMO_TENANT,
+        "--patient",
+        demo.patient,
+    )
+    assert refused.exit_code == 1
+    assert "`dho-share/observation.read`" in refused.output

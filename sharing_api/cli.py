@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy import Engine
 
-from sharing_api import consumer
+from sharing_api import consumer, patient_log
 from sharing_api.audit import cli as audit_cli
 from sharing_api.settings import Settings
 from sharing_api.store.clients import ClientRegistry
@@ -484,7 +484,7 @@ def _client_with_fresh_key(
     return key_path
 
 
-def _write_profile(path: Path, **fields: str) -> None:
+def _write_profile(path: Path, **fields: object) -> None:
     """A client profile (``sharing_api.consumer.Profile``) for ``dho-share query|token|publish``."""
     path.write_text(json.dumps(fields, indent=2), encoding="utf-8")
 
@@ -560,7 +560,9 @@ def demo(port: int, patients: int, days: int, no_serve: bool) -> None:
         demo_dir, registry, "demo-kommune-dho", orgnr, {"dho-share/observation.write"}
     )
     hospital, unit, hospital_name = DEMO_HOSPITAL
-    key_path = _client_with_fresh_key(demo_dir, registry, "demo-sykehus-epj", hospital, {"dho-share/observation.read"})
+    key_path = _client_with_fresh_key(
+        demo_dir, registry, "demo-sykehus-epj", hospital, {"dho-share/observation.read"}
+    )
     profile = demo_dir / "hospital.json"
     _write_profile(
         profile,
@@ -585,6 +587,16 @@ def demo(port: int, patients: int, days: int, no_serve: bool) -> None:
     )
     fnrs = _seed(settings, orgnr, max(patients, 3), days, seed=1)
     _demo_policy(engine, orgnr, hospital, fnrs)
+    patient_profile = demo_dir / "patient.json"
+    _write_profile(
+        patient_profile,
+        issuer=settings.issuer_url,
+        api=settings.base_url,
+        tenant=orgnr,
+        pid=fnrs[0],
+        signing_keys=os.path.relpath(settings.signing_keys_path.resolve(), demo_dir.resolve()),
+        organisations={orgnr: name, hospital: hospital_name},
+    )
     measurement = demo_dir / "weight.json"
     measurement.write_text(json.dumps(_demo_weight(orgnr, fnrs[0]), indent=2), encoding="utf-8")
     base = f"{settings.base_url}/{orgnr}/fhir"
@@ -610,6 +622,11 @@ def demo(port: int, patients: int, days: int, no_serve: bool) -> None:
         f"{fnrs[0]} (an Observation or a Bundle; docs/examples/ has more):\n"
     )
     click.echo(f"dho-share publish --profile {publisher} {measurement}")
+    console.print(
+        f"\nAs patient {fnrs[0]} (signed in through a local stand-in for the national login), see who has "
+        "looked at your measurements (run the queries above first):\n"
+    )
+    click.echo(f"dho-share access-log --profile {patient_profile}")
     if not no_serve:
         from sharing_api.serving import serve as run
 
@@ -621,6 +638,7 @@ main.add_command(audit_cli.audit)
 main.add_command(consumer.token)
 main.add_command(consumer.query)
 main.add_command(consumer.publish)
+main.add_command(patient_log.access_log)
 
 
 if __name__ == "__main__":

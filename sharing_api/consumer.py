@@ -115,7 +115,7 @@ def _patient_identifier(number: str) -> tuple[str, str]:
     return (system, number)
 
 
-def _unreachable(url: str, exc: requests.RequestException) -> click.ClickException:
+def unreachable(url: str, exc: requests.RequestException) -> click.ClickException:
     found = _ERRNO.search(str(exc))
     reason = found.group(1).strip() if found else type(exc).__name__
     if isinstance(exc, requests.Timeout):
@@ -134,10 +134,10 @@ def send(client: DhoClient, method: str, url: str, **kwargs: Any) -> requests.Re
         raise click.ClickException(f"{client.issuer}: {exc}") from exc
     except requests.RequestException as exc:
         where = getattr(exc.request, "url", None) or url
-        raise _unreachable(str(where).split("?", 1)[0], exc) from exc
+        raise unreachable(str(where).split("?", 1)[0], exc) from exc
 
 
-def _body(response: requests.Response) -> Any:
+def body_of(response: requests.Response) -> Any:
     try:
         return response.json()
     except ValueError as exc:
@@ -146,7 +146,7 @@ def _body(response: requests.Response) -> Any:
         ) from exc
 
 
-def _diagnostics(outcome: dict[str, Any]) -> str:
+def diagnostics_of(outcome: dict[str, Any]) -> str:
     """An OperationOutcome's issues in one line: diagnostics, with the element they name."""
     parts = []
     for issue in outcome.get("issue", []):
@@ -180,7 +180,7 @@ def token(profile_path: Path, patient: str | None, purpose: str) -> None:
     except TokenError as exc:
         raise click.ClickException(f"no token from {client.issuer}: {exc}") from exc
     except requests.RequestException as exc:
-        raise _unreachable(str(getattr(exc.request, "url", None) or client.issuer), exc) from exc
+        raise unreachable(str(getattr(exc.request, "url", None) or client.issuer), exc) from exc
     claims = json.loads(base64.urlsafe_b64decode(client.access_token().split(".")[1] + "=="))
     click.echo(json.dumps({"token_type": "DPoP", "claims": claims}, indent=2, ensure_ascii=False))
 
@@ -242,12 +242,12 @@ def query(
     base = profile.fhir_base(tenant)
     url = f"{base}/Observation/$lastn" if lastn else f"{base}/Observation/_search"
     response = send(client, "POST", url, data=form)
-    body = _body(response)
+    body = body_of(response)
     if as_json:
         click.echo(json.dumps(body, indent=2, ensure_ascii=False))
         return
     if response.status_code != 200:
-        raise click.ClickException(f"{response.status_code} from {url}: {_diagnostics(body)}")
+        raise click.ClickException(f"{response.status_code} from {url}: {diagnostics_of(body)}")
     rows = []
     for entry in body.get("entry", []):
         r = entry["resource"]
@@ -275,7 +275,7 @@ def _entry_rows(sent: dict[str, Any], body: dict[str, Any]) -> list[list[str]]:
                 full_url,
                 answer.get("status", ""),
                 answer.get("location", ""),
-                _diagnostics(outcome) if outcome else "",
+                diagnostics_of(outcome) if outcome else "",
             ]
         )
     return rows
@@ -304,14 +304,14 @@ def publish(profile_path: Path, source: IO[bytes], tenant: str | None, as_json: 
     base = profile.fhir_base(tenant)
     url = f"{base}/Observation" if kind == "Observation" else base
     response = send(profile.publisher(), "POST", url, data=raw, headers={"Content-Type": FHIR_JSON})
-    body = _body(response)
+    body = body_of(response)
     if as_json:
         print_json(body)
     elif body.get("resourceType") == "Bundle":
         print_rows(["entry", "fullUrl", "status", "location", "outcome"], _entry_rows(sent, body))
     else:
         where = response.headers.get("Location", "")
-        outcome = _diagnostics(body) if body.get("resourceType") == "OperationOutcome" else ""
+        outcome = diagnostics_of(body) if body.get("resourceType") == "OperationOutcome" else ""
         print_rows(
             ["entry", "status", "location", "outcome"], [[kind, str(response.status_code), where, outcome]]
         )

@@ -230,3 +230,27 @@ def test_clients_add_auditor_makes_a_key_and_profile_that_fetch_and_verify_use(
     )
     assert refused.exit_code == 1
     assert "`dho-share/observation.read`" in refused.output
+
+
+@pytest.mark.slow
+def test_the_patient_reads_their_access_log_in_norwegian(demo: Demo) -> None:
+    from sharing_api.patient_log import WORDS
+
+    args = ["query", "--profile", str(demo.hospital), "--tenant", DEMO_TENANT, "--patient", demo.patient]
+    assert run(*args, "--lastn").exit_code == 0
+    assert run(*args, "--lastn", "--purpose", "ETREAT").exit_code == 0
+    patient = demo.directory / "var" / "demo" / "patient.json"
+    assert json.loads(patient.read_text())["pid"] == demo.patient
+    shown = run("access-log", "--profile", str(patient))
+    assert shown.exit_code == 0, shown.output
+    nb = WORDS["nb"]
+    header, *rows = tsv(shown.output)
+    assert header == [nb["when"], nb["who"], nb["organisation"], nb["what"], nb["why"]]
+    hospital = json.loads(demo.hospital.read_text())
+    assert all(r[2].endswith(f"({hospital['organisation']})") and "Demo sykehus" in r[2] for r in rows)
+    assert any(r[4] == nb["TREAT"] for r in rows)
+    assert any(r[4] == f"{nb['emergency']}: {nb['ETREAT']}" for r in rows)
+    assert any(r[1] == f"{nb['health worker']} (HPR {hospital['hpr']})" for r in rows)
+    assert all(r[0][2] == "." and r[0][5] == "." for r in rows)  # dd.mm.yyyy hh:mm, local time
+    english = run("access-log", "--profile", str(patient), "--lang", "en")
+    assert tsv(english.output)[0][0] == WORDS["en"]["when"]

@@ -7,6 +7,7 @@ import pytest
 
 from tests.api_client import ApiClient
 from tests.conftest import TENANT_A
+from tests.factories import fnr
 
 
 @pytest.mark.parametrize("path", [f"/{TENANT_A}/fhir/Observatoin", f"/{TENANT_A}/fhir/Observation/x/y/z"])
@@ -26,3 +27,12 @@ def test_an_unsupported_method_is_an_operation_outcome(client: ApiClient) -> Non
     assert response.mimetype == "application/fhir+json"
     (issue,) = response.get_json()["issue"]
     assert "PATCH" in issue["diagnostics"]
+
+
+def test_an_unknown_path_never_echoes_a_national_identity_number(client: ApiClient) -> None:
+    patient = fnr()
+    path = f"/{TENANT_A}/fhir/Patient/{patient}/Observation"
+    response = client.get(path, auth=False)
+    assert response.status_code == 404
+    assert patient.encode() not in response.data
+    assert f"/{TENANT_A}/fhir/Patient/" in response.get_json()["issue"][0]["diagnostics"]

@@ -13,6 +13,9 @@ from zoneinfo import ZoneInfo
 
 LOCAL_ZONE = ZoneInfo("Europe/Oslo")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+OPEN_END = 253_402_300_800_000_000
+"""The end of a ``Period`` without ``end`` (ongoing, FHIR R4 datatypes "Period"): 10000-01-01T00:00Z in
+epoch microseconds, after every date a search can name, so ``date=gt...`` finds an ongoing period."""
 
 _DATETIME = re.compile(
     r"(?P<year>\d{4})(?:-(?P<month>\d{2})(?:-(?P<day>\d{2})"
@@ -82,7 +85,7 @@ def parse_range(value: str, *, require_zone_with_time: bool = True) -> tuple[int
         start = datetime(
             year, month, day, int(g["hour"]), int(g["minute"]), int(g["second"] or 0), micro, tzinfo=zone
         )
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:  # OverflowError: the day after 9999-12-31
         raise DateFormatError(f"{value!r} is not a valid date: {exc}") from exc
     if g["second"] is None:
         width = 60_000_000

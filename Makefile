@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
+# pytest-xdist workers for `make test` (auto: one per CPU). Each worker is its own pytest session, with
+# its own databases, Redis keys and servers (tests/conftest.py says how).
+TEST_WORKERS ?= auto
 
 .PHONY: help demo test lint bench clean
 
@@ -21,12 +24,12 @@ node_modules/axe-core/axe.min.js: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-test: $(BIN)/dho-share node_modules/axe-core/axe.min.js  ## lint, type-check and run every test on SQLite and PostgreSQL
+test: $(BIN)/dho-share node_modules/axe-core/axe.min.js  ## lint, type-check and run every test on SQLite and PostgreSQL, in parallel
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal --durations=10
 
 lint: $(BIN)/dho-share  ## ruff, mypy and the import contracts only
 	$(BIN)/ruff check .

@@ -15,7 +15,7 @@ from typing import Any
 from fhir.resources.R4B.observation import Observation
 from pydantic import ValidationError
 
-from sharing_api.errors import InvalidResource, Issue
+from sharing_api.errors import InvalidResource, Issue, SecurityLabelRefused
 from sharing_api.fhir import identifiers as ids
 from sharing_api.fhir import vitals
 from sharing_api.fhir.dates import DateFormatError, parse_range
@@ -23,6 +23,9 @@ from sharing_api.fhir.dates import DateFormatError, parse_range
 PUBLISHABLE_STATUSES = frozenset(
     {"registered", "preliminary", "final", "amended", "corrected", "cancelled", "entered-in-error"}
 )
+SERVER_TAG_SYSTEMS = ("http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "urn:dho-share:")
+"""``meta.tag`` systems only the server writes (``SUBSETTED`` marks a partial copy, FHIR R4 §3.1.1.5.9;
+``urn:dho-share:`` is ours). A client claiming one is refused, like any ``meta.security``."""
 _UNSAFE_NARRATIVE = re.compile(r"<\s*(script|iframe|object|embed|style|form)|\son\w+\s*=|javascript:", re.I)
 
 
@@ -269,6 +272,29 @@ def _effective(resource: dict[str, Any], issues: list[Issue]) -> tuple[int, int]
     return (0, 0)
 
 
+def refuse_server_labels(resource: Any, path: str) -> None:
+    """Refuse security labels and server-owned tags sent by a client (FHIR R4 §3.1.1.5: ``meta.security``
+    labels are the server's to assign); raise :class:`SecurityLabelRefused` naming the element.
+
+    Refused rather than overwritten: a publisher that labels data believes the label protects it, and it
+    would not; the attempt is audited by the API (``FhirError.audited``).
+    """
+    meta = resource.get("meta") if isinstance(resource, dict) else None
+    if not isinstance(meta, dict):
+        return
+    if "security" in meta:
+        raise SecurityLabelRefused(
+            "meta.security is set by the server only; send the resource without security labels",
+            f"{path}.meta.security",
+        )
+    for i, tag in enumerate(meta.get("tag") or () if isinstance(meta.get("tag"), list) else ()):
+        system = tag.get("system") if isinstance(tag, dict) else None
+        if isinstance(system, str) and system.startswith(SERVER_TAG_SYSTEMS):
+            raise SecurityLabelRefused(
+                f"meta.tag system {system!r} is the server's own; leave it out", f"{path}.meta.tag[{i}]"
+            )
+
+
 def validate_observation(resource: Any, tenant: Tenant, *, path: str = "Observation") -> ValidObservation:
     """Validate one inbound Observation for ``tenant``; raise ``InvalidResource`` naming every problem.
 
@@ -279,6 +305,7 @@ def validate_observation(resource: Any, tenant: Tenant, *, path: str = "Observat
             "expected an Observation resource",
             f"{path}.resourceType" if path != "Observation" else "Observation",
         )
+    refuse_server_labels(resource, path)
     issues = _structure_issues(resource)
     patient = _check_subject(resource, issues)
     _check_performers(resource, tenant, issues)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from flask import Blueprint, Response, g, request
 from sqlalchemy import Connection
 
@@ -13,7 +16,7 @@ from sharing_api.audit.actions import AuditAction
 from sharing_api.errors import Forbidden, InvalidResource, InvalidSearch, NotFound
 from sharing_api.fhir.dates import format_instant
 from sharing_api.fhir.search import SearchQuery, refuse_pii_in_url
-from sharing_api.fhir.validation import ValidObservation
+from sharing_api.fhir.validation import ValidObservation, refuse_server_labels
 from sharing_api.publishing import WriteAudit
 from sharing_api.routes.common import (
     audit,
@@ -117,14 +120,40 @@ def _headers(stored: Stored, *, location: bool = False) -> dict[str, str]:
     return headers
 
 
+_ETAG = re.compile(r'(?:W/)?"?([0-9]{1,18})"?')
+
+
 def _if_match() -> int | None:
+    """The version in ``If-Match`` (``W/"3"``); ASCII digits only, anything else is 400, never 500."""
     raw = request.headers.get("If-Match")
     if raw is None:
         return None
-    digits = raw.removeprefix("W/").strip('"')
-    if not digits.isdigit():
+    found = _ETAG.fullmatch(raw.strip())
+    if found is None:
         raise InvalidResource('If-Match must be an ETag such as W/"3"', "If-Match")
-    return int(digits)
+    return int(found.group(1))
+
+
+def _refuse_labels(body: Any) -> None:
+    """Security labels are the server's: refuse them before anything else (audited, see errors.py)."""
+    if isinstance(body, dict) and body.get("resourceType") == "Bundle":
+        for i, entry in enumerate(body.get("entry") or () if isinstance(body.get("entry"), list) else ()):
+            if isinstance(entry, dict):
+                refuse_server_labels(entry.get("resource"), f"Bundle.entry[{i}].resource")
+        return
+    refuse_server_labels(body, "Observation")
+
+
+def _put_body(obs_id: str) -> Any:
+    """The body of a PUT, which must carry the id of the URL (FHIR R4 §3.1.0.4 "update")."""
+    body = json_body()
+    _refuse_labels(body)
+    if isinstance(body, dict):
+        if "id" not in body:
+            raise InvalidResource("an update must carry the resource id of the URL", "Observation.id")
+        if body["id"] != obs_id:
+            raise InvalidResource("the resource id must match the id in the URL", "Observation.id")
+    return body
 
 
 def _ctx() -> SearchContext:
@@ -159,9 +188,11 @@ def _read_result(action: AuditAction, result: SearchResult) -> Response:
 
 @bp.post("/Observation")
 def create() -> Response:
+    body = json_body()
+    _refuse_labels(body)
     stored = services().publisher.create(
         tenant(),
-        json_body(),
+        body,
         if_none_exist=request.headers.get("If-None-Exist"),
         audit=_write_audit(AuditAction.OBSERVATION_CREATE),
     )
@@ -180,7 +211,7 @@ def update(obs_id: str) -> Response:
     stored = services().publisher.update(
         tenant(),
         obs_id,
-        json_body(),
+        _put_body(obs_id),
         if_match=_if_match(),
         audit=_write_audit(AuditAction.OBSERVATION_UPDATE),
     )
@@ -257,6 +288,7 @@ def lastn() -> Response:
 @bp.post("")
 def bundle() -> Response:
     body = json_body()
+    _refuse_labels(body)
     action = (
         AuditAction.BUNDLE_TRANSACTION
         if isinstance(body, dict) and body.get("type") == "transaction"

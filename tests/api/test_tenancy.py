@@ -36,7 +36,8 @@ def test_every_endpoint_from_tenant_b_shows_nothing_of_tenant_a(client: ApiClien
     cursor = next_url.split("_cursor=", 1)[1]
     assert client.get(f"{B}/Observation?_cursor={cursor}").status_code == 410
     # Writes through B cannot reach A's rows.
-    assert client.put(f"{B}/Observation/{obs_id}", json=heart_rate(patient)).status_code == 404
+    elsewhere = {**heart_rate(patient), "id": obs_id}
+    assert client.put(f"{B}/Observation/{obs_id}", json=elsewhere).status_code == 404
     bundle = batch(heart_rate(patient), method="PUT")
     bundle["entry"][0]["request"]["url"] = f"Observation/{obs_id}"
     entry = client.post(B, json=bundle).get_json()["entry"][0]

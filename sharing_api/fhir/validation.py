@@ -21,8 +21,11 @@ from sharing_api.fhir import vitals
 from sharing_api.fhir.dates import DateFormatError, parse_range
 
 PUBLISHABLE_STATUSES = frozenset(
-    {"registered", "preliminary", "final", "amended", "corrected", "cancelled", "entered-in-error"}
+    {"registered", "preliminary", "final", "amended", "corrected", "cancelled", "entered-in-error", "unknown"}
 )
+"""R4's required binding ``observation-status``, all of it. ``unknown`` is allowed: no VKP profile
+constrains ``status`` (``../shared/reference/vkpobservation/fsh/profiles/VkpObservation.fsh`` lines 1-50
+set subject, performer and code.coding rules and no ``* status`` rule; nor does any other profile there)."""
 SERVER_TAG_SYSTEMS = ("http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "urn:dho-share:")
 """``meta.tag`` systems only the server writes (``SUBSETTED`` marks a partial copy, FHIR R4 §3.1.1.5.9;
 ``urn:dho-share:`` is ours). A client claiming one is refused, like any ``meta.security``."""

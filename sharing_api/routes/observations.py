@@ -13,8 +13,10 @@ from auth.errors import AuthError, InvalidAuthorizationDetails
 from consent.policy import Reason
 from sharing_api.access import version_visible
 from sharing_api.audit.actions import AuditAction
-from sharing_api.errors import Forbidden, InvalidResource, InvalidSearch, NotFound
+from sharing_api.errors import Forbidden, InvalidResource, InvalidSearch, Issue, NotFound, operation_outcome
+from sharing_api.fhir.capabilities import DECLARED
 from sharing_api.fhir.dates import format_instant
+from sharing_api.fhir.formats import JSON_RANGES, NDJSON_RANGES, check_content_version, negotiate
 from sharing_api.fhir.search import SearchQuery, refuse_pii_in_url
 from sharing_api.fhir.validation import ValidObservation, refuse_server_labels
 from sharing_api.publishing import WriteAudit
@@ -51,6 +53,20 @@ def _take_orgnr(_endpoint: str | None, values: dict[str, str] | None) -> None:
 
 
 bp.before_request(protect)
+
+
+def _negotiate() -> None:
+    """JSON (FHIR R4) only: another ``_format``, ``Accept`` or ``fhirVersion`` is refused (406/415)."""
+    declared = DECLARED.get(request.endpoint or "")
+    answers = NDJSON_RANGES if declared is not None and declared.answer == "ndjson" else JSON_RANGES
+    fmt = request.args.get("_format")
+    if fmt is None and request.mimetype == "application/x-www-form-urlencoded":
+        fmt = request.form.get("_format")
+    negotiate(request.headers.get("Accept"), fmt, answers=answers)
+    check_content_version(request.headers.get("Content-Type"))
+
+
+bp.before_request(_negotiate)
 
 
 def _attested_patient() -> tuple[str, str]:
@@ -156,6 +172,31 @@ def _put_body(obs_id: str) -> Any:
     return body
 
 
+_RETURNS = ("minimal", "representation", "OperationOutcome")
+
+
+def _written(stored: Stored, status: int) -> Response:
+    """A create/update answer as ``Prefer: return=`` asks (FHIR R4 §3.1.0.8.2): the resource (default),
+    nothing, or an OperationOutcome; an unknown ``return`` value is refused, naming ``Prefer``."""
+    wanted = "representation"
+    for part in request.headers.get("Prefer", "").split(","):
+        key, _, value = part.strip().partition("=")
+        if key.strip() == "return":
+            wanted = value.strip().strip('"')
+    headers = _headers(stored, location=True)
+    if wanted == "representation":
+        return fhir_response(stored.data, status, headers)
+    if wanted == "minimal":
+        return Response(b"", status=status, headers=headers)
+    if wanted == "OperationOutcome":
+        done = "created" if status == 201 else "stored"
+        said = f"Observation/{stored.id} {done}, version {stored.version_id}"
+        return fhir_response(
+            operation_outcome([Issue(said, None, "informational", "information")]), status, headers
+        )
+    raise InvalidResource(f"Prefer: return must be one of {', '.join(_RETURNS)}", "Prefer")
+
+
 def _ctx() -> SearchContext:
     return SearchContext(tenant().orgnr, tenant_base(), requester())
 
@@ -196,14 +237,27 @@ def create() -> Response:
         if_none_exist=request.headers.get("If-None-Exist"),
         audit=_write_audit(AuditAction.OBSERVATION_CREATE),
     )
-    return fhir_response(stored.data, 201 if stored.created else 200, _headers(stored, location=True))
+    return _written(stored, 201 if stored.created else 200)
 
 
 @bp.get("/Observation/<obs_id>")
 def read(obs_id: str) -> Response:
     stored, _ = _readable(obs_id)
     audit(AuditAction.OBSERVATION_READ, patient=stored.patient, resources=[f"Observation/{obs_id}"])
-    return fhir_response(stored.data, headers=_headers(stored))
+    headers = _headers(stored)
+    if _none_match(headers["ETag"]):
+        return Response(b"", status=304, headers=headers)
+    return fhir_response(stored.data, headers=headers)
+
+
+def _none_match(etag: str) -> bool:
+    """``If-None-Match`` names the current version (or ``*``): the client's copy is current (RFC 9110
+    §13.1.2, weak comparison), so the read answers 304 without a body."""
+    given = request.headers.get("If-None-Match")
+    if given is None:
+        return False
+    tags = {t.strip() for t in given.split(",")}
+    return "*" in tags or etag in tags or etag.removeprefix("W/") in tags
 
 
 @bp.put("/Observation/<obs_id>")
@@ -215,7 +269,7 @@ def update(obs_id: str) -> Response:
         if_match=_if_match(),
         audit=_write_audit(AuditAction.OBSERVATION_UPDATE),
     )
-    return fhir_response(stored.data, headers=_headers(stored, location=True))
+    return _written(stored, 200)
 
 
 @bp.get("/Observation/<obs_id>/_history")

@@ -435,7 +435,7 @@ _OUTCOME = {"$ref": "#/components/schemas/OperationOutcome"}
 _ANSWERS: dict[str, tuple[str, dict[str, Any]]] = {
     "fhir": (FHIR_JSON, {"$ref": "#/components/schemas/Resource"}),
     "json": ("application/json", {"type": "object"}),
-    "ndjson": ("application/fhir+ndjson", {"type": "string"}),
+    "ndjson": ("application/x-ndjson", {"type": "string"}),
 }
 
 

@@ -14,6 +14,7 @@ from consent.policy import Reason
 from sharing_api.access import version_visible
 from sharing_api.audit.actions import AuditAction
 from sharing_api.errors import Forbidden, InvalidResource, InvalidSearch, Issue, NotFound, operation_outcome
+from sharing_api.fhir.bundles import history_entry
 from sharing_api.fhir.capabilities import DECLARED
 from sharing_api.fhir.dates import format_instant
 from sharing_api.fhir.formats import JSON_RANGES, NDJSON_RANGES, check_content_version, negotiate
@@ -280,7 +281,10 @@ def history(obs_id: str) -> Response:
     ]
     base = tenant_base()
     entries = [
-        b'{"fullUrl":"' + f"{base}/Observation/{v.id}".encode() + b'","resource":' + v.data + b"}"
+        history_entry(base, v.id, v.version_id, format_instant(v.last_updated))
+        + b',"resource":'
+        + v.data
+        + b"}"
         for v in versions
     ]
     head = b'{"resourceType":"Bundle","type":"history","total":' + str(len(versions)).encode()
@@ -289,6 +293,8 @@ def history(obs_id: str) -> Response:
         patient=current.patient,
         resources=[f"Observation/{obs_id}/_history/{v.version_id}" for v in versions],
     )
+    if not entries:  # no empty arrays in FHIR JSON
+        return fhir_response(head + b"}")
     return fhir_response(head + b',"entry":[' + b",".join(entries) + b"]}")
 
 

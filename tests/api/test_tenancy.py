@@ -23,7 +23,7 @@ def test_every_endpoint_from_tenant_b_shows_nothing_of_tenant_a(client: ApiClien
     assert client.get(f"{B}/Observation/{obs_id}/_history/1").status_code == 404
     search = client.post(f"{B}/Observation/_search", data=search_form(patient)).get_json()
     assert search["total"] == 0
-    assert search["entry"] == []
+    assert "entry" not in search
     assert (
         client.post(f"{B}/Observation/_search", data=search_form(patient, _summary="count")).get_json()[
             "total"
@@ -31,7 +31,7 @@ def test_every_endpoint_from_tenant_b_shows_nothing_of_tenant_a(client: ApiClien
         == 0
     )
     lastn = client.post(f"{B}/Observation/$lastn", data=search_form(patient)).get_json()
-    assert lastn["entry"] == []
+    assert "entry" not in lastn
     # A's cursor presented at B's base URL is an unknown cursor there.
     cursor = next_url.split("_cursor=", 1)[1]
     assert client.get(f"{B}/Observation?_cursor={cursor}").status_code == 410

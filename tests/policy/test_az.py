@@ -176,7 +176,7 @@ def test_az01_paging_continuation_after_a_denial_is_identical_to_no_data(
     continued = client.get(next_url.removeprefix(PUBLIC), patient=patient)
 
     assert shape(continued) == shape(search(client, other, form={"_count": "1"}))
-    assert continued.get_json()["entry"] == []
+    assert "entry" not in continued.get_json()
 
 
 @pytest.mark.parametrize(

@@ -151,7 +151,7 @@ def build_services(settings: Settings) -> Services:
     return Services(
         settings=settings,
         engine=engine,
-        tenants=TenantDirectory(engine),
+        tenants=TenantDirectory(engine, clock_skew_seconds=settings.clock_skew),
         observations=observations,
         sessions=sessions,
         publisher=Publisher(observations, max_entries=settings.max_bundle_entries),

@@ -31,7 +31,7 @@ OPERATIONS = "urn:dho-share:OperationDefinition:"
 REFUSED_DATE_PREFIXES = ("sa", "eb", "ap")
 """FHIR R4 date prefixes this server does not implement; a search using one gets 400 naming it."""
 REFUSED_MODIFIERS = (":not", ":missing", ":exact", ":text", ":above", ":below", ":in", ":not-in", ":of-type")
-"""Token modifiers this server does not implement; never ignored (400 naming the parameter)."""
+"""Token modifiers this server does not implement (400 naming the parameter under ``handling=strict``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +106,7 @@ def _prefixes() -> str:
     )
 
 
-_REFUSED = f"modifiers refused with 400: {', '.join(REFUSED_MODIFIERS)}"
+_REFUSED = f"modifiers not supported ({', '.join(REFUSED_MODIFIERS)}): 400 with Prefer: handling=strict"
 _TOKEN = "token"  # noqa: S105 (the FHIR search-parameter type, not a secret)
 
 
@@ -370,8 +370,9 @@ def capability_statement(
     rest: dict[str, Any] = {
         "mode": "server",
         "documentation": (
-            f"Date prefixes {', '.join(REFUSED_DATE_PREFIXES)} and the modifiers "
-            f"{', '.join(REFUSED_MODIFIERS)} are not supported: a search using them is refused (400). "
+            f"Not supported: the date prefixes {', '.join(REFUSED_DATE_PREFIXES)} (a search using one is "
+            f"refused, 400) and the modifiers {', '.join(REFUSED_MODIFIERS)} (400 with Prefer: "
+            "handling=strict). "
             "Only JSON is served (_format or Accept asking for anything else: 406; fhirVersion other than "
             "4.0: 406)."
         ),

@@ -144,3 +144,23 @@ def test_openapi_document_is_valid_and_covers_every_route(app: Flask, client: Ap
             if endpoint in RULES:
                 assert operation["security"] == [{"dpop": [], "oauth2": [RULES[endpoint][0]]}]
     assert len(ENDPOINTS) == len(DECLARED)
+
+
+def test_refused_modifiers_are_said_and_refused_under_strict_handling(client: ApiClient) -> None:
+    from sharing_api.fhir.capabilities import REFUSED_MODIFIERS
+
+    statement = client.get(f"{BASE}/metadata", auth=False).get_json()
+    documentation = statement["rest"][0]["documentation"]
+    patient = "01017012345"
+    for modifier in REFUSED_MODIFIERS:
+        assert modifier in documentation
+        response = client.post(
+            f"{BASE}/Observation/_search",
+            data={
+                "patient.identifier": f"urn:oid:2.16.578.1.12.4.1.4.1|{patient}",
+                f"code{modifier}": "8867-4",
+            },
+            headers={"Prefer": "handling=strict"},
+        )
+        assert response.status_code == 400, modifier
+        assert response.get_json()["issue"][0]["expression"] == [f"code{modifier}"]

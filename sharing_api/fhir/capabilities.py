@@ -28,10 +28,14 @@ VKP_PROFILE = "http://hl7.no/fhir/vkpobservation/StructureDefinition/vkp-Observa
 OPERATIONS = "urn:dho-share:OperationDefinition:"
 """Canonical prefix of this project's own operations (those with no HL7 definition)."""
 
-REFUSED_DATE_PREFIXES = ("sa", "eb", "ap")
+REFUSED_DATE_PREFIXES = tuple(p for p in search.FHIR_DATE_PREFIXES if p not in search.DATE_PREFIXES)
 """FHIR R4 date prefixes this server does not implement; a search using one gets 400 naming it."""
-REFUSED_MODIFIERS = (":not", ":missing", ":exact", ":text", ":above", ":below", ":in", ":not-in", ":of-type")
-"""Token modifiers this server does not implement (400 naming the parameter under ``handling=strict``)."""
+REFUSED_MODIFIERS = tuple(
+    f":{m}"
+    for m in search.FHIR_MODIFIERS
+    if not any(m in p.modifiers for params in search.SEARCH_PARAMETERS.values() for p in params)
+)
+"""Modifiers no parameter here implements (the search registry refuses them: 400 naming the parameter)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,37 +103,41 @@ class Resource:
     documentation: str = ""
 
 
-def _prefixes() -> str:
-    return (
-        f"prefixes {', '.join(search.DATE_PREFIXES)}; "
-        f"refused with 400: {', '.join(REFUSED_DATE_PREFIXES)}; a time needs a zone"
-    )
-
-
-_REFUSED = f"modifiers not supported ({', '.join(REFUSED_MODIFIERS)}): 400 with Prefer: handling=strict"
 _TOKEN = "token"  # noqa: S105 (the FHIR search-parameter type, not a secret)
+_RESULT_TYPES = {"_count": "number", "_sort": "string", "_elements": "string"}
 
 
-def _observation_params() -> tuple[SearchParam, ...]:
-    """Observation's parameters, one per name the search parser accepts (:data:`search.SUPPORTED`)."""
-    types: dict[str, tuple[str, str]] = {
-        "code": (_TOKEN, f"system|code or code; comma = OR; {_REFUSED}"),
-        "category": (_TOKEN, f"system|code or code; {_REFUSED}"),
-        "identifier": (_TOKEN, f"the business identifier system|value; {_REFUSED}"),
-        "status": (_TOKEN, f"registered, preliminary, final, amended, corrected, ...; {_REFUSED}"),
-        "date": ("date", _prefixes()),
-        "_lastUpdated": ("date", _prefixes()),
-        "_count": ("number", "page size (capped)"),
-        "_sort": ("string", ", ".join(search.SORTS)),
-        "_summary": (_TOKEN, "count"),
-        "_total": (_TOKEN, "none, estimate, accurate"),
-        "_format": (_TOKEN, "json or application/fhir+json only; any other format gets 406"),
-    }
-    params = [
-        SearchParam(name, _TOKEN, "system|value of the patient's FNR/DNR/FHN (POST _search only)", True)
-        for name in search.PATIENT_PARAMS
+def _documented(p: search.SearchParameter) -> SearchParam:
+    """A registry parameter, with what it applies and what it refuses in its documentation."""
+    said = [p.documentation]
+    if p.modifiers:
+        said.append("modifiers " + ", ".join(f":{m}" for m in p.modifiers))
+    if p.chains:
+        said.append("chains " + ", ".join(f".{c}" for c in p.chains))
+    if p.prefixes:
+        refused = [x for x in search.FHIR_DATE_PREFIXES if x not in p.prefixes]
+        said.append(
+            f"prefixes {', '.join(p.prefixes)}" + (f"; refused: {', '.join(refused)}" if refused else "")
+        )
+    said.append("any other modifier is refused (400)")
+    return SearchParam(p.name, p.type, "; ".join(said))
+
+
+def _params(resource: str) -> tuple[SearchParam, ...]:
+    """``resource``'s parameters: the search registry's (:data:`search.SEARCH_PARAMETERS`), then its
+    result parameters (:data:`search.RESULT_PARAMETERS`) and ``_format`` (JSON only)."""
+    params = [_documented(p) for p in search.SEARCH_PARAMETERS.get(resource, ())]
+    results = search.RESULT_PARAMETERS.get(resource, ())
+    params += [
+        SearchParam(
+            r.name,
+            _RESULT_TYPES.get(r.name, _TOKEN),
+            r.documentation + (f": {', '.join(r.values)}" if r.values else ""),
+        )
+        for r in results
     ]
-    params += [SearchParam(n, t, d) for n, (t, d) in types.items() if n in search.SUPPORTED]
+    if results:
+        params.append(SearchParam("_format", _TOKEN, "json or application/fhir+json only; others get 406"))
     return tuple(params)
 
 
@@ -147,14 +155,23 @@ _AUDIT_PARAMS = (
 RESOURCES: Mapping[str, Resource] = {
     "Observation": Resource(
         "Observation",
-        _observation_params(),
+        _params("Observation"),
         profiles=(VKP_PROFILE,),
         conditional_create=True,
         documentation="VkpObservation measurements; corrections are new versions (If-Match).",
     ),
+    "Patient": Resource(
+        "Patient",
+        _params("Patient"),
+        versioning="no-version",
+        documentation=(
+            "Only as the answer of Patient/$match or Patient/_search: an opaque id bound to the requester, "
+            "the attestation and the tenant, to search Observations by GET (subject=Patient/<id>)."
+        ),
+    ),
     "Consent": Resource(
         "Consent",
-        (SearchParam("patient.identifier", _TOKEN, "system|value of the patient (POST _search only)", True),),
+        _params("Consent"),
         documentation="The patient's directives: reservations, blocks, explicit consent.",
     ),
     "AuditEvent": Resource(
@@ -229,6 +246,26 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         body="form",
         headers=_PREFER,
     ),
+    Endpoint(
+        "fhir.patient_match",
+        "an opaque Patient id for an identifier (Parameters body with a Patient)",
+        "Patient",
+        operation=Operation(
+            "match",
+            "http://hl7.org/fhir/OperationDefinition/Patient-match",
+            "resource: a Patient with one identifier (FNR/DNR/FHN); answers a searchset with one Patient",
+        ),
+        body="resource",
+    ),
+    Endpoint(
+        "fhir.patient_search",
+        "an opaque Patient id for identifier=system|value (form body)",
+        "Patient",
+        ("search-type",),
+        search=True,
+        body="form",
+    ),
+    Endpoint("fhir.patient_read", "the Patient of a $match binding", "Patient", ("read",)),
     Endpoint("fhir.consent_create", "record a directive", "Consent", ("create",), body="resource", ok=201),
     Endpoint("fhir.consent_read", "read a directive", "Consent", ("read",)),
     Endpoint("fhir.consent_update", "change a directive", "Consent", ("update",), body="resource"),
@@ -370,9 +407,9 @@ def capability_statement(
     rest: dict[str, Any] = {
         "mode": "server",
         "documentation": (
-            f"Not supported: the date prefixes {', '.join(REFUSED_DATE_PREFIXES)} (a search using one is "
-            f"refused, 400) and the modifiers {', '.join(REFUSED_MODIFIERS)} (400 with Prefer: "
-            "handling=strict). "
+            f"Not supported, and refused with 400 naming the parameter: the date prefixes "
+            f"{', '.join(REFUSED_DATE_PREFIXES)} and the modifiers {', '.join(REFUSED_MODIFIERS)} (and "
+            "any modifier a parameter does not list). "
             "Only JSON is served (_format or Accept asking for anything else: 406; fhirVersion other than "
             "4.0: 406)."
         ),

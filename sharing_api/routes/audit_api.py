@@ -25,7 +25,7 @@ from sharing_api.audit.actions import AuditAction, Outcome
 from sharing_api.audit.log import Entry
 from sharing_api.errors import Forbidden, InvalidSearch
 from sharing_api.fhir.dates import DateFormatError, from_micros, parse_range
-from sharing_api.fhir.search import refuse_pii_in_url
+from sharing_api.fhir.search import refuse_pii_in_url, split_modifier, whole_number
 from sharing_api.routes.common import (
     audit,
     caller,
@@ -63,6 +63,12 @@ def _filters(params: list[tuple[str, str]]) -> tuple[dict[str, Any], int, int | 
     filters: dict[str, Any] = {}
     count, after = 50, None
     for name, value in params:
+        base, modifier = split_modifier(name)
+        if modifier is not None:
+            # No AuditEvent parameter takes a modifier here: refused, never ignored (issue 8).
+            raise InvalidSearch(
+                f"AuditEvent search: the modifier :{modifier} of {base!r} is not supported", name
+            )
         if name == "patient":
             system, _, number = value.partition("|")
             filters["patient"] = (system, number) if number else value
@@ -88,13 +94,9 @@ def _filters(params: list[tuple[str, str]]) -> tuple[dict[str, Any], int, int | 
             prefix, moment = _when(value, name)
             filters["date_from" if prefix in ("ge", "gt") else "date_to"] = moment
         elif name == "_count":
-            if not value.isdigit():
-                raise InvalidSearch("_count must be a whole number", "_count")
-            count = max(1, min(int(value), MAX_COUNT))
+            count = max(1, min(whole_number("_count", value), MAX_COUNT))
         elif name == "_after":
-            if not value.isdigit():
-                raise InvalidSearch("_after is a sequence number", "_after")
-            after = int(value)
+            after = whole_number("_after", value)
         elif name not in ("_format", "_cursor"):
             raise InvalidSearch(f"unknown AuditEvent search parameter {name!r}", name)
     return filters, count, after
@@ -158,9 +160,9 @@ def _int_arg(name: str, default: int | None = None) -> int:
     raw = request.args.get(name)
     if raw is None and default is not None:
         return default
-    if raw is None or not raw.isascii() or not raw.isdigit() or len(raw) > 18:
-        raise InvalidSearch(f"{name} must be a whole number", name)  # ASCII digits: int("²") fails
-    return int(raw)
+    if raw is None:
+        raise InvalidSearch(f"{name} must be a whole number", name)
+    return whole_number(name, raw)
 
 
 @bp.get("/AuditEvent/$export")
@@ -169,13 +171,14 @@ def audit_export() -> Response:
     orgnr = tenant().orgnr
     log.drain(orgnr)
     start = _int_arg("from", 0)
-    end = _int_arg("to") if "to" in request.args else None
+    end = request.args.get("to")
+    stop = whole_number("to", end) if end is not None else None
     head = log.head(orgnr)
     size = head.size if head is not None else 0
     if start > size:  # beyond the head is a bad request, not a corrupt log (LogCorrupted, a 500)
         raise InvalidSearch(f"from: the log holds {size} entries", "from")
     audit(AuditAction.AUDIT_EXPORT, patient=None)
-    lines: Iterator[bytes] = log.export(orgnr, start, end)
+    lines: Iterator[bytes] = log.export(orgnr, start, stop)
     try:  # the range is checked when the export starts: a bad one is a 400, not a broken stream
         first = next(lines)
     except ValueError as exc:

@@ -74,11 +74,17 @@ def test_capability_statement_describes_exactly_the_served_routes(app: Flask, cl
     assert statement["fhirVersion"] == "4.0.1"
     assert _statement_items(statement) == _route_items(app)
     types = {r["type"] for r in statement["rest"][0]["resource"]}
-    assert types == {"Observation", "Consent", "AuditEvent"}
+    assert types == {"Observation", "Patient", "Consent", "AuditEvent"}
     operations = {op for _, op in _statement_items(statement) if op.startswith("$")}
-    assert {"$lastn", "$export", "$checkpoint", "$inclusion-proof", "$consistency-proof", "$access-log"} <= (
-        operations
-    )
+    assert {
+        "$lastn",
+        "$export",
+        "$checkpoint",
+        "$inclusion-proof",
+        "$consistency-proof",
+        "$access-log",
+        "$match",
+    } <= (operations)
 
 
 def test_capability_statement_search_parameters_come_from_the_registries(client: ApiClient) -> None:
@@ -90,10 +96,13 @@ def test_capability_statement_search_parameters_come_from_the_registries(client:
     declared = {p["name"] for p in observation["searchParam"]}
     assert declared == {p.name for p in RESOURCES["Observation"].search_params}
     assert declared <= set(search.SUPPORTED)
-    assert set(search.PATIENT_PARAMS) | {"code", "date", "_lastUpdated", "_count", "_sort"} <= declared
+    registry = {p.name for p in search.SEARCH_PARAMETERS["Observation"]}
+    assert registry | {r.name for r in search.RESULT_PARAMETERS["Observation"]} <= declared
     date = next(p for p in observation["searchParam"] if p["name"] == "date")
     for prefix in search.DATE_PREFIXES:
         assert prefix in date["documentation"]
+    code = next(p for p in observation["searchParam"] if p["name"] == "code")
+    assert ":not" in code["documentation"]
     for name, resource in RESOURCES.items():
         assert {p["name"] for p in by_type[name].get("searchParam", ())} == {
             p.name for p in resource.search_params
@@ -146,7 +155,7 @@ def test_openapi_document_is_valid_and_covers_every_route(app: Flask, client: Ap
     assert len(ENDPOINTS) == len(DECLARED)
 
 
-def test_refused_modifiers_are_said_and_refused_under_strict_handling(client: ApiClient) -> None:
+def test_refused_modifiers_are_said_and_refused(client: ApiClient) -> None:
     from sharing_api.fhir.capabilities import REFUSED_MODIFIERS
 
     statement = client.get(f"{BASE}/metadata", auth=False).get_json()
@@ -160,7 +169,6 @@ def test_refused_modifiers_are_said_and_refused_under_strict_handling(client: Ap
                 "patient.identifier": f"urn:oid:2.16.578.1.12.4.1.4.1|{patient}",
                 f"code{modifier}": "8867-4",
             },
-            headers={"Prefer": "handling=strict"},
         )
         assert response.status_code == 400, modifier
         assert response.get_json()["issue"][0]["expression"] == [f"code{modifier}"]

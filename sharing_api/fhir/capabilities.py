@@ -13,7 +13,7 @@ parser's own registry in :mod:`sharing_api.fhir.search`).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -96,7 +96,6 @@ class Resource:
     """What the server says about one resource type beyond its endpoints."""
 
     type: str
-    search_params: tuple[SearchParam, ...] = ()
     profiles: tuple[str, ...] = ()
     versioning: str = "versioned-update"
     conditional_create: bool = False
@@ -123,10 +122,14 @@ def _documented(p: search.SearchParameter) -> SearchParam:
     return SearchParam(p.name, p.type, "; ".join(said))
 
 
-def _params(resource: str) -> tuple[SearchParam, ...]:
-    """``resource``'s parameters: the search registry's (:data:`search.SEARCH_PARAMETERS`), then its
-    result parameters (:data:`search.RESULT_PARAMETERS`) and ``_format`` (JSON only)."""
-    params = [_documented(p) for p in search.SEARCH_PARAMETERS.get(resource, ())]
+Registry = Mapping[str, Sequence[search.SearchParameter]]
+
+
+def search_params(resource: str, registry: Registry) -> tuple[SearchParam, ...]:
+    """``resource``'s parameters: the search registry's (:data:`search.SEARCH_PARAMETERS`, plus those
+    the route layer adds, e.g. AuditEvent's), then its result parameters
+    (:data:`search.RESULT_PARAMETERS`) and ``_format`` (JSON only)."""
+    params = [_documented(p) for p in registry.get(resource, ())]
     results = search.RESULT_PARAMETERS.get(resource, ())
     params += [
         SearchParam(
@@ -141,28 +144,15 @@ def _params(resource: str) -> tuple[SearchParam, ...]:
     return tuple(params)
 
 
-_AUDIT_PARAMS = (
-    SearchParam("patient", _TOKEN, "system|value of the patient (POST _search only)", True),
-    SearchParam("agent", _TOKEN, "the health worker's HPR number"),
-    SearchParam("organisation", _TOKEN, "the requesting organisation's number"),
-    SearchParam("purpose", _TOKEN, "purpose of use codes, comma = OR"),
-    SearchParam("outcome", _TOKEN, "0, 4, 8 or 12"),
-    SearchParam("action", _TOKEN, "the recorded action, comma = OR"),
-    SearchParam("date", "date", "prefixes ge, gt, lt, le"),
-    SearchParam("_count", "number", "page size (capped)"),
-)
-
 RESOURCES: Mapping[str, Resource] = {
     "Observation": Resource(
         "Observation",
-        _params("Observation"),
         profiles=(VKP_PROFILE,),
         conditional_create=True,
         documentation="VkpObservation measurements; corrections are new versions (If-Match).",
     ),
     "Patient": Resource(
         "Patient",
-        _params("Patient"),
         versioning="no-version",
         documentation=(
             "Only as the answer of Patient/$match or Patient/_search: an opaque id bound to the requester, "
@@ -171,12 +161,10 @@ RESOURCES: Mapping[str, Resource] = {
     ),
     "Consent": Resource(
         "Consent",
-        _params("Consent"),
         documentation="The patient's directives: reservations, blocks, explicit consent.",
     ),
     "AuditEvent": Resource(
         "AuditEvent",
-        _AUDIT_PARAMS,
         versioning="no-version",
         documentation="The tenant's tamper-evident audit log (IHE BALP, HL7 Norway trust framework).",
     ),
@@ -289,6 +277,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         search=True,
         body="form",
     ),
+    Endpoint("fhir.audit_read", "one AuditEvent by the id a search gave it", "AuditEvent", ("read",)),
     Endpoint(
         "fhir.audit_export",
         "export the audit log",
@@ -362,9 +351,15 @@ def served(routes: Iterable[tuple[str, str, str]]) -> list[Route]:
 
 
 def capability_statement(
-    routes: Iterable[tuple[str, str, str]], *, base: str, token_url: str, software_version: str
+    routes: Iterable[tuple[str, str, str]],
+    *,
+    base: str,
+    token_url: str,
+    software_version: str,
+    registry: Registry = search.SEARCH_PARAMETERS,
 ) -> dict[str, Any]:
-    """The CapabilityStatement for ``routes`` (FHIR R4 CapabilityStatement, kind ``instance``)."""
+    """The CapabilityStatement for ``routes`` (FHIR R4 CapabilityStatement, kind ``instance``) with the
+    search parameters of ``registry``."""
     present = served(routes)
     resources: list[dict[str, Any]] = []
     for kind, info in RESOURCES.items():
@@ -385,14 +380,15 @@ def capability_statement(
             entry["updateCreate"] = False
         if "create" in interactions:
             entry["conditionalCreate"] = info.conditional_create
-        if any(d.search for d in mine) and info.search_params:
+        params = search_params(kind, registry)
+        if any(d.search for d in mine) and params:
             entry["searchParam"] = [
                 {
                     "name": p.name,
                     "type": p.type,
                     **({"documentation": p.documentation} if p.documentation else {}),
                 }
-                for p in info.search_params
+                for p in params
             ]
         operations = {d.operation.name: d.operation for d in mine if d.operation is not None}
         if operations:
@@ -477,7 +473,7 @@ _ANSWERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def _parameters(route: Route) -> list[dict[str, Any]]:
+def _parameters(route: Route, registry: Registry) -> list[dict[str, Any]]:
     d = route.declaration
     out: list[dict[str, Any]] = [
         {"name": name, "in": "path", "required": True, "schema": {"type": "integer" if kind else "string"}}
@@ -486,7 +482,7 @@ def _parameters(route: Route) -> list[dict[str, Any]]:
     if route.method == "GET" and d.search and d.resource is not None:
         out += [
             {"name": p.name, "in": "query", "required": False, "schema": {"type": "string"}}
-            for p in RESOURCES[d.resource].search_params
+            for p in search_params(d.resource, registry)
             if not p.form_only
         ]
     if route.method == "GET":
@@ -508,12 +504,12 @@ def _parameters(route: Route) -> list[dict[str, Any]]:
     return out
 
 
-def _request_body(route: Route) -> dict[str, Any] | None:
+def _request_body(route: Route, registry: Registry) -> dict[str, Any] | None:
     d = route.declaration
     if route.method not in ("POST", "PUT") or d.body == "none":
         return None
     if d.body == "form":
-        params = RESOURCES[d.resource].search_params if d.resource is not None else ()
+        params = search_params(d.resource, registry) if d.resource is not None else ()
         names = sorted({p.name for p in params})
         props = {n: {"type": "string"} for n in names} | {q.name: {"type": "string"} for q in d.query}
         schema: dict[str, Any] = {"type": "object", "properties": props}
@@ -529,6 +525,7 @@ def openapi_document(
     token_url: str,
     scopes: Mapping[str, str],
     software_version: str,
+    registry: Registry = search.SEARCH_PARAMETERS,
 ) -> dict[str, Any]:
     """An OpenAPI 3.1 document of the FHIR routes in ``routes``; ``scopes`` maps endpoint -> scope."""
     paths: dict[str, dict[str, Any]] = {}
@@ -538,7 +535,7 @@ def openapi_document(
         operation: dict[str, Any] = {
             "operationId": f"{d.endpoint.split('.', 1)[1]}_{route.method.lower()}",
             "summary": d.summary,
-            "parameters": _parameters(route),
+            "parameters": _parameters(route, registry),
             "responses": {
                 str(d.ok): {"description": "success", "content": {media: {"schema": schema}}},
                 "default": {
@@ -551,7 +548,7 @@ def openapi_document(
             operation["tags"] = [d.resource]
         if route.method == "GET" and "read" in d.interactions:
             operation["responses"]["304"] = {"description": "not modified (If-None-Match)"}
-        body = _request_body(route)
+        body = _request_body(route, registry)
         if body is not None:
             operation["requestBody"] = body
         if d.public:

@@ -11,11 +11,15 @@ from sqlalchemy import text
 
 from auth.server import TOKEN_PATH
 from sharing_api.fhir.capabilities import capability_statement, openapi_document
+from sharing_api.fhir.search import SEARCH_PARAMETERS
+from sharing_api.routes.audit_api import AUDIT_EVENT_SEARCH
 from sharing_api.routes.common import fhir_response, json_response, services, tenant_base
 from sharing_api.routes.guard import RULES
 from sharing_api.routes.observations import bp as observations_bp
 
 FHIR_PREFIX = "/<orgnr>/fhir"
+SEARCH_REGISTRY = {**SEARCH_PARAMETERS, "AuditEvent": AUDIT_EVENT_SEARCH}
+"""Every resource's search parameters: the search parser's registry and the audit API's own."""
 
 bp = Blueprint("system", __name__)
 
@@ -75,6 +79,7 @@ def metadata() -> Response:
         base=tenant_base(),
         token_url=services().settings.issuer_url + TOKEN_PATH,
         software_version=_version(),
+        registry=SEARCH_REGISTRY,
     )
     return fhir_response(statement)
 
@@ -89,5 +94,6 @@ def openapi() -> Response:
         token_url=settings.issuer_url + TOKEN_PATH,
         scopes={endpoint: scope for endpoint, (scope, _) in RULES.items()},
         software_version=_version(),
+        registry=SEARCH_REGISTRY,
     )
     return json_response(document)

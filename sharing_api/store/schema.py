@@ -152,8 +152,9 @@ clients = Table(
 # One tamper-evident log per tenant (domain.md "Audit"). ``audit_entries`` holds every event as its
 # RFC 8785 canonical bytes; ``seq`` and ``leaf`` are NULL until the sequencer gives the entry its place
 # in the tenant's Merkle tree. The other columns are extracted at append time for search and log
-# control. ``audit_heads`` is the per-tenant tree state the sequencer locks; ``audit_checkpoints`` the
-# signed checkpoints (C2SP signed notes).
+# control. ``audit_heads`` is the per-tenant tree state the sequencer locks, and the log's stable name;
+# ``audit_checkpoints`` the signed checkpoints (C2SP signed notes). On PostgreSQL, entries and
+# checkpoints are append-only by trigger (migration 0004): only a pending entry's seq/leaf may be set.
 
 audit_entries = Table(
     "audit_entries",
@@ -192,6 +193,8 @@ audit_heads = Table(
     Column("checkpoint_size", BigInteger, nullable=False),
     Column("checkpoint_at", BigInteger, nullable=False),
     Column("updated", BigInteger, nullable=False),
+    # The log's name in its checkpoints (C2SP origin), fixed when the log is created (migration 0004).
+    Column("origin", String(255), nullable=True),
 )
 
 audit_checkpoints = Table(

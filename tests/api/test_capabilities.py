@@ -13,9 +13,10 @@ from openapi_spec_validator import validate
 
 from auth.server import TOKEN_PATH
 from sharing_api.fhir import search
-from sharing_api.fhir.capabilities import DECLARED, ENDPOINTS, RESOURCES, openapi_path
+from sharing_api.fhir.capabilities import DECLARED, ENDPOINTS, RESOURCES, openapi_path, search_params
+from sharing_api.routes.audit_api import AUDIT_EVENT_SEARCH
 from sharing_api.routes.guard import RULES
-from sharing_api.routes.system import FHIR_PREFIX, fhir_routes
+from sharing_api.routes.system import FHIR_PREFIX, SEARCH_REGISTRY, fhir_routes
 from tests.api_client import ApiClient
 from tests.conftest import TENANT_A
 
@@ -94,7 +95,7 @@ def test_capability_statement_search_parameters_come_from_the_registries(client:
     assert observation["versioning"] == "versioned-update"
     assert observation["updateCreate"] is False
     declared = {p["name"] for p in observation["searchParam"]}
-    assert declared == {p.name for p in RESOURCES["Observation"].search_params}
+    assert declared == {p.name for p in search_params("Observation", SEARCH_REGISTRY)}
     assert declared <= set(search.SUPPORTED)
     registry = {p.name for p in search.SEARCH_PARAMETERS["Observation"]}
     assert registry | {r.name for r in search.RESULT_PARAMETERS["Observation"]} <= declared
@@ -103,10 +104,12 @@ def test_capability_statement_search_parameters_come_from_the_registries(client:
         assert prefix in date["documentation"]
     code = next(p for p in observation["searchParam"] if p["name"] == "code")
     assert ":not" in code["documentation"]
-    for name, resource in RESOURCES.items():
+    for name in RESOURCES:
         assert {p["name"] for p in by_type[name].get("searchParam", ())} == {
-            p.name for p in resource.search_params
+            p.name for p in search_params(name, SEARCH_REGISTRY)
         }
+    audit_names = {p["name"] for p in by_type["AuditEvent"]["searchParam"]}
+    assert {p.name for p in AUDIT_EVENT_SEARCH} <= audit_names
 
 
 def test_capability_statement_security_names_the_token_endpoint_and_dpop(

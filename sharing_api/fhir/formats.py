@@ -62,7 +62,8 @@ def negotiate(accept: str | None, format_param: str | None, *, answers: frozense
     the endpoint's answer (JSON, or NDJSON for ``$export``).
     """
     if format_param is not None:
-        [wanted] = parse_accept(format_param) or [MediaRange("", {}, 1.0)]
+        ranges = parse_accept(format_param)  # one format; a list ("json,xml") is not one
+        wanted = ranges[0] if len(ranges) == 1 else MediaRange("", {}, 1.0)
         if wanted.mime not in _FORMAT_ALIASES | answers or not _version_ok(wanted.params):
             raise NotAcceptable(
                 f"_format {format_param!r} is not served: this server answers FHIR R4 JSON only "

@@ -78,6 +78,8 @@ def test_read_with_if_none_match_of_the_current_version_is_304(client: ApiClient
         ({}, "?_format=application/fhir%2Bxml"),
         ({"Accept": "application/fhir+json; fhirVersion=3.0"}, ""),
         ({}, "?_format=application/fhir%2Bjson;fhirVersion=5.0"),
+        ({}, "?_format=json,xml"),  # found by the fuzz run: a list once raised (500)
+        ({}, "?_format="),
     ],
 )
 def test_other_formats_and_fhir_versions_get_406(

@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
+# pytest-xdist workers for `make test` (auto: one per CPU). Each worker is its own pytest session, with
+# its own databases, Redis keys and servers (tests/conftest.py says how).
+TEST_WORKERS ?= auto
 
 .PHONY: help demo test lint bench clean
 
@@ -23,12 +26,12 @@ tests/fhirjs/node_modules/.package-lock.json: tests/fhirjs/package-lock.json
 	@if command -v npm >/dev/null; then cd tests/fhirjs && npm ci --no-audit --no-fund --loglevel=error; \
 	else echo "npm not found: the FHIR.js response checks will be skipped"; fi
 
-test: $(BIN)/dho-share tests/fhirjs/node_modules/.package-lock.json  ## lint, type-check and run every test on SQLite and PostgreSQL
+test: $(BIN)/dho-share tests/fhirjs/node_modules/.package-lock.json  ## lint, type-check and run every test on SQLite and PostgreSQL, in parallel
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal --durations=10
 
 lint: $(BIN)/dho-share  ## ruff, mypy and the import contracts only
 	$(BIN)/ruff check .

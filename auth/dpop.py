@@ -36,9 +36,11 @@ import hmac
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
@@ -231,12 +233,22 @@ def _proof_key(jwk: Any, alg: str) -> ECKey | OKPKey | RSAKey:
             # Before import: joserfc only warns about short RSA keys.
             if rsa_modulus_bits(jwk) < MIN_RSA_BITS:
                 raise InvalidDPoPProof("RSA jwk shorter than 2048 bits")
-            return RSAKey.import_key(jwk)
-        if jwk.get("crv") != ALG_CRV.get(alg):
+        elif jwk.get("crv") != ALG_CRV.get(alg):
             raise InvalidDPoPProof("jwk curve does not match alg")
-        return ECKey.import_key(jwk) if kty == "EC" else OKPKey.import_key(jwk)
+        return _imported_key(kty, orjson.dumps(jwk, option=orjson.OPT_SORT_KEYS))
     except (JoseError, JoseFormatError, ValueError, TypeError) as err:
         raise InvalidDPoPProof("jwk malformed") from err
+
+
+@lru_cache(maxsize=4096)
+def _imported_key(kty: str, jwk: bytes) -> ECKey | OKPKey | RSAKey:
+    """The imported public key for one exact JWK (canonical JSON): a client proves with the same key
+    on every request, and importing it costs more than verifying the signature (issue 12). Keyed by
+    every member of the JWK, so a different key is never served; failures are not cached."""
+    members = orjson.loads(jwk)
+    if kty == "RSA":
+        return RSAKey.import_key(members)
+    return ECKey.import_key(members) if kty == "EC" else OKPKey.import_key(members)
 
 
 def _string_claim(claims: Mapping[str, Any], name: str) -> str:

@@ -15,14 +15,20 @@ DPoP proof, whose ``jti`` is claimed last so an invalid request never burns it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from auth._jose import JoseFormatError, split_compact
 from auth.caller import Caller, caller_from_claims
 from auth.dpop import DPOP_ALGS, single_proof, verify_proof
 from auth.errors import InvalidRequest, InvalidToken
 from auth.replay import NoncePolicy, ReplayCache
-from auth.tokens import MAX_TOKEN_BYTES, MAX_TOKEN_HEADER_BYTES, KeyLookup, TokenPolicy, verify_access_token
+from auth.tokens import (
+    MAX_TOKEN_BYTES,
+    MAX_TOKEN_HEADER_BYTES,
+    KeyLookup,
+    TokenPolicy,
+    VerifiedTokenCache,
+)
 
 IssuerLookup = Callable[[str], tuple[TokenPolicy, KeyLookup] | None]
 """``iss`` (unverified) -> the policy and keys to verify with. ``iss`` only chooses; the signature decides."""
@@ -38,6 +44,9 @@ class ResourceGuard:
     clock: Callable[[], float]
     nonce: NoncePolicy | None = None
     dpop_algs: tuple[str, ...] = DPOP_ALGS
+    verified_tokens: VerifiedTokenCache = field(default_factory=VerifiedTokenCache, compare=False)
+    """Tokens already verified (signature, claims) until they expire; revocation and the proof are
+    checked on every request regardless."""
 
     def authenticate(
         self, *, authorization: Sequence[str], dpop: Sequence[str], method: str, url: str
@@ -57,7 +66,7 @@ class ResourceGuard:
             raise InvalidToken("the access token is not from a trusted issuer")
         policy, keys = selected
         now = self.clock()
-        verified = verify_access_token(token, policy=policy, keys=keys, now=now)
+        verified = self.verified_tokens.verify(token, policy=policy, keys=keys, now=now)
         if self.is_revoked(verified.jti):
             raise InvalidToken("the access token has been revoked")
         verify_proof(

@@ -62,8 +62,25 @@ observation_tokens = Table(
     Column("param", String(16), nullable=False),  # "code" | "category"
     Column("system", String(256), nullable=False),
     Column("code", String(256), nullable=False),
+    # Copies of the observation's patient and effective time (migration 0004): a search for one
+    # patient, one code and a period is one range scan of ``ix_observation_tokens_patient`` (the
+    # end bound is checked inside the index), then a primary-key lookup per hit.
+    Column("patient_system", String(64), nullable=False),
+    Column("patient_value", String(64), nullable=False),
+    Column("effective_start", BigInteger, nullable=False),
+    Column("effective_end", BigInteger, nullable=False),
     PrimaryKeyConstraint("tenant", "observation_id", "param", "system", "code"),
-    Index("ix_observation_tokens_code", "tenant", "param", "code", "system"),
+    Index(
+        "ix_observation_tokens_patient",
+        "tenant",
+        "patient_value",
+        "param",
+        "code",
+        "system",
+        "effective_start",
+        "effective_end",
+        "observation_id",
+    ),
 )
 
 observation_identifiers = Table(

@@ -1,14 +1,14 @@
 """Tenants may allow measurement codes outside the vital-sign table (``tenants.allow_unknown_codes``).
 
 Revision ID: 0004_fhir_write
-Revises: 0004_audit_store (chained after main's migration when merging)
+Revises: 0004_perf (chained after main's migrations when merging)
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_fhir_write"
-down_revision = "0004_audit_store"
+down_revision = "0004_perf"
 branch_labels = None
 depends_on = None
 

@@ -153,7 +153,7 @@ def build_services(settings: Settings) -> Services:
     return Services(
         settings=settings,
         engine=engine,
-        tenants=TenantDirectory(engine),
+        tenants=TenantDirectory(engine, clock_skew_seconds=settings.clock_skew),
         observations=observations,
         sessions=sessions,
         publisher=Publisher(observations, max_entries=settings.max_bundle_entries),
@@ -207,7 +207,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.errorhandler(FhirError)
     def _fhir_error(exc: FhirError) -> Response:
         # Every refusal of access (authentication, authorisation, rate limit) is audited (AUD-02).
-        refusal = isinstance(exc, AccessRefused) or exc.status in (401, 403, 429)
+        refusal = isinstance(exc, AccessRefused) or exc.status in (401, 403, 429) or exc.audited
         if refusal and not isinstance(exc, ServiceUnavailable) and exc.status != 503:
             try:
                 record_refusal(exc)

@@ -61,13 +61,18 @@ def tenants() -> None:
 @click.argument("orgnr")
 @click.option("--name", required=True, help="The organisation's name")
 @click.option("--resh", multiple=True, help="A RESH id that belongs to this controller (repeatable)")
-def tenants_add(orgnr: str, name: str, resh: tuple[str, ...]) -> None:
+@click.option(
+    "--allow-unknown-codes",
+    is_flag=True,
+    help="Store measurement codes outside the vital-sign table (their units must still be valid UCUM)",
+)
+def tenants_add(orgnr: str, name: str, resh: tuple[str, ...], allow_unknown_codes: bool) -> None:
     """Serve ORGNR's data under /ORGNR/fhir."""
     from sharing_api.store.tenants import TenantDirectory
 
     try:
         new = TenantDirectory(make_engine(_settings().database_url)).add(
-            orgnr, name, resh_ids=frozenset(resh)
+            orgnr, name, resh_ids=frozenset(resh), allow_unknown_codes=allow_unknown_codes
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="ORGNR") from exc

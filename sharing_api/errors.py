@@ -7,6 +7,8 @@
     ├── UnprocessableResource      (422 processing)    valid FHIR that breaks a business rule
     ├── InvalidSearch              (400 invalid)       bad search parameter or cursor
     ├── PiiInUrl                   (400 security)      a national identity number in a GET URL
+    ├── SecurityLabelRefused       (400 security)      a client-sent meta.security / server-owned tag
+    ├── NotAcceptable              (406 not-supported) a format or FHIR version we do not serve
     ├── Forbidden                  (403 forbidden)
     ├── NotFound                   (404 not-found)
     ├── Gone                       (410 deleted)
@@ -58,6 +60,8 @@ class FhirError(Exception):
 
     status: ClassVar[int] = 500
     code: ClassVar[str] = "exception"
+    audited: ClassVar[bool] = False
+    """Recorded in the tenant's audit log as a refused request (an attempt worth an auditor's eye)."""
 
     def __init__(self, diagnostics: str, expression: str | None = None, *, issues: list[Issue] | None = None):
         super().__init__(diagnostics)
@@ -86,6 +90,19 @@ class InvalidSearch(FhirError):
 class PiiInUrl(FhirError):
     status = 400
     code = "security"
+
+
+class SecurityLabelRefused(FhirError):
+    """A client tried to set what only the server sets (security labels); audited as a refusal."""
+
+    status = 400
+    code = "security"
+    audited = True
+
+
+class NotAcceptable(FhirError):
+    status = 406
+    code = "not-supported"
 
 
 class Forbidden(FhirError):

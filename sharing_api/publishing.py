@@ -22,7 +22,7 @@ import orjson
 from sqlalchemy import Connection
 
 from sharing_api.errors import Conflict, FhirError, InvalidResource, Issue, PreconditionFailed
-from sharing_api.fhir.bundles import Entry, parse_bundle, response_entry
+from sharing_api.fhir.bundles import Entry, parse_bundle, response_bundle, response_entry
 from sharing_api.fhir.dates import format_instant
 from sharing_api.fhir.search import parse_search
 from sharing_api.fhir.validation import ValidObservation, validate_observation
@@ -209,7 +209,7 @@ class Publisher:
             audit(conn, written)
         failed = iter(out)
         ordered = [results[e.index] if e.index in results else next(failed) for e in entries]
-        return {"resourceType": "Bundle", "type": "batch-response", "entry": ordered}
+        return response_bundle("batch-response", ordered)
 
     def _transaction(
         self, tenant: TenantRecord, entries: list[Entry], base: str, audit: WriteAudit
@@ -252,7 +252,7 @@ class Publisher:
                 written.append((v, stored))
                 out.append(self._response(entry, base, stored))
             audit(conn, written)
-        return {"resourceType": "Bundle", "type": "transaction-response", "entry": out}
+        return response_bundle("transaction-response", out)
 
     def _response(self, entry: Entry, base: str, stored: Stored) -> dict[str, Any]:
         return response_entry(

@@ -182,7 +182,8 @@ def searchset(
     head: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if total is not None:
         head["total"] = total
-    head["link"] = links
+    if links:  # FHIR JSON has no empty arrays (R4 §2.6.2): no links, no element
+        head["link"] = links
     parts = []
     for n, data in enumerate(resources):
         obs_id = ids[n] if ids is not None else _id_of(data)
@@ -193,6 +194,8 @@ def searchset(
             + data
             + b',"search":{"mode":"match"}}'
         )
+    if not parts:
+        return orjson.dumps(head)
     return orjson.dumps(head)[:-1] + b',"entry":[' + b",".join(parts) + b"]}"
 
 

@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
     max_bundle_entries: int = Field(default=1000, ge=1)
     max_json_depth: int = Field(default=32, ge=4)
+    clock_skew: int = Field(
+        default=300,
+        ge=0,
+        le=86400,
+        description="Seconds an effective time may lie in the future (device clocks)",
+    )
     default_page_size: int = Field(default=50, ge=1)
     max_page_size: int = Field(default=500, ge=1)
     search_session_ttl: int = Field(default=900, ge=10, description="Seconds a paging cursor stays valid")

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from sharing_api.errors import InvalidResource, Issue
 
 PMD_ENTRY_ID_EXTENSION = (
@@ -126,3 +128,31 @@ def response_entry(
     if outcome:
         response["outcome"] = outcome
     return {"fullUrl": full_url, "response": response}
+
+
+def response_bundle(kind: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """A ``batch-response``/``transaction-response`` Bundle; no ``entry`` element when there are none
+    (FHIR JSON has no empty arrays, R4 §2.6.2)."""
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": kind}
+    if entries:
+        bundle["entry"] = entries
+    return bundle
+
+
+def history_entry(base: str, obs_id: str, version: int, last_modified: str) -> bytes:
+    """The JSON of one history entry up to (not including) its resource: ``fullUrl``, the ``request``
+    that made the version and the ``response`` it got (bdl-3, bdl-4: both are mandatory in history).
+    Version 1 was a create (POST), every later one an update (PUT) of that id."""
+    request = (
+        {"method": "POST", "url": "Observation"}
+        if version == 1
+        else {"method": "PUT", "url": f"Observation/{obs_id}"}
+    )
+    response = {
+        "status": _STATUS_TEXT[201 if version == 1 else 200],
+        "etag": f'W/"{version}"',
+        "lastModified": last_modified,
+    }
+    return orjson.dumps(
+        {"fullUrl": f"{base}/Observation/{obs_id}", "request": request, "response": response}
+    )[:-1]

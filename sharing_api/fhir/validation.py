@@ -9,20 +9,27 @@ resource are reported together.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from fhir.resources.R4B.observation import Observation
 from pydantic import ValidationError
 
-from sharing_api.errors import InvalidResource, Issue
+from sharing_api.errors import InvalidResource, Issue, SecurityLabelRefused
 from sharing_api.fhir import identifiers as ids
 from sharing_api.fhir import vitals
 from sharing_api.fhir.dates import OPEN_END, DateFormatError, parse_range
 
 PUBLISHABLE_STATUSES = frozenset(
-    {"registered", "preliminary", "final", "amended", "corrected", "cancelled", "entered-in-error"}
+    {"registered", "preliminary", "final", "amended", "corrected", "cancelled", "entered-in-error", "unknown"}
 )
+"""R4's required binding ``observation-status``, all of it. ``unknown`` is allowed: no VKP profile
+constrains ``status`` (``../shared/reference/vkpobservation/fsh/profiles/VkpObservation.fsh`` lines 1-50
+set subject, performer and code.coding rules and no ``* status`` rule; nor does any other profile there)."""
+SERVER_TAG_SYSTEMS = ("http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "urn:dho-share:")
+"""``meta.tag`` systems only the server writes (``SUBSETTED`` marks a partial copy, FHIR R4 §3.1.1.5.9;
+``urn:dho-share:`` is ours). A client claiming one is refused, like any ``meta.security``."""
 _UNSAFE_NARRATIVE = re.compile(r"<\s*(script|iframe|object|embed|style|form)|\son\w+\s*=|javascript:", re.I)
 
 
@@ -32,6 +39,10 @@ class Tenant:
 
     orgnr: str
     resh_ids: frozenset[str] = frozenset()
+    allow_unknown_codes: bool = False
+    """Codes outside :data:`vitals.MEASUREMENT_TYPES` are stored (their unit must still be UCUM)."""
+    clock_skew_seconds: int = 300
+    """How far in the future an effective time may lie (clocks of measuring devices drift)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,12 +223,15 @@ def _check_value(resource: dict[str, Any], mt: vitals.MeasurementType | None, is
         _check_quantity(
             resource["valueQuantity"], mt, None, mt.ranges if mt else (), "Observation.valueQuantity", issues
         )
+        if mt is None:
+            _check_ucum(resource["valueQuantity"], "Observation.valueQuantity", issues)
     if mt is None or not mt.components:
         for i, comp in enumerate(components):
             if isinstance(comp, dict) and "valueQuantity" in comp:
-                _check_quantity(
-                    comp["valueQuantity"], None, None, (), f"Observation.component[{i}].valueQuantity", issues
-                )
+                path = f"Observation.component[{i}].valueQuantity"
+                _check_quantity(comp["valueQuantity"], None, None, (), path, issues)
+                if mt is None:
+                    _check_ucum(comp["valueQuantity"], path, issues)
         return
     for i, comp in enumerate(components):
         if not isinstance(comp, dict):
@@ -228,6 +242,38 @@ def _check_value(resource: dict[str, Any], mt: vitals.MeasurementType | None, is
             _check_quantity(
                 comp["valueQuantity"], mt, rng, (), f"Observation.component[{i}].valueQuantity", issues
             )
+
+
+def _check_ucum(quantity: Any, path: str, issues: list[Issue]) -> None:
+    """A quantity of an unknown code (tenant allows those) still needs a valid UCUM unit."""
+    if not isinstance(quantity, dict):
+        return
+    code = quantity.get("code")
+    if quantity.get("system") != vitals.UCUM or not isinstance(code, str):
+        issues.append(Issue("the value needs a UCUM unit in system and code", f"{path}.code"))
+    elif not vitals.is_ucum(code):
+        issues.append(Issue(f"unit {code[:64]!r} is not a valid UCUM code", f"{path}.code"))
+
+
+def _check_future(
+    effective: tuple[int, int], resource: dict[str, Any], tenant: Tenant, now: int
+) -> list[Issue]:
+    """A measurement cannot have been taken later than now, give or take the allowed clock skew."""
+    latest = now + tenant.clock_skew_seconds * 1_000_000
+    start, end = effective
+    if not start or start <= latest:
+        period = resource.get("effectivePeriod")
+        if isinstance(period, dict) and "end" in period and end > latest + 1:
+            return [Issue("effectivePeriod ends in the future", "Observation.effectivePeriod.end")]
+        return []
+    key = next((k for k in ("effectiveDateTime", "effectiveInstant", "effectivePeriod") if k in resource), "")
+    where = f"Observation.{key}" + (".start" if key == "effectivePeriod" else "")
+    return [
+        Issue(
+            f"the time of measurement lies in the future (more than {tenant.clock_skew_seconds} s ahead)",
+            where,
+        )
+    ]
 
 
 def _check_narrative(resource: dict[str, Any], issues: list[Issue]) -> None:
@@ -269,16 +315,43 @@ def _effective(resource: dict[str, Any], issues: list[Issue]) -> tuple[int, int]
     return (0, 0)
 
 
-def validate_observation(resource: Any, tenant: Tenant, *, path: str = "Observation") -> ValidObservation:
+def refuse_server_labels(resource: Any, path: str) -> None:
+    """Refuse security labels and server-owned tags sent by a client (FHIR R4 §3.1.1.5: ``meta.security``
+    labels are the server's to assign); raise :class:`SecurityLabelRefused` naming the element.
+
+    Refused rather than overwritten: a publisher that labels data believes the label protects it, and it
+    would not; the attempt is audited by the API (``FhirError.audited``).
+    """
+    meta = resource.get("meta") if isinstance(resource, dict) else None
+    if not isinstance(meta, dict):
+        return
+    if "security" in meta:
+        raise SecurityLabelRefused(
+            "meta.security is set by the server only; send the resource without security labels",
+            f"{path}.meta.security",
+        )
+    for i, tag in enumerate(meta.get("tag") or () if isinstance(meta.get("tag"), list) else ()):
+        system = tag.get("system") if isinstance(tag, dict) else None
+        if isinstance(system, str) and system.startswith(SERVER_TAG_SYSTEMS):
+            raise SecurityLabelRefused(
+                f"meta.tag system {system!r} is the server's own; leave it out", f"{path}.meta.tag[{i}]"
+            )
+
+
+def validate_observation(
+    resource: Any, tenant: Tenant, *, path: str = "Observation", now: int | None = None
+) -> ValidObservation:
     """Validate one inbound Observation for ``tenant``; raise ``InvalidResource`` naming every problem.
 
-    ``path`` prefixes expressions when the Observation sits inside a Bundle (``Bundle.entry[3].resource``).
+    ``path`` prefixes expressions when the Observation sits inside a Bundle (``Bundle.entry[3].resource``);
+    ``now`` (microseconds since the epoch, default the wall clock) bounds the effective time.
     """
     if not isinstance(resource, dict) or resource.get("resourceType") != "Observation":
         raise InvalidResource(
             "expected an Observation resource",
             f"{path}.resourceType" if path != "Observation" else "Observation",
         )
+    refuse_server_labels(resource, path)
     issues = _structure_issues(resource)
     patient = _check_subject(resource, issues)
     _check_performers(resource, tenant, issues)
@@ -288,6 +361,15 @@ def validate_observation(resource: Any, tenant: Tenant, *, path: str = "Observat
             Issue("Observation.code needs a coding from LOINC, SNOMED CT or NPU", "Observation.code.coding")
         )
     mt = vitals.measurement_type(codes)
+    if mt is None and codes and not tenant.allow_unknown_codes:
+        known = ", ".join(sorted(m.kind for m in vitals.MEASUREMENT_TYPES))
+        issues.append(
+            Issue(
+                f"Observation.code is not a measurement this service knows ({known}); the data "
+                "controller can allow other codes (dho-share tenants add --allow-unknown-codes)",
+                "Observation.code",
+            )
+        )
     categories: list[tuple[str, str]] = []
     for i, cat in enumerate(resource.get("category") or []):
         categories += _codings(cat, f"Observation.category[{i}]", issues)
@@ -301,6 +383,7 @@ def validate_observation(resource: Any, tenant: Tenant, *, path: str = "Observat
             Issue(f"status must be one of {', '.join(sorted(PUBLISHABLE_STATUSES))}", "Observation.status")
         )
     effective = _effective(resource, issues)
+    issues += _check_future(effective, resource, tenant, time.time_ns() // 1000 if now is None else now)
     _check_value(resource, mt, issues)
     _check_narrative(resource, issues)
     identifiers = []

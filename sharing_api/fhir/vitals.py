@@ -1,13 +1,28 @@
-"""The measurement types of domain.md ("Measurements") with their codes, UCUM units and plausible ranges.
+"""The measurement types with their codes, UCUM units and plausible ranges.
+
+The table is domain.md ("Measurements"), completed from the reference material, nothing invented:
+
+* LOINC 59408-5 (oxygen saturation by pulse oximetry) beside 2708-6: the parent of VkpObservationOxygensat
+  is HL7's ``oxygensat`` vital-signs profile (``vkpobservation/fsh/profiles/VkpObservationOxygensat.fsh``
+  line 2), whose R4 example (``observation-example-satO2``) codes a pulse-oximetry reading with both.
+* Body height (LOINC 8302-2, ``cm``) and body mass index (LOINC 39156-5, ``kg/m2``): the VKP IG's own
+  examples ``body-height-create.json`` and ``body-mass-index-create.json``; head circumference (9843-4)
+  completes FHIR R4's ``observation-vitalsignresult`` value set, which lists every code above.
 
 A measurement type is recognised from any of its codings (LOINC, SNOMED CT or NPU); once recognised,
 the value must carry the type's UCUM unit and lie in a physiologically plausible range. The ``kind`` is
-stored with every observation and groups ``$lastn`` across code systems.
+stored with every observation and groups ``$lastn`` across code systems. A code outside the table is
+refused unless the tenant allows unknown codes; then its unit must still be valid UCUM (:func:`is_ucum`,
+the ``ucumvert`` grammar of the UCUM specification).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from ucumvert import get_ucum_parser
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
@@ -59,7 +74,9 @@ MEASUREMENT_TYPES: tuple[MeasurementType, ...] = (
         ),
     ),
     MeasurementType(
-        "oxygen-saturation", _codes((LOINC, "2708-6"), (SNOMED, "431314004")), (Range("%", 0, 100),)
+        "oxygen-saturation",
+        _codes((LOINC, "2708-6"), (LOINC, "59408-5"), (SNOMED, "431314004")),
+        (Range("%", 0, 100),),
     ),
     MeasurementType(
         "blood-glucose",
@@ -77,6 +94,9 @@ MEASUREMENT_TYPES: tuple[MeasurementType, ...] = (
     MeasurementType(
         "respiratory-rate", _codes((LOINC, "9279-1"), (SNOMED, "86290005")), (Range("/min", 1, 100),)
     ),
+    MeasurementType("body-height", _codes((LOINC, "8302-2")), (Range("cm", 20, 300), Range("m", 0.2, 3))),
+    MeasurementType("body-mass-index", _codes((LOINC, "39156-5")), (Range("kg/m2", 5, 150),)),
+    MeasurementType("head-circumference", _codes((LOINC, "9843-4")), (Range("cm", 10, 100),)),
     MeasurementType("news2", _codes((SNOMED, "1104051000000101")), score=True),
     MeasurementType("clinical-frailty", _codes((SNOMED, "763264000")), score=True),
     MeasurementType("consciousness", _codes((SNOMED, "1104441000000107")), score=True),
@@ -111,3 +131,20 @@ def measurement_type(codings: list[tuple[str, str]]) -> MeasurementType | None:
         if mt is not None:
             return mt
     return None
+
+
+@cache
+def _ucum_parser() -> Any:
+    return get_ucum_parser()
+
+
+@cache
+def is_ucum(code: str) -> bool:
+    """``code`` is a valid UCUM expression (The Unified Code for Units of Measure, c/s grammar)."""
+    if not code or len(code) > 64 or not code.isascii():
+        return False
+    try:
+        _ucum_parser().parse(code)
+    except Exception:  # lark's UnexpectedInput family: not a UCUM expression
+        return False
+    return True

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
@@ -351,11 +352,20 @@ def audit_export() -> Response:
     log.drain(orgnr)
     start = _int_arg("from", 0)
     end = request.args.get("to")
-    stop = whole_number("to", end) if end else None
+    stop = whole_number("to", end) if end is not None else None
+    head = log.head(orgnr)
+    size = head.size if head is not None else 0
+    if start > size:  # beyond the head is a bad request, not a corrupt log (LogCorrupted, a 500)
+        raise InvalidSearch(f"from: the log holds {size} entries", "from")
     audit(AuditAction.AUDIT_EXPORT, patient=None)
     lines: Iterator[bytes] = log.export(orgnr, start, stop)
+    try:  # the range is checked when the export starts: a bad one is a 400, not a broken stream
+        first = next(lines)
+    except ValueError as exc:
+        raise InvalidSearch(f"from/to: {exc}", "from") from exc
     return Response(
-        (line if line.endswith(b"\n") else line + b"\n" for line in lines), mimetype="application/x-ndjson"
+        (line if line.endswith(b"\n") else line + b"\n" for line in itertools.chain([first], lines)),
+        mimetype="application/x-ndjson",
     )
 
 
@@ -376,9 +386,23 @@ def audit_checkpoint() -> Response:
     )
 
 
+def _log_size() -> int:
+    """How many entries the tenant's tree holds now: a proof beyond it is a bad request (400), which
+    the log itself would report as corruption (``LogCorrupted``, a 500)."""
+    head = services().audit_log.head(tenant().orgnr)
+    return head.size if head is not None else 0
+
+
+def _within_log(value: int, name: str) -> int:
+    size = _log_size()
+    if value > size:
+        raise InvalidSearch(f"{name}: the log holds {size} entries", name)
+    return value
+
+
 @bp.get("/AuditEvent/$inclusion-proof")
 def audit_inclusion() -> Response:
-    index, size = _int_arg("index"), _int_arg("size")
+    index, size = _int_arg("index"), _within_log(_int_arg("size"), "size")
     try:
         proof = services().audit_log.inclusion_proof(tenant().orgnr, index, size)
     except ValueError as exc:
@@ -388,7 +412,7 @@ def audit_inclusion() -> Response:
 
 @bp.get("/AuditEvent/$consistency-proof")
 def audit_consistency() -> Response:
-    old, new = _int_arg("old"), _int_arg("new")
+    old, new = _int_arg("old"), _within_log(_int_arg("new"), "new")
     try:
         proof = services().audit_log.consistency_proof(tenant().orgnr, old, new)
     except ValueError as exc:

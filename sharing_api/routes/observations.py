@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from flask import Blueprint, Response, g, request
 from sqlalchemy import Connection
 
@@ -10,12 +13,23 @@ from auth.errors import AuthError, InvalidAuthorizationDetails
 from consent.policy import Reason
 from sharing_api.access import version_visible
 from sharing_api.audit.actions import AuditAction
-from sharing_api.errors import Forbidden, InvalidResource, InvalidSearch, NotFound, UnsupportedMediaType
+from sharing_api.errors import (
+    Forbidden,
+    InvalidResource,
+    InvalidSearch,
+    Issue,
+    NotFound,
+    UnsupportedMediaType,
+    operation_outcome,
+)
 from sharing_api.fhir.body import JSON_TYPES
+from sharing_api.fhir.bundles import history_entry
+from sharing_api.fhir.capabilities import DECLARED
 from sharing_api.fhir.dates import format_instant
+from sharing_api.fhir.formats import JSON_RANGES, NDJSON_RANGES, check_content_version, negotiate
 from sharing_api.fhir.search import SearchQuery, Token, check_limits, read_subsetting, refuse_pii_in_url
 from sharing_api.fhir.subsetting import subset
-from sharing_api.fhir.validation import ValidObservation
+from sharing_api.fhir.validation import ValidObservation, refuse_server_labels
 from sharing_api.matching import NOBODY, MatchBinding, PatientMatches
 from sharing_api.publishing import WriteAudit
 from sharing_api.routes.common import (
@@ -88,6 +102,20 @@ bp.before_request(search_input)
 bp.before_request(protect)
 
 
+def _negotiate() -> None:
+    """JSON (FHIR R4) only: another ``_format``, ``Accept`` or ``fhirVersion`` is refused (406/415)."""
+    declared = DECLARED.get(request.endpoint or "")
+    answers = NDJSON_RANGES if declared is not None and declared.answer == "ndjson" else JSON_RANGES
+    fmt = request.args.get("_format")
+    if fmt is None and request.mimetype == "application/x-www-form-urlencoded":
+        fmt = request.form.get("_format")
+    negotiate(request.headers.get("Accept"), fmt, answers=answers)
+    check_content_version(request.headers.get("Content-Type"))
+
+
+bp.before_request(_negotiate)
+
+
 def _attested_patient() -> tuple[str, str]:
     """The (system, value) of the one patient the caller's attestation is for; 403 without one."""
     who = caller()
@@ -157,14 +185,65 @@ def _headers(stored: Stored, *, location: bool = False) -> dict[str, str]:
     return headers
 
 
+_ETAG = re.compile(r'(?:W/)?"?([0-9]{1,18})"?')
+
+
 def _if_match() -> int | None:
+    """The version in ``If-Match`` (``W/"3"``); ASCII digits only, anything else is 400, never 500."""
     raw = request.headers.get("If-Match")
     if raw is None:
         return None
-    digits = raw.removeprefix("W/").strip('"')
-    if not digits.isdigit():
+    found = _ETAG.fullmatch(raw.strip())
+    if found is None:
         raise InvalidResource('If-Match must be an ETag such as W/"3"', "If-Match")
-    return int(digits)
+    return int(found.group(1))
+
+
+def _refuse_labels(body: Any) -> None:
+    """Security labels are the server's: refuse them before anything else (audited, see errors.py)."""
+    if isinstance(body, dict) and body.get("resourceType") == "Bundle":
+        for i, entry in enumerate(body.get("entry") or () if isinstance(body.get("entry"), list) else ()):
+            if isinstance(entry, dict):
+                refuse_server_labels(entry.get("resource"), f"Bundle.entry[{i}].resource")
+        return
+    refuse_server_labels(body, "Observation")
+
+
+def _put_body(obs_id: str) -> Any:
+    """The body of a PUT, which must carry the id of the URL (FHIR R4 §3.1.0.4 "update")."""
+    body = json_body()
+    _refuse_labels(body)
+    if isinstance(body, dict):
+        if "id" not in body:
+            raise InvalidResource("an update must carry the resource id of the URL", "Observation.id")
+        if body["id"] != obs_id:
+            raise InvalidResource("the resource id must match the id in the URL", "Observation.id")
+    return body
+
+
+_RETURNS = ("minimal", "representation", "OperationOutcome")
+
+
+def _written(stored: Stored, status: int) -> Response:
+    """A create/update answer as ``Prefer: return=`` asks (FHIR R4 §3.1.0.8.2): the resource (default),
+    nothing, or an OperationOutcome; an unknown ``return`` value is refused, naming ``Prefer``."""
+    wanted = "representation"
+    for part in request.headers.get("Prefer", "").split(","):
+        key, _, value = part.strip().partition("=")
+        if key.strip() == "return":
+            wanted = value.strip().strip('"')
+    headers = _headers(stored, location=True)
+    if wanted == "representation":
+        return fhir_response(stored.data, status, headers)
+    if wanted == "minimal":
+        return Response(b"", status=status, headers=headers)
+    if wanted == "OperationOutcome":
+        done = "created" if status == 201 else "stored"
+        said = f"Observation/{stored.id} {done}, version {stored.version_id}"
+        return fhir_response(
+            operation_outcome([Issue(said, None, "informational", "information")]), status, headers
+        )
+    raise InvalidResource(f"Prefer: return must be one of {', '.join(_RETURNS)}", "Prefer")
 
 
 def match_binding() -> MatchBinding:
@@ -208,13 +287,15 @@ def _read_result(action: AuditAction, result: SearchResult) -> Response:
 
 @bp.post("/Observation")
 def create() -> Response:
+    body = json_body()
+    _refuse_labels(body)
     stored = services().publisher.create(
         tenant(),
-        json_body(),
+        body,
         if_none_exist=request.headers.get("If-None-Exist"),
         audit=_write_audit(AuditAction.OBSERVATION_CREATE),
     )
-    return fhir_response(stored.data, 201 if stored.created else 200, _headers(stored, location=True))
+    return _written(stored, 201 if stored.created else 200)
 
 
 @bp.get("/Observation/<obs_id>")
@@ -222,7 +303,20 @@ def read(obs_id: str) -> Response:
     summary, elements = read_subsetting(list(request.args.items(multi=True)))
     stored, _ = _readable(obs_id)
     audit(AuditAction.OBSERVATION_READ, patient=stored.patient, resources=[f"Observation/{obs_id}"])
-    return fhir_response(subset(stored.data, summary, elements), headers=_headers(stored))
+    headers = _headers(stored)
+    if _none_match(headers["ETag"]):
+        return Response(b"", status=304, headers=headers)
+    return fhir_response(subset(stored.data, summary, elements), headers=headers)
+
+
+def _none_match(etag: str) -> bool:
+    """``If-None-Match`` names the current version (or ``*``): the client's copy is current (RFC 9110
+    §13.1.2, weak comparison), so the read answers 304 without a body."""
+    given = request.headers.get("If-None-Match")
+    if given is None:
+        return False
+    tags = {t.strip() for t in given.split(",")}
+    return "*" in tags or etag in tags or etag.removeprefix("W/") in tags
 
 
 @bp.put("/Observation/<obs_id>")
@@ -230,11 +324,11 @@ def update(obs_id: str) -> Response:
     stored = services().publisher.update(
         tenant(),
         obs_id,
-        json_body(),
+        _put_body(obs_id),
         if_match=_if_match(),
         audit=_write_audit(AuditAction.OBSERVATION_UPDATE),
     )
-    return fhir_response(stored.data, headers=_headers(stored, location=True))
+    return _written(stored, 200)
 
 
 @bp.get("/Observation/<obs_id>/_history")
@@ -245,7 +339,10 @@ def history(obs_id: str) -> Response:
     ]
     base = tenant_base()
     entries = [
-        b'{"fullUrl":"' + f"{base}/Observation/{v.id}".encode() + b'","resource":' + v.data + b"}"
+        history_entry(base, v.id, v.version_id, format_instant(v.last_updated))
+        + b',"resource":'
+        + v.data
+        + b"}"
         for v in versions
     ]
     head = b'{"resourceType":"Bundle","type":"history","total":' + str(len(versions)).encode()
@@ -254,6 +351,8 @@ def history(obs_id: str) -> Response:
         patient=current.patient,
         resources=[f"Observation/{obs_id}/_history/{v.version_id}" for v in versions],
     )
+    if not entries:  # no empty arrays in FHIR JSON
+        return fhir_response(head + b"}")
     return fhir_response(head + b',"entry":[' + b",".join(entries) + b"]}")
 
 
@@ -309,6 +408,7 @@ def lastn() -> Response:
 @bp.post("")
 def bundle() -> Response:
     body = json_body()
+    _refuse_labels(body)
     action = (
         AuditAction.BUNDLE_TRANSACTION
         if isinstance(body, dict) and body.get("type") == "transaction"

@@ -1,16 +1,25 @@
-"""Operational endpoints: liveness, readiness and the CapabilityStatement."""
+"""Operational endpoints: liveness, readiness, the CapabilityStatement and the OpenAPI document."""
 
 from __future__ import annotations
 
-from typing import Any
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 
 import redis
-from flask import Blueprint, Response
+from flask import Blueprint, Response, current_app
 from sqlalchemy import text
 
-from sharing_api.fhir.search import SORTS
-from sharing_api.routes.common import fhir_response, services, tenant_base
+from auth.server import TOKEN_PATH
+from sharing_api.fhir.capabilities import capability_statement, openapi_document
+from sharing_api.fhir.search import SEARCH_PARAMETERS
+from sharing_api.routes.audit_api import AUDIT_EVENT_SEARCH
+from sharing_api.routes.common import fhir_response, json_response, services, tenant_base
+from sharing_api.routes.guard import RULES
 from sharing_api.routes.observations import bp as observations_bp
+
+FHIR_PREFIX = "/<orgnr>/fhir"
+SEARCH_REGISTRY = {**SEARCH_PARAMETERS, "AuditEvent": AUDIT_EVENT_SEARCH}
+"""Every resource's search parameters: the search parser's registry and the audit API's own."""
 
 bp = Blueprint("system", __name__)
 
@@ -44,63 +53,47 @@ def readyz() -> Response:
     )
 
 
-def capability_statement(base: str) -> dict[str, Any]:
-    """What this server implements, and nothing more (kept in step by a test against the route map)."""
-    token_type = "token"  # noqa: S105 (the FHIR search-parameter type, not a secret)
-    return {
-        "resourceType": "CapabilityStatement",
-        "status": "active",
-        "date": "2026-11-25",
-        "kind": "instance",
-        "software": {"name": "dho-share", "version": "0.1.0"},
-        "implementation": {"description": "DHO measurement sharing API", "url": base},
-        "fhirVersion": "4.0.1",
-        "format": ["application/fhir+json"],
-        "rest": [
-            {
-                "mode": "server",
-                "resource": [
-                    {
-                        "type": "Observation",
-                        "supportedProfile": [
-                            "http://hl7.no/fhir/vkpobservation/StructureDefinition/vkp-Observation"
-                        ],
-                        "interaction": [
-                            {"code": c}
-                            for c in ("read", "vread", "update", "history-instance", "create", "search-type")
-                        ],
-                        "versioning": "versioned",
-                        "readHistory": True,
-                        "updateCreate": False,
-                        "conditionalCreate": True,
-                        "searchParam": [
-                            {"name": "patient.identifier", "type": token_type},
-                            {"name": "subject:identifier", "type": token_type},
-                            {"name": "code", "type": token_type},
-                            {"name": "category", "type": token_type},
-                            {"name": "identifier", "type": token_type},
-                            {"name": "status", "type": token_type},
-                            {"name": "date", "type": "date"},
-                            {"name": "_lastUpdated", "type": "date"},
-                            {"name": "_count", "type": "number"},
-                            {"name": "_sort", "type": "string", "documentation": ", ".join(SORTS)},
-                            {"name": "_summary", "type": token_type, "documentation": "count"},
-                            {"name": "_total", "type": token_type},
-                        ],
-                        "operation": [
-                            {
-                                "name": "lastn",
-                                "definition": "http://hl7.org/fhir/OperationDefinition/Observation-lastn",
-                            }
-                        ],
-                    }
-                ],
-                "interaction": [{"code": "batch"}, {"code": "transaction"}],
-            }
-        ],
-    }
+def fhir_routes() -> list[tuple[str, str, str]]:
+    """Every served ``(method, rule, endpoint)`` under ``/<orgnr>/fhir``, from the Flask route map."""
+    return sorted(
+        (method, rule.rule, rule.endpoint)
+        for rule in current_app.url_map.iter_rules()
+        if rule.rule.startswith(FHIR_PREFIX)
+        for method in rule.methods or ()
+        if method not in ("HEAD", "OPTIONS")
+    )
+
+
+def _version() -> str:
+    try:
+        return package_version("dho-share")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        return "0.0.0"
 
 
 @observations_bp.get("/metadata")
 def metadata() -> Response:
-    return fhir_response(capability_statement(tenant_base()))
+    """The CapabilityStatement, generated from the route map (FHIR R4 ``capabilities`` interaction)."""
+    statement = capability_statement(
+        fhir_routes(),
+        base=tenant_base(),
+        token_url=services().settings.issuer_url + TOKEN_PATH,
+        software_version=_version(),
+        registry=SEARCH_REGISTRY,
+    )
+    return fhir_response(statement)
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3.1 document of the FHIR routes, generated like the CapabilityStatement."""
+    settings = services().settings
+    document = openapi_document(
+        fhir_routes(),
+        server=settings.base_url,
+        token_url=settings.issuer_url + TOKEN_PATH,
+        scopes={endpoint: scope for endpoint, (scope, _) in RULES.items()},
+        software_version=_version(),
+        registry=SEARCH_REGISTRY,
+    )
+    return json_response(document)

@@ -32,6 +32,7 @@ tenants = Table(
     Column("created", BigInteger, nullable=False),
     Column("processors", Text, nullable=False, server_default=""),
     Column("emergency_override", Boolean, nullable=False, server_default="0"),
+    Column("allow_unknown_codes", Boolean, nullable=False, server_default="0"),
 )
 
 observations = Table(

@@ -23,17 +23,22 @@ class TenantRecord:
     """Org.nrs of processors (databehandlere) allowed to publish into this tenant."""
     emergency_override: bool = False
     """ETREAT/BTG may override a reservation (never a block): the controller's choice (domain.md)."""
+    allow_unknown_codes: bool = False
+    """Store codes outside the vital-sign table (units still UCUM): the controller's choice."""
+    clock_skew_seconds: int = 300
+    """How far ahead of now an effective time may lie (the deployment's ``DHO_CLOCK_SKEW``)."""
 
     @property
     def validation(self) -> Tenant:
-        return Tenant(self.orgnr, self.resh_ids)
+        return Tenant(self.orgnr, self.resh_ids, self.allow_unknown_codes, self.clock_skew_seconds)
 
 
 class TenantDirectory:
     """Tenant lookups, cached briefly so a request does not pay a query; ``add`` shows within seconds."""
 
-    def __init__(self, engine: Engine, ttl_seconds: float = 5.0):
+    def __init__(self, engine: Engine, ttl_seconds: float = 5.0, clock_skew_seconds: int = 300):
         self.engine = engine
+        self.clock_skew_seconds = clock_skew_seconds
         self.ttl = ttl_seconds
         self._cache: dict[str, TenantRecord] = {}
         self._loaded = 0.0
@@ -50,6 +55,8 @@ class TenantDirectory:
                 bool(r.opt_in),
                 frozenset(filter(None, r.processors.split(","))),
                 bool(r.emergency_override),
+                bool(r.allow_unknown_codes),
+                self.clock_skew_seconds,
             )
             for r in rows
         }
@@ -78,6 +85,7 @@ class TenantDirectory:
         opt_in: bool = False,
         processors: frozenset[str] = frozenset(),
         emergency_override: bool = False,
+        allow_unknown_codes: bool = False,
     ) -> bool:
         """Register or update a tenant; ``True`` when it was new."""
         for number in (orgnr, *processors):
@@ -91,6 +99,7 @@ class TenantDirectory:
             "opt_in": opt_in,
             "processors": ",".join(sorted(processors)),
             "emergency_override": emergency_override,
+            "allow_unknown_codes": allow_unknown_codes,
         }
         with self.engine.connect().execution_options(write=True) as conn, conn.begin():
             exists = conn.execute(select(tenants.c.orgnr).where(tenants.c.orgnr == orgnr)).first()

@@ -50,7 +50,7 @@ def test_correction_makes_a_new_version_and_keeps_the_old(client: ApiClient) -> 
     created = create(client, heart_rate(patient, value=80, identifier="hr-2")).get_json()
     corrected = heart_rate(patient, value=82, identifier="hr-2")
     corrected["status"] = "corrected"
-    response = client.put(f"{BASE}/Observation/{created['id']}", json=corrected)
+    response = client.put(f"{BASE}/Observation/{created['id']}", json={**corrected, "id": created["id"]})
     assert response.status_code == 200
     assert response.get_json()["meta"]["versionId"] == "2"
     assert response.headers["ETag"] == 'W/"2"'
@@ -66,7 +66,7 @@ def test_resending_the_same_correction_is_not_a_new_version(client: ApiClient) -
     obs = heart_rate(fnr(), identifier="hr-3")
     created = create(client, obs).get_json()
     for _ in range(2):
-        again = client.put(f"{BASE}/Observation/{created['id']}", json=obs)
+        again = client.put(f"{BASE}/Observation/{created['id']}", json={**obs, "id": created["id"]})
         assert again.status_code == 200
         assert again.get_json()["meta"]["versionId"] == "1"
 
@@ -75,22 +75,25 @@ def test_if_match_guards_against_lost_updates(client: ApiClient) -> None:
     patient = fnr()
     created = create(client, heart_rate(patient, value=70)).get_json()
     path = f"{BASE}/Observation/{created['id']}"
-    ok = client.put(path, json=heart_rate(patient, value=71), headers={"If-Match": 'W/"1"'})
+    body = {**heart_rate(patient, value=71), "id": created["id"]}
+    ok = client.put(path, json=body, headers={"If-Match": 'W/"1"'})
     assert ok.status_code == 200
-    stale = client.put(path, json=heart_rate(patient, value=72), headers={"If-Match": 'W/"1"'})
+    body = {**heart_rate(patient, value=72), "id": created["id"]}
+    stale = client.put(path, json=body, headers={"If-Match": 'W/"1"'})
     assert stale.status_code == 412
     assert client.get(path).get_json()["valueQuantity"]["value"] == 71
 
 
 def test_update_of_unknown_id_does_not_create(client: ApiClient, services: Services) -> None:
-    response = client.put(f"{BASE}/Observation/new-id", json=heart_rate(fnr()))
+    response = client.put(f"{BASE}/Observation/new-id", json={**heart_rate(fnr()), "id": "new-id"})
     assert response.status_code == 404
     assert count_rows(services) == 0
 
 
 def test_a_correction_cannot_move_a_measurement_to_another_patient(client: ApiClient) -> None:
     created = create(client, heart_rate(fnr())).get_json()
-    response = client.put(f"{BASE}/Observation/{created['id']}", json=heart_rate(fnr()))
+    other = {**heart_rate(fnr()), "id": created["id"]}
+    response = client.put(f"{BASE}/Observation/{created['id']}", json=other)
     assert response.status_code == 422
     assert "Observation.subject.identifier" in expressions(response)
 

@@ -398,7 +398,7 @@ class PolicyMachine(RuleBasedStateMachine):
         visible = self.visible(decision)
 
         if answer.status == 200 and answer.body["resourceType"] == "Bundle":
-            returned = {e["resource"]["id"] for e in answer.body["entry"]}
+            returned = {e["resource"]["id"] for e in answer.body.get("entry", [])}
         elif answer.status == 200:
             returned = {answer.body["id"]}
         else:

@@ -11,18 +11,20 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import redis
 from flask import Flask, Response, current_app, g, request
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from auth.external import IssuerDirectory, IssuerKeys, TrustedIssuer
 from auth.ratelimit import InMemoryRateLimiter, RateLimiter, RedisRateLimiter
-from auth.replay import InMemoryReplayCache, NonceSource, RedisReplayCache, ReplayCache
+from auth.replay import InMemoryReplayCache, NonceSource, ReplayCache
+from auth.replaystate import CachedRevocationList, EpochReplayCache, RedisState
 from auth.resource import ResourceGuard
-from auth.revocation import InMemoryRevocationList, RedisRevocationList, RevocationList
+from auth.revocation import InMemoryRevocationList, RevocationList
 from auth.server import RegisteredClient, TokenService
 from auth.tokens import HELSEID_TOKEN_ALGS, TokenPolicy
+from sharing_api import redis_connection
 from sharing_api.access import AccessPolicy
 from sharing_api.audit import sequencer
 from sharing_api.audit.actions import AuditAction, Outcome
@@ -41,6 +43,7 @@ from sharing_api.store.clients import ClientRegistry
 from sharing_api.store.engine import is_current, make_engine
 from sharing_api.store.observations import ObservationStore
 from sharing_api.store.policy import PolicyStore
+from sharing_api.store.revocations import RevocationLedger, deployment_name
 from sharing_api.store.tenants import TenantDirectory
 
 log = logging.getLogger("dho_share")
@@ -69,19 +72,30 @@ def _registered(registry: ClientRegistry) -> Callable[[str], RegisteredClient | 
 
 
 def _token_protection(
-    settings: Settings, client: redis.Redis | None, registry: ClientRegistry
+    settings: Settings, client: Any, registry: ClientRegistry, engine: Engine
 ) -> dict[str, Any]:
     """The token service, the resource guard and the shared state they use.
 
-    With Redis configured, replay caches, revocations and rate limits live there and fail closed (503)
-    when it is unreachable; without it they live in this process (one worker only).
+    With Redis configured, replay caches, revocations (durable in SQL, cached in Redis) and rate limits
+    live there under the epoch rule (auth/replaystate.py) and fail closed (503) when it is unreachable;
+    without it they live in this process (one worker only).
     """
     replay: ReplayCache
     revocations: RevocationList
     limiter: RateLimiter
+    state: RedisState | None = None
     if client is not None:
-        replay = RedisReplayCache(client)
-        revocations = RedisRevocationList(client)
+        ledger = RevocationLedger(engine)
+        state = RedisState(
+            client,
+            deployment=deployment_name(settings.redis_url or "", "{dho}:"),
+            ledger=ledger,
+            revocations=ledger,
+            min_replica_acks=settings.redis_replica_acks,
+            wait_ms=settings.redis_wait_ms,
+        )
+        replay = EpochReplayCache(state)
+        revocations = CachedRevocationList(state)
         limiter = RedisRateLimiter(client, limit=settings.rate_limit, window_seconds=60)
     else:
         replay, revocations = InMemoryReplayCache(), InMemoryRevocationList()
@@ -91,8 +105,9 @@ def _token_protection(
     as_nonce = rs_nonce = None
     if settings.dpop_nonce:
         secret = keyset.derived_secret("dpop-nonce")
-        as_nonce = NonceSource(secret, audience="token-endpoint")
-        rs_nonce = NonceSource(secret, audience="resource")
+        generation = (lambda: state.generation) if state is not None else str
+        as_nonce = NonceSource(secret, audience="token-endpoint", generation=generation)
+        rs_nonce = NonceSource(secret, audience="resource", generation=generation)
     tokens = TokenService(
         issuer=issuer,
         keyset=keyset,
@@ -125,6 +140,8 @@ def _token_protection(
         is_revoked=revocations.is_revoked,
         clock=time.time,
         nonce=rs_nonce,
+        state=state,
+        rate_limit=(settings.rate_limit, 60),
     )
     return {"token_service": tokens, "guard": guard, "rate_limiter": limiter}
 
@@ -136,7 +153,7 @@ def build_services(settings: Settings) -> Services:
     sessions: SearchSessions
     client = None
     if settings.redis_url:
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        client = redis_connection.connect(settings.redis_url)
         sessions = RedisSessions(client, settings.search_session_ttl)
     else:
         sessions = LocalSessions(settings.search_session_ttl)
@@ -165,7 +182,7 @@ def build_services(settings: Settings) -> Services:
         access=AccessPolicy(policy),
         audit_log=audit_log,
         auditor=Auditor(audit_log),
-        **_token_protection(settings, client, registry),
+        **_token_protection(settings, client, registry, engine),
     )
 
 

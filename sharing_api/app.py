@@ -13,7 +13,8 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from auth.external import IssuerDirectory, IssuerKeys, TrustedIssuer
@@ -31,10 +32,11 @@ from sharing_api.audit.actions import AuditAction, Outcome
 from sharing_api.audit.checkpoints import AuditSigner
 from sharing_api.audit.log import AuditLog
 from sharing_api.auditing import Auditor, audit_facts
+from sharing_api.body_limit import BodyLimit
 from sharing_api.errors import AccessRefused, FhirError, Issue, ServiceUnavailable, operation_outcome
 from sharing_api.keyfiles import KeysetFile
 from sharing_api.publishing import Publisher
-from sharing_api.routes.common import fhir_response, request_info
+from sharing_api.routes.common import fhir_response, json_response, request_info
 from sharing_api.searching import Searcher
 from sharing_api.services import Services
 from sharing_api.sessions import LocalSessions, RedisSessions, SearchSessions
@@ -47,6 +49,8 @@ from sharing_api.store.revocations import RevocationLedger, deployment_name
 from sharing_api.store.tenants import TenantDirectory
 
 log = logging.getLogger("dho_share")
+#: ``Retry-After`` seconds when the database cannot be reached (a failover takes about 1-5 s).
+DATABASE_RETRY_AFTER = 2
 _CORRELATION = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -192,6 +196,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask("sharing_api")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["dho"] = build_services(settings)
+    app.wsgi_app = BodyLimit(app.wsgi_app, settings.max_body_bytes)  # type: ignore[method-assign]
 
     # audit_api and consents register their routes on the FHIR blueprint when imported.
     from sharing_api.routes import agreements, audit_api, consents, observations, system, token  # noqa: F401
@@ -215,14 +220,32 @@ def create_app(settings: Settings | None = None) -> Flask:
                 record_refusal(exc)
             except SQLAlchemyError:
                 unavailable = ServiceUnavailable("the audit log cannot be written")
-                return fhir_response(unavailable.outcome(), 503)
-        return fhir_response(exc.outcome(), exc.status, exc.headers)
+                return fhir_response(unavailable.outcome(), 503, {"Retry-After": str(DATABASE_RETRY_AFTER)})
+        headers = dict(exc.headers)
+        if exc.status == 503:
+            headers.setdefault("Retry-After", str(DATABASE_RETRY_AFTER))
+        return fhir_response(exc.outcome(), exc.status, headers)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         code = {404: "not-found", 405: "not-supported", 413: "too-costly"}.get(exc.code or 500, "exception")
         issue = Issue(exc.description or exc.name, None, code)
         return fhir_response(operation_outcome([issue]), exc.code or 500)
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    @app.errorhandler(PoolTimeout)
+    def _database_unavailable(exc: Exception) -> Response:
+        # The database is down, restarting, failing over or out of connections: a transient fault of
+        # ours, never a 500 (issue 13). Nothing was committed by this request (a commit that raised is
+        # rolled back; a read commits its audit event before any data is sent).
+        log.warning("database unavailable: %s", type(exc).__name__)
+        retry = {"Retry-After": str(DATABASE_RETRY_AFTER), "Cache-Control": "no-store"}
+        if request.path.startswith("/connect/"):  # the token service speaks OAuth (RFC 6749 §5.2)
+            body = {"error": "temporarily_unavailable", "error_description": "the database is unavailable"}
+            return json_response(body, 503, retry)
+        unavailable = ServiceUnavailable("the database is unavailable; retry shortly")
+        return fhir_response(unavailable.outcome(), 503, retry)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

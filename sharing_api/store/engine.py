@@ -60,9 +60,27 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str) -> None:
-    """Apply every migration (``dho-share db upgrade``)."""
+    """Apply every migration (``dho-share db upgrade``), then refresh the planner statistics."""
     _ensure_sqlite_dir(normalise_url(url))
     command.upgrade(alembic_config(url), "head")
+    engine = make_engine(url, pool_size=1)
+    try:
+        analyze(engine)
+    finally:
+        engine.dispose()
+
+
+def analyze(engine: Engine) -> None:
+    """Refresh the query planner's statistics (``ANALYZE``): after ``db upgrade`` and bulk loads.
+
+    Without statistics PostgreSQL guessed the read-permission ``EXISTS`` as a nested loop: 11 s and 49M
+    rows discarded, 0.38 ms after ``ANALYZE`` (issue 13). Autovacuum analyses on its own only once a
+    table changed by ``autovacuum_analyze_threshold + autovacuum_analyze_scale_factor * rows``, so a
+    fresh or freshly loaded database would run unplanned until then. On SQLite this fills
+    ``sqlite_stat1``, which its planner reads the same way.
+    """
+    with engine.begin() as conn:  # ANALYZE (unlike VACUUM) may run inside a transaction on both
+        conn.exec_driver_sql("ANALYZE")
 
 
 def is_current(engine: Engine) -> bool:

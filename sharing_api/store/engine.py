@@ -13,9 +13,24 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 def normalise_url(url: str) -> str:
-    """Use psycopg 3 for ``postgresql://`` URLs."""
+    """Use psycopg 3 for ``postgresql://`` URLs, and accept libpq's multi-host form.
+
+    ``postgresql://user@h1:5432,h2:5432/db?target_session_attrs=read-write`` (libpq "Connection URIs")
+    names a primary and its standbys; libpq tries them in order and keeps the first that satisfies
+    ``target_session_attrs``, so after a promotion new connections find the new primary. SQLAlchemy
+    cannot parse several ``host:port`` pairs in the authority, so they move to repeated ``host=``
+    query parameters, which its psycopg dialect passes on to libpq unchanged.
+    """
     if url.startswith("postgresql://") or url.startswith("postgres://"):
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith("postgresql+psycopg://"):
+        rest = url.split("://", 1)[1]
+        authority, _, tail = rest.partition("/")
+        userinfo, at, hosts = authority.rpartition("@")
+        if "," in hosts:
+            path, _, query = tail.partition("?")
+            params = "&".join(f"host={h}" for h in hosts.split(","))
+            url = f"postgresql+psycopg://{userinfo}{at}/{path}?{params}" + (f"&{query}" if query else "")
     return url
 
 
@@ -49,7 +64,13 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
 
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    # pool_pre_ping: a pooled connection to a crashed or demoted primary is replaced on checkout, so
+    # workers reconnect (to the new primary, with a multi-host URL) without a restart. connect_timeout
+    # bounds each host libpq tries, so a dead primary costs seconds, not the OS's TCP timeout.
+    connect_args = {} if "connect_timeout=" in url else {"connect_timeout": 3}
+    return create_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, connect_args=connect_args
+    )
 
 
 def alembic_config(url: str) -> Config:

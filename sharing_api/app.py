@@ -180,6 +180,7 @@ def build_services(settings: Settings) -> Services:
             observations, sessions, default_count=settings.default_page_size, max_count=settings.max_page_size
         ),
         redis_url=settings.redis_url,
+        redis_client=client,
         clients=registry,
         clock=time.time,
         policy=policy,

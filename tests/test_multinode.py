@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -41,6 +40,7 @@ from sharing_api.settings import Settings
 from sharing_api.store.engine import upgrade
 from sharing_api.store.schema import audit_entries, observation_identifiers
 from tests.api_client import HOSPITAL, ApiClient, Party
+from tests.api_nodes import start_api, wait_ready
 from tests.auth import factories
 from tests.conftest import TENANT_A
 from tests.factories import fnr, heart_rate
@@ -161,29 +161,6 @@ def start_postgres(cluster: Cluster) -> str:
     )
     upgrade(url)
     return url
-
-
-def start_api(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "sharing_api.cli", "serve", "--port", str(port), "--workers", "2"],
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=out,
-            start_new_session=True,  # the whole node (master and workers) can be killed at once
-        )
-
-
-def wait_ready(url: str, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if requests.get(url + "/readyz", timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        assert time.monotonic() < deadline, f"{url} did not become ready: {log.read_text()[-3000:]}"
-        time.sleep(0.2)
 
 
 @pytest.fixture

@@ -18,8 +18,10 @@ under a new one. The price: for ``max_skew`` seconds after a reset (10 s for DPo
 503 and clients retry.
 
 The very first epoch of a deployment refuses nothing (nothing can have been accepted before it): the
-:class:`EpochLedger` (SQL) remembers per deployment whether an epoch ever began. A restart, a failover
-or a server swap under the same ``DHO_REDIS_URL`` is a *reset*.
+:class:`EpochLedger` (SQL) remembers per deployment whether an epoch ever began. A restart, a failover,
+a flushed database or a server swap under the same ``DHO_REDIS_URL`` is a *reset*. (Pointing
+``DHO_REDIS_URL`` at another Redis starts that deployment's first epoch: change it only with the API
+stopped for the proof window, 71 s.)
 
 **Revocations** are durable in SQL (:class:`DurableRevocations`); Redis is a cache of the live ones.
 Starting an epoch copies every live revocation from SQL into Redis before the epoch key is written, in
@@ -122,8 +124,8 @@ class EpochLedger(Protocol):
 
     def begin_epoch(self, deployment: str, run_id: str, now: float) -> float:
         """Record that ``deployment``'s replay state now lives in the server ``run_id``; return the
-        second from which values are admitted: ``0.0`` for the deployment's first epoch ever, the
-        recorded start if ``run_id`` is already recorded, else ``now`` (a reset)."""
+        second from which values are admitted: ``0.0`` for the deployment's first epoch ever, else
+        ``now`` (a reset: the state was lost, whatever the reason)."""
         ...
 
 

@@ -55,15 +55,17 @@ class RevocationLedger:
         return [(str(digest), float(expires)) for digest, expires in rows]
 
     def begin_epoch(self, deployment: str, run_id: str, now: float) -> float:
-        """See :meth:`auth.replaystate.EpochLedger.begin_epoch`; the start is rounded up to a second."""
+        """See :meth:`auth.replaystate.EpochLedger.begin_epoch`; the start is rounded up to a second.
+
+        Any epoch after the deployment's first is a reset, even on the same ``run_id`` (an epoch key
+        that vanished from a running server, e.g. after ``FLUSHALL``, lost the claims with it).
+        """
         began = math.ceil(now)
         with self._engine.begin() as conn:
-            row = conn.execute(
-                select(replay_epochs.c.run_id, replay_epochs.c.began_at).where(
-                    replay_epochs.c.deployment == deployment
-                )
-            ).one_or_none()
-            if row is None:
+            known = conn.execute(
+                select(replay_epochs.c.deployment).where(replay_epochs.c.deployment == deployment)
+            ).first()
+            if known is None:
                 try:
                     with conn.begin_nested():
                         conn.execute(
@@ -71,13 +73,7 @@ class RevocationLedger:
                         )
                     return 0.0
                 except IntegrityError:  # another worker recorded the first epoch at the same moment
-                    row = conn.execute(
-                        select(replay_epochs.c.run_id, replay_epochs.c.began_at).where(
-                            replay_epochs.c.deployment == deployment
-                        )
-                    ).one()
-            if row.run_id == run_id:
-                return float(row.began_at)
+                    pass
             conn.execute(
                 update(replay_epochs)
                 .where(replay_epochs.c.deployment == deployment)

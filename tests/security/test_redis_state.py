@@ -213,3 +213,18 @@ def test_cluster_url_serves_and_refuses_replays(
     assert reader.send(headers).status_code == 401
     holders = [n for n in masters if n.client.dbsize() > 0]
     assert len(holders) == 1, "the request-state keys are spread over several nodes (one slot expected)"
+
+
+def test_a_flushed_redis_is_a_reset_too(
+    settings: Settings, app: Flask, nodes: list[Node], tmp_path: Path
+) -> None:
+    """Same server (same run_id), state gone: a used proof is still never accepted again."""
+    node = Node(tmp_path, [])
+    nodes.append(node)
+    _, scene = app_on(settings, f"redis://127.0.0.1:{node.port}/0")
+    reader = scene.read
+    used = reader.headers()
+    assert reader.send(used).status_code == 200
+    node.client.flushall()
+    assert eventually(lambda: reader.send(reader.headers()).status_code == 200)
+    assert reader.send(used).status_code != 200, "a proof was accepted twice after FLUSHALL"

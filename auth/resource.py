@@ -2,7 +2,9 @@
 
 product.md §4 steps 1-2. The order matters for what an attacker learns and what state changes:
 format checks first (cheap, no I/O), then the token's signature and claims, then revocation, then the
-DPoP proof, whose ``jti`` is claimed last so an invalid request never burns it.
+DPoP proof, whose ``jti`` is claimed last so an invalid request never burns it. With Redis
+(``state``), revocation, the claim and the rate limit are one round trip after the proof's own checks,
+in that order inside the script (auth/replaystate.py), so a revoked token still never burns a proof.
 
 * Only the ``DPoP`` scheme is accepted (case-insensitive, RFC 9110 §11.1). Every token this API
   accepts is DPoP-bound (``cnf.jkt`` required), so a token presented as ``Bearer`` is refused: RFC 9449

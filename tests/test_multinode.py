@@ -12,6 +12,7 @@ the export afterwards. The time to recover from each fault is printed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -87,13 +88,14 @@ class Cluster:
         if self.nginx is not None:
             self.nginx.stop()
         for proc in self.apis:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, sig)
                 try:
                     proc.wait(timeout=10)
+                    break
                 except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=10)
+                    continue
         for node in self.sentinels + self.redis:
             node.stop()
         for pg in reversed(self.pg):
@@ -307,7 +309,7 @@ def wait_for_success(load: Load, since: float, seconds: float = 60) -> float:
     raise AssertionError("the system did not recover")
 
 
-def test_failovers_under_load(settings: Settings, cluster: Cluster, tmp_path: Path) -> None:
+def test_failovers_under_load(cluster: Cluster, tmp_path: Path) -> None:
     t0 = time.monotonic()
     start_redis(cluster)
     db_url = start_postgres(cluster)
@@ -375,10 +377,10 @@ def test_failovers_under_load(settings: Settings, cluster: Cluster, tmp_path: Pa
         master.client.client_kill_filter(_type="replica")
         time.sleep(0.5)
         master.signal(signal.SIGKILL)
+        master.proc.wait()  # gone for good before the replicas may reconnect to it
+        cluster.redis.remove(master)
         for r in replicas:
             r.signal(signal.SIGCONT)
-        cluster.redis.remove(master)
-        master.proc.wait()
         recovered = wait_for_success(load, start + 0.5)
         assert eventually(lambda: cluster.master() is not master, 60)
         windows.append(("redis master killed", start, start + recovered))
@@ -422,8 +424,8 @@ def test_failovers_under_load(settings: Settings, cluster: Cluster, tmp_path: Pa
     ]
     assert not [s for s in late if 200 <= s < 300], "a proof or assertion was accepted again after the faults"
     # First attempts: only 2xx or 503 with Retry-After, the 503s inside a fault window.
-    statuses = {o.status for o in outcomes}
-    assert statuses <= {200, 201, 503}, f"first attempts answered {sorted(statuses)}"
+    odd = [(o.kind, o.status, round(o.at - t0, 1)) for o in outcomes if o.status not in (200, 201, 503)]
+    assert not odd, f"first attempts answered other than 2xx/503 (kind, status, s): {odd}; faults {windows}"
     for o in outcomes:
         if o.status == 503:
             assert int(o.retry_after) >= 1
@@ -431,7 +433,7 @@ def test_failovers_under_load(settings: Settings, cluster: Cluster, tmp_path: Pa
                 f"a 503 outside the faults at {o.at}"
             )
     ok = [o for o in outcomes if 200 <= o.status < 300]
-    assert len(ok) > 50, "too little load to prove anything"
+    assert len([o for o in ok if o.kind != "token"]) >= 20, "too little load to prove anything"
 
     admin2 = create_app(admin_settings)
     svc2 = admin2.extensions["dho"]

@@ -41,8 +41,20 @@ def nodes(tmp_path: Path) -> Iterator[list[Node]]:
         node.stop()
 
 
+_APPS: list[Flask] = []
+
+
+@pytest.fixture(autouse=True)
+def _dispose_apps() -> Iterator[None]:
+    """Close every app's database pool at the end of its test (no connection left to the GC)."""
+    yield
+    while _APPS:
+        _APPS.pop().extensions["dho"].engine.dispose()
+
+
 def app_on(settings: Settings, url: str, **changes: Any) -> tuple[Flask, Scene]:
     app = create_app(settings.model_copy(update={"redis_url": url, **changes}))
+    _APPS.append(app)
     services = app.extensions["dho"]
     return app, make_scene(ApiClient(app.test_client(), services), services)
 
@@ -145,6 +157,7 @@ def test_sentinel_failover_that_loses_a_claim_never_readmits_the_proof(
     assert reader.send(used).status_code == 200
     claims_on_master = len(list(master.client.scan_iter(match="{dho}:replay:*")))
     master.signal(signal.SIGKILL)
+    master.proc.wait()  # gone for good before the replica may reconnect to it
     replica.signal(signal.SIGCONT)
 
     started = time.monotonic()
@@ -171,6 +184,7 @@ def test_nonces_rotate_when_redis_restarts_empty(
     app2 = create_app(
         settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{node.port}/0", "dpop_nonce": True})
     )
+    _APPS.append(app2)
     services = app2.extensions["dho"]
     services.guard.state.admit()  # the first request of this deployment begins its first epoch
     nonce = services.guard.nonce.issue(time.time())

@@ -177,7 +177,11 @@ def build_services(settings: Settings) -> Services:
         sessions=sessions,
         publisher=Publisher(observations, max_entries=settings.max_bundle_entries),
         searcher=Searcher(
-            observations, sessions, default_count=settings.default_page_size, max_count=settings.max_page_size
+            observations,
+            sessions,
+            default_count=settings.default_page_size,
+            max_count=settings.max_page_size,
+            limits=settings.search_limits(),
         ),
         redis_url=settings.redis_url,
         redis_client=client,
@@ -200,7 +204,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.wsgi_app = BodyLimit(app.wsgi_app, settings.max_body_bytes)  # type: ignore[method-assign]
 
     # audit_api and consents register their routes on the FHIR blueprint when imported.
-    from sharing_api.routes import agreements, audit_api, consents, observations, system, token  # noqa: F401
+    from sharing_api.routes import (  # noqa: F401
+        agreements,
+        audit_api,
+        consents,
+        observations,
+        patients,
+        system,
+        token,
+    )
 
     app.register_blueprint(observations.bp)
     app.register_blueprint(agreements.bp)

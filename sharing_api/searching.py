@@ -15,7 +15,16 @@ from typing import Any
 import orjson
 
 from sharing_api.errors import Forbidden, Gone, InvalidSearch
-from sharing_api.fhir.search import SearchQuery, parse_search
+from sharing_api.fhir.search import (
+    DEFAULT_LIMITS,
+    PatientResolver,
+    SearchLimits,
+    SearchQuery,
+    check_limits,
+    parse_search,
+    whole_number,
+)
+from sharing_api.fhir.subsetting import subset
 from sharing_api.sessions import SearchSessions
 from sharing_api.store.observations import Anchor, ObservationStore, Page, ReadScope
 
@@ -44,15 +53,35 @@ class SearchContext:
 
 class Searcher:
     def __init__(
-        self, store: ObservationStore, sessions: SearchSessions, *, default_count: int, max_count: int
+        self,
+        store: ObservationStore,
+        sessions: SearchSessions,
+        *,
+        default_count: int,
+        max_count: int,
+        limits: SearchLimits = DEFAULT_LIMITS,
     ):
         self.store = store
         self.sessions = sessions
         self.default_count = default_count
         self.max_count = max_count
+        self.limits = limits
 
-    def parse(self, params: Iterable[tuple[str, str]], *, strict: bool) -> SearchQuery:
-        return parse_search(params, strict=strict, default_count=self.default_count, max_count=self.max_count)
+    def parse(
+        self,
+        params: Iterable[tuple[str, str]],
+        *,
+        strict: bool,
+        resolve_patient: PatientResolver | None = None,
+    ) -> SearchQuery:
+        return parse_search(
+            params,
+            strict=strict,
+            default_count=self.default_count,
+            max_count=self.max_count,
+            limits=self.limits,
+            resolve_patient=resolve_patient,
+        )
 
     def search(self, ctx: SearchContext, query: SearchQuery, check: QueryCheck) -> SearchResult:
         """The first page of ``query`` as a searchset Bundle, once ``check`` allows the query."""
@@ -61,7 +90,7 @@ class Searcher:
     def resume(self, ctx: SearchContext, cursor: str, check: QueryCheck) -> SearchResult:
         """The page a ``_cursor`` names; refused for another tenant or requester, or by ``check``."""
         record = self.sessions.get(cursor)
-        if record is None or record.get("tenant") != ctx.tenant:
+        if record is None or record.get("tenant") != ctx.tenant or "params" not in record:
             # Another tenant's cursor is indistinguishable from an expired one.
             raise Gone("the paging cursor is unknown or has expired; run the search again", "_cursor")
         if record.get("requester") != ctx.requester:
@@ -106,29 +135,37 @@ class Searcher:
             {"relation": rel, "url": f"{ctx.base}/Observation?_cursor={self.sessions.put(rec)}"}
             for rel, rec in zip(relations, records, strict=True)
         ]
-        body = searchset(ctx.base, [r[2] for r in page.rows], total=total, links=links)
+        resources = [subset(r[2], query.summary, query.elements) for r in page.rows]
+        body = searchset(ctx.base, resources, total=total, links=links, ids=[r[0] for r in page.rows])
         return SearchResult(body, tuple(r[0] for r in page.rows))
 
     def lastn(
-        self, ctx: SearchContext, params: Sequence[tuple[str, str]], *, strict: bool, check: QueryCheck
+        self,
+        ctx: SearchContext,
+        params: Sequence[tuple[str, str]],
+        *,
+        strict: bool,
+        check: QueryCheck,
+        resolve_patient: PatientResolver | None = None,
     ) -> SearchResult:
         """``Observation/$lastn``: the newest ``max`` values per measurement type for one patient."""
+        check_limits(params, self.limits)
         max_values = [v for k, v in params if k == "max"]
         rest = [(k, v) for k, v in params if k != "max"]
-        query = self.parse(rest, strict=strict)
+        query = self.parse(rest, strict=strict, resolve_patient=resolve_patient)
         if not query.patients:
             raise InvalidSearch(
                 "$lastn needs the patient (patient.identifier=system|value)", "patient.identifier"
             )
+        per_kind = whole_number("max", max_values[-1]) if max_values else 1
+        if not 1 <= per_kind <= MAX_LASTN:
+            raise InvalidSearch(f"max must be a whole number from 1 to {MAX_LASTN}", "max")
         scope = check(query)
-        per_kind = 1
-        if max_values:
-            if not max_values[-1].isdigit() or not 1 <= int(max_values[-1]) <= MAX_LASTN:
-                raise InvalidSearch(f"max must be a whole number from 1 to {MAX_LASTN}", "max")
-            per_kind = int(max_values[-1])
         rows = self.store.lastn(ctx.tenant, query, per_kind, scope)
+        resources = [subset(r, query.summary, query.elements) for r in rows]
         return SearchResult(
-            searchset(ctx.base, rows, total=len(rows), links=[]), tuple(_id_of(r) for r in rows)
+            searchset(ctx.base, resources, total=len(rows), links=[], ids=[_id_of(r) for r in rows]),
+            tuple(_id_of(r) for r in rows),
         )
 
 

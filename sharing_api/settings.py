@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sharing_api.fhir.search import SearchLimits
+
 DEFAULT_DATA_DIR = Path("var")
 
 
@@ -62,6 +64,11 @@ class Settings(BaseSettings):
     default_page_size: int = Field(default=50, ge=1)
     max_page_size: int = Field(default=500, ge=1)
     search_session_ttl: int = Field(default=900, ge=10, description="Seconds a paging cursor stays valid")
+    search_max_parameters: int = Field(default=50, ge=5, le=1000, description="Parameters per search")
+    search_max_values: int = Field(
+        default=100, ge=1, le=1000, description="Comma-separated values per parameter"
+    )
+    search_max_value_bytes: int = Field(default=256, ge=32, le=4096, description="Bytes per search value")
     signing_keys_path: Path = Field(
         default=DEFAULT_DATA_DIR / "signing-keys.json",
         description="The token service's private signing keys (made on first start; never in the repo)",
@@ -94,6 +101,10 @@ class Settings(BaseSettings):
     def base_url(self) -> str:
         """The public URL without a trailing slash."""
         return str(self.public_url).rstrip("/")
+
+    def search_limits(self) -> SearchLimits:
+        """The caps every search is checked against before anything is parsed, read or audited."""
+        return SearchLimits(self.search_max_parameters, self.search_max_values, self.search_max_value_bytes)
 
     @property
     def issuer_url(self) -> str:

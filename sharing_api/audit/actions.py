@@ -45,6 +45,8 @@ class AuditAction(StrEnum):
     AUDIT_SEARCH = "audit.search"
     AUDIT_EXPORT = "audit.export"
     PATIENT_ACCESS_LOG = "patient.access-log"
+    PATIENT_MATCH = "patient.match"
+    """``Patient/$match`` or ``Patient/_search``: an opaque id handed out for the attested patient."""
 
 
 class Outcome(StrEnum):
@@ -114,6 +116,7 @@ INTERACTIONS: dict[AuditAction, tuple[Interaction, str]] = {
     AuditAction.AUDIT_SEARCH: (Interaction.QUERY, "search-type"),
     AuditAction.AUDIT_EXPORT: (Interaction.QUERY, "operation"),
     AuditAction.PATIENT_ACCESS_LOG: (Interaction.QUERY, "search-type"),
+    AuditAction.PATIENT_MATCH: (Interaction.QUERY, "operation"),
 }
 """Each action's BALP pattern and its FHIR ``restful-interaction`` code; for ``SECURITY`` the DICOM code of
 ``AuditEvent.type`` (110114 User Authentication, 110113 Security Alert)."""

@@ -82,7 +82,7 @@ def parse_range(value: str, *, require_zone_with_time: bool = True) -> tuple[int
         start = datetime(
             year, month, day, int(g["hour"]), int(g["minute"]), int(g["second"] or 0), micro, tzinfo=zone
         )
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:  # OverflowError: the day after 9999-12-31
         raise DateFormatError(f"{value!r} is not a valid date: {exc}") from exc
     if g["second"] is None:
         width = 60_000_000

@@ -24,7 +24,7 @@ from sharing_api.audit.actions import AuditAction, Outcome
 from sharing_api.audit.log import Entry
 from sharing_api.errors import Forbidden, InvalidSearch
 from sharing_api.fhir.dates import DateFormatError, from_micros, parse_range
-from sharing_api.fhir.search import refuse_pii_in_url
+from sharing_api.fhir.search import refuse_pii_in_url, split_modifier, whole_number
 from sharing_api.routes.common import (
     audit,
     caller,
@@ -62,6 +62,12 @@ def _filters(params: list[tuple[str, str]]) -> tuple[dict[str, Any], int, int | 
     filters: dict[str, Any] = {}
     count, after = 50, None
     for name, value in params:
+        base, modifier = split_modifier(name)
+        if modifier is not None:
+            # No AuditEvent parameter takes a modifier here: refused, never ignored (issue 8).
+            raise InvalidSearch(
+                f"AuditEvent search: the modifier :{modifier} of {base!r} is not supported", name
+            )
         if name == "patient":
             system, _, number = value.partition("|")
             filters["patient"] = (system, number) if number else value
@@ -87,13 +93,9 @@ def _filters(params: list[tuple[str, str]]) -> tuple[dict[str, Any], int, int | 
             prefix, moment = _when(value, name)
             filters["date_from" if prefix in ("ge", "gt") else "date_to"] = moment
         elif name == "_count":
-            if not value.isdigit():
-                raise InvalidSearch("_count must be a whole number", "_count")
-            count = max(1, min(int(value), MAX_COUNT))
+            count = max(1, min(whole_number("_count", value), MAX_COUNT))
         elif name == "_after":
-            if not value.isdigit():
-                raise InvalidSearch("_after is a sequence number", "_after")
-            after = int(value)
+            after = whole_number("_after", value)
         elif name not in ("_format", "_cursor"):
             raise InvalidSearch(f"unknown AuditEvent search parameter {name!r}", name)
     return filters, count, after
@@ -157,9 +159,9 @@ def _int_arg(name: str, default: int | None = None) -> int:
     raw = request.args.get(name)
     if raw is None and default is not None:
         return default
-    if raw is None or not raw.isdigit():
+    if raw is None:
         raise InvalidSearch(f"{name} must be a whole number", name)
-    return int(raw)
+    return whole_number(name, raw)
 
 
 @bp.get("/AuditEvent/$export")
@@ -169,8 +171,9 @@ def audit_export() -> Response:
     log.drain(orgnr)
     start = _int_arg("from", 0)
     end = request.args.get("to")
+    stop = whole_number("to", end) if end else None
     audit(AuditAction.AUDIT_EXPORT, patient=None)
-    lines: Iterator[bytes] = log.export(orgnr, start, int(end) if end and end.isdigit() else None)
+    lines: Iterator[bytes] = log.export(orgnr, start, stop)
     return Response(
         (line if line.endswith(b"\n") else line + b"\n" for line in lines), mimetype="application/x-ndjson"
     )

@@ -60,13 +60,26 @@ def json_body() -> Any:
     )
 
 
+MAX_AUDITED_QUERY = 8192
+"""Bytes of a request line, and of a search's form body, kept in the audit record: a hostile request of
+megabytes (refused or not) never becomes megabytes in the append-only log."""
+
+
+def bounded(raw: bytes, limit: int = MAX_AUDITED_QUERY) -> bytes:
+    """``raw``, or its first ``limit`` bytes and a note of how long it was."""
+    if len(raw) <= limit:
+        return raw
+    return raw[:limit] + f"...[{len(raw)} bytes, cut to {limit}]".encode()
+
+
 def request_info(*, with_body: bool) -> RequestInfo:
     """The request as the audit log keeps it; ``with_body`` only for reads (a search's form)."""
     target = request.full_path.rstrip("?") if request.query_string else request.path
+    body = request.get_data(cache=True) if with_body else None
     return RequestInfo(
         method=request.method,
-        target=target,
-        body=request.get_data(cache=True) if with_body else None,
+        target=bounded(target.encode()).decode(errors="replace"),
+        body=bounded(body) if body is not None else None,
         correlation_id=g.get("correlation_id", ""),
         source_address=request.remote_addr,
         server=services().settings.base_url,

@@ -22,7 +22,7 @@ from consent.model import Consent, PatientDirective
 from sharing_api.audit.actions import AuditAction
 from sharing_api.errors import Forbidden, NotFound
 from sharing_api.fhir.dates import format_instant
-from sharing_api.fhir.search import parse_search, refuse_pii_in_url
+from sharing_api.fhir.search import parse_patient_search, refuse_pii_in_url
 from sharing_api.routes.common import audit, caller, fhir_response, json_body, services, tenant, tenant_base
 from sharing_api.routes.observations import bp
 from sharing_api.searching import searchset
@@ -138,8 +138,7 @@ def consent_read(directive_id: str) -> Response:
 def consent_search() -> Response:
     """Directives of one patient (``patient.identifier=system|value`` in the form body)."""
     refuse_pii_in_url(list(request.args.items(multi=True)))
-    query = parse_search(list(request.form.items(multi=True)), strict=False, default_count=100, max_count=100)
-    tokens = [t for group in query.patients for t in group]
+    tokens = parse_patient_search("Consent", list(request.form.items(multi=True)))
     if len(tokens) != 1 or tokens[0].system is None or tokens[0].code is None:
         raise Forbidden(
             "search the directives of one patient: patient.identifier=system|value", "patient.identifier"

@@ -10,10 +10,13 @@ from auth.errors import AuthError, InvalidAuthorizationDetails
 from consent.policy import Reason
 from sharing_api.access import version_visible
 from sharing_api.audit.actions import AuditAction
-from sharing_api.errors import Forbidden, InvalidResource, InvalidSearch, NotFound
+from sharing_api.errors import Forbidden, InvalidResource, InvalidSearch, NotFound, UnsupportedMediaType
+from sharing_api.fhir.body import JSON_TYPES
 from sharing_api.fhir.dates import format_instant
-from sharing_api.fhir.search import SearchQuery, refuse_pii_in_url
+from sharing_api.fhir.search import SearchQuery, Token, check_limits, read_subsetting, refuse_pii_in_url
+from sharing_api.fhir.subsetting import subset
 from sharing_api.fhir.validation import ValidObservation
+from sharing_api.matching import NOBODY, MatchBinding, PatientMatches
 from sharing_api.publishing import WriteAudit
 from sharing_api.routes.common import (
     audit,
@@ -47,6 +50,41 @@ def _take_orgnr(_endpoint: str | None, values: dict[str, str] | None) -> None:
     g.orgnr = values.pop("orgnr")  # resolved after authentication (guard.protect)
 
 
+SEARCH_ENDPOINTS = frozenset(
+    {
+        "fhir.search_get",
+        "fhir.search_post",
+        "fhir.lastn",
+        "fhir.consent_search",
+        "fhir.audit_search_get",
+        "fhir.audit_search_post",
+        "fhir.patient_search",
+    }
+)
+FORM = "application/x-www-form-urlencoded"
+
+
+def search_input() -> None:
+    """Refuse a search beyond the caps, or with a body that is not a form, before anything else runs:
+    no token check, no SQL, no Redis, no audit write for it (issue 8, "Bad input never gives a 500").
+    ``POST _search`` takes ``application/x-www-form-urlencoded`` only (FHIR R4 "Search", 3.1.1.0.2)."""
+    if request.endpoint not in SEARCH_ENDPOINTS:
+        return
+    has_body = (request.content_length or 0) > 0 or request.mimetype in JSON_TYPES
+    if request.method == "POST" and request.mimetype != FORM and has_body:
+        got = request.mimetype or "no Content-Type"
+        hint = " (a JSON body is not a search)" if request.mimetype in JSON_TYPES else ""
+        raise UnsupportedMediaType(f"POST _search takes a form body ({FORM}); got {got}{hint}")
+    params = list(request.args.items(multi=True))
+    if request.mimetype == FORM:
+        request.get_data(cache=True)  # the raw form stays readable for the audit record (AUD-03)
+        params += list(request.form.items(multi=True))
+    if any(name == "access_token" for name, _ in params):
+        return  # a token outside the header: the guard refuses it and audits the attempt (AUTH-02)
+    check_limits(params, services().settings.search_limits())
+
+
+bp.before_request(search_input)
 bp.before_request(protect)
 
 
@@ -82,6 +120,8 @@ def _check_query(query: SearchQuery) -> ReadScope:
     only what the sharing decision permits."""
     system, value = _attested_patient()
     named = [token for group in query.patients for token in group]
+    if any(token.system == NOBODY for token in named):
+        return ReadScope(nothing=True)  # an unknown Patient/$match id: no such patient, nothing read
     if len(named) != 1 or len(query.patients) != 1:
         raise Forbidden(
             "search one patient at a time: the patient the attestation is for", "patient.identifier"
@@ -127,6 +167,15 @@ def _if_match() -> int | None:
     return int(digits)
 
 
+def match_binding() -> MatchBinding:
+    """What a ``Patient/$match`` id is bound to: this tenant, this requester, this attestation."""
+    return MatchBinding(tenant().orgnr, requester(), _attested_patient())
+
+
+def _resolve_patient(patient_id: str) -> Token:
+    return PatientMatches(services().sessions).token(match_binding(), patient_id)
+
+
 def _ctx() -> SearchContext:
     return SearchContext(tenant().orgnr, tenant_base(), requester())
 
@@ -170,9 +219,10 @@ def create() -> Response:
 
 @bp.get("/Observation/<obs_id>")
 def read(obs_id: str) -> Response:
+    summary, elements = read_subsetting(list(request.args.items(multi=True)))
     stored, _ = _readable(obs_id)
     audit(AuditAction.OBSERVATION_READ, patient=stored.patient, resources=[f"Observation/{obs_id}"])
-    return fhir_response(stored.data, headers=_headers(stored))
+    return fhir_response(subset(stored.data, summary, elements), headers=_headers(stored))
 
 
 @bp.put("/Observation/<obs_id>")
@@ -233,7 +283,7 @@ def search_get() -> Response:
             raise InvalidSearch("a paging cursor is used alone", "_cursor")
         return _read_result(AuditAction.OBSERVATION_SEARCH, searcher.resume(_ctx(), cursor, _check_query))
     refuse_pii_in_url(params)
-    query = searcher.parse(params, strict=prefers_strict())
+    query = searcher.parse(params, strict=prefers_strict(), resolve_patient=_resolve_patient)
     return _read_result(AuditAction.OBSERVATION_SEARCH, searcher.search(_ctx(), query, _check_query))
 
 
@@ -242,7 +292,7 @@ def search_post() -> Response:
     refuse_pii_in_url(list(request.args.items(multi=True)))
     params = list(request.args.items(multi=True)) + list(request.form.items(multi=True))
     searcher = services().searcher
-    query = searcher.parse(params, strict=prefers_strict())
+    query = searcher.parse(params, strict=prefers_strict(), resolve_patient=_resolve_patient)
     return _read_result(AuditAction.OBSERVATION_SEARCH, searcher.search(_ctx(), query, _check_query))
 
 
@@ -250,7 +300,9 @@ def search_post() -> Response:
 def lastn() -> Response:
     refuse_pii_in_url(list(request.args.items(multi=True)))
     params = list(request.args.items(multi=True)) + list(request.form.items(multi=True))
-    result = services().searcher.lastn(_ctx(), params, strict=prefers_strict(), check=_check_query)
+    result = services().searcher.lastn(
+        _ctx(), params, strict=prefers_strict(), check=_check_query, resolve_patient=_resolve_patient
+    )
     return _read_result(AuditAction.OBSERVATION_LASTN, result)
 
 

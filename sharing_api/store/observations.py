@@ -345,6 +345,8 @@ class ObservationStore:
             "lt": start < bound.start,
             "ge": or_(end > bound.end, inside),
             "le": or_(start < bound.start, inside),
+            "sa": start >= bound.end,  # starts after the value's range
+            "eb": end <= bound.start,  # ends before the value's range
         }
         return clauses[bound.prefix]
 
@@ -377,6 +379,10 @@ class ObservationStore:
             where.append(or_(*alts))
         for statuses in query.statuses:
             where.append(o.c.status.in_(statuses))
+        # :not (FHIR R4 search 3.1.1.5.5): none of the group's values match.
+        where.extend(not_(self._token_clause("code", group)) for group in query.not_codes)
+        where.extend(not_(self._token_clause("category", group)) for group in query.not_categories)
+        where.extend(o.c.status.not_in(statuses) for statuses in query.not_statuses)
         for bound in query.dates:
             where.append(self._date_clause(o.c.effective_start, o.c.effective_end, bound))
         for bound in query.last_updated:

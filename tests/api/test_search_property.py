@@ -1,4 +1,5 @@
-"""Search results equal a brute-force filter over generated data, for every parameter and combinations.
+"""Search results equal a brute-force filter over generated data, for every parameter and combinations
+(``:not`` and the ``sa``/``eb`` prefixes included).
 
 The reference below re-states FHIR R4 search semantics on plain Python values (token matching, date
 ranges with prefixes, AND across repeats, OR within commas) independently of the SQL the store builds.
@@ -76,7 +77,7 @@ date_value = st.builds(
     lambda prefix, day, hour, precision: (
         prefix + (f"2026-11-{day:02d}" if precision == "day" else f"2026-11-{day:02d}T{hour:02d}:00:00+01:00")
     ),
-    st.sampled_from(["", "eq", "ne", "gt", "lt", "ge", "le"]),
+    st.sampled_from(["", "eq", "ne", "gt", "lt", "ge", "le", "sa", "eb"]),
     st.integers(1, 4),
     st.sampled_from([0, 8, 23]),
     st.sampled_from(["day", "day", "hour"]),
@@ -89,6 +90,8 @@ query_strategy = st.fixed_dictionaries(
         "code": st.lists(st.lists(token_codes, min_size=1, max_size=3), min_size=1, max_size=2),
         "category": st.sampled_from(["vital-signs", f"{CATEGORY}|survey", "survey,vital-signs"]),
         "status": st.lists(st.sampled_from(STATUSES), min_size=1, max_size=2, unique=True),
+        "code:not": st.lists(token_codes, min_size=1, max_size=2),
+        "status:not": st.lists(st.sampled_from(STATUSES), min_size=1, max_size=2, unique=True),
         "date": st.lists(date_value, min_size=1, max_size=2),
         "_sort": st.sampled_from(["date", "-date", "_lastUpdated", "-_lastUpdated"]),
         "_count": st.integers(1, 7),
@@ -133,6 +136,8 @@ def _date_match(raw: str, target: tuple[int, int]) -> bool:
         "lt": s < lo,
         "ge": e > hi or contained,
         "le": s < lo or contained,
+        "sa": s >= hi,
+        "eb": e <= lo,
     }[prefix]
 
 
@@ -148,6 +153,10 @@ def expected(made: list[Made], q: dict[str, Any], split: str | None) -> list[Mad
         ):
             continue
         if "status" in q and m.status not in q["status"]:
+            continue
+        if any(_token_match(t, m.codes) for t in q.get("code:not", [])):
+            continue
+        if m.status in q.get("status:not", []):
             continue
         if not all(_date_match(d, parse_range(m.effective)) for d in q.get("date", [])):
             continue
@@ -166,6 +175,9 @@ def _form(q: dict[str, Any], split: str | None) -> list[tuple[str, str]]:
         form.append(("category", q["category"]))
     if "status" in q:
         form.append(("status", ",".join(q["status"])))
+    for name in ("code:not", "status:not"):
+        if name in q:
+            form.append((name, ",".join(q[name])))
     form += [("date", d) for d in q.get("date", [])]
     if split is not None:
         form.append(("_lastUpdated", split))

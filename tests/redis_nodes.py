@@ -47,7 +47,10 @@ class Node:
         cmd = ["redis-server", str(conf)] + (["--sentinel"] if sentinel else [])
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.client = redis.Redis(port=self.port, socket_timeout=2, socket_connect_timeout=0.5)
-        assert eventually(self._ping, 10), f"redis-server did not start on {self.port}"
+        if not eventually(self._ping, 30):
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            raise AssertionError(f"redis-server did not start on {self.port}")
 
     def _ping(self) -> bool:
         try:

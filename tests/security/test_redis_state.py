@@ -95,7 +95,9 @@ def test_claim_without_replica_acknowledgement_is_refused(
     nodes.extend([master, replica])
     linked = lambda: replica.client.info("replication")["master_link_status"] == "up"  # noqa: E731
     assert eventually(linked)
-    _, scene = app_on(settings, f"redis://127.0.0.1:{master.port}/0", redis_replica_acks=1, redis_wait_ms=50)
+    _, scene = app_on(
+        settings, f"redis://127.0.0.1:{master.port}/0", redis_replica_acks=1, redis_wait_ms=1000
+    )
     reader = scene.read
     assert reader.send(reader.headers()).status_code == 200
     replica.client.replicaof("NO", "ONE")  # the master has no replica any more

@@ -24,6 +24,7 @@ from sharing_api.app import create_app
 from sharing_api.settings import Settings
 from sharing_api.store.schema import revoked_tokens
 from tests.api_client import ApiClient
+from tests.live_server import free_port
 from tests.prerequisites import require
 from tests.redis_nodes import Node, eventually
 from tests.security.helpers import Scene, make_scene
@@ -213,7 +214,11 @@ def test_cluster_url_serves_and_refuses_replays(
 ) -> None:
     """Issue 13 item 2: ``redis+cluster://`` works end to end; all request-state keys share one slot."""
     require(shutil.which("redis-cli"), "redis-cli is not installed")
-    masters = [Node(tmp_path, ["cluster-enabled yes", "cluster-node-timeout 5000"]) for _ in range(3)]
+    # cluster-port: the default bus port (port + 10000) may be taken, or beyond 65535 for a high free port.
+    masters = [
+        Node(tmp_path, ["cluster-enabled yes", "cluster-node-timeout 5000", f"cluster-port {free_port()}"])
+        for _ in range(3)
+    ]
     nodes.extend(masters)
     subprocess.run(
         ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in masters], "--cluster-yes"],

@@ -61,9 +61,43 @@ PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 MIN_RSA_BITS = 2048
 
+#: What a client may sign with: client assertions (RFC 7523) and DPoP proofs (RFC 9449) share this one
+#: allowlist, and discovery advertises it (``token_endpoint_auth_signing_alg_values_supported``,
+#: ``dpop_signing_alg_values_supported``). HelseID clients sign with RSA, commonly ``RS512``
+#: (``shared/reference/helseid/dpop-proof.header.rsa.json``; HelseID's API sample accepts RS/PS/ES
+#: 256/384/512), so RSASSA-PKCS1-v1_5 and RSASSA-PSS are both here, with keys of at least
+#: :data:`MIN_RSA_BITS` bits. ``EdDSA`` is accepted with Ed25519 keys only; ``Ed25519`` is its RFC 9864
+#: name. Never ``none`` or ``HS*`` (:func:`check_allowlist`).
+CLIENT_SIGNING_ALGS: tuple[str, ...] = (
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+    "Ed25519",
+    "PS256",
+    "PS384",
+    "PS512",
+    "RS256",
+    "RS384",
+    "RS512",
+)
+
 
 class JoseFormatError(ValueError):
     """A JOSE object failed a shape or JSON check; the message is a fixed phrase safe to show."""
+
+
+def rsa_modulus_bits(jwk: Mapping[str, Any]) -> int:
+    """The size in bits of an RSA JWK's modulus ``n`` (RFC 7518 §6.3.1.1), read before any import.
+
+    Checked before joserfc sees the key: joserfc only *warns* about short RSA keys.
+
+    :raise JoseFormatError: ``n`` missing, not a string or not strict base64url.
+    """
+    modulus = jwk.get("n")
+    if not isinstance(modulus, str):
+        raise JoseFormatError("RSA key without a modulus")
+    return int.from_bytes(b64url_decode(modulus), "big").bit_length()
 
 
 def check_allowlist(algorithms: Collection[str]) -> tuple[str, ...]:

@@ -16,11 +16,12 @@
 8. ``jti`` present (at most 256 characters) and used once: one atomic claim in the replay cache,
    remembered until the assertion has expired (RFC 7523 §3 item 7; CLA-05).
 
-**Algorithm policy.** PS256/384/512 and ES256/384/512, the FAPI 2.0 set without EdDSA. ``none``, every
-``HS*`` (a client secret in disguise) and RSASSA-PKCS1-v1_5 (``RS*``) are refused. HelseID's samples
-sign with ``RS512``; such a client keeps its RSA key and switches the algorithm to ``PS512``. A
-deployment may widen the list through ``allowed_algs``, but never to ``none``/``HS*``
-(:func:`auth._jose.check_allowlist` raises).
+**Algorithm policy.** :data:`CLIENT_ASSERTION_ALGS` is :data:`auth._jose.CLIENT_SIGNING_ALGS`, the one
+list shared with DPoP proofs and advertised in discovery: ES256/384/512, EdDSA (Ed25519), PS256/384/512
+and RS256/384/512. HelseID clients sign with RSA (their samples with ``RS512``), so RSASSA-PKCS1-v1_5
+is accepted as HelseID accepts it; a registered RSA key below 2048 bits is never used. ``none`` and every
+``HS*`` (a client secret in disguise) are refused. A deployment may narrow the list through
+``allowed_algs``, but never widen it to ``none``/``HS*`` (:func:`auth._jose.check_allowlist` raises).
 
 **Audience policy.** ``aud`` must be our issuer identifier, as a string or as a one-element array.
 The token endpoint URL and multi-valued arrays are refused: draft-ietf-oauth-rfc7523bis (after the 2024
@@ -36,19 +37,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from joserfc.errors import JoseError
-from joserfc.jwk import ECKey, RSAKey
+from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from auth._jose import (
     ALG_CRV,
     ALG_KTY,
+    CLIENT_SIGNING_ALGS,
     MIN_RSA_BITS,
     PRIVATE_JWK_MEMBERS,
     JoseFormatError,
-    b64url_decode,
     check_allowlist,
     check_forbidden_headers,
     loads_object,
     numeric_date,
+    rsa_modulus_bits,
     split_compact,
     verify_signature,
 )
@@ -68,7 +70,7 @@ __all__ = [
 #: ``client_assertion_type`` form value (RFC 7523 §2.2).
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_TYP = "client-authentication+jwt"
-CLIENT_ASSERTION_ALGS: tuple[str, ...] = ("PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
+CLIENT_ASSERTION_ALGS: tuple[str, ...] = CLIENT_SIGNING_ALGS
 #: HelseID: ``exp`` at most 60 s after now (their clients use 10-30 s).
 MAX_ASSERTION_LIFETIME = 60
 #: Clock tolerance for ``exp`` in the past and ``iat``/``nbf`` in the future.
@@ -101,12 +103,12 @@ class ClientAssertion:
     claims: Mapping[str, Any]
 
 
-def _candidate_keys(jwks: Mapping[str, Any], alg: str, kid: str | None) -> list[ECKey | RSAKey]:
+def _candidate_keys(jwks: Mapping[str, Any], alg: str, kid: str | None) -> list[ECKey | OKPKey | RSAKey]:
     entries = jwks.get("keys")
     if not isinstance(entries, list):
         return []
     kty = ALG_KTY[alg]
-    keys: list[ECKey | RSAKey] = []
+    keys: list[ECKey | OKPKey | RSAKey] = []
     for entry in entries:
         if not isinstance(entry, dict) or entry.get("kty") != kty:
             continue
@@ -116,17 +118,13 @@ def _candidate_keys(jwks: Mapping[str, Any], alg: str, kid: str | None) -> list[
             continue
         public = {name: value for name, value in entry.items() if name not in PRIVATE_JWK_MEMBERS}
         try:
-            if kty == "EC":
+            if kty in ("EC", "OKP"):
                 if public.get("crv") != ALG_CRV[alg]:
                     continue
-                keys.append(ECKey.import_key(public))
+                keys.append(ECKey.import_key(public) if kty == "EC" else OKPKey.import_key(public))
             else:
-                modulus = public.get("n")
                 # Checked before import: joserfc only warns about short RSA keys.
-                if (
-                    not isinstance(modulus, str)
-                    or len(b64url_decode(modulus).lstrip(b"\0")) * 8 < MIN_RSA_BITS
-                ):
+                if rsa_modulus_bits(public) < MIN_RSA_BITS:
                     continue
                 keys.append(RSAKey.import_key(public))
         except (JoseError, JoseFormatError, ValueError, TypeError):

@@ -33,7 +33,16 @@ def _b64(data: bytes) -> str:
     return urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def _alg(key: SigningKey) -> str:
+#: JWK members of a public key that a DPoP proof's ``jwk`` carries (RFC 9449 §4.2: the public key only).
+_PUBLIC_MEMBERS = {"EC": ("kty", "crv", "x", "y"), "OKP": ("kty", "crv", "x"), "RSA": ("kty", "n", "e")}
+
+
+def default_alg(key: SigningKey) -> str:
+    """The algorithm a key signs with unless told otherwise: its JWK ``alg`` if it has one (HelseID keys
+    carry e.g. ``RS512``), else ES256/ES384/ES512 by curve, EdDSA, or PS256 for RSA."""
+    named = key.as_dict(private=False).get("alg")
+    if isinstance(named, str) and named:
+        return named
     if isinstance(key, ECKey):
         return {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}[str(key.curve_name)]
     if isinstance(key, OKPKey):
@@ -49,8 +58,11 @@ def client_assertion(
     now: float | None = None,
     assertion_details: Mapping[str, Any] | list[Any] | None = None,
     lifetime: int = 30,
+    alg: str | None = None,
 ) -> str:
-    """A signed client assertion for ``issuer``'s token endpoint (RFC 7523 §3, HelseID profile)."""
+    """A signed client assertion for ``issuer``'s token endpoint (RFC 7523 §3, HelseID profile).
+
+    ``alg`` defaults to :func:`default_alg` of ``key`` (e.g. ``RS512`` for a HelseID RSA key)."""
     issued = int(now if now is not None else time.time())
     claims: dict[str, Any] = {
         "iss": client_id,
@@ -63,7 +75,7 @@ def client_assertion(
     }
     if assertion_details is not None:
         claims["assertion_details"] = assertion_details
-    header: dict[str, Any] = {"typ": "client-authentication+jwt", "alg": _alg(key)}
+    header: dict[str, Any] = {"typ": "client-authentication+jwt", "alg": alg or default_alg(key)}
     if key.kid:
         header["kid"] = key.kid
     return jwt.encode(header, claims, key, algorithms=[header["alg"]])
@@ -76,15 +88,18 @@ def htu(url: str) -> str:
 
 
 def dpop_proof(
-    key: ECKey | OKPKey,
+    key: SigningKey,
     *,
     method: str,
     url: str,
     now: float | None = None,
     access_token: str | None = None,
     nonce: str | None = None,
+    alg: str | None = None,
 ) -> str:
-    """A DPoP proof for one request (RFC 9449 §4.2), with ``ath`` when an access token is sent."""
+    """A DPoP proof for one request (RFC 9449 §4.2), with ``ath`` when an access token is sent.
+
+    ``key`` may be EC, OKP (Ed25519) or RSA; ``alg`` defaults to :func:`default_alg` of ``key``."""
     claims: dict[str, Any] = {
         "jti": uuid.uuid4().hex,
         "htm": method.upper(),
@@ -95,8 +110,9 @@ def dpop_proof(
         claims["ath"] = _b64(hashlib.sha256(access_token.encode("ascii")).digest())
     if nonce is not None:
         claims["nonce"] = nonce
-    public = {k: v for k, v in key.as_dict(private=False).items() if k in ("kty", "crv", "x", "y")}
-    alg = _alg(key)
+    members = _PUBLIC_MEMBERS[str(key.key_type)]
+    public = {k: v for k, v in key.as_dict(private=False).items() if k in members}
+    alg = alg or default_alg(key)
     return jwt.encode({"typ": "dpop+jwt", "alg": alg, "jwk": public}, claims, key, algorithms=[alg])
 
 
@@ -113,8 +129,13 @@ class DhoClient:
     """A requests-based client for a DPoP-protected API.
 
     :param issuer: the token service's issuer URL (its discovery document names the token endpoint).
-    :param client_key: the private key registered for ``client_id`` (signs client assertions).
-    :param dpop_key: the key tokens are bound to (a fresh EC key per client by default).
+    :param client_key: the private key registered for ``client_id`` (signs client assertions): EC,
+        Ed25519 or RSA (at least 2048 bits).
+    :param dpop_key: the key tokens are bound to (a fresh EC key per client by default; EC, Ed25519 or
+        RSA, e.g. the HelseID client's RSA key).
+    :param client_alg: the client assertion's algorithm (default :func:`default_alg` of ``client_key``,
+        e.g. ``RS512`` for an RSA JWK that names it, else ``PS256`` for RSA).
+    :param dpop_alg: the DPoP proofs' algorithm (default :func:`default_alg` of ``dpop_key``).
     :param attestation: the ``nhn:tillitsrammeverk:parameters`` object for ``assertion_details``.
     """
 
@@ -123,7 +144,9 @@ class DhoClient:
     client_key: SigningKey
     scope: str
     attestation: Mapping[str, Any] | None = None
-    dpop_key: ECKey = field(default_factory=lambda: ECKey.generate_key("P-256", private=True))
+    dpop_key: SigningKey = field(default_factory=lambda: ECKey.generate_key("P-256", private=True))
+    client_alg: str | None = None
+    dpop_alg: str | None = None
     session: requests.Session = field(default_factory=requests.Session)
     clock: Callable[[], float] = time.time
     timeout: float = 10.0
@@ -167,10 +190,15 @@ class DhoClient:
                 client_id=self.client_id,
                 issuer=self.issuer,
                 assertion_details=self.attestation,
+                alg=self.client_alg,
             ),
         }
         proof = dpop_proof(
-            self.dpop_key, method="POST", url=endpoint, nonce=self._nonces.get(_origin(endpoint))
+            self.dpop_key,
+            method="POST",
+            url=endpoint,
+            nonce=self._nonces.get(_origin(endpoint)),
+            alg=self.dpop_alg,
         )
         return self.session.post(endpoint, data=form, headers={"DPoP": proof}, timeout=self.timeout)
 
@@ -189,6 +217,7 @@ class DhoClient:
                 url=url,
                 access_token=token,
                 nonce=self._nonces.get(_origin(url)),
+                alg=self.dpop_alg,
             )
             headers = {**kwargs.pop("headers", {}), "Authorization": f"DPoP {token}", "DPoP": proof}
             response = self.session.request(method, url, headers=headers, timeout=self.timeout, **kwargs)
@@ -217,10 +246,14 @@ def attestation(
     authorization: str = "LE",
     healthcare_service: str = "KP01",
     decision_ref: str | None = None,
+    decision_ref_description: str | None = None,
+    toa: int | None = None,
 ) -> dict[str, Any]:
     """An ``nhn:tillitsrammeverk:parameters`` attestation (HelseID spelling) for one patient.
 
-    ``patient`` is (identifier system, value); ``authorization`` a 9060 code (LE doctor, SP nurse...).
+    ``patient`` is (identifier system, value); ``authorization`` a 9060 code (LE doctor, SP nurse...);
+    ``decision_ref_description`` the EPJ's words for the care relation; ``toa`` the time of attestation
+    (epoch seconds, Tillitsrammeverk §4.6.1).
     """
     orgnr = "urn:oid:2.16.578.1.12.4.1.4.101"
     practitioner: dict[str, Any] = {
@@ -238,7 +271,12 @@ def attestation(
         "care_relationship": {
             "healthcare_service": {"code": healthcare_service, "system": "urn:oid:2.16.578.1.12.4.1.1.8663"},
             "purpose_of_use": {"code": purpose_of_use, "system": "urn:oid:2.16.840.1.113883.1.11.20448"},
-            "decision_ref": {"id": decision_ref or str(uuid.uuid4()), "user_selected": True},
+            "decision_ref": {
+                "id": decision_ref or str(uuid.uuid4()),
+                "user_selected": True,
+                **({"description": decision_ref_description} if decision_ref_description else {}),
+            },
         },
         "patients": [{"identifier": {"id": patient[1], "system": patient[0]}}] if patient else [{}],
+        **({"toa": toa} if toa is not None else {}),
     }

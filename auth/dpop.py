@@ -5,9 +5,11 @@
 1. exactly one well-formed compact JWT (the caller passes the single ``DPoP`` header value; see
    :func:`single_proof` for the "zero or two headers" case);
 2. ``typ`` is the string ``dpop+jwt``;
-3. ``alg`` is in the allowlist: asymmetric EC/OKP only (no ``none``, no ``HS*``, no RSA: joserfc bounds a
-   JWS header to 512 bytes, which an RSA-2048 ``jwk`` does not fit, so RSA is not advertised);
-4. ``jwk`` is a public EC or OKP key (no ``d``), on the curve ``alg`` names;
+3. ``alg`` is in the allowlist (:data:`DPOP_ALGS`, the same list as client assertions: EC, OKP and RSA,
+   never ``none`` or ``HS*``). joserfc bounds a JWS header to 512 bytes, which a proof carrying an
+   RSA-2048 ``jwk`` exceeds, so the header limit is raised deliberately (:data:`MAX_PROOF_HEADER_BYTES`);
+4. ``jwk`` is a public key (no ``d``, ``p``, ``q``...) of the type ``alg`` names: EC or OKP on the curve
+   ``alg`` names, or RSA with a modulus of at least 2048 bits; a ``jwk.alg``, if present, equals ``alg``;
 5. the signature verifies with that ``jwk``;
 6. ``jti`` present, a string of at most :data:`MAX_JTI_LENGTH` characters (DPOP-14);
 7. ``htm`` equals the request method;
@@ -15,7 +17,8 @@
    host case-insensitive; default port dropped; RFC 3986 §6.2.2 syntax normalisation);
 9. ``iat`` inside :class:`IatWindow` (default: at most 60 s old, at most 10 s ahead);
 10. with an access token: ``ath`` = base64url(SHA-256(token)) (§4.3 step 12, §7);
-11. with an expected key: the RFC 7638 thumbprint of ``jwk`` equals ``cnf.jkt`` (§6.1);
+11. with an expected key: the RFC 7638 thumbprint of ``jwk`` equals ``cnf.jkt`` (§6.1; for RSA over the
+    required members ``e``, ``kty``, ``n`` only, so a ``jwk.alg`` does not change it);
 12. with a nonce policy: ``nonce`` present and valid (§8, §9), else ``use_dpop_nonce`` with a fresh one;
 13. ``jti`` used once: one atomic claim in the replay cache, remembered for the whole window (§11.1).
 
@@ -33,15 +36,19 @@ import hmac
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 from joserfc.errors import JoseError
-from joserfc.jwk import ECKey, OKPKey
+from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from auth._jose import (
     ALG_CRV,
     ALG_KTY,
+    CLIENT_SIGNING_ALGS,
+    MIN_RSA_BITS,
     PRIVATE_JWK_MEMBERS,
     JoseFormatError,
     b64url_sha256,
@@ -49,6 +56,7 @@ from auth._jose import (
     check_forbidden_headers,
     loads_object,
     numeric_date,
+    rsa_modulus_bits,
     split_compact,
     verify_signature,
 )
@@ -68,20 +76,21 @@ __all__ = [
 ]
 
 #: Algorithms we accept and advertise (``algs`` in ``WWW-Authenticate``,
-#: ``dpop_signing_alg_values_supported``).
-#: EC and OKP only. ``EdDSA`` is accepted with Ed25519 keys; ``Ed25519`` is its RFC 9864 name.
-DPOP_ALGS: tuple[str, ...] = ("ES256", "ES384", "EdDSA", "Ed25519")
+#: ``dpop_signing_alg_values_supported``): :data:`auth._jose.CLIENT_SIGNING_ALGS`, the list client
+#: assertions use too. ``EdDSA`` is accepted with Ed25519 keys; ``Ed25519`` is its RFC 9864 name.
+DPOP_ALGS: tuple[str, ...] = CLIENT_SIGNING_ALGS
 
 #: A ``jti`` longer than this is refused before it reaches the replay cache (DPOP-14). A UUID is 36.
 MAX_JTI_LENGTH = 256
 
-#: Whole-proof bound, checked before any decoding. An EC P-521 proof with ``ath`` and ``nonce`` is < 1.5 KB;
+#: Whole-proof bound, checked before any decoding. An RSA-4096 proof with ``ath`` and ``nonce`` is < 2.5 KB;
 #: the rest is room for clients that (wrongly, but harmlessly) put a long query string into ``htu``.
 MAX_PROOF_BYTES = 8192
 
-#: Header-segment bound. joserfc's default is 512 bytes; 1024 leaves room for a P-521 ``jwk`` plus unknown
-#: extension parameters (DPOP-15), while an RSA ``jwk`` is refused by the key-type rule anyway.
-MAX_PROOF_HEADER_BYTES = 1024
+#: Header-segment bound (base64url characters). joserfc's default is 512, which a proof carrying an
+#: RSA-2048 ``jwk`` (about 570) exceeds (security-tests.md DPOP-19); 2048 fits an RSA-4096 ``jwk``
+#: (about 1,000) with room for unknown extension parameters (DPOP-15). Larger RSA keys are refused.
+MAX_PROOF_HEADER_BYTES = 2048
 
 _TYP = "dpop+jwt"
 _REPLAY_NAMESPACE = "dpop"
@@ -206,21 +215,40 @@ def normalise_htu(url: str) -> str:
     return f"{scheme}://{host}{path}"
 
 
-def _proof_key(jwk: Any, alg: str) -> ECKey | OKPKey:
-    """The proof's public key, checked: EC or OKP, public only, on the curve ``alg`` requires."""
+def _proof_key(jwk: Any, alg: str) -> ECKey | OKPKey | RSAKey:
+    """The proof's public key, checked: public only, of the key type ``alg`` requires; EC/OKP on the
+    curve ``alg`` names, RSA of at least :data:`~auth._jose.MIN_RSA_BITS` bits; ``jwk.alg``, when
+    present, the same as the header's (RFC 7517 §4.4)."""
     if not isinstance(jwk, dict):
         raise InvalidDPoPProof("jwk header missing or not an object")
     if PRIVATE_JWK_MEMBERS & jwk.keys():
         raise InvalidDPoPProof("jwk must be a public key")
     kty = jwk.get("kty")
-    if kty not in ("EC", "OKP") or kty != ALG_KTY.get(alg):
+    if kty not in ("EC", "OKP", "RSA") or kty != ALG_KTY.get(alg):
         raise InvalidDPoPProof("jwk key type not supported for this alg")
-    if jwk.get("crv") != ALG_CRV.get(alg):
-        raise InvalidDPoPProof("jwk curve does not match alg")
+    if "alg" in jwk and jwk["alg"] != alg:
+        raise InvalidDPoPProof("jwk alg does not match the proof's alg")
     try:
-        return ECKey.import_key(jwk) if kty == "EC" else OKPKey.import_key(jwk)
-    except (JoseError, ValueError, TypeError) as err:
+        if kty == "RSA":
+            # Before import: joserfc only warns about short RSA keys.
+            if rsa_modulus_bits(jwk) < MIN_RSA_BITS:
+                raise InvalidDPoPProof("RSA jwk shorter than 2048 bits")
+        elif jwk.get("crv") != ALG_CRV.get(alg):
+            raise InvalidDPoPProof("jwk curve does not match alg")
+        return _imported_key(kty, orjson.dumps(jwk, option=orjson.OPT_SORT_KEYS))
+    except (JoseError, JoseFormatError, ValueError, TypeError) as err:
         raise InvalidDPoPProof("jwk malformed") from err
+
+
+@lru_cache(maxsize=4096)
+def _imported_key(kty: str, jwk: bytes) -> ECKey | OKPKey | RSAKey:
+    """The imported public key for one exact JWK (canonical JSON): a client proves with the same key
+    on every request, and importing it costs more than verifying the signature (issue 12). Keyed by
+    every member of the JWK, so a different key is never served; failures are not cached."""
+    members = orjson.loads(jwk)
+    if kty == "RSA":
+        return RSAKey.import_key(members)
+    return ECKey.import_key(members) if kty == "EC" else OKPKey.import_key(members)
 
 
 def _string_claim(claims: Mapping[str, Any], name: str) -> str:
@@ -254,17 +282,16 @@ def verify_proof(
     :param access_token: at a resource server, the presented token; then ``ath`` is required and checked.
     :param expected_jkt: the token's ``cnf.jkt``; the proof key's RFC 7638 thumbprint must equal it.
     :param nonce: when given, a valid server nonce is required (RFC 9449 §8/§9).
-    :param allowed_algs: EC/OKP algorithms accepted; RSA and symmetric names are refused here.
+    :param allowed_algs: algorithms accepted (default :data:`DPOP_ALGS`); symmetric names and ``none``
+        are refused here.
     :param replay_namespace: keeps token-endpoint and resource-server ``jti`` spaces apart if wanted.
     :raise InvalidDPoPProof: any check of the proof itself fails, including replay.
     :raise InvalidToken: the proof is valid but signed by another key than ``expected_jkt`` (DPOP-07).
     :raise UseDPoPNonce: a nonce is required and missing, stale or forged; carries a fresh nonce.
     :raise StateUnavailable: the replay cache cannot answer (fail closed).
-    :raise ValueError: a bad argument from the caller (``url`` not absolute, allowlist with RSA/HS/none).
+    :raise ValueError: a bad argument from the caller (``url`` not absolute, allowlist with HS/none).
     """
     algs = check_allowlist(allowed_algs)
-    if any(ALG_KTY[name] not in ("EC", "OKP") for name in algs):
-        raise ValueError("DPoP proofs are verified with EC or OKP keys only")
     expected_htu = normalise_htu(url)
 
     try:

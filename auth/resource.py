@@ -17,7 +17,7 @@ in that order inside the script (auth/replaystate.py), so a revoked token still 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from auth._jose import JoseFormatError, split_compact
 from auth.caller import Caller, caller_from_claims
@@ -26,7 +26,13 @@ from auth.errors import InvalidDPoPProof, InvalidRequest, InvalidToken, StateUna
 from auth.ratelimit import RateDecision, decide, window
 from auth.replay import NoncePolicy, ReplayCache
 from auth.replaystate import REPLAYED, REVOKED, STALE, Claim, RedisState
-from auth.tokens import MAX_TOKEN_BYTES, MAX_TOKEN_HEADER_BYTES, KeyLookup, TokenPolicy, verify_access_token
+from auth.tokens import (
+    MAX_TOKEN_BYTES,
+    MAX_TOKEN_HEADER_BYTES,
+    KeyLookup,
+    TokenPolicy,
+    VerifiedTokenCache,
+)
 
 IssuerLookup = Callable[[str], tuple[TokenPolicy, KeyLookup] | None]
 """``iss`` (unverified) -> the policy and keys to verify with. ``iss`` only chooses; the signature decides."""
@@ -69,6 +75,9 @@ class ResourceGuard:
     clock: Callable[[], float]
     nonce: NoncePolicy | None = None
     dpop_algs: tuple[str, ...] = DPOP_ALGS
+    verified_tokens: VerifiedTokenCache = field(default_factory=VerifiedTokenCache, compare=False)
+    """Tokens already verified (signature, claims) until they expire; revocation and the proof are
+    checked on every request regardless."""
     state: RedisState | None = None
     rate_limit: tuple[int, int] | None = None
 
@@ -109,7 +118,7 @@ class ResourceGuard:
             raise InvalidToken("the access token is not from a trusted issuer")
         policy, keys = selected
         now = self.clock()
-        verified = verify_access_token(token, policy=policy, keys=keys, now=now)
+        verified = self.verified_tokens.verify(token, policy=policy, keys=keys, now=now)
         if self.state is None and self.is_revoked(verified.jti):
             raise InvalidToken("the access token has been revoked")
         deferred = _DeferredClaim()

@@ -23,6 +23,7 @@ HelseID puts ``scope`` as a JSON array; RFC 9068 §2.2.3 as a space-separated st
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
@@ -163,6 +164,39 @@ class VerifiedAccessToken:
     @property
     def scopes(self) -> frozenset[str]:
         return parse_scope(self.claims.get("scope"))
+
+
+class VerifiedTokenCache:
+    """Access tokens that passed :func:`verify_access_token`, by the SHA-256 of the token, until they
+    expire (issue 12: the signature check and claim checks run once per token, not per request).
+
+    Only the token's own verification is remembered: revocation, the DPoP proof, its ``ath`` and the
+    replay claim are still checked on every request by the caller. A hit is served only while
+    ``exp + leeway > now``, exactly as :func:`verify_access_token` would decide; ``nbf``/``iat`` in
+    the future never reach the cache (they fail verification). Bounded: when full, expired entries
+    are dropped, and if none are, the cache starts afresh. Safe across threads (single dict ops).
+    """
+
+    def __init__(self, max_entries: int = 10_000):
+        self.max_entries = max_entries
+        self._entries: dict[bytes, tuple[VerifiedAccessToken, float]] = {}
+
+    @staticmethod
+    def _key(token: str) -> bytes:
+        return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+    def verify(self, token: str, *, policy: TokenPolicy, keys: KeyLookup, now: float) -> VerifiedAccessToken:
+        """:func:`verify_access_token`, answered from the cache while the token is unexpired."""
+        key = self._key(token)
+        hit = self._entries.get(key)
+        if hit is not None and hit[0].claims.get("iss") == policy.issuer and now < hit[1]:
+            return hit[0]
+        verified = verify_access_token(token, policy=policy, keys=keys, now=now)
+        if len(self._entries) >= self.max_entries:
+            live = {k: v for k, v in list(self._entries.items()) if v[1] > now}
+            self._entries = live if len(live) < self.max_entries else {}
+        self._entries[key] = (verified, verified.expires_at + policy.leeway)
+        return verified
 
 
 @dataclass(frozen=True, slots=True)

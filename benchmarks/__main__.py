@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import overload
+from urllib.parse import parse_qs
 
 import click
 import orjson
@@ -42,9 +43,12 @@ HITS = 12
 NEEDS_AUTH = "The API refused the benchmark's requests (see the server log and BENCHMARKS.md)."
 
 
-def _verify_search(port: int, requests: list[bytes]) -> None:
-    """Every search of the mix answers 200 with ``HITS`` hits (this also warms the server up)."""
+def _verify_search(port: int, requests: list[bytes]) -> list[list[str]]:
+    """Every search of the mix answers 200 with ``HITS`` hits (this also warms the server up).
+
+    Returns the ids each search found, in the order of ``requests`` (the reads by id use them)."""
     conn = Connection(port)
+    found: list[list[str]] = []
     try:
         for request in requests:
             status, body = conn.roundtrip(request)
@@ -57,8 +61,23 @@ def _verify_search(port: int, requests: list[bytes]) -> None:
                     f"a warm-up search answered {status} with {hits} hits (total {bundle.get('total')}); "
                     f"expected {HITS}"
                 )
+            found.append([e["resource"]["id"] for e in bundle["entry"]])
     finally:
         conn.close()
+    return found
+
+
+def _verify_once(port: int, request: bytes, what: str) -> None:
+    """``request`` answers 200 before its scenario is measured (a refusal would measure nothing)."""
+    conn = Connection(port)
+    try:
+        status, body = conn.roundtrip(request)
+    finally:
+        conn.close()
+    if status in (401, 403):
+        raise click.ClickException(NEEDS_AUTH)
+    if status != 200:
+        raise click.ClickException(f"a {what} answered {status}: {body[:300]!r}")
 
 
 class OnDemand(Sequence[bytes]):
@@ -83,6 +102,9 @@ class OnDemand(Sequence[bytes]):
 
 SEARCHES_PER_CLIENT_SECOND = 400
 """Requests signed in advance per search client and second: more than one client can send."""
+READS_PER_CLIENT_SECOND = 500
+TOKENS_PER_CLIENT_SECOND = 1000
+"""Token requests per client and second at most (each signed when sent: an assertion and a proof)."""
 
 
 def _measure(
@@ -111,6 +133,9 @@ def _measure(
         duration=options["ingest_timeout"],
         check=count_created,
         probe=probe,
+        # A Bundle the client gave up on is still committed by the server later, and would then be
+        # missing from the searches that follow: wait for every answer, up to the ingest timeout.
+        socket_timeout=options["ingest_timeout"],
     )
     if ingest.items == 0:
         raise click.ClickException(f"no observation was created. {NEEDS_AUTH}")
@@ -126,7 +151,7 @@ def _measure(
             for f in (forms[(offset + i) % len(forms)] for i in range(count))
         ]
 
-    _verify_search(port, signed(len(forms)))
+    found = _verify_search(port, signed(len(forms)))
     console.print(f"baseline: GET /healthz, {clients} clients, {warmup:g} s warm-up + {duration:g} s ...")
     health = run_load(
         port,
@@ -146,7 +171,60 @@ def _measure(
         duration=duration,
         probe=probe,
     )
-    return report.Results(ingest, ingest.items, data.observations, data.bundle_size, health, search)
+    # Read by id: the observations the searches found, each read by the doctor whose attestation names
+    # its patient (a fresh proof per request, as for search).
+    targets = [
+        (parse_qs(f.decode())["patient.identifier"][0].split("|", 1)[1], obs_id)
+        for f, ids in zip(forms, found, strict=True)
+        for obs_id in ids[:2]
+    ]
+
+    def reads(count: int, offset: int) -> list[bytes]:
+        out = []
+        for i in range(count):
+            fnr, obs_id = targets[(offset + i) % len(targets)]
+            read_path = f"/{TENANT}/fhir/Observation/{obs_id}"
+            headers = Credentials.headers(creds.reader(fnr), "GET", base + read_path)
+            out.append(request_bytes("GET", read_path, port, headers=headers))
+        return out
+
+    _verify_once(port, reads(1, 0)[0], "read by id")
+    console.print(f"read by id: {clients} clients, {warmup:g} s warm-up + {duration:g} s ...")
+    per_client = int(READS_PER_CLIENT_SECOND * (warmup + duration))
+    read = run_load(
+        port,
+        [reads(per_client, i * len(targets) // clients) for i in range(clients)],
+        repeat=False,
+        warmup=warmup,
+        duration=duration,
+        probe=probe,
+    )
+    # The token endpoint: the hospital's client assertion (with the attestation) and a DPoP proof,
+    # both fresh per request (the assertion's jti and the proof are single-use).
+    endpoint = creds.publisher.token_endpoint()
+    token_path = "/" + endpoint.split("/", 3)[3]
+    reader = creds.reader(data.patients[0].fnr)
+
+    def token_request(_: bytes) -> bytes:
+        # Signed when sent: a client assertion lives 30 s, less than signing a run's worth in advance
+        # takes on a busy machine. The signing shows in the loadgen column, not in the server's.
+        body, headers = creds.token_request(reader, endpoint)
+        return request_bytes("POST", token_path, port, body, form, headers)
+
+    _verify_once(port, token_request(b""), "token request")
+    console.print(f"token endpoint: {clients} clients, {warmup:g} s warm-up + {duration:g} s ...")
+    per_client = int(TOKENS_PER_CLIENT_SECOND * (warmup + duration))
+    token = run_load(
+        port,
+        [OnDemand([b""] * per_client, token_request) for _ in range(clients)],
+        repeat=False,
+        warmup=warmup,
+        duration=duration,
+        probe=probe,
+    )
+    return report.Results(
+        ingest, ingest.items, data.observations, data.bundle_size, health, search, read, token
+    )
 
 
 @click.command()

@@ -11,6 +11,7 @@ parsing. A ``CpuProbe`` shows how much of the machine the load generator itself 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -42,13 +43,14 @@ def request_bytes(
 class Connection:
     """A persistent connection to 127.0.0.1:``port`` that reads framed responses (Content-Length)."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, timeout: float = SOCKET_TIMEOUT):
         self.port = port
+        self.timeout = timeout
         self.sock: socket.socket | None = None
         self.pending = b""
 
     def _connect(self) -> socket.socket:
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=SOCKET_TIMEOUT)
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock, self.pending = sock, b""
         return sock
@@ -103,6 +105,7 @@ class ClientResult:
     """What ``check`` counted in the 2xx bodies (created entries, for ingest)."""
     first_send: float = 0.0
     last_receive: float = 0.0
+    """The last response to a measured request (``time.monotonic()``)."""
 
 
 def run_client(
@@ -114,13 +117,14 @@ def run_client(
     measure_from: float,
     stop_at: float,
     check: Callable[[bytes], int] | None = None,
+    socket_timeout: float = SOCKET_TIMEOUT,
 ) -> ClientResult:
     """Send ``requests`` in order (cycling when ``repeat``) from ``start_at`` until ``stop_at``.
 
     Times are ``time.monotonic()`` values, the same clock in every process. Latencies of requests
     sent before ``measure_from`` (the warm-up) are not recorded.
     """
-    conn = Connection(port)
+    conn = Connection(port, socket_timeout)
     result = ClientResult()
     time.sleep(max(0.0, start_at - time.monotonic()))
     result.first_send = time.monotonic()
@@ -136,6 +140,7 @@ def run_client(
                 status, body = 0, b""
             elapsed = time.perf_counter_ns() - t0
             if now >= measure_from:
+                result.last_receive = time.monotonic()
                 result.latencies_ns.append(elapsed)
                 if not 200 <= status < 300:
                     result.errors += 1
@@ -143,7 +148,6 @@ def run_client(
                     result.items += check(body)
     finally:
         conn.close()
-    result.last_receive = time.monotonic()
     return result
 
 
@@ -167,9 +171,14 @@ class LoadResult:
     errors: int
     items: int
     seconds: float
-    """The measured window: from the first send to the last response (or the fixed duration)."""
+    """The measured window: from the end of the warm-up (or the first send) to the last measured
+    response, or the fixed duration when the clients cycle."""
     cpu: dict[str, float]
     """Fractions of all cores by group (``benchmarks.cpu.GROUPS``) over the measured window."""
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    """CPU seconds by group over the probe's window (the measured window, plus the last responses)."""
+    load_average: float = 0.0
+    """The 1-minute load average when the measured window began (others' work on a shared machine)."""
 
     @property
     def requests(self) -> int:
@@ -197,12 +206,15 @@ def run_load(
     duration: float,
     check: Callable[[bytes], int] | None = None,
     probe: CpuProbe | None = None,
+    socket_timeout: float = SOCKET_TIMEOUT,
 ) -> LoadResult:
     """Run one client process per entry of ``per_client`` at the same time; gather their results.
 
     With ``repeat`` the clients cycle through their requests for ``warmup`` + ``duration`` seconds
-    and the rate is over ``duration``; without, each sends its requests once (``duration`` is then
-    a cap) and the rate is over the time from the first send to the last response.
+    and the rate is over ``duration``; without, each sends its requests once (``warmup`` +
+    ``duration`` is then a cap) and the rate is over the time from the end of the warm-up (the
+    first send when there is none) to the last measured response. Requests sent during the
+    warm-up count neither in the latencies nor in the rate.
     """
     ctx = multiprocessing.get_context("fork")  # the clients inherit their requests: nothing to pickle
     start_at = time.monotonic() + 0.5  # every process is up before the first request
@@ -214,6 +226,7 @@ def run_load(
         "measure_from": measure_from,
         "stop_at": stop_at,
         "check": check,
+        "socket_timeout": socket_timeout,
     }
     queue, done = ctx.Queue(), ctx.Event()
     clients = [
@@ -224,10 +237,11 @@ def run_load(
         client.start()
     try:
         time.sleep(max(0.0, measure_from - time.monotonic()))
+        load_average = os.getloadavg()[0]
         cpu_before = probe.sample() if probe else None
         if repeat:
             time.sleep(max(0.0, stop_at - time.monotonic()))
-        results = [queue.get(timeout=max(1.0, stop_at - time.monotonic()) + SOCKET_TIMEOUT) for _ in clients]
+        results = [queue.get(timeout=max(1.0, stop_at - time.monotonic()) + socket_timeout) for _ in clients]
         cpu_after = probe.sample() if probe else None  # the clients are still alive here
     finally:
         done.set()
@@ -238,12 +252,18 @@ def run_load(
     failed = [r for r in results if isinstance(r, BaseException)]
     if failed:
         raise RuntimeError("a load-generator client failed") from failed[0]
-    wall = max(r.last_receive for r in results) - min(r.first_send for r in results)
+    share = probe.share(cpu_before, cpu_after) if probe else {}
+    began = max(measure_from, min(r.first_send for r in results))
+    wall = max(r.last_receive for r in results) - began
     return LoadResult(
         clients=len(per_client),
         latencies_ns=[x for r in results for x in r.latencies_ns],
         errors=sum(r.errors for r in results),
         items=sum(r.items for r in results),
-        seconds=duration if repeat else wall,
-        cpu=probe.share(cpu_before, cpu_after) if probe else {},
+        seconds=duration if repeat else max(wall, 0.0),
+        cpu=share,
+        cpu_seconds={g: f * (cpu_after.total - cpu_before.total) for g, f in share.items()}
+        if cpu_before and cpu_after
+        else {},
+        load_average=load_average,
     )

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from joserfc.jwk import ECKey
 
-from auth.client import DhoClient, attestation, dpop_proof
+from auth.client import ASSERTION_TYPE, DhoClient, attestation, client_assertion, dpop_proof
 from consent.model import PurposeOfUse
 from sharing_api.fhir.identifiers import FNR
 from sharing_api.store.clients import ClientRegistry
@@ -83,6 +83,22 @@ class Credentials:
         token = client.access_token()
         proof = dpop_proof(client.dpop_key, method=method, url=url, access_token=token)
         return [f"Authorization: DPoP {token}", f"DPoP: {proof}"]
+
+    def token_request(self, client: DhoClient, endpoint: str) -> tuple[bytes, list[str]]:
+        """A token request as ``client`` sends it: a fresh client assertion and DPoP proof."""
+        form = {
+            "grant_type": "client_credentials",
+            "scope": client.scope,
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": client_assertion(
+                client.client_key,
+                client_id=client.client_id,
+                issuer=client.issuer,
+                assertion_details=client.attestation,
+            ),
+        }
+        proof = dpop_proof(client.dpop_key, method="POST", url=endpoint)
+        return urlencode(form).encode(), [f"DPoP: {proof}"]
 
     def search_headers(self, form: bytes, url: str) -> list[str]:
         fnr = parse_qs(form.decode())["patient.identifier"][0].split("|", 1)[1]

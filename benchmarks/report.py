@@ -18,6 +18,8 @@ from benchmarks.load import LoadResult
 
 SEARCH_TARGET = (1000.0, 15.0)  # requests/s, p99 ms (product.md §6)
 INGEST_TARGET = 3000.0  # observations/s (product.md §6)
+READ_TARGET_MS = 1.2  # server+storage CPU ms per read by id, full chain (issue 12)
+TOKEN_TARGET = 500.0  # tokens/s, private_key_jwt + DPoP (issue 12)
 NOT_MEASURED = (
     "The full chain is measured: DPoP-bound tokens and a fresh proof per request, the sharing decision, "
     "and the durable audit record (committed before the response); TLS is not (loopback HTTP)."
@@ -34,9 +36,10 @@ COLUMNS = (
     "p99 ms",
     "max ms",
     "Errors",
+    "load avg",
     "CPU " + " / ".join(GROUPS),
     "server+storage CPU ms per item",
-    "Target (product.md §6)",
+    "Target (product.md §6, issue 12)",
     "Met",
 )
 
@@ -49,24 +52,44 @@ class Results:
     bundle_size: int
     health: LoadResult
     search: LoadResult
+    read: LoadResult | None = None
+    token: LoadResult | None = None
 
     @property
     def ingest_rate(self) -> float:
         return self.created / self.ingest.seconds if self.ingest.seconds else 0.0
 
+    def phases(self) -> dict[str, LoadResult]:
+        out = {"ingest": self.ingest, "baseline": self.health, "search": self.search}
+        if self.read is not None:
+            out["read"] = self.read
+        if self.token is not None:
+            out["token"] = self.token
+        return out
+
     @property
     def broken(self) -> bool:
         """Something failed: an error response, or an observation that was not created."""
-        errors = self.ingest.errors + self.health.errors + self.search.errors
+        errors = sum(r.errors for r in self.phases().values())
         return bool(errors) or self.created != self.observations
+
+
+def cpu_ms_per_item(r: LoadResult, items: int) -> float | None:
+    """Server and storage CPU milliseconds per item: unlike the rate, barely moved by other work on the
+    machine, so it is the number to compare between runs."""
+    if not r.cpu or not items:
+        return None
+    if r.cpu_seconds:
+        spent = r.cpu_seconds.get("server", 0.0) + r.cpu_seconds.get("storage", 0.0)
+    else:
+        spent = (r.cpu.get("server", 0.0) + r.cpu.get("storage", 0.0)) * (os.cpu_count() or 1) * r.seconds
+    return spent / items * 1000
 
 
 def _row(name: str, r: LoadResult, items: int, throughput: str, target: str, met: bool | None) -> list[str]:
     cpu = " / ".join(f"{r.cpu[g]:.0%}" for g in GROUPS) if r.cpu else "n/a"
-    # CPU time per request (per observation for ingest): unlike the rate, barely moved by other work
-    # on the machine, so it is the number to compare between runs.
-    spent = (r.cpu.get("server", 0.0) + r.cpu.get("storage", 0.0)) * (os.cpu_count() or 1) * r.seconds
-    per_item = f"{spent / items * 1000:.2f}" if r.cpu and items else "n/a"
+    ms = cpu_ms_per_item(r, items)
+    per_item = "n/a" if ms is None else f"{ms:.2f}"
     return [
         name,
         str(r.clients),
@@ -74,6 +97,7 @@ def _row(name: str, r: LoadResult, items: int, throughput: str, target: str, met
         throughput,
         *(f"{r.percentile_ms(p):.2f}" for p in (50, 95, 99, 100)),
         str(r.errors),
+        f"{r.load_average:.1f}",
         cpu,
         per_item,
         target,
@@ -83,7 +107,7 @@ def _row(name: str, r: LoadResult, items: int, throughput: str, target: str, met
 
 def rows(res: Results) -> list[list[str]]:
     search_ok = res.search.rate >= SEARCH_TARGET[0] and res.search.percentile_ms(99) <= SEARCH_TARGET[1]
-    return [
+    out = [
         _row(
             f"ingest: batch Bundles of {res.bundle_size} (latency per Bundle)",
             res.ingest,
@@ -109,11 +133,35 @@ def rows(res: Results) -> list[list[str]]:
             search_ok,
         ),
     ]
+    if res.read is not None:
+        ms = cpu_ms_per_item(res.read, res.read.requests)
+        out.append(
+            _row(
+                "read by id (full chain)",
+                res.read,
+                res.read.requests,
+                f"{res.read.rate:,.0f} req/s",
+                f"<= {READ_TARGET_MS:g} ms CPU per read",
+                None if ms is None else ms <= READ_TARGET_MS,
+            )
+        )
+    if res.token is not None:
+        out.append(
+            _row(
+                "token endpoint: private_key_jwt + DPoP",
+                res.token,
+                res.token.requests,
+                f"{res.token.rate:,.0f} tokens/s",
+                f">= {TOKEN_TARGET:,.0f} tokens/s",
+                res.token.rate >= TOKEN_TARGET,
+            )
+        )
+    return out
 
 
 def warnings(res: Results) -> list[str]:
     out = []
-    for name, r in (("ingest", res.ingest), ("baseline", res.health), ("search", res.search)):
+    for name, r in res.phases().items():
         if r.cpu.get("rest", 0.0) > BUSY_ELSEWHERE:
             out.append(
                 f"during {name}, {r.cpu['rest']:.0%} of the machine went to other work (other processes, "

@@ -86,12 +86,10 @@ class AccessPolicy:
             point_of_care=caller.point_of_care if caller.point_of_care != consumer else None,
             practitioner_hpr=caller.practitioner_hpr,
         )
-        directives = self.store.directives_for(tenant.orgnr, patient)
+        agreements, directives = self.store.decision_records(tenant.orgnr, consumer, patient)
         decision = decide(
             request,
-            agreements=self.store.agreements(controller=tenant.orgnr, consumer=consumer)
-            if consumer != tenant.orgnr
-            else [],
+            agreements=agreements,
             reservations=[d for d in directives if isinstance(d, Reservation)],
             blocks=[d for d in directives if isinstance(d, Block)],
             consents=[d for d in directives if isinstance(d, Consent)],

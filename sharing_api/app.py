@@ -167,7 +167,7 @@ def build_services(settings: Settings) -> Services:
     audit_log = AuditLog(
         engine,
         signer=AuditSigner.load_or_create(settings.audit_key_path),
-        origin=f"{settings.base_url}/audit",
+        origin=settings.audit_log_origin,
     )
     return Services(
         settings=settings,

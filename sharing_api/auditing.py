@@ -47,6 +47,15 @@ def _coded(coding: object) -> Coded | None:
     return Coded(system=system, code=code, display=getattr(coding, "text", None))
 
 
+def _name(ident: object, caller: Caller | None, *, of_care: bool = False) -> str | None:
+    """The attestation's name for the caller's legal entity (or point of care), when it names that one."""
+    if caller is None or ident is None:
+        return None
+    number = caller.point_of_care if of_care else caller.organisation
+    name = getattr(ident, "name", None)
+    return name if name and getattr(ident, "id", None) == number else None
+
+
 def audit_facts(
     *,
     action: AuditAction,
@@ -72,8 +81,11 @@ def audit_facts(
         tenant=tenant,
         client_id=caller.client_id if caller else None,
         organisation=caller.organisation if caller else None,
+        organisation_name=_name(attestation.legal_entity if attestation else None, caller),
         point_of_care=caller.point_of_care if caller else None,
+        point_of_care_name=_name(attestation.point_of_care if attestation else None, caller, of_care=True),
         practitioner_hpr=caller.practitioner_hpr if caller else None,
+        practitioner_authorization=_coded(attestation.authorization) if attestation else None,
         purpose_of_use=str(caller.purpose_of_use) if caller and caller.purpose_of_use else None,
         purpose_of_use_details=_coded(attestation.purpose_of_use_details) if attestation else None,
         healthcare_service=_coded(attestation.healthcare_service) if attestation else None,

@@ -1,8 +1,15 @@
 """Publishing measurements: create, correct, and Bundles, for one tenant (no web code here).
 
 Every write is validated first (``fhir.validation``) and stored by ``ObservationStore``; nothing is
-stored when validation fails. A batch runs each entry in its own savepoint of one transaction, so one
-bad entry fails alone; a transaction is all or nothing.
+stored when validation fails. A Bundle's plain creates (``POST`` without ``If-None-Exist``) are
+written together with a few set-based statements (``ObservationStore.create_many``); its other
+entries each run in a savepoint of the same transaction. In a batch one bad entry fails alone; a
+transaction is all or nothing.
+
+A create whose business identifier is already stored is idempotent when the content is the same (200,
+the stored resource). With different content it is a correction sent as a create: refused with 409
+(412 under ``If-None-Exist``) and an OperationOutcome that says to ``PUT`` it, and nothing changes
+(issue 8), so a correction is never lost without a word.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from urllib.parse import parse_qsl
 import orjson
 from sqlalchemy import Connection
 
-from sharing_api.errors import FhirError, InvalidResource, Issue, PreconditionFailed
+from sharing_api.errors import Conflict, FhirError, InvalidResource, Issue, PreconditionFailed
 from sharing_api.fhir.bundles import Entry, parse_bundle, response_entry
 from sharing_api.fhir.dates import format_instant
 from sharing_api.fhir.search import parse_search
@@ -40,6 +47,19 @@ def _same_content(stored: bytes, valid: ValidObservation) -> bool:
         k: v for k, v in (valid.resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")
     }
     return a == b and meta_a == meta_b
+
+
+def refuse_changed(stored: Stored, valid: ValidObservation, *, conditional: bool) -> None:
+    """Raise 409 (412 when ``conditional``) when an existing observation differs from ``valid``."""
+    if stored.created or _same_content(stored.data, valid):
+        return
+    message = (
+        f"an Observation with this business identifier exists (Observation/{stored.id}) with different "
+        f"content; to correct it, PUT the new version to Observation/{stored.id}"
+    )
+    if conditional:
+        raise PreconditionFailed(message, "Observation.identifier")
+    raise Conflict(message, "Observation.identifier")
 
 
 class Publisher:
@@ -83,8 +103,11 @@ class Publisher:
             if match:
                 current = self.store.read_in(conn, tenant.orgnr, match)
                 if current is not None:
+                    refuse_changed(current, valid, conditional=True)
                     return current
-        return self.store.create_in(conn, tenant.orgnr, valid)
+        stored = self.store.create_in(conn, tenant.orgnr, valid)
+        refuse_changed(stored, valid, conditional=bool(if_none_exist))
+        return stored
 
     def update(
         self,
@@ -156,24 +179,33 @@ class Publisher:
         results: dict[int, dict[str, Any]] = {}
         written: list[tuple[ValidObservation, Stored]] = []
         with self.store.writing() as conn:
+            plain = [e for e in entries if e.index in valid and _plain_create(e)]
+            created = self.store.create_many(conn, tenant.orgnr, [valid[e.index] for e in plain])
+            done: dict[int, Stored | FhirError] = {}
+            for entry, (stored, _) in zip(plain, created, strict=True):
+                try:
+                    refuse_changed(stored, valid[entry.index], conditional=False)
+                    done[entry.index] = stored
+                except FhirError as exc:
+                    done[entry.index] = exc
             for entry in entries:
                 if entry.index not in valid:
                     continue
                 try:
-                    with conn.begin_nested():
-                        stored = self._upsert(conn, tenant, entry, valid[entry.index])
+                    if entry.index in done:
+                        outcome = done[entry.index]
+                        if isinstance(outcome, FhirError):
+                            raise outcome
+                        stored = outcome
+                    else:
+                        with conn.begin_nested():
+                            stored = self._upsert(conn, tenant, entry, valid[entry.index])
                 except FhirError as exc:
                     exc.issues = [i.rebased(f"Bundle.entry[{entry.index}].resource") for i in exc.issues]
                     results[entry.index] = response_entry(entry.full_url, exc.status, outcome=exc.outcome())
                     continue
                 written.append((valid[entry.index], stored))
-                results[entry.index] = response_entry(
-                    entry.full_url,
-                    201 if stored.created else 200,
-                    location=self._location(base, stored),
-                    version=stored.version_id,
-                    last_modified=format_instant(stored.last_updated),
-                )
+                results[entry.index] = self._response(entry, base, stored)
             audit(conn, written)
         failed = iter(out)
         ordered = [results[e.index] if e.index in results else next(failed) for e in entries]
@@ -198,21 +230,40 @@ class Publisher:
         out = []
         written: list[tuple[ValidObservation, Stored]] = []
         with self.store.writing() as conn:
+            by_index = dict(zip((e.index for e in entries), valid, strict=True))
+            plain = [e for e in entries if _plain_create(e)]
+            created = dict(
+                zip(
+                    (e.index for e in plain),
+                    self.store.create_many(conn, tenant.orgnr, [by_index[e.index] for e in plain]),
+                    strict=True,
+                )
+            )
             for entry, v in zip(entries, valid, strict=True):
                 try:
-                    stored = self._upsert(conn, tenant, entry, v)
+                    if entry.index in created:
+                        stored = created[entry.index][0]
+                        refuse_changed(stored, v, conditional=False)
+                    else:
+                        stored = self._upsert(conn, tenant, entry, v)
                 except FhirError as exc:
                     exc.issues = [i.rebased(f"Bundle.entry[{entry.index}].resource") for i in exc.issues]
                     raise
                 written.append((v, stored))
-                out.append(
-                    response_entry(
-                        entry.full_url,
-                        201 if stored.created else 200,
-                        location=self._location(base, stored),
-                        version=stored.version_id,
-                        last_modified=format_instant(stored.last_updated),
-                    )
-                )
+                out.append(self._response(entry, base, stored))
             audit(conn, written)
         return {"resourceType": "Bundle", "type": "transaction-response", "entry": out}
+
+    def _response(self, entry: Entry, base: str, stored: Stored) -> dict[str, Any]:
+        return response_entry(
+            entry.full_url,
+            201 if stored.created else 200,
+            location=self._location(base, stored),
+            version=stored.version_id,
+            last_modified=format_instant(stored.last_updated),
+        )
+
+
+def _plain_create(entry: Entry) -> bool:
+    """A ``POST`` without ``If-None-Exist``: written with the Bundle's set-based creates."""
+    return entry.method == "POST" and not entry.if_none_exist

@@ -81,6 +81,11 @@ class Settings(BaseSettings):
         default=DEFAULT_DATA_DIR / "audit-signing-key.pem",
         description="Ed25519 key that signs audit checkpoints (made on first start; never in the repo)",
     )
+    audit_origin: str | None = Field(
+        default=None,
+        description="Prefix of new audit logs' names (<origin>/<tenant>, C2SP, no scheme);"
+        " default dho-share.<public host>/audit. A log keeps the name it was created with",
+    )
     audit_sequencer_interval: float = Field(
         default=1.0, ge=0, description="Seconds between sequencer runs in each worker (0: run it separately)"
     )
@@ -105,6 +110,17 @@ class Settings(BaseSettings):
     def search_limits(self) -> SearchLimits:
         """The caps every search is checked against before anything is parsed, read or audited."""
         return SearchLimits(self.search_max_parameters, self.search_max_values, self.search_max_value_bytes)
+
+    @property
+    def audit_log_origin(self) -> str:
+        """The prefix of new audit logs' names: ``DHO_AUDIT_ORIGIN``, else ``dho-share.<host>/audit``
+        (C2SP tlog-checkpoint origins carry no scheme). Only logs created later get it: a log's name is
+        stored with it when it is created and never changes (``AuditLog.log_name``)."""
+        if self.audit_origin:
+            return self.audit_origin.rstrip("/")
+        host = self.public_url.host or "localhost"
+        port = f":{self.public_url.port}" if self.public_url.port not in (None, 80, 443) else ""
+        return f"dho-share.{host}{port}/audit"
 
     @property
     def issuer_url(self) -> str:

@@ -41,7 +41,8 @@ class AuditAction(StrEnum):
     REQUEST_REFUSED = "request.refused"
     """An authentication or authorisation failure before any resource was touched (security-tests.md)."""
     ACCESS_DECISION = "access.decision"
-    """The sharing decision itself (BALP AuthZconsent), recorded beside the request it decided."""
+    """A separate BALP AuthZconsent record of a sharing decision. No longer written: the decision is an
+    entity of its request's own event (one event per request); kept so that older logs still read."""
     AUDIT_SEARCH = "audit.search"
     AUDIT_EXPORT = "audit.export"
     PATIENT_ACCESS_LOG = "patient.access-log"

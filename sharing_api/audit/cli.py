@@ -2,9 +2,9 @@
 
 The database comes from the settings (``DHO_DATABASE_URL``); the checkpoint signing key from ``--key``
 or ``DHO_AUDIT_KEY_PATH`` (default ``var/audit-signing-key.pem``, made on first use, never in the
-repository); the log name prefix of checkpoints from ``--origin`` or ``DHO_AUDIT_ORIGIN``, by default
-``<DHO_PUBLIC_URL>/audit`` as the API signs with: every signer of one log must use the same origin, or
-a verifier rejects the other checkpoints as another log's. Also runnable as
+repository); the name prefix of new logs from ``--origin`` or ``DHO_AUDIT_ORIGIN``, by default
+``dho-share.<public host>/audit`` as the API uses. A log's name is stored in the database when the log
+is created and every later checkpoint is signed under it, whatever the prefix or URL is then. Also runnable as
 ``python -m sharing_api.audit.cli``.
 
 Exit status: ``verify`` exits 1 when the export fails verification, 0 otherwise.
@@ -13,6 +13,7 @@ Exit status: ``verify`` exits 1 when the export fails verification, 0 otherwise.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import IO, Any
@@ -47,7 +48,7 @@ origin_option = click.option(
     "--origin",
     envvar="DHO_AUDIT_ORIGIN",
     default=None,
-    help="Log name prefix in checkpoints (<origin>/<tenant>); default <DHO_PUBLIC_URL>/audit, as the API",
+    help="Name prefix of new logs (<origin>/<tenant>); default dho-share.<public host>/audit, as the API",
 )
 
 
@@ -63,7 +64,7 @@ def _origin(given: str | None) -> str:
         return given
     from sharing_api.settings import Settings
 
-    return f"{Settings().base_url}/audit"
+    return Settings().audit_log_origin
 
 
 def _log(key_path: Path | None, origin: str | None, **options: Any) -> AuditLog:
@@ -139,9 +140,10 @@ def export(
         for line in log.export(tenant, from_seq, to_seq):
             output.write(line)
             lines += 1
+        name = log.log_name(tenant)
     finally:
         log.engine.dispose()
-    err.print(f"exported {max(0, lines - 1)} lines of {log.origin_of(tenant)}")
+    err.print(f"exported {max(0, lines - 1)} lines of {name}")
 
 
 @audit.command(name="public-key")
@@ -153,12 +155,15 @@ def public_key(key_path: Path) -> None:
     click.echo(signer.verifier.vkey())
 
 
-def _print_verification(report: VerificationReport) -> None:
+def _print_verification(report: VerificationReport, column: str | None = None) -> None:
     table = Table(show_header=False)
     table.add_row("log", report.origin or "?")
-    table.add_row("result", "[green]ok[/green]" if report.ok else f"[red]FAILED: {report.problem}[/red]")
+    problem = report.problem or ("column" if column else None)
+    table.add_row("result", "[green]ok[/green]" if report.ok else f"[red]FAILED: {problem}[/red]")
     if not report.ok:
         table.add_row("first bad index", "-" if report.index is None else str(report.index))
+        if column:
+            table.add_row("column", column)
         if report.window:
             table.add_row("window", f"[{report.window[0]}, {report.window[1]})")
         table.add_row("detail", report.detail)
@@ -170,7 +175,7 @@ def _print_verification(report: VerificationReport) -> None:
 
 
 @audit.command(name="verify")
-@click.argument("export_file", type=click.File("rb"))
+@click.argument("export_file", type=click.File("rb"), required=False)
 @click.option(
     "--public-key",
     "public_key_file",
@@ -182,17 +187,47 @@ def _print_verification(report: VerificationReport) -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A signed checkpoint you already trust; the export must reach and match it",
 )
+@click.option(
+    "--database",
+    "tenant",
+    default=None,
+    metavar="TENANT",
+    help="Check TENANT's log in the database instead of an export: the tree and every search column",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON")
 @key_option
 def verify_command(
-    export_file: IO[bytes], public_key_file: Path | None, trusted: Path | None, as_json: bool, key_path: Path
+    export_file: IO[bytes] | None,
+    public_key_file: Path | None,
+    trusted: Path | None,
+    tenant: str | None,
+    as_json: bool,
+    key_path: Path,
 ) -> None:
-    """Verify an NDJSON export (EXPORT_FILE, '-' for stdin) against the pinned checkpoint key."""
+    """Verify an NDJSON export (EXPORT_FILE, '-' for stdin), or with --database a tenant's stored log,
+    against the pinned checkpoint key."""
+    if (export_file is None) == (tenant is None):
+        raise click.UsageError("give an EXPORT_FILE or --database TENANT (one of them)")
     if public_key_file is not None:
         verifier = load_public_key(public_key_file.read_bytes())
     else:
         verifier = AuditSigner.load(key_path).verifier
-    report = verify(export_file, verifier, trusted=trusted.read_text() if trusted else None)
+    trusted_note = trusted.read_text() if trusted else None
+    column: str | None = None
+    if tenant is not None:
+        from sharing_api.audit.stored_check import check_stored_log
+
+        log = _log(None, None)
+        try:
+            stored = check_stored_log(log, tenant, verifier, trusted=trusted_note)
+        finally:
+            log.engine.dispose()
+        report, column = stored.tree, stored.column
+        if column is not None:
+            report = replace(report, ok=False, index=stored.index, detail=stored.detail)
+    else:
+        assert export_file is not None
+        report = verify(export_file, verifier, trusted=trusted_note)
     if as_json:
         out = {
             "ok": report.ok,
@@ -202,14 +237,15 @@ def verify_command(
             "checkpoints": report.checkpoints,
             "signed_size": report.signed_size,
             "unsigned": report.unsigned,
-            "problem": report.problem.value if report.problem else None,
+            "problem": report.problem.value if report.problem else ("column" if column else None),
             "index": report.index,
+            "column": column,
             "window": list(report.window) if report.window else None,
             "detail": report.detail,
         }
         click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
     else:
-        _print_verification(report)
+        _print_verification(report, column)
     sys.exit(0 if report.ok else 1)
 
 

@@ -12,7 +12,9 @@ the indexed columns of one tenant's log over ``[date_from, date_to)`` and return
   the caller passes either ``(consumer org.nr, valid from, valid to or None)`` periods or a callable
   ``(org.nr, moment) -> bool``. The controller's own reads need no agreement.
 
-The AuthZconsent record of a decision (``access.decision``) repeats its request, so it is left out.
+Each request is one entry carrying its decision (a denial is the entry's failure outcome). Logs written
+before that also hold separate AuthZconsent records (``access.decision``) repeating their request; those
+are left out, so old and new logs are counted alike.
 Each kind lists at most ``max_findings`` entries; ``totals`` counts them all.
 """
 

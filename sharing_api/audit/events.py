@@ -5,7 +5,8 @@ per IHE Basic Audit Log Patterns (BALP) and HL7 Norway's trust-framework AuditEv
 (``shared/reference/auditevent/fsh/``). domain.md "Audit": who (practitioner with HPR, legal entity,
 point of care), for whom (patient identifier), why (purpose of use, decision ref), what (query, data
 categories, resource ids), the outcome, the consent decision, and the token's ``jti`` as
-``urn:ietf:params:oauth:jti:<jti>``. **Never** the token, a DPoP proof, a client assertion or a
+``urn:ietf:params:oauth:jti:<jti>`` in ``agent[user].policy`` (BALP ``OAUTHaccessTokenUse``). **Never**
+the token, a DPoP proof, a client assertion or a
 measurement value: ``AuditFacts`` has no field for them, string fields that look like a JWT are refused
 (``ValueError``), and JWT-shaped runs inside the raw query are replaced (security-tests.md AUD-04).
 
@@ -20,8 +21,14 @@ create                 IHE.BasicAudit.PatientCreate  C        patient, the resou
 update                 IHE.BasicAudit.PatientUpdate  U        patient, the resource changed
 batch, transaction     (none; type ``rest``)         E        resources touched
 token, refusals        (none; DICOM security types)  E        client, user, reason
-consent decision       IHE.BasicAudit.AuthZconsent   E        patient, Consent/agreements used, token jti
 =====================  ============================  =======  ==============================================
+
+**One event per request.** The sharing decision is an entity of the request's own event (``entity``
+named ``sharing-decision`` with the policy's answer and reasons, plus one entity per record it rests on:
+``Consent/<id>``, and the agreement as ``Contract/<id>``), not a second BALP ``AuthZconsent`` event:
+BALP's RESTful patterns slice ``entity`` openly, and AuthZconsent's own closed slicing and ``type``
+(Security Alert) cannot describe the read itself. One event is one append and one commit
+(docs/audit-profile.md). A denial shows in the event's ``outcome`` (minor failure).
 
 A profile is named in ``meta.profile`` only when the event meets it: BALP fixes ``outcome`` to success
 for the RESTful patterns ("failures are recorded differently": FHIR core *Access Denied*), so a refusal
@@ -30,12 +37,18 @@ keeps the same shape, with the failure outcome and ``outcomeDesc``, and claims n
 The Norwegian IG's elements are carried as that IG defines them (canonical ``http://hl7.no/fhir``): the
 ``auditevent-patient-extension`` pointing at a contained ``Patient``, the
 ``auditevent-carerelation-metadata-extension`` with ``decision-ref-id``/``-description``/``-user-selected``
-and ``toa``, the user agent as a contained ``PractitionerRole`` (``Practitioner`` with HPR, legal entity,
-point of care as ``Location.managingOrganization``), and ``purposeOfEvent`` with the v3 PurposeOfUse code
+and ``toa`` (each when the attestation has it), the health worker's agent as a contained
+``PractitionerRole`` referring to a contained ``Practitioner`` (HPR identifier; the authorisation,
+code system 9060, as ``qualification.code``), the legal entity as a contained ``Organization`` and the
+point of care as a contained ``Location`` whose ``managingOrganization`` is the point of care's
+``Organization`` (the org.nr lives on the Organization, never on the Location). A system client (no
+health worker) gets no PractitionerRole: its organisation is the ``PROV`` agent, its point of care that
+agent's ``location``. ``purposeOfEvent`` carries the v3 PurposeOfUse code
 (system ``http://terminology.hl7.org/CodeSystem/v3-ActReason``, as the IG's instances spell it; the
 attestation's ``urn:oid:2.16.840.1.113883.1.11.20448`` names the *value set*) plus the details coding.
 ``meta.profile`` does not name ``no-domain-Trustframework-Auditevent``: that profile restricts *every*
-``agent.who`` to a PractitionerRole, while BALP requires client and server agents; BALP wins.
+``agent.who`` to a PractitionerRole, while BALP requires client and server agents; BALP wins. Every
+place where the two disagree, and which wins, is listed in ``docs/audit-profile.md``.
 """
 
 from __future__ import annotations
@@ -60,12 +73,14 @@ __all__ = [
     "JTI_PREFIX",
     "ORGNR_SYSTEM",
     "AuditFacts",
+    "Classification",
     "Coded",
     "DecisionRef",
     "SharingDecision",
     "build_audit_event",
     "build_audit_events",
-    "build_authz_event",
+    "classification",
+    "fhir_reference",
     "format_recorded",
     "redact_tokens",
 ]
@@ -74,10 +89,15 @@ HPR_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.4"
 ORGNR_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.101"
 ACTION_SYSTEM = "urn:dho-share:audit-action"
 """Code system of ``AuditAction`` values, carried as an extra ``subtype`` coding (BALP slicing is open) so
-that a stored event names its action; AuthZconsent events carry none (their subtype binding is required)
-and are indexed as ``AuditAction.ACCESS_DECISION``."""
+that a stored event names its action. (AuthZconsent events, which logs written before one event per
+request still hold, carry none and are indexed as ``AuditAction.ACCESS_DECISION``.)"""
 JTI_PREFIX = "urn:ietf:params:oauth:jti:"
-"""RFC 3553 URN prefix BALP requires for a token's ``jti`` (AuthZconsent ``entity[token]``)."""
+"""RFC 3553 URN prefix BALP requires for a token's ``jti`` (``OAUTHaccessTokenUse``: ``agent.policy``)."""
+AUTHORIZATION_SYSTEM = "urn:oid:2.16.578.1.12.4.1.1.9060"
+"""Volven 9060, *Kategori helsepersonell*: the practitioner's authorisation (LE doctor, SP nurse...)."""
+AGREEMENT_RESOURCE = "Contract"
+"""The FHIR resource type a sharing agreement is referred to as (``Contract/<id>``): a formally recorded
+bilateral agreement, which is what FHIR R4 ``Contract`` models (docs/audit-profile.md)."""
 
 BALP = "https://profiles.ihe.net/ITI/BALP"
 NO_SD = "http://hl7.no/fhir/StructureDefinition"
@@ -105,14 +125,9 @@ _SECURITY_TYPES = {
 _LOGIN = {"system": _DCM, "code": "110122"}
 _SOURCE_ROLE = {"system": _DCM, "code": "110153"}
 _DESTINATION_ROLE = {"system": _DCM, "code": "110152"}
-_APPLICATION = {"system": _DCM, "code": "110150"}
 _RECIPIENT = {"system": _PARTICIPATION, "code": "IRCP"}
 _AUTHOR = {"system": _PARTICIPATION, "code": "AUT"}
 _PROVIDER = {"system": _ROLE_CLASS, "code": "PROV"}
-_AUTHSERVER = {
-    "system": "http://terminology.hl7.org/CodeSystem/extra-security-role-type",
-    "code": "authserver",
-}
 _APP_SERVER = {"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4"}
 _PERSON = {"system": _ENTITY_TYPE, "code": "1"}
 _SYSTEM_OBJECT = {"system": _ENTITY_TYPE, "code": "2"}
@@ -121,7 +136,6 @@ _ROLE_DOMAIN_RESOURCE = {"system": _OBJECT_ROLE, "code": "4"}
 _ROLE_QUERY = {"system": _OBJECT_ROLE, "code": "24"}
 _XREQUEST_ID = {"system": f"{BALP}/CodeSystem/BasicAuditEntityType", "code": "XrequestId"}
 _OAUTH_AGENT = {"system": f"{BALP}/CodeSystem/UserAgentTypes", "code": "UserOauthAgent"}
-_AUTHZ_CONSENT = {"system": f"{BALP}/CodeSystem/AuthZsubType", "code": "AuthZ-Consent"}
 
 _PROFILES = {
     Interaction.READ: f"{BALP}/StructureDefinition/IHE.BasicAudit.PatientRead",
@@ -129,7 +143,6 @@ _PROFILES = {
     Interaction.CREATE: f"{BALP}/StructureDefinition/IHE.BasicAudit.PatientCreate",
     Interaction.UPDATE: f"{BALP}/StructureDefinition/IHE.BasicAudit.PatientUpdate",
 }
-_AUTHZ_PROFILE = f"{BALP}/StructureDefinition/IHE.BasicAudit.AuthZconsent"
 _ACTION_CODES = {
     Interaction.READ: "R",
     Interaction.QUERY: "E",
@@ -194,7 +207,8 @@ class AuditFacts:
     and the form body); it is stored base64 in ``entity.query`` byte for byte, except that JWT-shaped
     runs are replaced by ``[redacted-jwt]``. ``resources`` are references such as
     ``Observation/<id>``. ``server`` is how the API names itself (its public base URL), recorded as the
-    server agent and ``source.site``. ``attested_at`` is the attestation's ``toa``.
+    server agent and ``source.site``. ``attested_at`` is the attestation's ``toa``;
+    ``practitioner_authorization`` its ``practitioner.authorization`` (Volven 9060).
 
     Raises ``TypeError`` or ``ValueError`` for a value of the wrong kind, a naive ``recorded``, an
     unknown purpose of use, or any string that looks like a JWT.
@@ -211,6 +225,7 @@ class AuditFacts:
     point_of_care_name: str | None = None
     practitioner_hpr: str | None = None
     practitioner_name: str | None = None
+    practitioner_authorization: Coded | None = None
     purpose_of_use: str | None = None
     purpose_of_use_details: Coded | None = None
     healthcare_service: Coded | None = None
@@ -276,6 +291,16 @@ _TEXT_FIELDS = (
     "server",
 )
 
+_INTERNAL_AGREEMENT = "SharingAgreement/"
+
+
+def fhir_reference(ref: str) -> str:
+    """``ref`` as a FHIR reference: the sharing policy's ``SharingAgreement/<id>`` becomes
+    ``Contract/<id>`` (:data:`AGREEMENT_RESOURCE`); ``Consent/<id>`` and others are FHIR already."""
+    if ref.startswith(_INTERNAL_AGREEMENT):
+        return f"{AGREEMENT_RESOURCE}/{ref.removeprefix(_INTERNAL_AGREEMENT)}"
+    return ref
+
 
 def redact_tokens(query: bytes) -> bytes:
     """``query`` with every JWT-shaped run (JWS or JWE compact serialisation) replaced by ``[redacted-jwt]``.
@@ -293,19 +318,25 @@ def format_recorded(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _logical(system: str, value: str, display: str | None) -> dict[str, Any]:
-    out: dict[str, Any] = {"identifier": {"system": system, "value": value}}
-    if display:
-        out["display"] = display
-    return out
+def _organization(res_id: str, orgnr: str, name: str | None) -> dict[str, Any]:
+    org: dict[str, Any] = {
+        "resourceType": "Organization",
+        "id": res_id,
+        "identifier": [{"system": ORGNR_SYSTEM, "value": orgnr}],
+    }
+    if name:
+        org["name"] = name
+    return org
 
 
 def _contained(facts: AuditFacts) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """The contained ``Patient`` and ``PractitionerRole`` of the NO IG, and the reference to the role.
+    """The contained resources of the NO IG, and the reference to the health worker's role.
 
-    The role points at the health worker (HPR), the legal entity and the point of care by logical
-    references (``Reference.identifier``), not by further contained resources: the attestation gives
-    identifiers only, and every contained resource costs some 150 bytes in every event.
+    ``Patient``; for a health worker: ``Practitioner`` (HPR, name, authorisation as
+    ``qualification``), ``PractitionerRole`` (practitioner, legal entity, point of care, healthcare
+    service), the legal entity ``Organization``; for anyone with a point of care: a ``Location`` managed
+    by the point of care's ``Organization`` (the legal entity's, when both are the same org.nr, as in
+    the IG's GP example). A system client gets no PractitionerRole (it would have no practitioner).
     """
     contained: list[dict[str, Any]] = []
     if facts.patient is not None:
@@ -316,18 +347,47 @@ def _contained(facts: AuditFacts) -> tuple[list[dict[str, Any]], dict[str, Any] 
                 "identifier": [{"system": facts.patient[0], "value": facts.patient[1]}],
             }
         )
-    if facts.practitioner_hpr is None and facts.organisation is None:
+    worker = facts.practitioner_hpr is not None
+    if worker and facts.organisation is not None:
+        contained.append(_organization("legal-entity", facts.organisation, facts.organisation_name))
+    # Referenced by the PractitionerRole, or by the organisation agent of a system client (dom-3: every
+    # contained resource is referenced).
+    if facts.point_of_care is not None and (worker or facts.organisation is not None):
+        shared = worker and facts.point_of_care == facts.organisation
+        contained.append(
+            {
+                "resourceType": "Location",
+                "id": "point-of-care",
+                "managingOrganization": {"reference": "#legal-entity" if shared else "#point-of-care-org"},
+            }
+        )
+        if not shared:
+            contained.append(
+                _organization("point-of-care-org", facts.point_of_care, facts.point_of_care_name)
+            )
+    if facts.practitioner_hpr is None:
         return contained, None
-    role: dict[str, Any] = {"resourceType": "PractitionerRole", "id": "practitioner-role"}
-    if facts.practitioner_hpr is not None:
-        role["practitioner"] = _logical(HPR_SYSTEM, facts.practitioner_hpr, facts.practitioner_name)
+    practitioner: dict[str, Any] = {
+        "resourceType": "Practitioner",
+        "id": "practitioner",
+        "identifier": [{"system": HPR_SYSTEM, "value": facts.practitioner_hpr}],
+    }
+    if facts.practitioner_name:
+        practitioner["name"] = [{"text": facts.practitioner_name}]
+    if facts.practitioner_authorization is not None:
+        practitioner["qualification"] = [{"code": {"coding": [facts.practitioner_authorization.coding()]}}]
+    role: dict[str, Any] = {
+        "resourceType": "PractitionerRole",
+        "id": "practitioner-role",
+        "practitioner": {"reference": "#practitioner"},
+    }
     if facts.organisation is not None:
-        role["organization"] = _logical(ORGNR_SYSTEM, facts.organisation, facts.organisation_name)
+        role["organization"] = {"reference": "#legal-entity"}
     if facts.point_of_care is not None:
-        role["location"] = [_logical(ORGNR_SYSTEM, facts.point_of_care, facts.point_of_care_name)]
+        role["location"] = [{"reference": "#point-of-care"}]
     if facts.healthcare_service is not None:
         role["code"] = [{"coding": [facts.healthcare_service.coding()]}]
-    contained.append(role)
+    contained += (practitioner, role)
     return contained, {"reference": "#practitioner-role"}
 
 
@@ -376,6 +436,9 @@ def _client_agent(facts: AuditFacts, role: dict[str, str]) -> dict[str, Any]:
     }
     if facts.source_address:
         agent["network"] = _network(facts.source_address, "2")  # IP address
+    if facts.token_jti and facts.practitioner_hpr is None and facts.organisation is None:
+        # No user or organisation agent to carry the token's jti: the client that presented it does.
+        agent["policy"] = _policy(facts)
     return agent
 
 
@@ -388,26 +451,40 @@ def _server_agent(facts: AuditFacts, role: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def _policy(facts: AuditFacts) -> list[str]:
+    return [JTI_PREFIX + facts.token_jti] if facts.token_jti else []
+
+
 def _user_agents(facts: AuditFacts, who: dict[str, Any] | None, role: dict[str, str]) -> list[dict[str, Any]]:
+    """The requestor and its organisation. The requestor (the health worker, else the organisation of a
+    system client) is BALP's OAuth user agent: ``UserOauthAgent`` among its types and the token's
+    ``jti`` in ``policy`` (``IHE.BasicAudit.OAUTHaccessTokenUse.Minimal``)."""
     agents: list[dict[str, Any]] = []
     if who is not None and facts.practitioner_hpr is not None:
-        user: dict[str, Any] = {"type": {"coding": [role]}, "who": who, "requestor": True}
+        user: dict[str, Any] = {"type": {"coding": [role, _OAUTH_AGENT]}, "who": who, "requestor": True}
         if facts.practitioner_name:
             user["name"] = facts.practitioner_name
+        if facts.token_jti:
+            user["policy"] = _policy(facts)
         if facts.purpose_of_use_details is not None:
             user["purposeOfUse"] = [{"coding": [facts.purpose_of_use_details.coding()]}]
         agents.append(user)
     if facts.organisation is not None:
-        agents.append(
-            {
-                "type": {"coding": [_PROVIDER]},
-                "who": {
-                    "identifier": {"system": ORGNR_SYSTEM, "value": facts.organisation},
-                    **({"display": facts.organisation_name} if facts.organisation_name else {}),
-                },
-                "requestor": facts.practitioner_hpr is None,
-            }
-        )
+        system_client = facts.practitioner_hpr is None
+        oauth_user = system_client and bool(facts.token_jti)
+        org: dict[str, Any] = {
+            "type": {"coding": [_PROVIDER, _OAUTH_AGENT] if oauth_user else [_PROVIDER]},
+            "who": {
+                "identifier": {"system": ORGNR_SYSTEM, "value": facts.organisation},
+                **({"display": facts.organisation_name} if facts.organisation_name else {}),
+            },
+            "requestor": system_client,
+        }
+        if system_client and facts.point_of_care is not None:
+            org["location"] = {"reference": "#point-of-care"}
+        if system_client and facts.token_jti:
+            org["policy"] = _policy(facts)
+        agents.append(org)
     return agents
 
 
@@ -415,14 +492,12 @@ def _patient_entity() -> dict[str, Any]:
     return {"what": {"reference": "#patient"}, "type": _PERSON, "role": _ROLE_PATIENT}
 
 
-def _token_entity(jti: str) -> dict[str, Any]:
-    return {"what": {"identifier": {"value": JTI_PREFIX + jti}}, "type": _OAUTH_AGENT}
-
-
 def _policy_entities(decision: SharingDecision) -> list[dict[str, Any]]:
+    """One entity per record the decision rests on, typed by its FHIR resource type (BALP
+    AuthZconsent's ``entity[consent]`` pattern: ``resource-types#Consent``; agreements ``#Contract``)."""
     out = []
-    for ref in decision.used:
-        code = "Consent" if ref.startswith("Consent/") else "Contract"
+    for ref in map(fhir_reference, decision.used):
+        code = ref.split("/", 1)[0]
         out.append({"what": {"reference": ref}, "type": {"system": _RESOURCE_TYPES, "code": code}})
     return out
 
@@ -449,13 +524,14 @@ def _rest_entities(facts: AuditFacts, interaction: Interaction) -> list[dict[str
                 "query": base64.b64encode(redact_tokens(facts.query)).decode("ascii"),
             }
         )
+    resources = [fhir_reference(ref) for ref in facts.resources]
     if interaction is Interaction.QUERY:
         # BALP records no results of a query; domain.md wants their ids, kept short (a page can hold 500).
-        entities += ({"what": {"reference": ref}} for ref in facts.resources)
+        entities += ({"what": {"reference": ref}} for ref in resources)
     else:
         entities += (
             {"what": {"reference": ref}, "type": _SYSTEM_OBJECT, "role": _ROLE_DOMAIN_RESOURCE}
-            for ref in facts.resources
+            for ref in resources
         )
     if facts.data_categories:
         entities.append(
@@ -467,8 +543,6 @@ def _rest_entities(facts: AuditFacts, interaction: Interaction) -> list[dict[str
     if facts.decision is not None:
         entities.append(_decision_entity(facts.decision))
         entities += _policy_entities(facts.decision)
-    if facts.token_jti:
-        entities.append(_token_entity(facts.token_jti))
     if facts.correlation_id:
         entities.append({"what": {"identifier": {"value": facts.correlation_id}}, "type": _XREQUEST_ID})
     return entities
@@ -485,13 +559,36 @@ def _conforms(facts: AuditFacts, interaction: Interaction) -> bool:
     return len(facts.resources) == 1
 
 
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """How an action's events are coded: ``type``, ``subtype`` codings and the ``action`` code (C R U D E).
+
+    The one source of these codes for building events and for searching them by ``type``, ``subtype``
+    and ``action`` (routes/audit_api.py)."""
+
+    type: dict[str, str]
+    subtype: tuple[dict[str, str], ...]
+    action: str
+
+
+def classification(action: AuditAction) -> Classification:
+    """The type, subtypes and action code every event of ``action`` carries (see the module table)."""
+    interaction, code = interaction_of(action)
+    action_coding = {"system": ACTION_SYSTEM, "code": action.value}
+    if interaction is Interaction.SECURITY:
+        subtypes = (_LOGIN, action_coding) if code == "110114" else (action_coding,)
+        return Classification(_SECURITY_TYPES[code], subtypes, _ACTION_CODES[interaction])
+    rest = {"system": "http://hl7.org/fhir/restful-interaction", "code": code}
+    return Classification(_TYPE_REST, (rest, action_coding), _ACTION_CODES[interaction])
+
+
 def build_audit_event(facts: AuditFacts) -> dict[str, Any]:
     """The FHIR R4 ``AuditEvent`` (JSON as a ``dict``) recording ``facts``, shaped per the module table.
 
     The result is plain JSON data (str, int, bool, list, dict) ready for ``AuditLog.append``; it is
     built fresh on every call and shares nothing with other calls.
     """
-    interaction, code = interaction_of(facts.action)
+    interaction, _ = interaction_of(facts.action)
     contained, role_ref = _contained(facts)
     event: dict[str, Any] = {"resourceType": "AuditEvent"}
     if _conforms(facts, interaction):
@@ -501,17 +598,10 @@ def build_audit_event(facts: AuditFacts) -> dict[str, Any]:
     extensions = _extensions(facts)
     if extensions:
         event["extension"] = extensions
-    action_coding = {"system": ACTION_SYSTEM, "code": facts.action.value}
-    if interaction is Interaction.SECURITY:
-        event["type"] = _SECURITY_TYPES[code]
-        event["subtype"] = [_LOGIN, action_coding] if code == "110114" else [action_coding]
-    else:
-        event["type"] = _TYPE_REST
-        event["subtype"] = [
-            {"system": "http://hl7.org/fhir/restful-interaction", "code": code},
-            action_coding,
-        ]
-    event["action"] = _ACTION_CODES[interaction]
+    kind = classification(facts.action)
+    event["type"] = dict(kind.type)
+    event["subtype"] = [dict(c) for c in kind.subtype]
+    event["action"] = kind.action
     event["recorded"] = format_recorded(facts.recorded)
     event["outcome"] = facts.outcome.value
     if facts.description:
@@ -538,70 +628,11 @@ def build_audit_event(facts: AuditFacts) -> dict[str, Any]:
     return event
 
 
-def build_authz_event(facts: AuditFacts) -> dict[str, Any] | None:
-    """The BALP ``AuthZconsent`` AuditEvent recording the sharing decision in ``facts``, or ``None``.
-
-    ``None`` when ``facts.decision`` is ``None``; the log indexes it as ``AuditAction.ACCESS_DECISION``.
-    Outcome: success for a permit; for a deny the request's failure outcome (minor failure when the
-    request itself was recorded as a success). ``outcomeDesc``
-    lists the policy's reasons. The Consent and agreement references used go in ``entity[consent]``
-    (BALP's slice is typed ``Consent``; an agreement is the controller's standing consent to share), and
-    the token's ``jti`` in ``entity[token]`` (security-tests.md AUD-02). ``meta.profile`` names
-    AuthZconsent when its required parts are there: a patient, at least one reference used, the client's
-    network address, the health worker and their organisation.
-    """
-    decision = facts.decision
-    if decision is None:
-        return None
-    contained, role_ref = _contained(facts)
-    if decision.permit:
-        outcome = Outcome.SUCCESS
-    else:
-        outcome = facts.outcome if facts.outcome is not Outcome.SUCCESS else Outcome.MINOR_FAILURE
-    event: dict[str, Any] = {"resourceType": "AuditEvent"}
-    if (
-        facts.patient is not None
-        and decision.used
-        and facts.source_address
-        and facts.practitioner_hpr is not None
-        and facts.organisation is not None
-    ):
-        event["meta"] = {"profile": [_AUTHZ_PROFILE]}
-    if contained:
-        event["contained"] = contained
-    extensions = _extensions(facts)
-    if extensions:
-        event["extension"] = extensions
-    event["type"] = _SECURITY_TYPES["110113"]
-    event["subtype"] = [_AUTHZ_CONSENT]
-    event["action"] = "E"
-    event["recorded"] = format_recorded(facts.recorded)
-    event["outcome"] = outcome.value
-    event["outcomeDesc"] = ("permit: " if decision.permit else "deny: ") + ", ".join(decision.reasons)
-    purpose = _purpose(facts)
-    if purpose:
-        event["purposeOfEvent"] = purpose
-    agents = [_client_agent(facts, _APPLICATION), *_user_agents(facts, role_ref, _RECIPIENT)]
-    agents.append({"type": {"coding": [_AUTHSERVER]}, "who": {"display": facts.server}, "requestor": False})
-    event["agent"] = agents
-    event["source"] = {"site": facts.server, "observer": {"display": facts.server}, "type": [_APP_SERVER]}
-    entities: list[dict[str, Any]] = []
-    if facts.patient is not None:
-        entities.append(_patient_entity())
-    for ref in decision.used:
-        entities.append({"what": {"reference": ref}, "type": {"system": _RESOURCE_TYPES, "code": "Consent"}})
-    if facts.token_jti:
-        entities.append(_token_entity(facts.token_jti))
-    if entities:
-        event["entity"] = entities
-    return event
-
-
 def build_audit_events(facts: AuditFacts) -> list[dict[str, Any]]:
-    """The events one request records: the RESTful event, then the AuthZconsent event if there was a decision.
+    """The events one request records: exactly one, carrying the sharing decision as an entity (see the
+    module docstring), so that recording a request is one append and one commit.
 
     One request, one patient: for a query whose results span several patients, BALP PatientQuery wants
     one event per patient, so call this once per patient with ``patient`` (and ``resources``) set.
     """
-    authz = build_authz_event(facts)
-    return [build_audit_event(facts)] if authz is None else [build_audit_event(facts), authz]
+    return [build_audit_event(facts)]

@@ -30,6 +30,12 @@ pending and sequenced entries alike.
 (building, canonical bytes, search columns). Proofs read the stored leaf hashes of the range (32 bytes
 per entry); there is no tile cache yet.
 
+**Integrity of the search columns.** The columns queries filter on are derived from the event at
+append time (``entry_row``); ``search`` checks every entry it returns against its event bytes
+(``LogCorrupted`` naming the index and column) and ``stored_check.check_stored_log`` checks every row,
+so an edited column can neither show a reader something the signed event does not say nor hide an
+event unnoticed by ``dho-share audit verify --database``.
+
 **Failure.** Every error propagates (fail closed): a failed append raises inside the caller's
 transaction, which must then roll back and answer 503 (product.md §4 step 5, AUD-05).
 """
@@ -44,7 +50,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -59,7 +65,16 @@ from sharing_api.audit.terms import micros, search_terms
 from sharing_api.audit.tree import TreeState
 from sharing_api.store.schema import audit_checkpoints, audit_entries, audit_heads
 
-__all__ = ["DEFAULT_ORIGIN", "AuditLog", "Entry", "LogCorrupted", "TreeHead"]
+__all__ = [
+    "DEFAULT_ORIGIN",
+    "DERIVED_COLUMNS",
+    "AuditLog",
+    "Entry",
+    "LogCorrupted",
+    "TreeHead",
+    "column_mismatch",
+    "entry_row",
+]
 
 DEFAULT_ORIGIN = "dho-share/audit"
 MAX_COUNT = 1000
@@ -69,6 +84,16 @@ e = audit_entries
 h = audit_heads
 c = audit_checkpoints
 _INSERT = insert(e)  # built once: ``.values()`` per call costs more than the INSERT itself
+_SET_LEAF = (
+    update(e)
+    .where(e.c.id == bindparam("b_id"), e.c.seq.is_(None))
+    .values(seq=bindparam("b_seq"), leaf=bindparam("b_leaf"))
+)
+_SET_LEAVES_PG = text(
+    "UPDATE audit_entries AS e SET seq = u.seq, leaf = u.leaf"
+    " FROM unnest(CAST(:ids AS bigint[]), CAST(:seqs AS bigint[]), CAST(:leaves AS bytea[]))"
+    " AS u(id, seq, leaf) WHERE e.id = u.id AND e.seq IS NULL"
+)
 
 
 class LogCorrupted(RuntimeError):
@@ -99,9 +124,23 @@ class Entry:
         return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=self.recorded)
 
     def resource(self) -> dict[str, Any]:
-        """The AuditEvent as JSON data."""
+        """The AuditEvent as JSON data, as logged (without the ``id`` that ``fhir_bytes`` adds)."""
         value: dict[str, Any] = orjson.loads(self.event)
         return value
+
+    @property
+    def fhir_id(self) -> str | None:
+        """The AuditEvent's FHIR id: its index in the tenant's log (``None`` while pending). Stable:
+        an index never changes once given, and ``AuditLog.entry`` reads the event back by it."""
+        return str(self.seq) if self.seq is not None else None
+
+    def fhir_bytes(self) -> bytes:
+        """The AuditEvent as served: the logged bytes with ``"id"`` added first once sequenced (the
+        logged event itself has no id: its index is given after it was signed into the request's
+        transaction). The logged bytes stay what the export and the Merkle tree carry."""
+        if self.seq is None or not self.event.startswith(b"{"):
+            return self.event
+        return b'{"id":"%d",' % self.seq + self.event[1:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +173,7 @@ def _entry(row: Any) -> Entry:
     )
 
 
-def entry_row(tenant: str, event: Mapping[str, Any]) -> dict[str, Any]:
-    """The pending ``audit_entries`` row of ``event``: its canonical bytes and the columns searched by."""
+def _derived(tenant: str, event: Mapping[str, Any]) -> dict[str, Any]:
     terms = search_terms(event)
     return {
         "tenant": tenant,
@@ -148,16 +186,52 @@ def entry_row(tenant: str, event: Mapping[str, Any]) -> dict[str, Any]:
         "agent_hpr": terms.agent_hpr,
         "organisation": terms.organisation,
         "client_id": terms.client_id,
-        "event": canonical_event(event),
     }
+
+
+def entry_row(tenant: str, event: Mapping[str, Any]) -> dict[str, Any]:
+    """The pending ``audit_entries`` row of ``event``: its canonical bytes and the columns searched by."""
+    return {**_derived(tenant, event), "event": canonical_event(event)}
+
+
+DERIVED_COLUMNS = (
+    "recorded",
+    "action",
+    "outcome",
+    "purpose",
+    "patient_system",
+    "patient_value",
+    "agent_hpr",
+    "organisation",
+    "client_id",
+)
+"""The columns of ``audit_entries`` that ``entry_row`` derives from the event for queries to filter on."""
+
+
+def column_mismatch(entry: Entry, columns: Iterable[str] = (*DERIVED_COLUMNS, "event")) -> str | None:
+    """The first of ``columns`` in which ``entry`` is not what its event bytes say, or ``None``.
+    An event that cannot be read at all is reported as column ``event``."""
+    try:
+        parsed = orjson.loads(entry.event)
+        expected = _derived(entry.tenant, parsed)
+        if "event" in columns:
+            expected["event"] = canonical_event(parsed)
+    except (ValueError, TypeError, AttributeError):
+        return "event"
+    for column in columns:
+        if getattr(entry, column) != expected[column]:
+            return column
+    return None
 
 
 class AuditLog:
     """The audit logs of all tenants in one database.
 
-    ``signer`` signs checkpoints (without one, the sequencer makes none). ``origin`` prefixes each
-    tenant's log name in its checkpoints (``<origin>/<tenant>``); it must be the same for every process
-    of a deployment and should be unique to it (e.g. the public host name and ``/audit``).
+    ``signer`` signs checkpoints (without one, the sequencer makes none). ``origin`` prefixes the name
+    of each tenant's log created from now on (``<origin>/<tenant>``, C2SP style without a scheme, e.g.
+    ``dho-share.api.example.no/audit``); the name is stored with the log's head when the log is created
+    and every checkpoint of that log is signed under the stored name (``log_name``), so serving the
+    database under another URL or prefix never renames an existing log.
     ``checkpoint_every`` and ``checkpoint_interval`` (seconds) set when the sequencer signs.
     """
 
@@ -181,8 +255,19 @@ class AuditLog:
         self.clock = clock
 
     def origin_of(self, tenant: str) -> str:
-        """The log name in ``tenant``'s checkpoints."""
+        """The log name in ``tenant``'s checkpoints (``log_name``)."""
+        return self.log_name(tenant)
+
+    def default_name(self, tenant: str) -> str:
+        """The name a new log of ``tenant`` gets: ``<origin>/<tenant>``."""
         return f"{self.origin}/{tenant}"
+
+    def log_name(self, tenant: str) -> str:
+        """``tenant``'s log name as stored when the log was created (``default_name`` for a log not
+        created yet)."""
+        with self._reading() as conn:
+            stored = conn.execute(select(h.c.origin).where(h.c.tenant == tenant)).scalar()
+        return stored if isinstance(stored, str) and stored else self.default_name(tenant)
 
     def _now(self) -> int:
         return int(self.clock() * 1_000_000)
@@ -237,13 +322,17 @@ class AuditLog:
                 )
         return sorted(found)
 
-    def sequence(self, tenant: str | None = None, max_batch: int = 1000) -> int:
+    def sequence(self, tenant: str | None = None, max_batch: int = 1000, *, wait: bool = True) -> int:
         """Sequence one batch of at most ``max_batch`` pending entries of ``tenant`` (or of each tenant
-        with pending entries); returns how many entries got an index. See the module docstring."""
+        with pending entries); returns how many entries got an index. See the module docstring.
+
+        ``wait=False`` (the background sequencers) skips a tenant whose head another sequencer holds
+        instead of queueing behind it; ``wait=True`` (``drain`` before a search) waits for it.
+        """
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         tenants = [tenant] if tenant is not None else self.pending_tenants()
-        return sum(self._sequence_batch(t, max_batch) for t in tenants)
+        return sum(self._sequence_batch(t, max_batch, wait) for t in tenants)
 
     def drain(self, tenant: str | None = None, max_batch: int = 1000) -> int:
         """``sequence`` until nothing is pending; returns the number of entries sequenced."""
@@ -252,8 +341,15 @@ class AuditLog:
             total += n
         return total
 
-    def _lock_head(self, conn: Connection, tenant: str) -> Any:
-        stmt = select(h).where(h.c.tenant == tenant).with_for_update()
+    def _lock_head(self, conn: Connection, tenant: str, *, wait: bool = True) -> Any:
+        """The tenant's head row, locked for this transaction (created when the log is new).
+
+        With ``wait=False`` a head that another sequencer holds is skipped (``None``) instead of
+        waited for (``FOR UPDATE SKIP LOCKED`` on PostgreSQL): that sequencer is doing the work. On
+        SQLite the write transaction already holds the database's write lock.
+        """
+        skip = not wait and conn.dialect.name == "postgresql"
+        stmt = select(h).where(h.c.tenant == tenant).with_for_update(skip_locked=skip)
         row = conn.execute(stmt).first()
         if row is None:
             now = self._now()
@@ -265,24 +361,58 @@ class AuditLog:
                 "checkpoint_size": 0,
                 "checkpoint_at": now,
                 "updated": now,
+                "origin": self.default_name(tenant),
             }
             dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
             conn.execute(dialect.insert(h).values(**values).on_conflict_do_nothing(index_elements=["tenant"]))
+            row = conn.execute(stmt).first()
+            if row is None:
+                if skip:
+                    return None
+                raise LogCorrupted(f"audit log of {tenant}: its head row cannot be read")
+        if not row.origin:  # a log from before migration 0004 without a checkpoint: name it now
+            conn.execute(update(h).where(h.c.tenant == tenant).values(origin=self.default_name(tenant)))
             row = conn.execute(stmt).one()
         top = conn.execute(select(func.max(e.c.seq)).where(e.c.tenant == tenant)).scalar()
         if (top if top is not None else -1) != row.size - 1:
             raise LogCorrupted(f"audit log of {tenant}: head says {row.size} entries, highest index is {top}")
         return row
 
-    def _sign(self, conn: Connection, tenant: str, state: TreeState, now: int) -> None:
+    def _store_leaves(
+        self, conn: Connection, tenant: str, ids: list[int], leaves: list[bytes], first: int
+    ) -> None:
+        """Give the pending entries ``ids`` the indexes ``first, first + 1, ...`` and their leaf hashes,
+        in one set-based statement on PostgreSQL (``UPDATE ... FROM unnest(...)``). Only a pending entry
+        may be updated (the append-only trigger of migration 0004 refuses anything else); a count that
+        does not match means the log changed under the lock: ``LogCorrupted``, the batch rolls back."""
+        if not ids:
+            return
+        seqs = list(range(first, first + len(ids)))
+        if conn.dialect.name == "postgresql":
+            result = conn.execute(_SET_LEAVES_PG, {"ids": ids, "seqs": seqs, "leaves": leaves})
+            done = result.rowcount
+        else:
+            rows = [
+                {"b_id": i, "b_seq": s, "b_leaf": leaf} for i, s, leaf in zip(ids, seqs, leaves, strict=True)
+            ]
+            done = conn.execute(_SET_LEAF, rows).rowcount
+        if done != len(ids):
+            raise LogCorrupted(
+                f"audit log of {tenant}: {done} of {len(ids)} pending entries could be sequenced"
+            )
+
+    def _sign(self, conn: Connection, head: Any, state: TreeState, now: int) -> None:
         assert self.signer is not None
         root = state.root()
-        note = self.signer.sign(CheckpointBody(self.origin_of(tenant), state.size, root))
+        tenant = head.tenant
+        note = self.signer.sign(CheckpointBody(head.origin, state.size, root))
         conn.execute(insert(c).values(tenant=tenant, size=state.size, root=root, created=now, note=note))
 
-    def _sequence_batch(self, tenant: str, max_batch: int) -> int:
+    def _sequence_batch(self, tenant: str, max_batch: int, wait: bool = True) -> int:
         with self._writing() as conn:
-            head = self._lock_head(conn, tenant)
+            head = self._lock_head(conn, tenant, wait=wait)
+            if head is None:
+                return 0  # another sequencer holds this tenant's head
             rows = conn.execute(
                 select(e.c.id, e.c.event)
                 .where(e.c.seq.is_(None), e.c.tenant == tenant)
@@ -292,27 +422,23 @@ class AuditLog:
             state = TreeState.unpack(head.size, head.peaks)
             now = self._now()
             signed_size, signed_at = head.checkpoint_size, head.checkpoint_at
-            updates = []
+            ids: list[int] = []
+            leaves: list[bytes] = []
+            first = state.size
             for row in rows:
-                seq = state.size
-                leaf = entry_leaf(bytes(row.event), seq)
+                leaf = entry_leaf(bytes(row.event), state.size)
                 state.append(leaf)
-                updates.append({"b_id": row.id, "b_seq": seq, "b_leaf": leaf})
+                ids.append(row.id)
+                leaves.append(leaf)
                 if self.signer is not None and state.size - signed_size >= self.checkpoint_every:
-                    self._sign(conn, tenant, state, now)
+                    self._sign(conn, head, state, now)
                     signed_size, signed_at = state.size, now
-            if updates:
-                conn.execute(
-                    update(e)
-                    .where(e.c.id == bindparam("b_id"))
-                    .values(seq=bindparam("b_seq"), leaf=bindparam("b_leaf")),
-                    updates,
-                )
+            self._store_leaves(conn, tenant, ids, leaves, first)
             due = now - signed_at >= self.checkpoint_interval * 1_000_000
             if self.signer is not None and state.size > signed_size and due:
-                self._sign(conn, tenant, state, now)
+                self._sign(conn, head, state, now)
                 signed_size, signed_at = state.size, now
-            if updates or signed_size != head.checkpoint_size:
+            if ids or signed_size != head.checkpoint_size:
                 conn.execute(
                     update(h)
                     .where(h.c.tenant == tenant)
@@ -336,7 +462,7 @@ class AuditLog:
             head = self._lock_head(conn, tenant)
             if head.size > head.checkpoint_size:
                 now = self._now()
-                self._sign(conn, tenant, TreeState.unpack(head.size, head.peaks), now)
+                self._sign(conn, head, TreeState.unpack(head.size, head.peaks), now)
                 conn.execute(
                     update(h)
                     .where(h.c.tenant == tenant)
@@ -430,7 +556,13 @@ class AuditLog:
         limit = max(1, min(count, MAX_COUNT))
         with self._reading() as conn:
             rows = conn.execute(select(e).where(*where).order_by(order).limit(limit)).all()
-        return [_entry(r) for r in rows]
+        found = [_entry(r) for r in rows]
+        for entry in found:  # what a reader is shown must be what the signed event says
+            if (column := column_mismatch(entry, DERIVED_COLUMNS)) is not None:
+                raise LogCorrupted(
+                    f"audit log of {tenant}: index {entry.seq} column {column} is not its event's"
+                )
+        return found
 
     @staticmethod
     def _filters(
@@ -465,6 +597,18 @@ class AuditLog:
                 where.append(e.c.recorded >= micros(bound) if inclusive else e.c.recorded < micros(bound))
         return where
 
+    def entry(self, tenant: str, seq: int) -> Entry | None:
+        """``tenant``'s sequenced entry with index ``seq`` (its FHIR id), checked against its event like
+        ``search``'s results; ``None`` if the log has no such index."""
+        with self._reading() as conn:
+            row = conn.execute(select(e).where(e.c.tenant == tenant, e.c.seq == seq)).first()
+        if row is None:
+            return None
+        found = _entry(row)
+        if (column := column_mismatch(found, DERIVED_COLUMNS)) is not None:
+            raise LogCorrupted(f"audit log of {tenant}: index {seq} column {column} is not its event's")
+        return found
+
     def entries(self, tenant: str, from_seq: int = 0, to_seq: int | None = None) -> Iterator[Entry]:
         """Sequenced entries with ``from_seq <= seq < to_seq`` (all from ``from_seq`` if ``to_seq`` is None),
         by sequence number, read in batches (each batch its own short read transaction)."""
@@ -480,6 +624,24 @@ class AuditLog:
             for row in rows:
                 yield _entry(row)
             last = rows[-1].seq
+
+    def stored_entries(self, tenant: str) -> Iterator[Entry]:
+        """Every entry of ``tenant`` as stored: the sequenced ones by index, then the pending ones by row
+        id, read in batches (for ``stored_check``)."""
+        yield from self.entries(tenant)
+        last = 0
+        while True:
+            with self._reading() as conn:
+                rows = conn.execute(
+                    select(e)
+                    .where(e.c.tenant == tenant, e.c.seq.is_(None), e.c.id > last)
+                    .order_by(e.c.id)
+                    .limit(_EXPORT_BATCH)
+                ).all()
+            if not rows:
+                return
+            yield from (_entry(r) for r in rows)
+            last = rows[-1].id
 
     def export(self, tenant: str, from_seq: int = 0, to_seq: int | None = None) -> Iterator[bytes]:
         """The NDJSON export (``export_format``) of entries ``from_seq <= seq < to_seq``.

@@ -1,8 +1,11 @@
 """Running the sequencer: until nothing is pending, or as a service that polls (``dho-share audit sequence``).
 
 Any number of these may run at once, in any number of processes, against one database; they serialise
-per tenant on the tenant's head row (``log``). Killing one at any moment is safe (AUD-09): the batch it
-was writing rolls back and the next run sequences those entries again.
+per tenant on the tenant's head row (``log``). A polling sequencer (``loop=True``, as every API worker
+runs one) does not queue behind another that holds a tenant's head (``FOR UPDATE SKIP LOCKED``): that
+one is doing the work, and each batch is one set-based UPDATE, so request-path appends never wait on
+sequencing. Killing one at any moment is safe (AUD-09): the batch it was writing rolls back and the
+next run sequences those entries again.
 """
 
 from __future__ import annotations
@@ -24,17 +27,20 @@ def run(
     interval: float = 1.0,
     should_stop: Callable[[], bool] = lambda: False,
     observe: Callable[[str, int], None] | None = None,
+    wait: bool | None = None,
 ) -> int:
     """Sequence batches of ``tenant`` (or of every tenant) until none is pending; with ``loop``, then poll
     every ``interval`` seconds until ``should_stop()``. Returns the number of entries sequenced.
 
     ``observe(what, n)`` is told ``("batch", 0)`` before each batch and ``("done", n)`` after it.
+    ``wait`` (default: not when polling) waits for a tenant another sequencer holds instead of skipping it.
     """
+    queue = not loop if wait is None else wait
     total = 0
     while not should_stop():
         if observe is not None:
             observe("batch", 0)
-        n = log.sequence(tenant, max_batch=max_batch)
+        n = log.sequence(tenant, max_batch=max_batch, wait=queue)
         if observe is not None:
             observe("done", n)
         total += n

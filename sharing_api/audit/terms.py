@@ -3,8 +3,10 @@
 ``AuditLog.append`` stores them in indexed columns so that the auditor's search and the patient's access
 log do not parse events (product.md §2). They are read from the shapes ``events`` builds: the
 ``ACTION_SYSTEM`` coding of ``subtype`` (AuthZconsent events are ``access.decision``), ``outcome``,
-``recorded``, the v3-ActReason coding of ``purposeOfEvent``, the contained ``Patient`` and
-``PractitionerRole`` (HPR, legal entity), and the client agent's identifier.
+``recorded``, the v3-ActReason coding of ``purposeOfEvent``, the contained ``Patient``, the health
+worker's HPR and legal entity (through the contained ``PractitionerRole`` to the contained
+``Practitioner`` and ``Organization``, or as logical references in events written before that), the
+organisation agent (``PROV``) for a system client, and the client agent's identifier.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ __all__ = ["SearchTerms", "micros", "search_terms"]
 _AUTHZ_SUBTYPE = "AuthZ-Consent"
 _ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 _CLIENT_ROLES = frozenset({"110150", "110152", "110153"})
+_PROVIDER = "PROV"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +73,16 @@ def _identifier(resource: Mapping[str, Any], system: str | None = None) -> tuple
     return None
 
 
-def _reference(value: Any, system: str) -> str | None:
-    """The identifier value of a logical reference in ``system``."""
-    ident = value.get("identifier") if isinstance(value, Mapping) else None
+def _reference(value: Any, system: str, contained: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The identifier value in ``system`` of a reference: a logical one (``Reference.identifier``) or
+    one to a contained resource (``#id``) and that resource's identifier."""
+    if not isinstance(value, Mapping):
+        return None
+    ref = value.get("reference")
+    if isinstance(ref, str) and ref.startswith("#") and ref[1:] in contained:
+        found = _identifier(contained[ref[1:]], system)
+        return found[1] if found else None
+    ident = value.get("identifier")
     if isinstance(ident, Mapping) and ident.get("system") == system and isinstance(ident.get("value"), str):
         return str(ident["value"])
     return None
@@ -98,20 +108,24 @@ def search_terms(event: Mapping[str, Any]) -> SearchTerms:
         None,
     )
     patient = hpr = org = None
-    for res in event.get("contained") or ():
+    resources = [r for r in event.get("contained") or () if isinstance(r, Mapping)]
+    by_id = {str(r["id"]): r for r in resources if isinstance(r.get("id"), str)}
+    for res in resources:
         kind = res.get("resourceType")
         if kind == "Patient":
             patient = _identifier(res)
         elif kind == "PractitionerRole":
-            hpr = _reference(res.get("practitioner"), HPR_SYSTEM)
-            org = _reference(res.get("organization"), ORGNR_SYSTEM)
+            hpr = _reference(res.get("practitioner"), HPR_SYSTEM, by_id)
+            org = _reference(res.get("organization"), ORGNR_SYSTEM, by_id)
     client = None
     for agent in event.get("agent") or ():
         types = {c.get("code") for c in _codings((agent.get("type") or {}).get("coding"))}
-        ident = (agent.get("who") or {}).get("identifier") or {}
-        if types & _CLIENT_ROLES and isinstance(ident.get("value"), str):
+        who = agent.get("who") or {}
+        ident = who.get("identifier") or {}
+        if client is None and types & _CLIENT_ROLES and isinstance(ident.get("value"), str):
             client = ident["value"]
-            break
+        if org is None and _PROVIDER in types:
+            org = _reference(who, ORGNR_SYSTEM, by_id)
     return SearchTerms(
         recorded=micros(when),
         action=_action(event),

@@ -13,6 +13,9 @@ from zoneinfo import ZoneInfo
 
 LOCAL_ZONE = ZoneInfo("Europe/Oslo")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+OPEN_END = 253_402_300_800_000_000
+"""The end of a ``Period`` without ``end`` (ongoing, FHIR R4 datatypes "Period"): 10000-01-01T00:00Z in
+epoch microseconds, after every date a search can name, so ``date=gt...`` finds an ongoing period."""
 
 _DATETIME = re.compile(
     r"(?P<year>\d{4})(?:-(?P<month>\d{2})(?:-(?P<day>\d{2})"

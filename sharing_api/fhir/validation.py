@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from sharing_api.errors import InvalidResource, Issue
 from sharing_api.fhir import identifiers as ids
 from sharing_api.fhir import vitals
-from sharing_api.fhir.dates import DateFormatError, parse_range
+from sharing_api.fhir.dates import OPEN_END, DateFormatError, parse_range
 
 PUBLISHABLE_STATUSES = frozenset(
     {"registered", "preliminary", "final", "amended", "corrected", "cancelled", "entered-in-error"}
@@ -259,7 +259,7 @@ def _effective(resource: dict[str, Any], issues: list[Issue]) -> tuple[int, int]
             return (0, 0)
         if end is not None and end < start:
             issues.append(Issue("effectivePeriod ends before it starts", "Observation.effectivePeriod.end"))
-        return (start, end if end is not None else start + 1)
+        return (start, end if end is not None else OPEN_END)  # no end: ongoing (R4 Period)
     issues.append(
         Issue(
             "the time of measurement is required (effectiveDateTime or effectivePeriod)",

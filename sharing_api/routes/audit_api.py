@@ -1,8 +1,11 @@
 """The audit log over HTTP: the auditor's search, export and proofs, and the patient's access log.
 
-* ``/{orgnr}/fhir/AuditEvent`` (GET without personal identifiers, or ``POST _search`` with a form):
-  ``patient`` (``system|value``, POST only), ``agent`` (HPR), ``organisation``, ``purpose``,
-  ``outcome``, ``action``, ``date`` (``ge``/``lt`` prefixes), ``_count``; paging by cursor.
+* ``/{orgnr}/fhir/AuditEvent`` (GET without personal identifiers, or ``POST _search`` with a form): the
+  parameters of :data:`AUDIT_EVENT_SEARCH_PARAMS`: the standard R4 ones (``patient``/``entity``
+  [``:identifier``] as ``system|value``, POST only; ``agent`` as HPR or ``system|value`` with the HPR or
+  org.nr system; ``type``, ``subtype``, ``action`` (C R U D E, or our action names), ``outcome``,
+  ``purpose`` as ``[system|]code``; ``date`` with ``eq ge gt le lt``) and ``organisation``;
+  ``_count``; paging by cursor.
 * ``$export`` (NDJSON with checkpoints and the compact range, for ``dho-share audit verify``),
   ``$checkpoint``, ``$inclusion-proof?index=&size=``, ``$consistency-proof?old=&new=``.
   All of these: scope ``dho-share/audit.read``, the controller's own clients only (its own tenant).
@@ -13,7 +16,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -21,10 +24,11 @@ import orjson
 from flask import Response, request
 
 from sharing_api.audit.actions import AuditAction, Outcome
+from sharing_api.audit.events import HPR_SYSTEM, ORGNR_SYSTEM, classification
 from sharing_api.audit.log import Entry
-from sharing_api.errors import Forbidden, InvalidSearch
+from sharing_api.errors import Forbidden, InvalidSearch, NotFound
 from sharing_api.fhir.dates import DateFormatError, from_micros, parse_range
-from sharing_api.fhir.search import refuse_pii_in_url, split_modifier, whole_number
+from sharing_api.fhir.search import SearchParameter, refuse_pii_in_url, split_modifier, whole_number
 from sharing_api.routes.common import (
     audit,
     caller,
@@ -49,55 +53,216 @@ ACTIONS_IN_WORDS = {
 }
 
 
-def _when(raw: str, name: str) -> tuple[str, datetime]:
-    prefix, value = (raw[:2], raw[2:]) if raw[:2] in ("ge", "gt", "lt", "le") else ("ge", raw)
+#: The AuditEvent search parameters this server supports, name -> FHIR search parameter type (R4
+#: ``SearchParameter.type``), for the CapabilityStatement. The standard R4 AuditEvent parameters
+#: (``type``, ``subtype``, ``action``, ``entity``, ``agent``, ``date``, ``patient``, ``outcome``,
+#: ``purpose``) plus ``organisation`` (the requesting legal entity's org.nr, ours).
+AUDIT_EVENT_SEARCH_PARAMS: dict[str, str] = {
+    "type": "token",
+    "subtype": "token",
+    "action": "token",
+    "entity": "reference",
+    "agent": "reference",
+    "date": "date",
+    "patient": "reference",
+    "outcome": "token",
+    "purpose": "token",
+    "organisation": "token",
+}
+#: Modifiers accepted per parameter; any other modifier is refused with 400 naming the parameter.
+AUDIT_EVENT_SEARCH_MODIFIERS: dict[str, tuple[str, ...]] = {
+    "entity": ("identifier",),
+    "agent": ("identifier",),
+    "patient": ("identifier",),
+}
+#: Prefixes ``date`` accepts (FHIR R4 search §3.1.1.4; no prefix means ``eq``).
+AUDIT_EVENT_DATE_PREFIXES = ("eq", "ge", "gt", "le", "lt")
+
+_EXPRESSIONS = {
+    "type": ("AuditEvent.type", "the event type (rest; DICOM 110113/110114)"),
+    "subtype": ("AuditEvent.subtype", "restful interaction, or our action (urn:dho-share:audit-action)"),
+    "action": ("AuditEvent.action", "C R U D E, or our action names (observation.read, ...)"),
+    "entity": ("AuditEvent.entity.what", "the patient by identifier (system|value), POST only"),
+    "agent": ("AuditEvent.agent.who", "the health worker (HPR) or legal entity (org.nr) as system|value"),
+    "date": ("AuditEvent.recorded", "when the event was recorded"),
+    "patient": ("AuditEvent.entity.what", "the patient by identifier (system|value), POST only"),
+    "outcome": ("AuditEvent.outcome", "0, 4, 8 or 12"),
+    "purpose": ("AuditEvent.purposeOfEvent", "v3 PurposeOfUse (TREAT, ETREAT, COC, BTG)"),
+    "organisation": ("AuditEvent.agent.who", "the requesting legal entity's org.nr (ours)"),
+}
+#: The same parameters in the shape of ``fhir.search.SEARCH_PARAMETERS`` (expression, documentation,
+#: modifiers, prefixes), derived from the three tables above, for a generated CapabilityStatement.
+AUDIT_EVENT_SEARCH: tuple[SearchParameter, ...] = tuple(
+    SearchParameter(
+        name,
+        kind,
+        _EXPRESSIONS[name][0],
+        _EXPRESSIONS[name][1],
+        modifiers=AUDIT_EVENT_SEARCH_MODIFIERS.get(name, ()),
+        prefixes=AUDIT_EVENT_DATE_PREFIXES if kind == "date" else (),
+    )
+    for name, kind in AUDIT_EVENT_SEARCH_PARAMS.items()
+)
+
+_OUTCOME_SYSTEMS = frozenset(
+    {"http://terminology.hl7.org/CodeSystem/audit-event-outcome", "http://hl7.org/fhir/audit-event-outcome"}
+)
+_PURPOSE_SYSTEMS = frozenset(
+    {
+        "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+        "http://terminology.hl7.org/CodeSystem/v3-PurposeOfUse",
+        "urn:oid:2.16.840.1.113883.1.11.20448",
+    }
+)
+_CONTROL_PARAMS = frozenset({"_count", "_after", "_format", "_cursor"})
+
+
+def _when(raw: str, name: str) -> tuple[datetime | None, datetime | None]:
+    """``date`` as an inclusive lower and exclusive upper bound (either may be ``None``)."""
+    prefix, value = (raw[:2], raw[2:]) if raw[:2].isalpha() else ("eq", raw)
+    if prefix not in AUDIT_EVENT_DATE_PREFIXES:
+        raise InvalidSearch(f"{name}: prefix {prefix!r} is not supported here (eq ge gt le lt)", name)
     try:
         start, end = parse_range(value, require_zone_with_time=False)
     except DateFormatError as exc:
         raise InvalidSearch(f"{name}: {exc}", name) from exc
-    return prefix, from_micros(start if prefix in ("ge", "lt") else end)
+    lower, upper = from_micros(start), from_micros(end)
+    return {
+        "eq": (lower, upper),
+        "ge": (lower, None),
+        "gt": (upper, None),
+        "lt": (None, lower),
+        "le": (None, upper),
+    }[prefix]
+
+
+def _token(value: str) -> tuple[str | None, str]:
+    """``[system|]code`` (FHIR token search): ``(None, code)`` without a ``|``."""
+    if "|" in value:
+        system, _, code = value.partition("|")
+        return system or None, code
+    return None, value
+
+
+def _by_coding(
+    name: str, value: str, codings: Callable[[AuditAction], Iterable[Mapping[str, str]]]
+) -> set[AuditAction]:
+    """The actions whose events carry one of the comma-separated ``[system|]code`` tokens in ``value``."""
+    wanted = [_token(v) for v in value.split(",")]
+    if any(not code for _, code in wanted):
+        raise InvalidSearch(f"{name} needs a code ([system|]code)", name)
+    return {
+        action
+        for action in AuditAction
+        for coding in codings(action)
+        for system, code in wanted
+        if coding["code"] == code and system in (None, coding["system"])
+    }
+
+
+def _identified(name: str, value: str) -> tuple[str, str] | str:
+    """A patient (or entity) given as ``system|value`` or a bare identifier value."""
+    system, number = _token(value)
+    if not number:
+        raise InvalidSearch(f"{name} is system|value or a value", name)
+    return (system, number) if system else number
+
+
+def _agent(name: str, value: str, filters: dict[str, Any]) -> None:
+    """``agent``: the health worker by HPR number (bare, or ``urn:oid:...4.4|<hpr>``), or the requesting
+    legal entity by ``urn:oid:...4.101|<org.nr>``, as a FHIR token on the agent's identifier."""
+    system, number = _token(value)
+    if not number:
+        raise InvalidSearch(f"{name} is [system|]value", name)
+    if system in (None, HPR_SYSTEM):
+        filters["agent_hpr"] = number
+    elif system == ORGNR_SYSTEM:
+        filters["organisation"] = number
+    else:
+        raise InvalidSearch(
+            f"{name}: the identifier system is {HPR_SYSTEM} (HPR) or {ORGNR_SYSTEM} (org.nr)", name
+        )
+
+
+def _codes(name: str, value: str, systems: frozenset[str]) -> list[str]:
+    out = []
+    for system, code in map(_token, value.split(",")):
+        if system is not None and system not in systems:
+            raise InvalidSearch(f"{name}: the system is one of {', '.join(sorted(systems))}", name)
+        out.append(code)
+    return out
 
 
 def _filters(params: list[tuple[str, str]]) -> tuple[dict[str, Any], int, int | None]:
+    """The log's filters for the search ``params`` (standard and our own, AUDIT_EVENT_SEARCH_PARAMS).
+
+    Several parameters narrow together: ``type``, ``subtype`` and ``action`` each select actions, and an
+    entry must have an action all of them allow. Unknown parameters and modifiers are refused (400
+    naming the parameter), never ignored.
+    """
     filters: dict[str, Any] = {}
+    actions: set[AuditAction] | None = None
+    lower: datetime | None = None
+    upper: datetime | None = None
     count, after = 50, None
-    for name, value in params:
-        base, modifier = split_modifier(name)
-        if modifier is not None:
-            # No AuditEvent parameter takes a modifier here: refused, never ignored (issue 8).
-            raise InvalidSearch(
-                f"AuditEvent search: the modifier :{modifier} of {base!r} is not supported", name
-            )
-        if name == "patient":
-            system, _, number = value.partition("|")
-            filters["patient"] = (system, number) if number else value
+
+    def narrow(found: set[AuditAction]) -> None:
+        nonlocal actions
+        actions = found if actions is None else actions & found
+
+    for raw_name, value in params:
+        name, modifier = split_modifier(raw_name)
+        if name in _CONTROL_PARAMS and not modifier:
+            pass
+        elif name not in AUDIT_EVENT_SEARCH_PARAMS:
+            raise InvalidSearch(f"unknown AuditEvent search parameter {raw_name!r}", raw_name)
+        elif modifier and modifier not in AUDIT_EVENT_SEARCH_MODIFIERS.get(name, ()):
+            raise InvalidSearch(f"modifier :{modifier} is not supported on {name}", raw_name)
+        if name in ("patient", "entity"):
+            filters["patient"] = _identified(raw_name, value)
         elif name == "agent":
-            filters["agent_hpr"] = value
+            _agent(raw_name, value, filters)
         elif name == "organisation":
             filters["organisation"] = value
         elif name == "purpose":
-            filters["purpose"] = value.split(",")
+            filters["purpose"] = _codes(name, value, _PURPOSE_SYSTEMS)
         elif name == "outcome":
             try:
-                filters["outcome"] = [Outcome(v) for v in value.split(",")]
+                filters["outcome"] = [Outcome(v) for v in _codes(name, value, _OUTCOME_SYSTEMS)]
             except ValueError as exc:
                 raise InvalidSearch("outcome is 0, 4, 8 or 12", "outcome") from exc
+        elif name == "type":
+            narrow(_by_coding(name, value, lambda a: (classification(a).type,)))
+        elif name == "subtype":
+            narrow(_by_coding(name, value, lambda a: classification(a).subtype))
         elif name == "action":
-            try:
-                filters["action"] = [AuditAction(v) for v in value.split(",")]
-            except ValueError as exc:
-                raise InvalidSearch(
-                    f"action is one of {', '.join(a.value for a in AuditAction)}", "action"
-                ) from exc
+            # FHIR's action codes (C R U D E) or ours (observation.read, ...).
+            found: set[AuditAction] = set()
+            for code in value.split(","):
+                matches = {a for a in AuditAction if code in (a.value, classification(a).action)}
+                if not matches and code not in ("C", "R", "U", "D", "E"):
+                    raise InvalidSearch(
+                        f"action is C, R, U, D, E or one of {', '.join(a.value for a in AuditAction)}",
+                        "action",
+                    )
+                found |= matches
+            narrow(found)
         elif name == "date":
-            prefix, moment = _when(value, name)
-            filters["date_from" if prefix in ("ge", "gt") else "date_to"] = moment
+            low, high = _when(value, name)
+            if low is not None:
+                lower = low if lower is None else max(lower, low)
+            if high is not None:
+                upper = high if upper is None else min(upper, high)
         elif name == "_count":
             count = max(1, min(whole_number("_count", value), MAX_COUNT))
         elif name == "_after":
             after = whole_number("_after", value)
-        elif name not in ("_format", "_cursor"):
-            raise InvalidSearch(f"unknown AuditEvent search parameter {name!r}", name)
+    if actions is not None:
+        filters["action"] = sorted(actions)
+    if lower is not None:
+        filters["date_from"] = lower
+    if upper is not None:
+        filters["date_to"] = upper
     return filters, count, after
 
 
@@ -123,11 +288,11 @@ def _search(params: list[tuple[str, str]]) -> Response:
     audit(AuditAction.AUDIT_SEARCH, patient=None, with_body=True)
     body = searchset(
         tenant_base(),
-        [e.event for e in entries],
+        [e.fhir_bytes() for e in entries],
         total=None,
         links=links,
         resource_type="AuditEvent",
-        ids=[str(e.seq) if e.seq is not None else f"pending-{e.id}" for e in entries],
+        ids=[e.fhir_id or f"pending-{e.id}" for e in entries],
     )
     return fhir_response(body)
 
@@ -144,8 +309,9 @@ def audit_search_get() -> Response:
             raise Forbidden("this paging cursor belongs to another client", "_cursor")
         return _search([(str(k), str(v)) for k, v in record["audit"]])
     refuse_pii_in_url(params)
-    if any(name == "patient" for name, _ in params):
-        raise InvalidSearch("search by patient with POST [base]/AuditEvent/_search (a form body)", "patient")
+    for name, _ in params:
+        if name.partition(":")[0] in ("patient", "entity"):
+            raise InvalidSearch("search by patient with POST [base]/AuditEvent/_search (a form body)", name)
     return _search(params)
 
 
@@ -153,6 +319,20 @@ def audit_search_get() -> Response:
 def audit_search_post() -> Response:
     refuse_pii_in_url(list(request.args.items(multi=True)))
     return _search(list(request.form.items(multi=True)))
+
+
+@bp.get("/AuditEvent/<event_id>")
+def audit_read(event_id: str) -> Response:
+    """Read one AuditEvent by the id a search gave it (its index in the tenant's log): the tenant's
+    own auditors only (guard: ``dho-share/audit.read``, the controller itself); another tenant's
+    index or an unknown one is 404. The read is audited like a search."""
+    log = services().audit_log
+    orgnr = tenant().orgnr
+    entry = log.entry(orgnr, int(event_id)) if event_id.isdigit() and len(event_id) <= 18 else None
+    audit(AuditAction.AUDIT_SEARCH, patient=None, resources=[f"AuditEvent/{event_id[:64]}"])
+    if entry is None:
+        raise NotFound(f"AuditEvent/{event_id[:64]} is not in this log")
+    return fhir_response(entry.fhir_bytes())
 
 
 def _int_arg(name: str, default: int | None = None) -> int:

@@ -12,7 +12,7 @@ read, history, search, lastn                 dho-share/observation.read  attesta
 Consent create, update, revoke               dho-share/consent.write     the tenant, or the patient (route)
 Consent read, search                         dho-share/consent.read      the tenant, or the patient (route)
 admin: agreements                            consent.read / .write       the tenant itself
-AuditEvent search, $export, proofs           dho-share/audit.read        the tenant itself (its own log)
+AuditEvent search, read, $export, proofs     dho-share/audit.read        the tenant itself (its own log)
 AuditEvent/$access-log                       dho-share/audit.read        the patient (route checks)
 ===========================================  ==========================  ===================================
 
@@ -54,6 +54,7 @@ RULES: dict[str, tuple[str, str]] = {
     "fhir.consent_search": (CONSENT_READ, ANYONE),
     "fhir.audit_search_get": (AUDIT, CONTROLLER),
     "fhir.audit_search_post": (AUDIT, CONTROLLER),
+    "fhir.audit_read": (AUDIT, CONTROLLER),
     "fhir.audit_export": (AUDIT, CONTROLLER),
     "fhir.audit_checkpoint": (AUDIT, CONTROLLER),
     "fhir.audit_inclusion": (AUDIT, CONTROLLER),

@@ -17,6 +17,7 @@ import orjson
 from sqlalchemy import (
     Connection,
     Engine,
+    Select,
     and_,
     delete,
     exists,
@@ -28,6 +29,8 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -43,6 +46,8 @@ from sharing_api.store.schema import (
 )
 
 o = observations
+CHUNK = 500
+"""Rows per multi-row statement (well below SQLite's 32,766 bound parameters)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,14 +152,23 @@ class ObservationStore:
             patient=(row.patient_system, row.patient_value),
         )
 
-    def _index(self, conn: Connection, tenant: str, obs_id: str, valid: ValidObservation) -> None:
-        rows = [
-            {"tenant": tenant, "observation_id": obs_id, "param": "code", "system": s, "code": c}
-            for s, c in valid.codes
-        ] + [
-            {"tenant": tenant, "observation_id": obs_id, "param": "category", "system": s, "code": c}
-            for s, c in valid.categories
+    @staticmethod
+    def _token_rows(tenant: str, obs_id: str, valid: ValidObservation) -> list[dict[str, Any]]:
+        """Search tokens, each with the patient and effective time (``ix_observation_tokens_patient``)."""
+        common = {
+            "tenant": tenant,
+            "observation_id": obs_id,
+            "patient_system": valid.patient[0],
+            "patient_value": valid.patient[1],
+            "effective_start": valid.effective[0],
+            "effective_end": valid.effective[1],
+        }
+        return [{**common, "param": "code", "system": s, "code": c} for s, c in valid.codes] + [
+            {**common, "param": "category", "system": s, "code": c} for s, c in valid.categories
         ]
+
+    def _index(self, conn: Connection, tenant: str, obs_id: str, valid: ValidObservation) -> None:
+        rows = self._token_rows(tenant, obs_id, valid)
         if rows:
             conn.execute(insert(observation_tokens), rows)
         if valid.identifiers:
@@ -211,6 +225,141 @@ class ObservationStore:
                 raise
             return current
         return Stored(obs_id, 1, now, data, created=True)
+
+    def _owners(
+        self, conn: Connection, tenant: str, idents: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], str]:
+        """The observation id of each known business identifier among ``idents`` (one SELECT per
+        ``CHUNK`` identifiers)."""
+        i = observation_identifiers
+        out: dict[tuple[str, str], str] = {}
+        unique = sorted(set(idents))
+        for at in range(0, len(unique), CHUNK):
+            by_system: dict[str, list[str]] = {}
+            for system, value in unique[at : at + CHUNK]:
+                by_system.setdefault(system, []).append(value)
+            # system = ? AND value IN (...): primary-key lookups (a row-value IN list is not one).
+            alts = [and_(i.c.system == sys_, i.c.value.in_(values)) for sys_, values in by_system.items()]
+            rows = conn.execute(
+                select(i.c.system, i.c.value, i.c.observation_id).where(i.c.tenant == tenant, or_(*alts))
+            )
+            out.update(((r.system, r.value), r.observation_id) for r in rows)
+        return out
+
+    def _currents(self, conn: Connection, tenant: str, ids: Sequence[str]) -> dict[str, Stored]:
+        out: dict[str, Stored] = {}
+        unique = sorted(set(ids))
+        for at in range(0, len(unique), CHUNK):
+            rows = conn.execute(
+                select(
+                    o.c.id, o.c.version_id, o.c.last_updated, o.c.data, o.c.patient_system, o.c.patient_value
+                ).where(o.c.tenant == tenant, o.c.id.in_(unique[at : at + CHUNK]))
+            )
+            out.update(
+                (
+                    r.id,
+                    Stored(
+                        r.id,
+                        r.version_id,
+                        r.last_updated,
+                        r.data,
+                        patient=(r.patient_system, r.patient_value),
+                    ),
+                )
+                for r in rows
+            )
+        return out
+
+    def _claim(
+        self, conn: Connection, tenant: str, claims: list[dict[str, Any]]
+    ) -> set[tuple[str, str, str]]:
+        """Insert business identifiers; return the (system, value, observation) rows that were inserted.
+
+        ``ON CONFLICT DO NOTHING RETURNING``: a row another transaction committed first is not
+        returned, and nothing fails, so no savepoint is needed (the primary key decides, as before)."""
+        table = observation_identifiers
+        won: set[tuple[str, str, str]] = set()
+        dialect = conn.dialect.name
+        stmt: Any = (pg_insert if dialect == "postgresql" else sqlite_insert)(table).on_conflict_do_nothing()
+        # executemany with RETURNING: SQLAlchemy sends multi-row INSERTs ("insertmanyvalues").
+        rows = conn.execute(stmt.returning(table.c.system, table.c.value, table.c.observation_id), claims)
+        won.update((r.system, r.value, r.observation_id) for r in rows)
+        return won
+
+    def create_many(
+        self, conn: Connection, tenant: str, valids: Sequence[ValidObservation]
+    ) -> list[tuple[Stored, bool]]:
+        """Create ``valids`` in ``conn``'s transaction with a handful of set-based statements.
+
+        Returns per item the stored observation and whether it already existed: an item whose business
+        identifier is known (stored before, earlier in ``valids``, or committed meanwhile by another
+        transaction) is not written; the existing observation is returned for the caller to compare.
+        One SELECT of the known identifiers, then multi-row INSERTs; the identifiers' primary key
+        stays the idempotency guarantee (``_claim``).
+        """
+        known = self._owners(conn, tenant, [x for v in valids for x in v.identifiers])
+        now = self.clock()
+        plan: list[str] = []  # the id each item is stored under
+        fresh: dict[str, int] = {}  # new id -> position in valids
+        for n, valid in enumerate(valids):
+            owner = next((known[x] for x in valid.identifiers if x in known), None)
+            if owner is None:
+                owner = str(uuid.uuid4())
+                fresh[owner] = n
+                known.update(dict.fromkeys(valid.identifiers, owner))
+            plan.append(owner)
+        claims = [
+            {"tenant": tenant, "system": s, "value": v, "observation_id": obs_id}
+            for obs_id, n in fresh.items()
+            for s, v in valids[n].identifiers
+        ]
+        won = self._claim(conn, tenant, claims) if claims else set()
+        lost = {
+            c["observation_id"] for c in claims if (c["system"], c["value"], c["observation_id"]) not in won
+        }
+        if lost:  # a concurrent create committed first: give back what we did claim, use its rows
+            i = observation_identifiers
+            conn.execute(delete(i).where(i.c.tenant == tenant, i.c.observation_id.in_(sorted(lost))))
+            winners = self._owners(
+                conn, tenant, [x for obs_id in lost for x in valids[fresh[obs_id]].identifiers]
+            )
+            remap = {}
+            for obs_id in lost:
+                n = fresh.pop(obs_id)
+                remap[obs_id] = next(winners[x] for x in valids[n].identifiers if x in winners)
+            plan = [remap.get(p, p) for p in plan]
+        data = {
+            obs_id: render("Observation", valids[n].resource, obs_id, 1, now) for obs_id, n in fresh.items()
+        }
+        obs_rows = [
+            {
+                "tenant": tenant,
+                "id": obs_id,
+                "version_id": 1,
+                "last_updated": now,
+                "data": data[obs_id],
+                **self._columns(valids[n]),
+            }
+            for obs_id, n in fresh.items()
+        ]
+        history = [
+            {"tenant": tenant, "id": obs_id, "version_id": 1, "last_updated": now, "data": data[obs_id]}
+            for obs_id in fresh
+        ]
+        tokens = [row for obs_id, n in fresh.items() for row in self._token_rows(tenant, obs_id, valids[n])]
+        for table, rows in ((o, obs_rows), (observation_history, history), (observation_tokens, tokens)):
+            if rows:  # executemany: multi-row INSERTs of a cached statement ("insertmanyvalues")
+                conn.execute(insert(table), rows)
+        existing = self._currents(conn, tenant, [p for p in plan if p not in fresh])
+        out: list[tuple[Stored, bool]] = []
+        for n, obs_id in enumerate(plan):
+            if fresh.get(obs_id) == n:
+                out.append((Stored(obs_id, 1, now, data[obs_id], created=True), False))
+            elif obs_id in existing:
+                out.append((existing[obs_id], True))
+            else:  # created earlier in this same call
+                out.append((Stored(obs_id, 1, now, data[obs_id]), True))
+        return out
 
     def create(self, tenant: str, valid: ValidObservation) -> Stored:
         for _ in range(3):
@@ -322,8 +471,24 @@ class ObservationStore:
 
     # -- search ---------------------------------------------------------------------------------
 
-    def _token_clause(self, param: str, group: tuple[Token, ...]) -> ColumnElement[bool]:
-        t = observation_tokens
+    @staticmethod
+    def _patient_of(query: SearchQuery) -> Token | None:
+        """The one patient a query names (one ``patient`` value with a number), else ``None``."""
+        if len(query.patients) == 1 and len(query.patients[0]) == 1 and query.patients[0][0].code is not None:
+            return query.patients[0][0]
+        return None
+
+    def _token_clause(
+        self,
+        param: str,
+        group: tuple[Token, ...],
+        patient: Token | None = None,
+        query: SearchQuery | None = None,
+    ) -> ColumnElement[bool]:
+        """The observation has a ``param`` token of ``group``; with ``patient`` known, the subquery is
+        led by the patient and bounded by the query's dates, so it is a range scan of
+        ``ix_observation_tokens_patient`` (issue 12), never a scan of the tenant's tokens for the code."""
+        t = observation_tokens.alias(f"{param}_tokens")  # never the joined driving row
         alts = []
         for token in group:
             conds = [t.c.param == param]
@@ -332,26 +497,68 @@ class ObservationStore:
             if token.code is not None:
                 conds.append(t.c.code == token.code)
             alts.append(and_(*conds))
-        return exists().where(t.c.tenant == o.c.tenant, t.c.observation_id == o.c.id, or_(*alts))
+        inner = [t.c.tenant == o.c.tenant, t.c.observation_id == o.c.id, or_(*alts)]
+        if patient is not None and query is not None:
+            inner += self._token_patient_clauses(patient, query, t)
+        return exists().where(*inner).correlate(o)
+
+    def _token_patient_clauses(
+        self, patient: Token, query: SearchQuery, t: Any = observation_tokens
+    ) -> list[ColumnElement[bool]]:
+        conds: list[ColumnElement[bool]] = [t.c.patient_value == patient.code]
+        if patient.system is not None:
+            conds.append(t.c.patient_system == patient.system)
+        for bound in query.dates:
+            conds += self._date_clauses(t.c.effective_start, t.c.effective_end, bound)
+        return conds
 
     @staticmethod
-    def _date_clause(start: Any, end: Any, bound: DateBound) -> ColumnElement[bool]:
-        """FHIR R4 search, "date": compare the target range [start, end) with the value's range."""
+    def _date_clauses(start: Any, end: Any, bound: DateBound) -> list[ColumnElement[bool]]:
+        """FHIR R4 search, "date": compare the target range [start, end) with the value's range.
+
+        Besides the comparison itself, a simple bound every match satisfies (a value that ends after
+        the searched range begins, or starts before it ends): an index can apply it without the OR.
+        """
         inside = and_(start >= bound.start, end <= bound.end)
-        clauses: dict[str, ColumnElement[bool]] = {
-            "eq": inside,
-            "ne": not_(inside),
-            "gt": end > bound.end,
-            "lt": start < bound.start,
-            "ge": or_(end > bound.end, inside),
-            "le": or_(start < bound.start, inside),
-            "sa": start >= bound.end,  # starts after the value's range
-            "eb": end <= bound.start,  # ends before the value's range
+        clauses: dict[str, list[ColumnElement[bool]]] = {
+            "eq": [inside, start < bound.end, end > bound.start],
+            "ne": [not_(inside)],
+            "gt": [end > bound.end],
+            "lt": [start < bound.start],
+            "ge": [or_(end > bound.end, inside), end > bound.start],
+            "le": [or_(start < bound.start, inside), start < bound.end],
+            "sa": [start >= bound.end],  # starts after the value's range
+            "eb": [end <= bound.start],  # ends before the value's range
         }
         return clauses[bound.prefix]
 
-    def _filters(self, tenant: str, query: SearchQuery) -> list[ColumnElement[bool]]:
+    def _driver(self, tenant: str, query: SearchQuery) -> tuple[list[ColumnElement[bool]], int] | None:
+        """When the query names one patient and one ``system|code``: the conditions on one joined
+        ``observation_tokens`` row that drive the search (index order is the date order), and which
+        code group they stand for. At most one token row per observation matches (its primary key),
+        so the join never duplicates an observation."""
+        patient = self._patient_of(query)
+        if patient is None:
+            return None
+        for n, group in enumerate(query.codes):
+            if len(group) == 1 and group[0].system is not None and group[0].code is not None:
+                t = observation_tokens
+                conds = [
+                    t.c.tenant == tenant,
+                    t.c.observation_id == o.c.id,
+                    t.c.param == "code",
+                    t.c.code == group[0].code,
+                    t.c.system == group[0].system,
+                    *self._token_patient_clauses(patient, query),
+                ]
+                return conds, n
+        return None
+
+    def _filters(
+        self, tenant: str, query: SearchQuery, skip_code: int | None = None
+    ) -> list[ColumnElement[bool]]:
         where: list[ColumnElement[bool]] = [o.c.tenant == tenant]
+        patient = self._patient_of(query)
         for group in query.patients:
             alts = []
             for token in group:
@@ -362,10 +569,11 @@ class ObservationStore:
                     conds.append(o.c.patient_value == token.code)
                 alts.append(and_(*conds))
             where.append(or_(*alts))
-        for group in query.codes:
-            where.append(self._token_clause("code", group))
+        for n, group in enumerate(query.codes):
+            if n != skip_code:
+                where.append(self._token_clause("code", group, patient, query))
         for group in query.categories:
-            where.append(self._token_clause("category", group))
+            where.append(self._token_clause("category", group, patient, query))
         for group in query.identifiers:
             i = observation_identifiers
             alts = []
@@ -384,36 +592,52 @@ class ObservationStore:
         where.extend(not_(self._token_clause("category", group)) for group in query.not_categories)
         where.extend(o.c.status.not_in(statuses) for statuses in query.not_statuses)
         for bound in query.dates:
-            where.append(self._date_clause(o.c.effective_start, o.c.effective_end, bound))
+            where += self._date_clauses(o.c.effective_start, o.c.effective_end, bound)
         for bound in query.last_updated:
-            where.append(self._date_clause(o.c.last_updated, o.c.last_updated + 1, bound))
+            where += self._date_clauses(o.c.last_updated, o.c.last_updated + 1, bound)
         return where
 
-    @staticmethod
-    def _scope_clauses(scope: ReadScope) -> list[ColumnElement[bool]]:
-        t = observation_tokens
+    def _scope_clauses(
+        self, scope: ReadScope, patient: Token | None = None, query: SearchQuery | None = None
+    ) -> list[ColumnElement[bool]]:
+        t = observation_tokens.alias("scope_tokens")
         clauses: list[ColumnElement[bool]] = []
         if scope.categories is not None:
-            clauses.append(
-                exists().where(
-                    t.c.tenant == o.c.tenant,
-                    t.c.observation_id == o.c.id,
-                    t.c.param == "category",
-                    t.c.code.in_(sorted(scope.categories)),
-                )
-            )
+            inner = [
+                t.c.tenant == o.c.tenant,
+                t.c.observation_id == o.c.id,
+                t.c.param == "category",
+                t.c.code.in_(sorted(scope.categories)),
+            ]
+            if patient is not None and query is not None:
+                inner += self._token_patient_clauses(patient, query, t)
+            clauses.append(exists().where(*inner).correlate(o))
         if scope.start is not None:
             clauses.append(o.c.effective_start >= scope.start)
         if scope.end is not None:
             clauses.append(o.c.effective_end <= scope.end)
         return clauses
 
+    def _where(
+        self, tenant: str, query: SearchQuery, scope: ReadScope
+    ) -> tuple[Any, list[ColumnElement[bool]], bool]:
+        """The FROM (observations, joined to the driving token row when there is one) and the WHERE."""
+        driver = self._driver(tenant, query)
+        patient = self._patient_of(query)
+        scoped = self._scope_clauses(scope, patient, query)
+        if driver is None:
+            return o, [*self._filters(tenant, query), *scoped], False
+        conds, n = driver
+        t = observation_tokens
+        source = o.join(t, and_(t.c.tenant == o.c.tenant, t.c.observation_id == o.c.id))
+        return source, [*conds, *self._filters(tenant, query, skip_code=n), *scoped], True
+
     def count(self, tenant: str, query: SearchQuery, scope: ReadScope = EVERYTHING) -> int:
         if scope.nothing:
             return 0
-        where = [*self._filters(tenant, query), *self._scope_clauses(scope)]
+        source, where, _ = self._where(tenant, query, scope)
         with self.reading() as conn:
-            return int(conn.execute(select(func.count()).select_from(o).where(*where)).scalar() or 0)
+            return int(conn.execute(select(func.count()).select_from(source).where(*where)).scalar() or 0)
 
     def search(
         self,
@@ -422,27 +646,48 @@ class ObservationStore:
         anchor: Anchor | None = None,
         scope: ReadScope = EVERYTHING,
     ) -> Page:
-        """One page in ``query.sort`` order, after ``anchor`` (or before it, when ``anchor.backwards``)."""
-        key = o.c.effective_start if query.sort.endswith("date") else o.c.last_updated
-        descending = query.sort.startswith("-")
-        backwards = bool(anchor and anchor.backwards)
-        scan_desc = descending != backwards
+        """One page in ``query.sort`` order, after ``anchor`` (or before it, when ``anchor.backwards``).
+
+        With one patient and one ``system|code``, the page is read in the order of
+        ``ix_observation_tokens_patient`` (the token row's copy of the effective time), so PostgreSQL
+        walks that index from the date bound and stops after the page (issue 12)."""
         if scope.nothing:
             return Page([], more_after=False, more_before=False)
-        where = [*self._filters(tenant, query), *self._scope_clauses(scope)]
-        if anchor is not None:
-            pos = tuple_(key, o.c.id)
-            where.append(pos < (anchor.value, anchor.id) if scan_desc else pos > (anchor.value, anchor.id))
-        order = (key.desc(), o.c.id.desc()) if scan_desc else (key.asc(), o.c.id.asc())
-        stmt = select(o.c.id, key.label("k"), o.c.data, o.c.last_updated).where(*where).order_by(*order)
+        stmt = self.search_statement(tenant, query, anchor, scope)
+        backwards = bool(anchor and anchor.backwards)
         with self.reading() as conn:
-            rows = [(r.id, r.k, r.data, r.last_updated) for r in conn.execute(stmt.limit(query.count + 1))]
+            rows = [(r.id, r.k, r.data, r.last_updated) for r in conn.execute(stmt)]
         more = len(rows) > query.count
         rows = rows[: query.count]
         if backwards:
             rows.reverse()
             return Page(rows, more_after=True, more_before=more)
         return Page(rows, more_after=more, more_before=anchor is not None)
+
+    def search_statement(
+        self, tenant: str, query: SearchQuery, anchor: Anchor | None = None, scope: ReadScope = EVERYTHING
+    ) -> Select[Any]:
+        """The SELECT of one page (``query.count`` + 1 rows, to tell whether there is more)."""
+        source, where, driven = self._where(tenant, query, scope)
+        t = observation_tokens
+        by_date = query.sort.endswith("date")
+        key = (t.c.effective_start if driven else o.c.effective_start) if by_date else o.c.last_updated
+        ident = t.c.observation_id if driven and by_date else o.c.id
+        descending = query.sort.startswith("-")
+        backwards = bool(anchor and anchor.backwards)
+        scan_desc = descending != backwards
+        if anchor is not None:
+            pos = tuple_(key, ident)
+            where.append(pos < (anchor.value, anchor.id) if scan_desc else pos > (anchor.value, anchor.id))
+        order = (key.desc(), ident.desc()) if scan_desc else (key.asc(), ident.asc())
+        stmt = (
+            select(o.c.id, key.label("k"), o.c.data, o.c.last_updated)
+            .select_from(source)
+            .where(*where)
+            .order_by(*order)
+            .limit(query.count + 1)
+        )
+        return stmt
 
     def lastn(
         self, tenant: str, query: SearchQuery, max_per_kind: int, scope: ReadScope = EVERYTHING
@@ -456,7 +701,7 @@ class ObservationStore:
         if scope.nothing:
             return []
         inner = select(o.c.kind, o.c.effective_start, o.c.id, o.c.data, rank).where(
-            *self._filters(tenant, query), *self._scope_clauses(scope)
+            *self._filters(tenant, query), *self._scope_clauses(scope, self._patient_of(query), query)
         )
         sub = inner.subquery()
         stmt = (

@@ -297,6 +297,37 @@ class PolicyStore:
             for r in rows
         ]
 
+    def decision_records(
+        self, controller: str, consumer: str, patient: tuple[str, str]
+    ) -> tuple[list[SharingAgreement], list[PatientDirective]]:
+        """What one sharing decision reads, fresh from the store (no cache across requests): the
+        agreements controller -> consumer (none when they are the same organisation) and the patient's
+        directives, on one connection in one transaction (one pool checkout, one snapshot)."""
+        a, d = agreements, directives
+        with self.engine.connect() as conn, conn.begin():
+            found = (
+                []
+                if consumer == controller
+                else [
+                    _agreement(r)
+                    for r in conn.execute(
+                        select(a)
+                        .where(a.c.controller == controller, a.c.consumer == consumer)
+                        .order_by(a.c.created)
+                    )
+                ]
+            )
+            rows = conn.execute(
+                select(d.c.data)
+                .where(
+                    d.c.tenant == controller,
+                    d.c.patient_value == patient[1],
+                    d.c.patient_system == patient[0],
+                )
+                .order_by(d.c.last_updated)
+            ).all()
+        return found, [directive_from_fhir(orjson.loads(r.data)) for r in rows]
+
     def directives_for(self, tenant: str, patient: tuple[str, str]) -> list[PatientDirective]:
         """The policy model of every directive of ``patient`` at ``tenant`` (active or not)."""
         return [directive_from_fhir(orjson.loads(s.data)) for s in self.patient_directives(tenant, patient)]

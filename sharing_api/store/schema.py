@@ -61,8 +61,25 @@ observation_tokens = Table(
     Column("param", String(16), nullable=False),  # "code" | "category"
     Column("system", String(256), nullable=False),
     Column("code", String(256), nullable=False),
+    # Copies of the observation's patient and effective time (migration 0004): a search for one
+    # patient, one code and a period is one range scan of ``ix_observation_tokens_patient`` (the
+    # end bound is checked inside the index), then a primary-key lookup per hit.
+    Column("patient_system", String(64), nullable=False),
+    Column("patient_value", String(64), nullable=False),
+    Column("effective_start", BigInteger, nullable=False),
+    Column("effective_end", BigInteger, nullable=False),
     PrimaryKeyConstraint("tenant", "observation_id", "param", "system", "code"),
-    Index("ix_observation_tokens_code", "tenant", "param", "code", "system"),
+    Index(
+        "ix_observation_tokens_patient",
+        "tenant",
+        "patient_value",
+        "param",
+        "code",
+        "system",
+        "effective_start",
+        "effective_end",
+        "observation_id",
+    ),
 )
 
 observation_identifiers = Table(
@@ -151,8 +168,9 @@ clients = Table(
 # One tamper-evident log per tenant (domain.md "Audit"). ``audit_entries`` holds every event as its
 # RFC 8785 canonical bytes; ``seq`` and ``leaf`` are NULL until the sequencer gives the entry its place
 # in the tenant's Merkle tree. The other columns are extracted at append time for search and log
-# control. ``audit_heads`` is the per-tenant tree state the sequencer locks; ``audit_checkpoints`` the
-# signed checkpoints (C2SP signed notes).
+# control. ``audit_heads`` is the per-tenant tree state the sequencer locks, and the log's stable name;
+# ``audit_checkpoints`` the signed checkpoints (C2SP signed notes). On PostgreSQL, entries and
+# checkpoints are append-only by trigger (migration 0004): only a pending entry's seq/leaf may be set.
 
 audit_entries = Table(
     "audit_entries",
@@ -191,6 +209,8 @@ audit_heads = Table(
     Column("checkpoint_size", BigInteger, nullable=False),
     Column("checkpoint_at", BigInteger, nullable=False),
     Column("updated", BigInteger, nullable=False),
+    # The log's name in its checkpoints (C2SP origin), fixed when the log is created (migration 0004).
+    Column("origin", String(255), nullable=True),
 )
 
 audit_checkpoints = Table(

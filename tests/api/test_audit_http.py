@@ -45,19 +45,24 @@ def patient_events(found: list[dict[str, Any]], patient: str) -> list[dict[str, 
     return [e for e in found if about(e)]
 
 
-def test_aud_01_a_search_records_one_event_per_patient_and_a_decision(
+def test_aud_01_a_search_records_one_event_per_patient_carrying_its_decision(
     client: ApiClient, services: Services, auditor: str
 ) -> None:
+    """One event per request (issue 12): the search's event carries the sharing decision as an entity;
+    there is no second AuthZconsent event."""
     patient = fnr()
     client.post(f"{BASE}/Observation", json=heart_rate(patient))
+    before = events(client, services, patient=f"{FNR}|{patient}")
     client.post(f"{BASE}/Observation/_search", data=search_form(patient))
     found = events(client, services, patient=f"{FNR}|{patient}")
-    kinds = sorted(e["subtype"][0]["code"] if e.get("subtype") else e["type"]["code"] for e in found)
-    assert len(found) >= 3, kinds  # the create, the search, and the search's consent decision
+    assert len(found) == len(before) + 1
     rest = [e for e in found if any(s.get("code") == "search-type" for s in e.get("subtype", []))]
     assert len(rest) == 1
     assert rest[0]["outcome"] == "0"
     assert "urn:ietf:params:oauth:jti:" in str(rest[0])
+    (decision,) = [x for x in rest[0]["entity"] if x.get("name") == "sharing-decision"]
+    assert decision["description"] == "permit"
+    assert not events(client, services, action="access.decision")
 
 
 def test_aud_02_a_refusal_is_recorded_with_a_failure_outcome(

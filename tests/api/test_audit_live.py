@@ -60,7 +60,7 @@ def test_fetch_from_a_live_server_then_verify(
     assert verified.exit_code == 0, verified.output
     report = json.loads(verified.output)
     assert report["ok"] is True
-    assert report["entries"] >= 3
+    assert report["entries"] >= 2  # the create and the search (one event each, the decision inside)
     export.write_bytes(export.read_bytes().replace(b'"outcome":"0"', b'"outcome":"8"', 1))
     tampered = runner.invoke(main, ["audit", "verify", str(export), "--public-key", str(public), "--json"])
     assert tampered.exit_code == 1

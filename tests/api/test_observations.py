@@ -108,10 +108,15 @@ def test_if_none_exist_returns_the_existing_match(client: ApiClient, services: S
     patient = fnr()
     first = create(client, heart_rate(patient, identifier="ine-1")).get_json()
     again = create(
-        client, heart_rate(patient, identifier="ine-2"), **{"If-None-Exist": "identifier=urn:test:ids|ine-1"}
+        client, heart_rate(patient, identifier="ine-1"), **{"If-None-Exist": "identifier=urn:test:ids|ine-1"}
     )
     assert again.status_code == 200
     assert again.get_json()["id"] == first["id"]
+    # A match with different content is a correction sent as a create: 412, nothing stored (issue 8).
+    changed = create(
+        client, heart_rate(patient, identifier="ine-2"), **{"If-None-Exist": "identifier=urn:test:ids|ine-1"}
+    )
+    assert changed.status_code == 412
     assert count_rows(services) == 1
     fresh = create(
         client, heart_rate(patient, identifier="ine-3"), **{"If-None-Exist": "identifier=urn:test:ids|nope"}

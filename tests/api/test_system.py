@@ -37,6 +37,7 @@ ROUTES = {
     ("POST", "/<orgnr>/admin/agreements/<agreement_id>/end"),
     ("GET", "/<orgnr>/fhir/AuditEvent"),
     ("POST", "/<orgnr>/fhir/AuditEvent/_search"),
+    ("GET", "/<orgnr>/fhir/AuditEvent/<event_id>"),
     ("GET", "/<orgnr>/fhir/AuditEvent/$export"),
     ("GET", "/<orgnr>/fhir/AuditEvent/$checkpoint"),
     ("GET", "/<orgnr>/fhir/AuditEvent/$inclusion-proof"),

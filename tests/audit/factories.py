@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sharing_api.audit.actions import AuditAction, Outcome
 from sharing_api.audit.events import AuditFacts, Coded, DecisionRef, SharingDecision
 from sharing_api.audit.log import AuditLog
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
 
 TENANT = "921234562"
 OTHER_TENANT = "923456783"
@@ -84,3 +89,13 @@ def bulk_pending(log: AuditLog, count: int, tenant: str = TENANT, start: int = 0
     ]
     with log.engine.begin() as conn:
         conn.execute(audit_entries.insert(), rows)
+
+
+@contextmanager
+def tampering(engine: Engine) -> Iterator[Connection]:
+    """A transaction that edits the stored log as an attacker with the database superuser's rights can:
+    on PostgreSQL past the append-only triggers (``session_replication_role = replica`` skips them)."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
+        yield conn

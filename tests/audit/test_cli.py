@@ -36,10 +36,12 @@ def test_sequence_export_and_verify(
     fill(log, 5, start=30)  # pending: export sequences and signs them first
     out = tmp_path / "export.ndjson"
     assert runner.invoke(audit, ["export", TENANT, "-o", str(out)]).exit_code == 0
-    # signed under the same log name as the API signs with (create_app: <public URL>/audit)
-    assert (
-        orjson.loads(out.read_bytes().splitlines()[0])["log"] == f"https://dho.kommune.example/audit/{TENANT}"
-    )
+    # signed under the same log name as the API gives a new log (create_app: Settings.audit_log_origin)
+    from sharing_api.settings import Settings
+
+    name = orjson.loads(out.read_bytes().splitlines()[0])["log"]
+    assert name == f"{Settings().audit_log_origin}/{TENANT}"
+    assert "://" not in name  # C2SP: no scheme
     pem = tmp_path / "pinned.pem"
     pem.write_bytes(signer.public_key_pem())
     checked = runner.invoke(audit, ["verify", str(out), "--public-key", str(pem), "--json"])

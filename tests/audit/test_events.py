@@ -1,14 +1,18 @@
 """AuditEvent shapes: IHE BALP and HL7 Norway's trust-framework IG, validated with fhir.resources R4B.
 
-security-tests.md AUD-01 (BALP-conformant events), AUD-02 (failures, AuthZconsent with consent ref and
-``urn:ietf:params:oauth:jti:``), AUD-03 (raw query base64, byte-exact), AUD-04 (no token anywhere).
+security-tests.md AUD-01 (BALP-conformant events), AUD-02 (failures, the decision with its Consent and
+agreement references, ``urn:ietf:params:oauth:jti:`` in the user agent's ``policy``), AUD-03 (raw query
+base64, byte-exact), AUD-04 (no token anywhere). Shapes of the Norwegian IG are compared with its FSH
+reference read in place (``shared_dir``); docs/audit-profile.md lists where BALP and the IG disagree.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,21 +24,26 @@ from sharing_api.audit.actions import AuditAction, Outcome
 from sharing_api.audit.encoding import canonical_event
 from sharing_api.audit.events import (
     ACTION_SYSTEM,
+    AGREEMENT_RESOURCE,
+    AUTHORIZATION_SYSTEM,
     EXT_CARE_RELATION,
     EXT_PATIENT,
     HPR_SYSTEM,
     JTI_PREFIX,
     ORGNR_SYSTEM,
+    Coded,
     SharingDecision,
     build_audit_event,
     build_audit_events,
-    build_authz_event,
     redact_tokens,
 )
 from sharing_api.audit.terms import search_terms
 from tests.audit.factories import FNR, HOSPITAL, TENANT, facts
+from tests.audit.fsh import Fsh, extension_slices, read_fsh
 
 BALP = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit."
+OAUTH_AGENT_SYSTEM = "https://profiles.ihe.net/ITI/BALP/CodeSystem/UserAgentTypes"
+RESOURCE_TYPES = "http://hl7.org/fhir/resource-types"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 JWT = (
     "eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCJ9."
@@ -81,6 +90,33 @@ def test_every_action_and_outcome_is_a_valid_r4_auditevent(action: AuditAction, 
     assert (ACTION_SYSTEM, action.value) in codings(event["subtype"])
     assert search_terms(event).action is action
     assert canonical_event(event)  # has a canonical form
+    assert_contained_are_referenced(event)
+
+
+def assert_contained_are_referenced(event: dict[str, Any]) -> None:
+    """FHIR dom-3: every contained resource is referenced from elsewhere in the resource."""
+    text = json.dumps({k: v for k, v in event.items() if k != "contained"}) + json.dumps(
+        [{k: v for k, v in r.items() if k != "id"} for r in event.get("contained", [])]
+    )
+    for res in event.get("contained", []):
+        assert f'"#{res["id"]}"' in text, f"contained {res['id']} is not referenced"
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"practitioner_hpr": None},
+        {"organisation": None},
+        {"practitioner_hpr": None, "organisation": None},
+        {"point_of_care": HOSPITAL},
+        {"practitioner_hpr": None, "point_of_care": HOSPITAL},
+    ],
+)
+def test_every_contained_resource_is_referenced(changes: dict[str, Any]) -> None:
+    event = build_audit_event(facts(**changes))
+    validated(event)
+    assert_contained_are_referenced(event)
 
 
 def test_patient_query_follows_balp_and_the_norwegian_ig() -> None:
@@ -100,19 +136,28 @@ def test_patient_query_follows_balp_and_the_norwegian_ig() -> None:
     user = agent_of(event, "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "IRCP")
     assert user["requestor"] is True
     assert user["who"] == {"reference": "#practitioner-role"}
+    assert (OAUTH_AGENT_SYSTEM, "UserOauthAgent") in codings(user["type"])
+    assert user["policy"] == [JTI_PREFIX + "jti-0"]
     org = agent_of(event, "http://terminology.hl7.org/CodeSystem/v3-RoleClass", "PROV")
     assert org["who"]["identifier"] == {"system": ORGNR_SYSTEM, "value": HOSPITAL}
+    assert "policy" not in org
     role = contained(event, "practitioner-role")
-    assert role["practitioner"] == {
-        "identifier": {"system": HPR_SYSTEM, "value": "9144897"},
-        "display": "August September",
-    }
-    assert role["organization"]["identifier"] == {"system": ORGNR_SYSTEM, "value": HOSPITAL}
-    assert role["location"] == [{"identifier": {"system": ORGNR_SYSTEM, "value": "874716782"}}]
+    assert role["practitioner"] == {"reference": "#practitioner"}
+    practitioner = contained(event, "practitioner")
+    assert practitioner["identifier"] == [{"system": HPR_SYSTEM, "value": "9144897"}]
+    assert practitioner["name"] == [{"text": "August September"}]
+    assert role["organization"] == {"reference": "#legal-entity"}
+    assert contained(event, "legal-entity")["identifier"] == [{"system": ORGNR_SYSTEM, "value": HOSPITAL}]
+    assert role["location"] == [{"reference": "#point-of-care"}]
+    location = contained(event, "point-of-care")
+    assert "identifier" not in location  # the org.nr belongs to the Organization, not the Location
+    assert location["managingOrganization"] == {"reference": "#point-of-care-org"}
+    assert contained(event, "point-of-care-org")["identifier"] == [
+        {"system": ORGNR_SYSTEM, "value": "874716782"}
+    ]
     assert role["code"] == [
         {"coding": [{"system": "urn:oid:2.16.578.1.12.4.1.1.8655", "code": "S03", "display": "Indremedisin"}]}
     ]
-    assert {r["resourceType"] for r in event["contained"]} == {"Patient", "PractitionerRole"}
     # for whom: the patient, in the NO patient extension and BALP's patient entity
     assert contained(event, "patient")["identifier"] == [{"system": FNR, "value": f.patient[1]}]  # type: ignore[index]
     ext = {x["url"]: x for x in event["extension"]}
@@ -147,9 +192,9 @@ def test_patient_query_follows_balp_and_the_norwegian_ig() -> None:
     assert decision["description"] == "permit"
     assert {"type": "reason", "valueString": "PERMIT_AGREEMENT"} in decision["detail"]
     refs = {x["what"].get("reference") for x in entities if "what" in x}
-    assert {"SharingAgreement/ag-1", "Consent/c-9"} <= refs
+    assert {f"{AGREEMENT_RESOURCE}/ag-1", "Consent/c-9"} <= refs
     idents = {x["what"]["identifier"]["value"] for x in entities if "identifier" in x.get("what", {})}
-    assert idents == {JTI_PREFIX + "jti-0", "req-0"}
+    assert idents == {"req-0"}  # the jti is the user agent's policy, not an entity
 
 
 def test_patient_read_names_the_client_destination_and_the_resource() -> None:
@@ -224,48 +269,163 @@ def test_token_issue_is_a_user_authentication_login() -> None:
     assert (DCM, "110122") in codings(event["subtype"])
 
 
-def test_authz_consent_event_for_a_permit() -> None:
+def test_one_request_records_one_event_carrying_its_decision() -> None:
+    """Issue 12: no second AuthZconsent event; the decision, its reasons and the records it rests on
+    are entities of the request's own event (BALP's RESTful patterns slice ``entity`` openly)."""
     f = facts()
-    event = build_authz_event(f)
-    assert event is not None
-    validated(event)
-    assert event["meta"]["profile"] == [BALP + "AuthZconsent"]
-    assert codings(event["type"]) == {(DCM, "110113")}
-    assert codings(event["subtype"]) == {
-        ("https://profiles.ihe.net/ITI/BALP/CodeSystem/AuthZsubType", "AuthZ-Consent")
+    (event,) = build_audit_events(f)
+    assert event == build_audit_event(f)
+    assert search_terms(event).action is AuditAction.OBSERVATION_SEARCH
+    (decision,) = [x for x in event["entity"] if x.get("name") == "sharing-decision"]
+    assert decision["detail"][0] == {"type": "permit", "valueString": "true"}
+    typed = {
+        (x["type"]["code"], x["what"]["reference"])
+        for x in event["entity"]
+        if "reference" in x.get("what", {})
+        and x.get("type", {}).get("system") == "http://hl7.org/fhir/resource-types"
     }
-    assert (event["action"], event["outcome"]) == ("E", "0")
-    consents = [x["what"]["reference"] for x in event["entity"] if x["type"].get("code") == "Consent"]
-    assert consents == ["SharingAgreement/ag-1", "Consent/c-9"]
-    (token,) = [x for x in event["entity"] if x["type"].get("code") == "UserOauthAgent"]
-    assert token["what"]["identifier"]["value"] == "urn:ietf:params:oauth:jti:jti-0"
-    assert agent_of(event, "http://terminology.hl7.org/CodeSystem/extra-security-role-type", "authserver")
-    assert agent_of(event, DCM, "110150")["network"]["address"] == "10.1.2.3"
-    # AuthZconsent's entity slicing is closed: patient, consent, token only
-    assert {x["type"]["code"] for x in event["entity"]} == {"1", "Consent", "UserOauthAgent"}
-    assert search_terms(event).action is AuditAction.ACCESS_DECISION
+    assert typed == {(AGREEMENT_RESOURCE, f"{AGREEMENT_RESOURCE}/ag-1"), ("Consent", "Consent/c-9")}
+    assert len(build_audit_events(facts(decision=None))) == 1
 
 
-def test_authz_consent_event_for_a_deny_is_a_failure_with_reasons() -> None:
+def test_a_deny_is_the_events_outcome_with_its_reasons() -> None:
     f = facts(
         outcome=Outcome.MINOR_FAILURE,
         decision=SharingDecision(permit=False, reasons=("DENY_BLOCKED",), used=("Consent/block-1",)),
     )
-    event = build_authz_event(f)
-    assert event is not None
+    (event,) = build_audit_events(f)
     validated(event)
     assert event["outcome"] == "4"
-    assert event["outcomeDesc"] == "deny: DENY_BLOCKED"
+    (decision,) = [x for x in event["entity"] if x.get("name") == "sharing-decision"]
+    assert decision["description"] == "deny"
+    assert {"type": "reason", "valueString": "DENY_BLOCKED"} in decision["detail"]
+    assert {
+        "what": {"reference": "Consent/block-1"},
+        "type": {"system": RESOURCE_TYPES, "code": "Consent"},
+    } in (event["entity"])
 
 
-def test_one_request_with_a_decision_records_two_events() -> None:
-    events = build_audit_events(facts())
-    assert [search_terms(e).action for e in events] == [
-        AuditAction.OBSERVATION_SEARCH,
-        AuditAction.ACCESS_DECISION,
+def test_no_reference_names_an_internal_type() -> None:
+    """Every reference the event makes is a FHIR resource type (or a contained resource)."""
+    event = build_audit_event(
+        facts(action=AuditAction.AGREEMENT_CHANGE, resources=("SharingAgreement/ag-7",), query=None)
+    )
+    references = [x["what"]["reference"] for x in event["entity"] if "reference" in x.get("what", {})]
+    assert f"{AGREEMENT_RESOURCE}/ag-7" in references
+    assert not any("SharingAgreement" in r for r in references)
+    assert "SharingAgreement" not in str(build_audit_event(facts()))
+    assert AGREEMENT_RESOURCE in {"Contract", "Basic"}  # FHIR R4 resource types, as documented
+
+
+def test_system_client_event_has_no_practitioner_role_and_carries_the_jti_on_its_organisation() -> None:
+    f = facts(
+        practitioner_hpr=None, practitioner_name=None, purpose_of_use_details=None, point_of_care=HOSPITAL
+    )
+    event = build_audit_event(f)
+    validated(event)
+    kinds = [r["resourceType"] for r in event["contained"]]
+    assert "PractitionerRole" not in kinds
+    assert "Practitioner" not in kinds
+    org = agent_of(event, "http://terminology.hl7.org/CodeSystem/v3-RoleClass", "PROV")
+    assert org["requestor"] is True
+    assert (OAUTH_AGENT_SYSTEM, "UserOauthAgent") in codings(org["type"])
+    assert org["policy"] == [JTI_PREFIX + "jti-0"]
+    assert org["location"] == {"reference": "#point-of-care"}
+    terms = search_terms(event)
+    assert (terms.organisation, terms.agent_hpr) == (HOSPITAL, None)
+
+
+def test_practitioner_authorisation_is_the_practitioners_qualification() -> None:
+    event = build_audit_event(
+        facts(practitioner_authorization=Coded(system=AUTHORIZATION_SYSTEM, code="LE", display="Lege"))
+    )
+    validated(event)
+    assert contained(event, "practitioner")["qualification"] == [
+        {"code": {"coding": [{"system": AUTHORIZATION_SYSTEM, "code": "LE", "display": "Lege"}]}}
     ]
-    assert len(build_audit_events(facts(decision=None))) == 1
-    assert build_authz_event(facts(decision=None)) is None
+    assert "qualification" not in contained(build_audit_event(facts()), "practitioner")
+
+
+def test_care_relation_extension_carries_what_the_attestation_has() -> None:
+    event = build_audit_event(facts(decision_ref=None, attested_at=None))
+    assert EXT_CARE_RELATION not in {x["url"] for x in event["extension"]}
+    only_toa = build_audit_event(facts(decision_ref=None))
+    (care,) = [x for x in only_toa["extension"] if x["url"] == EXT_CARE_RELATION]
+    assert [x["url"] for x in care["extension"]] == ["toa"]
+
+
+# --- against the HL7 Norway reference (FSH), read in place ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fsh(shared_dir: Path) -> Fsh:
+    return read_fsh(shared_dir / "reference" / "auditevent" / "fsh")
+
+
+def test_care_relation_extension_matches_the_ig(fsh: Fsh) -> None:
+    definition = fsh.blocks["AuditEventCareRelationMetaData"]
+    slices = extension_slices(definition)
+    types = {name: definition.only(f"extension[{name}].value[x]") for name in slices}
+    (care,) = [x for x in build_audit_event(facts())["extension"] if x["url"] == EXT_CARE_RELATION]
+    assert [x["url"] for x in care["extension"]] == slices  # all four, in the IG's order
+    for part in care["extension"]:
+        (value_key,) = [k for k in part if k.startswith("value")]
+        assert value_key == "value" + types[part["url"]][0].upper() + types[part["url"]][1:]
+    # The IG's instance 1 values, carried through ours.
+    instance = fsh.blocks["NOBasisAuditeventInstance1"]
+    values = {
+        name: fsh.expand(instance.value(f"extension[_careRelationMetaData].extension[{name}].valueString"))
+        for name in ("decision-ref-id", "decision-ref-description")
+    }
+    assert values == {"decision-ref-id": "23423255", "decision-ref-description": "Innlagt pasient"}
+    assert {x["url"]: x.get("valueString") for x in care["extension"]}["decision-ref-description"] == (
+        values["decision-ref-description"]
+    )
+
+
+def test_practitioner_and_point_of_care_are_shaped_as_the_ig_instances(fsh: Fsh) -> None:
+    practitioner_fsh = fsh.blocks["PractitionerInstance1"]
+    system, _, code = fsh.expand(practitioner_fsh.value("qualification.code")).partition("#")
+    assert system == AUTHORIZATION_SYSTEM
+    event = build_audit_event(facts(practitioner_authorization=Coded(system=system, code=code)))
+    validated(event)
+    assert contained(event, "practitioner")["qualification"][0]["code"]["coding"][0] == {
+        "system": system,
+        "code": code,
+    }
+    assert fsh.expand("$HPR") == HPR_SYSTEM == contained(event, "practitioner")["identifier"][0]["system"]
+    # PractitionerRole -> Practitioner, Organization (legal entity), Location (point of care)
+    role_fsh = fsh.blocks["PractitionerRoleInstance2"]
+    target = {
+        name: fsh.blocks[role_fsh.value(name).split("(")[1].rstrip(")")]
+        for name in ("practitioner", "organization", "location")
+    }
+    kinds = {
+        "AuditEventNorwayPractitioner": "Practitioner",
+        "AuditeventPractitionerLegalentity": "Organization",
+        "AuditeventPractitionerPointofcare": "Location",
+        "AuditeventDepartment": "Organization",
+    }
+    role = contained(event, "practitioner-role")
+    for name, block in target.items():
+        ref = role[name][0] if isinstance(role[name], list) else role[name]
+        assert contained(event, ref["reference"][1:])["resourceType"] == kinds[block.keywords["InstanceOf"]]
+    # The point of care: a Location whose managing Organization carries the org.nr ($ORGNR).
+    poc_fsh = fsh.blocks["PractitionerPointOfCareInstance1"]
+    assert [p for p, _ in poc_fsh.rules] == ["managingOrganization"]  # no identifier on the Location
+    org_fsh = fsh.blocks[poc_fsh.value("managingOrganization").split("(")[1].rstrip(")")]
+    assert fsh.expand(org_fsh.value("identifier.system")) == ORGNR_SYSTEM
+    location = contained(event, "point-of-care")
+    assert set(location) == {"resourceType", "id", "managingOrganization"}
+    managing = contained(event, location["managingOrganization"]["reference"][1:])
+    assert managing["resourceType"] == "Organization"
+    assert managing["identifier"][0]["system"] == fsh.expand(org_fsh.value("identifier.system"))
+    # Instance 2 (a GP): point of care managed by the legal entity itself; so is ours when they are one.
+    gp = fsh.blocks["PractitionerPointOfCareInstance2"]
+    assert gp.value("managingOrganization") == "Reference(PractitionerLegalEntityInstance2)"
+    same = build_audit_event(facts(point_of_care=HOSPITAL))
+    assert contained(same, "point-of-care")["managingOrganization"] == {"reference": "#legal-entity"}
+    assert "point-of-care-org" not in {r["id"] for r in same["contained"]}
 
 
 @pytest.mark.parametrize("query", MALICIOUS)
@@ -347,8 +507,5 @@ def test_search_terms_are_read_back_from_the_event() -> None:
     assert terms.recorded == int(f.recorded.timestamp()) * 1_000_000
     bare = search_terms(build_audit_event(facts(patient=None, practitioner_hpr=None, organisation=None)))
     assert (bare.patient_value, bare.agent_hpr, bare.organisation) == (None, None, None)
-    authz = build_authz_event(f)
-    assert authz is not None
-    assert search_terms(authz).agent_hpr == "9144897"
     with pytest.raises(ValueError, match="time zone"):
         search_terms({**build_audit_event(f), "recorded": "2025-03-19T06:45:00"})

@@ -12,6 +12,7 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -30,7 +31,7 @@ from sharing_api.audit.merkle import (
 )
 from sharing_api.audit.verify import verify
 from sharing_api.store.schema import audit_entries, audit_heads
-from tests.audit.factories import HOSPITAL, OTHER_TENANT, T0, TENANT, facts, fill
+from tests.audit.factories import HOSPITAL, OTHER_TENANT, T0, TENANT, facts, fill, tampering
 from tests.audit.test_events import MALICIOUS
 
 e = audit_entries
@@ -308,12 +309,12 @@ def test_search_without_sequencing_sees_only_sequenced_entries(log: AuditLog) ->
 def test_the_sequencer_refuses_an_inconsistent_head(log: AuditLog) -> None:
     fill(log, 5)
     log.drain()
-    with log.engine.begin() as conn:
+    with tampering(log.engine) as conn:
         conn.execute(update(audit_heads).values(size=3))
     fill(log, 1, start=5)
     with pytest.raises(LogCorrupted, match="head says 3"):
         log.sequence(TENANT)
-    with log.engine.begin() as conn:
+    with tampering(log.engine) as conn:
         conn.execute(update(audit_heads).values(size=5))
         conn.execute(e.delete().where(e.c.seq == 2))
     with pytest.raises(LogCorrupted):
@@ -323,7 +324,7 @@ def test_the_sequencer_refuses_an_inconsistent_head(log: AuditLog) -> None:
 def test_a_duplicate_index_is_refused_by_the_database(log: AuditLog) -> None:
     fill(log, 3)
     log.drain()
-    with pytest.raises(IntegrityError), log.engine.begin() as conn:
+    with pytest.raises(IntegrityError), tampering(log.engine) as conn:
         conn.execute(update(e).where(e.c.seq == 2).values(seq=1))
 
 
@@ -343,11 +344,15 @@ def test_export_from_the_middle_verifies(log: AuditLog) -> None:
         list(log.export(TENANT, 5, 4))
 
 
-def test_record_writes_the_request_and_its_decision(log: AuditLog) -> None:
+def test_record_writes_one_entry_per_request_carrying_its_decision(log: AuditLog) -> None:
+    """Issue 12: one event per request, the decision inside it (was: a second AuthZconsent entry)."""
     with log.engine.connect().execution_options(write=True) as conn, conn.begin():
         ids = log.record(conn, facts(decision=SharingDecision(permit=False, reasons=("DENY",), used=())))
-    assert len(ids) == 2
-    actions = [x.action for x in log.search(TENANT)]
-    assert actions == ["observation.search", "access.decision"]
+    assert len(ids) == 1
+    (entry,) = log.search(TENANT)
+    assert entry.action == "observation.search"
+    event = orjson.loads(entry.event)
+    (decision,) = [x for x in event["entity"] if x.get("name") == "sharing-decision"]
+    assert decision["description"] == "deny"
     with log.engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(e)).scalar() == 2
+        assert conn.execute(select(func.count()).select_from(e)).scalar() == 1

@@ -20,7 +20,7 @@ from sharing_api.audit.export_format import checkpoint_line, entry_leaf, entry_l
 from sharing_api.audit.log import AuditLog
 from sharing_api.audit.verify import Problem, VerificationReport, verify
 from sharing_api.store.schema import audit_entries
-from tests.audit.factories import OTHER_TENANT, TENANT, facts, fill
+from tests.audit.factories import OTHER_TENANT, TENANT, facts, fill, tampering
 
 e = audit_entries
 SIZE = 95
@@ -226,14 +226,14 @@ def export_again(log: AuditLog) -> list[bytes]:
 
 
 def test_db_modified_event(exported: list[bytes], log: AuditLog, signer: AuditSigner) -> None:
-    with log.engine.begin() as conn:
+    with tampering(log.engine) as conn:
         event = conn.execute(select(e.c.event).where(e.c.seq == 42)).scalar_one()
         conn.execute(update(e).where(e.c.seq == 42).values(event=altered(bytes(event))))
     assert_fails(check(export_again(log), signer), Problem.ALTERED, 42)
 
 
 def test_db_modified_event_and_leaf(exported: list[bytes], log: AuditLog, signer: AuditSigner) -> None:
-    with log.engine.begin() as conn:
+    with tampering(log.engine) as conn:
         event = altered(bytes(conn.execute(select(e.c.event).where(e.c.seq == 42)).scalar_one()))
         conn.execute(update(e).where(e.c.seq == 42).values(event=event, leaf=entry_leaf(event, 42)))
     report = check(export_again(log), signer)
@@ -242,13 +242,13 @@ def test_db_modified_event_and_leaf(exported: list[bytes], log: AuditLog, signer
 
 
 def test_db_deleted_event(exported: list[bytes], log: AuditLog, signer: AuditSigner) -> None:
-    with log.engine.begin() as conn:
+    with tampering(log.engine) as conn:
         conn.execute(e.delete().where(e.c.seq == 42))
     assert_fails(check(export_again(log), signer), Problem.MISSING, 42)
 
 
 def test_db_reordered_events(exported: list[bytes], log: AuditLog, signer: AuditSigner) -> None:
-    with log.engine.begin() as conn:
+    with tampering(log.engine) as conn:
         conn.execute(update(e).where(e.c.seq == 42).values(seq=-1))
         conn.execute(update(e).where(e.c.seq == 43).values(seq=42))
         conn.execute(update(e).where(e.c.seq == -1).values(seq=43))
@@ -257,7 +257,7 @@ def test_db_reordered_events(exported: list[bytes], log: AuditLog, signer: Audit
 
 def test_db_inserted_event(exported: list[bytes], log: AuditLog, signer: AuditSigner) -> None:
     forged = orjson.dumps(build_audit_event(facts(4242)), option=orjson.OPT_SORT_KEYS)
-    with log.engine.begin() as conn:
+    with tampering(log.engine) as conn:
         row = conn.execute(select(e).where(e.c.seq == 42)).one()._asdict()
         conn.execute(update(e).where(e.c.seq >= 42).values(seq=-e.c.seq - 1))  # make room (unique index)
         conn.execute(update(e).where(e.c.seq < 0).values(seq=-e.c.seq))
@@ -268,6 +268,6 @@ def test_db_inserted_event(exported: list[bytes], log: AuditLog, signer: AuditSi
 
 
 def test_db_truncated_tail(exported: list[bytes], log: AuditLog, signer: AuditSigner) -> None:
-    with log.engine.begin() as conn:
+    with tampering(log.engine) as conn:
         conn.execute(e.delete().where(e.c.seq >= 92))
     assert_fails(check(export_again(log), signer), Problem.TRUNCATED, 92)

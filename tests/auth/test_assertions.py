@@ -28,6 +28,7 @@ from tests.auth.factories import (
     hs256_jws,
     jwks_of,
     make_assertion,
+    okp_key,
     public_jwk,
     raw_jws,
     rsa_key,
@@ -71,10 +72,24 @@ def test_valid_es384_assertion(client_key: ECKey) -> None:
     assert result.assertion_details is None
 
 
-@pytest.mark.parametrize("alg", ["PS256", "PS384", "PS512"])
-def test_rsa_pss_assertions(alg: str) -> None:
+@pytest.mark.parametrize("alg", ["PS256", "PS384", "PS512", "RS256", "RS384", "RS512"])
+def test_rsa_assertions(alg: str) -> None:
+    """HelseID clients sign with RSA (RS512 in reference/helseid/client-assertion.header.json)."""
     key = rsa_key()
-    verify(make_assertion(key, alg=alg), registry_of(key))
+    assert verify(make_assertion(key, alg=alg), registry_of(key)).alg == alg
+
+
+def test_helseid_rs512_assertion_header_as_in_the_reference(shared_dir: Path) -> None:
+    header = json.loads((shared_dir / "reference" / "helseid" / "client-assertion.header.json").read_text())
+    key = rsa_key()
+    claims = {"iss": CLIENT_ID, "sub": CLIENT_ID, "aud": ISSUER, "exp": NOW + 30, "jti": "j"}
+    assertion = sign(header, claims, key)
+    assert verify(assertion, registry_of(key)).alg == header["alg"] == "RS512"
+
+
+def test_ed25519_assertion() -> None:
+    key = okp_key()
+    assert verify(make_assertion(key), registry_of(key)).alg == "EdDSA"
 
 
 @pytest.mark.parametrize("crv", ["P-256", "P-521"])
@@ -138,12 +153,12 @@ def test_hs256_keyed_with_the_registered_public_key(client_key: ECKey) -> None:
             verify(hs256_jws(header, claims, secret), registry_of(client_key))
 
 
-@pytest.mark.parametrize("alg", ["RS256", "RS512"])
-def test_pkcs1_v15_rsa_is_refused(alg: str) -> None:
-    """CLA-01: RS256 fails. HelseID's RS512 samples must move to PS512 (see module docstring)."""
+@pytest.mark.parametrize("alg", ["RS256", "PS512"])
+def test_rsa_outside_a_narrower_allowlist_is_refused(alg: str) -> None:
+    """CLA-01 (RS256 refused when the policy does not list it): a deployment may narrow the list."""
     key = rsa_key()
     with pytest.raises(InvalidClient, match="alg"):
-        verify(make_assertion(key, alg=alg), registry_of(key))
+        verify(make_assertion(key, alg=alg), registry_of(key), allowed_algs=("ES256", "ES384"))
 
 
 def test_signed_by_an_unregistered_key(client_key: ECKey) -> None:
@@ -151,12 +166,13 @@ def test_signed_by_an_unregistered_key(client_key: ECKey) -> None:
         verify(make_assertion(ec_key("P-384")), registry_of(client_key))
 
 
-def test_registered_rsa_key_below_2048_bits_is_never_used() -> None:
+@pytest.mark.parametrize("alg", ["PS256", "RS256", "RS512"])
+def test_registered_rsa_key_below_2048_bits_is_never_used(alg: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SecurityWarning)
         weak = RSAKey.generate_key(1024, private=True)
     with pytest.raises(InvalidClient, match="registered key"):
-        verify(make_assertion(weak, alg="PS256"), registry_of(weak))
+        verify(make_assertion(weak, alg=alg), registry_of(weak))
 
 
 def test_registered_key_for_encryption_is_not_used(client_key: ECKey) -> None:
@@ -184,7 +200,7 @@ def test_allowlist_cannot_include_symmetric_or_none(client_key: ECKey) -> None:
     for algs in (("HS256",), ("none",), ("ES384", "HS512")):
         with pytest.raises(ValueError, match="may not be allowed"):
             verify(make_assertion(client_key), registry_of(client_key), allowed_algs=algs)
-    assert not any(a.startswith(("HS", "RS")) or a == "none" for a in CLIENT_ASSERTION_ALGS)
+    assert not any(a.startswith("HS") or a.lower() == "none" for a in CLIENT_ASSERTION_ALGS)
 
 
 # --- CLA-02: iss, sub, client -------------------------------------------------------------------------

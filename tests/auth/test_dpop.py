@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,8 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from joserfc.jwk import ECKey, Key, OKPKey
+from joserfc.errors import SecurityWarning
+from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 
 from auth.dpop import (
     DPOP_ALGS,
@@ -215,20 +218,78 @@ def test_hs256_keyed_with_the_jwk_is_refused(proof_key: ECKey) -> None:
         verify(forged)
 
 
-def test_rsa_proof_is_refused_and_not_advertised() -> None:
-    """DPOP-05 (RS256 not allowed), DPOP-19 (PS256 is not advertised, so RSA proofs are refused)."""
-    assert not any(alg.startswith(("RS", "PS", "HS")) for alg in DPOP_ALGS)
-    key = rsa_key()
-    for alg in ("RS256", "PS256"):
-        header = {"typ": "dpop+jwt", "alg": alg, "jwk": public_jwk(key)}
-        with pytest.raises(InvalidDPoPProof):
-            verify(raw_jws(header, proof_claims(access_token=ACCESS_TOKEN), b"s" * 256))
+RSA_ALGS = [a for a in DPOP_ALGS if a.startswith(("RS", "PS"))]
 
 
-@pytest.mark.parametrize("algs", [("HS256",), ("none",), ("RS256",), ("PS256", "ES256"), ()])
-def test_allowlist_cannot_be_widened_to_symmetric_or_rsa(proof_key: ECKey, algs: tuple[str, ...]) -> None:
-    with pytest.raises(ValueError, match=r"may not be allowed|must not be empty|EC or OKP"):
+def test_rsa_algorithms_are_advertised_and_nothing_symmetric() -> None:
+    """DPOP-19: HelseID clients sign proofs with RSA (RS/PS 256/384/512)."""
+    assert set(RSA_ALGS) == {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
+    assert not any(alg.startswith("HS") or alg.lower() == "none" for alg in DPOP_ALGS)
+
+
+@pytest.mark.parametrize("alg", RSA_ALGS)
+def test_rsa_2048_proof_is_accepted_with_an_rfc7638_thumbprint(alg: str) -> None:
+    key = rsa_key(2048)
+    proof = rs_proof(key, header={"alg": alg})
+    assert len(proof.split(".")[0]) > 512  # beyond joserfc's default header limit (DPOP-19)
+    jwk = key.as_dict(private=False)
+    # RFC 7638 §3.2: the required members e, kty, n in lexicographic order, no whitespace.
+    canonical = json.dumps({"e": jwk["e"], "kty": "RSA", "n": jwk["n"]}, separators=(",", ":"))
+    thumbprint = b64url(hashlib.sha256(canonical.encode()).digest())
+    result = verify(proof, expected_jkt=thumbprint)
+    assert (result.alg, result.jkt) == (alg, thumbprint)
+
+
+def test_rsa_4096_proof_fits_the_header_limit() -> None:
+    key = rsa_key(4096)
+    assert verify(rs_proof(key, header={"alg": "PS512"})).alg == "PS512"
+
+
+def test_helseid_rsa_proof_header_as_in_the_reference(shared_dir: Path) -> None:
+    """The reference header's shape (RS512, ``jwk`` with ``kty``/``n``/``e``/``alg``), with our own key."""
+    reference = json.loads((shared_dir / "reference" / "helseid" / "dpop-proof.header.rsa.json").read_text())
+    key = rsa_key(2048)
+    jwk = {name: key.as_dict(private=False)[name] for name in ("kty", "n", "e")}
+    header = {**reference, "jwk": {**jwk, "alg": reference["jwk"]["alg"]}}
+    assert set(header["jwk"]) == set(reference["jwk"])
+    result = verify(rs_proof(key, header=header))
+    assert result.alg == "RS512"
+    assert result.jkt == key.thumbprint()  # jwk.alg is not part of the RFC 7638 thumbprint
+
+
+@pytest.mark.parametrize("alg", ["RS256", "PS256"])
+def test_rsa_1024_proof_is_refused(alg: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SecurityWarning)
+        weak = RSAKey.generate_key(1024, private=True)
+    with pytest.raises(InvalidDPoPProof, match="2048"):
+        verify(rs_proof(weak, header={"alg": alg}))
+
+
+def test_rsa_jwk_whose_alg_differs_from_the_proof_is_refused() -> None:
+    key = rsa_key(2048)
+    with pytest.raises(InvalidDPoPProof, match="jwk alg"):
+        verify(rs_proof(key, header={"alg": "RS256", "jwk": public_jwk(key, alg="RS512")}))
+
+
+def test_rsa_key_under_an_ec_alg_is_refused() -> None:
+    key = rsa_key(2048)
+    header = {"typ": "dpop+jwt", "alg": "ES256", "jwk": public_jwk(key)}
+    with pytest.raises(InvalidDPoPProof, match="key type"):
+        verify(raw_jws(header, proof_claims(), b"s" * 64))
+
+
+@pytest.mark.parametrize("algs", [("HS256",), ("none",), ("HS512", "ES256"), ()])
+def test_allowlist_cannot_be_widened_to_symmetric_or_none(proof_key: ECKey, algs: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError, match=r"may not be allowed|must not be empty"):
         verify(rs_proof(proof_key), allowed_algs=algs)
+
+
+def test_rsa_outside_a_narrower_allowlist_is_refused() -> None:
+    """DPOP-05: RS256 refused where the allowlist does not name it."""
+    key = rsa_key(2048)
+    with pytest.raises(InvalidDPoPProof, match="alg"):
+        verify(rs_proof(key, header={"alg": "RS256"}), allowed_algs=("ES256", "PS256"))
 
 
 def test_alg_outside_a_narrower_allowlist(proof_key: ECKey) -> None:

@@ -51,9 +51,9 @@ def test_resource_error_is_a_dpop_challenge_advertising_algs() -> None:
     assert response.status == 401
     assert response.body is None
     assert response.headers["WWW-Authenticate"] == (
-        'DPoP error="invalid_token", error_description="access token expired", '
-        'algs="ES256 ES384 EdDSA Ed25519"'
+        f'DPoP error="invalid_token", error_description="access token expired", algs="{" ".join(DPOP_ALGS)}"'
     )
+    assert "RS512" in DPOP_ALGS  # HelseID's RSA clients are told they may use RSA
 
 
 def test_use_dpop_nonce_sends_the_nonce_on_both_surfaces() -> None:

@@ -1,0 +1,60 @@
+"""The verified-token cache answers only what ``verify_access_token`` would (issue 12): a token stops
+being accepted when it expires, a token is never served for another issuer's policy, and a token that
+fails verification is never remembered."""
+
+from __future__ import annotations
+
+import pytest
+from joserfc.jwk import ECKey, Key
+
+from auth.errors import InvalidToken
+from auth.tokens import TokenPolicy, VerifiedTokenCache
+from tests.auth.factories import ISSUER, NOW, ec_key, make_token
+
+
+@pytest.fixture(scope="module")
+def as_key() -> ECKey:
+    return ECKey.generate_key("P-256", private=True, auto_kid=True)
+
+
+def _public(key: ECKey) -> Key:
+    return ECKey.import_key(key.as_dict(private=False))
+
+
+def test_a_cached_token_is_refused_once_expired(as_key: ECKey) -> None:
+    cache, policy = VerifiedTokenCache(), TokenPolicy.own(ISSUER)
+    token = make_token(as_key, jkt=ec_key().thumbprint())
+    keys = {as_key.kid: _public(as_key)}.get
+    first = cache.verify(token, policy=policy, keys=keys, now=NOW)
+    assert cache.verify(token, policy=policy, keys=keys, now=NOW + 1) is first  # served from the cache
+    expires = first.expires_at + policy.leeway
+    with pytest.raises(InvalidToken, match="expired"):
+        cache.verify(token, policy=policy, keys=keys, now=expires)
+
+
+def test_a_cached_token_is_not_served_for_another_issuer(as_key: ECKey) -> None:
+    cache = VerifiedTokenCache()
+    token = make_token(as_key, jkt=ec_key().thumbprint())
+    keys = {as_key.kid: _public(as_key)}.get
+    cache.verify(token, policy=TokenPolicy.own(ISSUER), keys=keys, now=NOW)
+    with pytest.raises(InvalidToken, match="issuer"):
+        cache.verify(token, policy=TokenPolicy.own("https://other.example.test"), keys=keys, now=NOW)
+
+
+def test_a_refused_token_is_not_remembered(as_key: ECKey) -> None:
+    cache, policy = VerifiedTokenCache(), TokenPolicy.own(ISSUER)
+    forged = make_token(ec_key(), jkt=ec_key().thumbprint(), kid=as_key.kid)  # right kid, wrong signer
+    keys = {as_key.kid: _public(as_key)}.get
+    for _ in range(2):
+        with pytest.raises(InvalidToken, match="signature"):
+            cache.verify(forged, policy=policy, keys=keys, now=NOW)
+
+
+def test_a_full_cache_keeps_verifying(as_key: ECKey) -> None:
+    cache, policy = VerifiedTokenCache(max_entries=2), TokenPolicy.own(ISSUER)
+    keys = {as_key.kid: _public(as_key)}.get
+    tokens = [make_token(as_key, jkt=ec_key().thumbprint()) for _ in range(5)]
+    verified = [cache.verify(t, policy=policy, keys=keys, now=NOW) for t in tokens]
+    assert [v.jti for v in verified] == [
+        cache.verify(t, policy=policy, keys=keys, now=NOW).jti for t in tokens
+    ]

@@ -1,14 +1,14 @@
 """Durable revocations and replay epochs: state that survives Redis loss (auth/replaystate.py).
 
 Revision ID: 0004_scaleout
-Revises: 0003
+Revises: 0004_perf
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_scaleout"
-down_revision = "0003"
+down_revision = "0004_perf"  # chained after main's 0004 migrations (merged before this branch)
 branch_labels = None
 depends_on = None
 

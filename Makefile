@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
+# pytest-xdist workers for `make test` (auto: one per CPU). Each worker is its own pytest session, with
+# its own databases, Redis keys and servers (tests/conftest.py says how).
+TEST_WORKERS ?= auto
 
 .PHONY: help demo test lint bench clean
 
@@ -17,12 +20,12 @@ $(BIN)/dho-share: pyproject.toml
 demo: $(BIN)/dho-share  ## run the system with demo data on http://127.0.0.1:8080 (SQLite; Redis when reachable)
 	$(BIN)/dho-share demo
 
-test: $(BIN)/dho-share  ## lint, type-check and run every test on SQLite and PostgreSQL
+test: $(BIN)/dho-share  ## lint, type-check and run every test on SQLite and PostgreSQL, in parallel
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal --durations=10
 
 lint: $(BIN)/dho-share  ## ruff, mypy and the import contracts only
 	$(BIN)/ruff check .

@@ -162,7 +162,8 @@ class DPoPClientCredentialsGrant(ClientCredentialsGrant):  # type: ignore[misc]
         client: RegisteredClient = request.client
         requested = set((request.payload.scope or "").split())
         if requested - client.scopes:
-            raise InvalidScope("the client is not registered for every requested scope")
+            lacking = ", ".join(f"`{s}`" for s in sorted(requested - client.scopes))
+            raise InvalidScope(f"the client is not registered for the scope {lacking}")
         scopes = requested or set(client.scopes)
         details, pid, hpr = service.attestation_claims(client, request.assertion_details)
         assert request.dpop_jkt is not None

@@ -52,6 +52,7 @@ log = logging.getLogger("dho_share")
 #: ``Retry-After`` seconds when the database cannot be reached (a failover takes about 1-5 s).
 DATABASE_RETRY_AFTER = 2
 _CORRELATION = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_LONG_NUMBER = re.compile(r"\d{10,}")  # national identity numbers have 11 digits; org.nr 9
 
 
 def _clock() -> int:
@@ -242,7 +243,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         code = {404: "not-found", 405: "not-supported", 413: "too-costly"}.get(exc.code or 500, "exception")
-        issue = Issue(exc.description or exc.name, None, code)
+        # Werkzeug's own texts name neither the path nor the method: say which (issue 9), with any
+        # run of ten or more digits (a national identity number) left out: never echo one back.
+        path = _LONG_NUMBER.sub("…", request.path)
+        text = {
+            404: f"no such path: {path} (what a tenant serves: GET /ORGNR/fhir/metadata)",
+            405: f"{request.method} is not supported on {path}",
+        }.get(exc.code or 500, exc.description or exc.name)
+        issue = Issue(text, None, code)
         return fhir_response(operation_outcome([issue]), exc.code or 500)
 
     @app.errorhandler(OperationalError)

@@ -13,14 +13,14 @@ import click
 import redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 from sqlalchemy import Engine
 
-from sharing_api import consumer
+from sharing_api import consumer, patient_log
 from sharing_api.audit import cli as audit_cli
 from sharing_api.settings import Settings
 from sharing_api.store.clients import ClientRegistry
 from sharing_api.store.engine import analyze, make_engine, upgrade
+from sharing_api.tables import print_json, print_rows
 
 console = Console(stderr=True)
 DEMO_TENANT = ("921234562", "Demo kommune (DHO)")  # a synthetic org.nr with a valid control digit
@@ -30,7 +30,11 @@ def _settings() -> Settings:
     return Settings()
 
 
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the list as JSON")
+
+
 @click.group()
+@click.version_option(package_name="dho-share", prog_name="dho-share")
 def main() -> None:
     """dho-share: share home-monitoring measurements between health organisations."""
 
@@ -70,14 +74,18 @@ def tenants_add(orgnr: str, name: str, resh: tuple[str, ...]) -> None:
 
 
 @tenants.command("list")
-def tenants_list() -> None:
+@json_option
+def tenants_list(as_json: bool) -> None:
     """List the tenants."""
     from sharing_api.store.tenants import TenantDirectory
 
-    table = Table("orgnr", "name", "RESH ids")
-    for t in TenantDirectory(make_engine(_settings().database_url)).all():
-        table.add_row(t.orgnr, t.name, ", ".join(sorted(t.resh_ids)))
-    Console().print(table)
+    found = TenantDirectory(make_engine(_settings().database_url)).all()
+    if as_json:
+        print_json([{"orgnr": t.orgnr, "name": t.name, "resh_ids": sorted(t.resh_ids)} for t in found])
+        return
+    print_rows(
+        ["orgnr", "name", "RESH ids"], [[t.orgnr, t.name, ", ".join(sorted(t.resh_ids))] for t in found]
+    )
 
 
 @main.group()
@@ -117,19 +125,48 @@ def clients() -> None:
     "--point-of-care", help="Org.nr of the point of care (underenhet), if the client is bound to one"
 )
 @click.option(
-    "--jwks", "jwks_path", required=True, type=click.Path(exists=True, dir_okay=False), help="Public JWKS"
+    "--jwks",
+    "jwks_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Public JWKS (not with --auditor)",
 )
-@click.option("--scope", "scopes", multiple=True, required=True, help="An allowed scope (repeatable)")
+@click.option("--scope", "scopes", multiple=True, help="An allowed scope (repeatable)")
 @click.option("--name", default="", help="A readable name")
+@click.option(
+    "--auditor",
+    is_flag=True,
+    help="An auditor of ORGNR's log: make its key and profile (scope dho-share/audit.read) under --out",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where --auditor writes the private key and profile (default: var/clients beside the signing keys)",
+)
 def clients_add(
-    client_id: str, orgnr: str, point_of_care: str | None, jwks_path: str, scopes: tuple[str, ...], name: str
+    client_id: str,
+    orgnr: str,
+    point_of_care: str | None,
+    jwks_path: str | None,
+    scopes: tuple[str, ...],
+    name: str,
+    auditor: bool,
+    out_dir: Path | None,
 ) -> None:
-    """Register CLIENT_ID with its public keys (a JWKS file) and allowed scopes."""
+    """Register CLIENT_ID with its public keys (a JWKS file) and allowed scopes; or, with --auditor, make
+    an auditor's key pair and profile for ``dho-share audit fetch`` and register its public key."""
     import json
 
     from auth.tokens import SCOPES
     from sharing_api.store.clients import ClientRegistry
 
+    if auditor:
+        if jwks_path or scopes:
+            raise click.UsageError("--auditor makes its own key and scope: leave out --jwks and --scope")
+        _add_auditor(client_id, orgnr, name, out_dir)
+        return
+    if not jwks_path or not scopes:
+        raise click.UsageError("--jwks and at least one --scope are needed (or --auditor)")
     unknown = sorted(set(scopes) - SCOPES)
     if unknown:
         raise click.BadParameter(f"unknown scope(s) {', '.join(unknown)}; known: {', '.join(sorted(SCOPES))}")
@@ -148,18 +185,80 @@ def clients_add(
     console.print(f"{'registered' if new else 'updated'} client {client_id} for {orgnr}")
 
 
-@clients.command("list")
-def clients_list() -> None:
-    """List registered clients."""
+AUDIT_SCOPE = "dho-share/audit.read"
+
+
+def _add_auditor(client_id: str, orgnr: str, name: str, out_dir: Path | None) -> None:
+    """An auditor's client: a fresh key (with a ``kid``), its profile, and the registration."""
+    from sharing_api.fhir.identifiers import is_valid_orgnr
     from sharing_api.store.clients import ClientRegistry
 
-    table = Table("client_id", "org.nr", "point of care", "scopes", "enabled", "keys")
-    for c in ClientRegistry(make_engine(_settings().database_url)).all():
-        kids = ", ".join(str(k.get("kid", "?")) for k in c.jwks["keys"])
-        table.add_row(
-            c.client_id, c.orgnr, c.point_of_care or "", " ".join(sorted(c.scopes)), str(c.enabled), kids
+    if not is_valid_orgnr(orgnr):
+        raise click.BadParameter(f"{orgnr} is not a valid organisasjonsnummer", param_hint="'--org'")
+    settings = _settings()
+    directory = out_dir or settings.signing_keys_path.parent / "clients"
+    directory.mkdir(parents=True, exist_ok=True)
+    profile = directory / f"{client_id}.json"
+    if profile.exists():
+        raise click.ClickException(f"{profile} exists: remove it or choose another --out")
+    key_path = _client_with_fresh_key(
+        directory, ClientRegistry(make_engine(settings.database_url)), client_id, orgnr, {AUDIT_SCOPE}
+    )
+    _write_profile(
+        profile,
+        issuer=settings.issuer_url,
+        api=settings.base_url,
+        client_id=client_id,
+        key=key_path.name,
+        organisation=orgnr,
+        tenant=orgnr,
+        scope=AUDIT_SCOPE,
+    )
+    console.print(
+        f"registered auditor {client_id}{f' ({name})' if name else ''} for {orgnr}; profile {profile}"
+    )
+    click.echo(
+        f"dho-share audit fetch --profile {profile} --tenant {orgnr} "
+        f"| dho-share audit verify - --public-key AUDIT_PUBLIC_KEY.pem"
+    )
+
+
+@clients.command("list")
+@json_option
+def clients_list(as_json: bool) -> None:
+    """List registered clients with the ``kid`` of each public key ("(none)" for a key without one)."""
+    from sharing_api.store.clients import ClientRegistry
+
+    found = ClientRegistry(make_engine(_settings().database_url)).all()
+    if as_json:
+        print_json(
+            [
+                {
+                    "client_id": c.client_id,
+                    "orgnr": c.orgnr,
+                    "point_of_care": c.point_of_care,
+                    "scopes": sorted(c.scopes),
+                    "enabled": c.enabled,
+                    "kids": [k.get("kid") for k in c.jwks["keys"]],
+                }
+                for c in found
+            ]
         )
-    Console().print(table)
+        return
+    print_rows(
+        ["client_id", "org.nr", "point of care", "scopes", "enabled", "key ids (kid)"],
+        [
+            [
+                c.client_id,
+                c.orgnr,
+                c.point_of_care or "",
+                " ".join(sorted(c.scopes)),
+                str(c.enabled),
+                ", ".join(str(k.get("kid", "(none)")) for k in c.jwks["keys"]),
+            ]
+            for c in found
+        ],
+    )
 
 
 @clients.command("disable")
@@ -247,22 +346,43 @@ def agreements_add(
 
 @agreements.command("list")
 @click.option("--controller", help="Only this controller's agreements")
-def agreements_list(controller: str | None) -> None:
-    """List agreements."""
+@json_option
+def agreements_list(controller: str | None, as_json: bool) -> None:
+    """List agreements (whole ids: ``agreements end`` takes them as printed)."""
     from sharing_api.store.policy import PolicyStore
 
-    table = Table("id", "controller", "consumer", "categories", "purposes", "from", "to")
-    for a in PolicyStore(make_engine(_settings().database_url), lambda: 0).agreements(controller=controller):
-        table.add_row(
-            a.id,
-            a.controller,
-            a.consumer,
-            " ".join(sorted(a.categories)),
-            " ".join(sorted(a.purposes)),
-            a.period.start.isoformat() if a.period.start else "",
-            a.period.end.isoformat() if a.period.end else "",
+    found = PolicyStore(make_engine(_settings().database_url), lambda: 0).agreements(controller=controller)
+    if as_json:
+        print_json(
+            [
+                {
+                    "id": a.id,
+                    "controller": a.controller,
+                    "consumer": a.consumer,
+                    "categories": sorted(a.categories),
+                    "purposes": sorted(a.purposes),
+                    "from": a.period.start.isoformat() if a.period.start else None,
+                    "to": a.period.end.isoformat() if a.period.end else None,
+                }
+                for a in found
+            ]
         )
-    Console().print(table)
+        return
+    print_rows(
+        ["id", "controller", "consumer", "categories", "purposes", "from", "to"],
+        [
+            [
+                a.id,
+                a.controller,
+                a.consumer,
+                " ".join(sorted(a.categories)),
+                " ".join(sorted(a.purposes)),
+                a.period.start.isoformat() if a.period.start else "",
+                a.period.end.isoformat() if a.period.end else "",
+            ]
+            for a in found
+        ],
+    )
 
 
 @agreements.command("end")
@@ -341,23 +461,53 @@ DEMO_HOSPITAL = ("987654325", "999888771", "Demo sykehus")  # legal entity, poin
 DEMO_HPR = "9144900"
 
 
-def _demo_client(
+def _client_with_fresh_key(
     directory: Path, registry: ClientRegistry, client_id: str, orgnr: str, scopes: set[str]
 ) -> Path:
-    """A client system with a fresh private key (a JWK file under ``directory``, never in the repo)."""
+    """A client system with a fresh private key (a JWK file under ``directory``, never in the repo),
+    whose ``kid`` is its RFC 7638 thumbprint (third-party JOSE libraries require a ``kid``)."""
     from joserfc.jwk import ECKey
 
     key_path = directory / f"{client_id}.key.json"
     if key_path.exists():
         key = ECKey.import_key(json.loads(key_path.read_text(encoding="utf-8")))
     else:
-        key = ECKey.generate_key("P-256", private=True)
-        key_path.write_text(json.dumps(key.as_dict(private=True)), encoding="utf-8")
-        key_path.chmod(0o600)
+        key = ECKey.generate_key("P-256", private=True, auto_kid=True)
+    if not key.kid:  # a key file from an older demo
+        key = ECKey.import_key({**key.as_dict(private=True), "kid": key.thumbprint()})
+    if not key_path.exists() or "kid" not in json.loads(key_path.read_text(encoding="utf-8")):
+        key_path.unlink(missing_ok=True)
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(json.dumps(key.as_dict(private=True)))
     registry.add(
         client_id, orgnr=orgnr, jwks={"keys": [key.as_dict(private=False)]}, scopes=frozenset(scopes)
     )
     return key_path
+
+
+def _write_profile(path: Path, **fields: object) -> None:
+    """A client profile (``sharing_api.consumer.Profile``) for ``dho-share query|token|publish``."""
+    path.write_text(json.dumps(fields, indent=2), encoding="utf-8")
+
+
+def _demo_weight(tenant: str, patient: str) -> dict[str, object]:
+    """A body weight measured now, for the demo's printed publish command (idempotent by identifier)."""
+    from sharing_api.fhir.identifiers import FNR, ORGNR
+    from sharing_api.fhir.vitals import LOINC, OBSERVATION_CATEGORY, UCUM
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    return {
+        "resourceType": "Observation",
+        "identifier": [{"system": "urn:dho-share:demo", "value": f"weight-{patient}-{now:%Y%m%dT%H%M%S}"}],
+        "status": "final",
+        "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": LOINC, "code": "29463-7", "display": "Body weight"}]},
+        "subject": {"identifier": {"system": FNR, "value": patient}},
+        "effectiveDateTime": now.isoformat(),
+        "performer": [{"identifier": {"system": ORGNR, "value": tenant}}],
+        "valueQuantity": {"value": 82.5, "unit": "kg", "system": UCUM, "code": "kg"},
+    }
 
 
 def _demo_policy(engine: Engine, controller: str, consumer: str, fnrs: list[str]) -> None:
@@ -408,27 +558,49 @@ def demo(port: int, patients: int, days: int, no_serve: bool) -> None:
     demo_dir = settings.signing_keys_path.parent / "demo"
     demo_dir.mkdir(parents=True, exist_ok=True)
     registry = ClientRegistry(engine)
-    _demo_client(demo_dir, registry, "demo-kommune-dho", orgnr, {"dho-share/observation.write"})
+    publisher_key = _client_with_fresh_key(
+        demo_dir, registry, "demo-kommune-dho", orgnr, {"dho-share/observation.write"}
+    )
     hospital, unit, hospital_name = DEMO_HOSPITAL
-    key_path = _demo_client(demo_dir, registry, "demo-sykehus-epj", hospital, {"dho-share/observation.read"})
+    key_path = _client_with_fresh_key(
+        demo_dir, registry, "demo-sykehus-epj", hospital, {"dho-share/observation.read"}
+    )
     profile = demo_dir / "hospital.json"
-    profile.write_text(
-        json.dumps(
-            {
-                "issuer": settings.issuer_url,
-                "api": settings.base_url,
-                "client_id": "demo-sykehus-epj",
-                "key": key_path.name,
-                "organisation": hospital,
-                "point_of_care": unit,
-                "hpr": DEMO_HPR,
-            },
-            indent=2,
-        ),
-        encoding="utf-8",
+    _write_profile(
+        profile,
+        issuer=settings.issuer_url,
+        api=settings.base_url,
+        client_id="demo-sykehus-epj",
+        key=key_path.name,
+        organisation=hospital,
+        point_of_care=unit,
+        hpr=DEMO_HPR,
+    )
+    publisher = demo_dir / "municipality.json"
+    _write_profile(
+        publisher,
+        issuer=settings.issuer_url,
+        api=settings.base_url,
+        client_id="demo-kommune-dho",
+        key=publisher_key.name,
+        organisation=orgnr,
+        tenant=orgnr,
+        scope="dho-share/observation.write",
     )
     fnrs = _seed(settings, orgnr, max(patients, 3), days, seed=1)
     _demo_policy(engine, orgnr, hospital, fnrs)
+    patient_profile = demo_dir / "patient.json"
+    _write_profile(
+        patient_profile,
+        issuer=settings.issuer_url,
+        api=settings.base_url,
+        tenant=orgnr,
+        pid=fnrs[0],
+        signing_keys=os.path.relpath(settings.signing_keys_path.resolve(), demo_dir.resolve()),
+        organisations={orgnr: name, hospital: hospital_name},
+    )
+    measurement = demo_dir / "weight.json"
+    measurement.write_text(json.dumps(_demo_weight(orgnr, fnrs[0]), indent=2), encoding="utf-8")
     base = f"{settings.base_url}/{orgnr}/fhir"
     console.print(f"\n[bold]dho-share demo[/bold]: {name} ({orgnr}) shares with {hospital_name} ({hospital})")
     console.print(f"API {base}; token service {settings.issuer_url}/.well-known/openid-configuration")
@@ -447,6 +619,16 @@ def demo(port: int, patients: int, days: int, no_serve: bool) -> None:
         f"\nPatient {fnrs[2]} has blocked this doctor (HPR {DEMO_HPR}), so the doctor sees no data:\n"
     )
     click.echo(f"dho-share query --profile {profile} --tenant {orgnr} --patient {fnrs[2]} --lastn")
+    console.print(
+        f"\nAs the municipality's DHO system (profile {publisher}), publish a weight for patient "
+        f"{fnrs[0]} (an Observation or a Bundle; docs/examples/ has more):\n"
+    )
+    click.echo(f"dho-share publish --profile {publisher} {measurement}")
+    console.print(
+        f"\nAs patient {fnrs[0]} (signed in through a local stand-in for the national login), see who has "
+        "looked at your measurements (run the queries above first):\n"
+    )
+    click.echo(f"dho-share access-log --profile {patient_profile}")
     if not no_serve:
         from sharing_api.serving import serve as run
 
@@ -457,6 +639,8 @@ audit_cli.audit.add_command(consumer.fetch_audit)
 main.add_command(audit_cli.audit)
 main.add_command(consumer.token)
 main.add_command(consumer.query)
+main.add_command(consumer.publish)
+main.add_command(patient_log.access_log)
 
 
 if __name__ == "__main__":

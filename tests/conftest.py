@@ -3,6 +3,12 @@
 PostgreSQL is reached at ``DHO_TEST_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``);
 each test session creates its own database and drops it afterwards. Redis is at ``DHO_TEST_REDIS_URL``
 (default ``redis://127.0.0.1:6379/14``). Set ``DHO_TEST_BACKENDS=sqlite`` to run one backend only.
+
+Parallel runs (``make test`` uses pytest-xdist): every worker is a session of its own, so it has its own
+SQLite files and PostgreSQL databases (named after the worker), its own private ``redis-server`` for
+the security tests, and servers on free ports; tests touch only Redis keys they made up at random (or
+under a random prefix), never flush the shared databases 14/15, and signing-key files are created
+atomically (``os.link``), so workers never disturb each other.
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ def shared_dir() -> Path:
 
 
 def _postgres_database() -> Iterator[str]:
-    name = f"dho_test_{uuid.uuid4().hex[:12]}"
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")  # gw0, gw1, ... under pytest-xdist
+    name = f"dho_test_{worker}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     base = POSTGRES_ADMIN.rsplit("/", 1)[0]

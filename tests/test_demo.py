@@ -1,7 +1,9 @@
-"""README command 1: the demo sets itself up, serves protected data, and its printed queries work."""
+"""README command 1: the demo sets itself up, serves protected data, and its printed commands (the
+hospital's queries, the municipality's publish, the patient's access log) work as printed."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from sharing_api.patient_log import WORDS
 from tests.conftest import REDIS_URL
 from tests.live_server import free_port, live_server
 
@@ -30,8 +33,8 @@ def test_demo_prints_queries_that_work(tmp_path: Path) -> None:
         timeout=120,
         check=True,
     )
-    printed = [line for line in setup.stdout.splitlines() if line.startswith("dho-share query")]
-    assert len(printed) == 4, setup.stdout
+    printed = [line for line in setup.stdout.splitlines() if line.startswith("dho-share ")]
+    assert [line.split()[1] for line in printed] == ["query"] * 4 + ["publish", "access-log"], setup.stdout
     outputs = []
     with live_server({"DHO_REDIS_URL": REDIS_URL}, workers=2, cwd=tmp_path, port=port):
         for line in printed:
@@ -44,10 +47,20 @@ def test_demo_prints_queries_that_work(tmp_path: Path) -> None:
                 timeout=60,
             )
             assert result.returncode == 0, result.stderr
-            outputs.append(result.stdout)
-    shared, latest, reserved, blocked = outputs
+            outputs.append(result.stdout + result.stderr)  # a piped table's title goes to stderr
+    shared, latest, reserved, blocked, published, access_log = outputs
     assert "mm[Hg]" in shared
     assert "mm[Hg]" in latest
     # The reservation and the block look exactly like "no data" to the hospital's doctor.
     assert "0 measurements" in reserved
     assert "0 measurements" in blocked
+    # The publish command stores the printed weight (201), in the demo municipality's tenant.
+    publish = shlex.split(printed[4])
+    profile = json.loads((tmp_path / publish[publish.index("--profile") + 1]).read_text())
+    assert profile["scope"] == "dho-share/observation.write"
+    (row,) = [line.split("\t") for line in published.splitlines() if line.startswith("Observation\t")]
+    assert row[1] == "201", published
+    assert f"/{profile['tenant']}/fhir/Observation/" in row[2]
+    # The first patient sees, in Norwegian, that the demo doctor looked (for treatment).
+    assert WORDS["nb"]["TREAT"] in access_log
+    assert WORDS["nb"]["observation.lastn"] in access_log

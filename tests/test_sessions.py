@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -18,8 +19,9 @@ def store(request: pytest.FixtureRequest) -> Iterator[SearchSessions]:
         yield LocalSessions(ttl=60, max_entries=3)
     else:
         client = redis.Redis.from_url(REDIS_URL)
-        yield RedisSessions(client, ttl=60, prefix="dho:test-sessions:")
-        for key in client.scan_iter("dho:test-sessions:*"):
+        prefix = f"dho:test-sessions:{uuid.uuid4().hex}:"  # this test's own keys (parallel workers)
+        yield RedisSessions(client, ttl=60, prefix=prefix)
+        for key in client.scan_iter(f"{prefix}*"):
             client.delete(key)
 
 

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sharing_api.audit.checkpoints import AuditSigner, load_public_key
-from sharing_api.audit.control import AgreementPeriod, LogControlReport
+from sharing_api.audit.control import FIELDS, AgreementPeriod, LogControlReport
 from sharing_api.audit.log import AuditLog
 from sharing_api.audit.verify import VerificationReport, verify
 
@@ -147,9 +147,25 @@ def export(
 
 
 @audit.command(name="public-key")
-@key_option
-def public_key(key_path: Path) -> None:
-    """Print the checkpoint key's public half (PEM) and C2SP verifier key, for auditors to pin."""
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="DHO_AUDIT_KEY_PATH",
+    default=DEFAULT_KEY_PATH,
+    show_default=True,
+    help="Ed25519 private key (PEM) that signs checkpoints",
+)
+@click.option("--create", is_flag=True, help="Make a new key when there is none (a new log identity)")
+def public_key(key_path: Path, create: bool) -> None:
+    """Print the checkpoint key's public half (PEM) and C2SP verifier key, for auditors to pin.
+
+    Refuses when there is no key at the path (unless --create): a key made here would not be the one
+    the server signs with, and verifying with it would read as tampering."""
+    if not key_path.exists() and not create:
+        raise click.ClickException(
+            f"no audit key at {key_path} (the server signs with DHO_AUDIT_KEY_PATH; --create makes one)"
+        )
     signer = AuditSigner.load_or_create(key_path)
     click.echo(signer.public_key_pem().decode("ascii"), nl=False)
     click.echo(signer.verifier.vkey())
@@ -284,50 +300,89 @@ def _agreements(tenant: str) -> list[AgreementPeriod]:
     ]
 
 
-def _print_report(report: LogControlReport) -> None:
-    console = Console()
-    console.print(
-        f"log control of {report.tenant}, {report.date_from.isoformat()} to {report.date_to.isoformat()}: "
-        f"{report.entries} entries; " + ", ".join(f"{kind} {count}" for kind, count in report.totals.items())
-    )
-    table = Table(
-        "kind", "seq", "recorded", "action", "outcome", "purpose", "org", "HPR", "patient", "detail"
-    )
+REPORT_COLUMNS = ("recorded", *FIELDS)
+"""The columns of ``audit report --format table|csv``: when (in --tz), then the finding's fields."""
+
+
+def _report_rows(report: LogControlReport, zone: tzinfo) -> list[list[str]]:
+    rows = []
     for f in report.findings:
-        table.add_row(
-            f.kind.value,
-            "" if f.seq is None else str(f.seq),
-            f.recorded.isoformat(timespec="seconds") if f.recorded else "",
-            f.action or "",
-            f.outcome or "",
-            f.purpose or "",
-            f.organisation or "",
-            f.agent_hpr or "",
-            f.patient or "",
-            f.detail,
-        )
-    console.print(table)
+        when = f.recorded.astimezone(zone).isoformat(timespec="seconds") if f.recorded else ""
+        values = [getattr(f, name) for name in FIELDS]
+        rows.append([when, *("" if v is None else str(v) for v in values)])
+    return rows
+
+
+def _print_report(report: LogControlReport, zone: tzinfo) -> None:
+    from sharing_api.tables import print_rows
+
+    summary = (
+        f"log control of {report.tenant}, {report.date_from.astimezone(zone).isoformat()} to "
+        f"{report.date_to.astimezone(zone).isoformat()}: {report.entries} entries; "
+        + ", ".join(f"{kind} {count}" for kind, count in report.totals.items())
+    )
+    print_rows(REPORT_COLUMNS, _report_rows(report, zone), title=summary)
+
+
+def _write_csv(report: LogControlReport, zone: tzinfo) -> None:
+    import csv
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(REPORT_COLUMNS)
+    writer.writerows(_report_rows(report, zone))
 
 
 @audit.command()
 @click.argument("tenant")
 @click.option("--from", "date_from", required=True, help="Start (ISO date or date-time, inclusive)")
 @click.option("--to", "date_to", required=True, help="End (ISO date or date-time, exclusive)")
-@click.option("--tz", default="Europe/Oslo", show_default=True, help="Time zone of dates given without one")
-@click.option("--volume-threshold", default=50, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--tz",
+    default="Europe/Oslo",
+    show_default=True,
+    help="Time zone of the times printed and of dates given without one",
+)
+@click.option(
+    "--volume-threshold",
+    default=50,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Flag a health worker who read more distinct patients than this",
+)
+@click.option(
+    "--request-threshold",
+    default=500,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Flag a health worker who made more reads than this",
+)
 @click.option("--no-agreements", is_flag=True, help="Skip the check against sharing agreements")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="table (TSV through a pipe), CSV or JSON",
+)
+@click.option("--json", "as_json", is_flag=True, help="The same as --format json")
 def report(
     tenant: str,
     date_from: str,
     date_to: str,
     tz: str,
     volume_threshold: int,
+    request_threshold: int,
     no_agreements: bool,
+    output_format: str,
     as_json: bool,
 ) -> None:
-    """Log-control findings of TENANT: emergency access, denied attempts, unusual volume, no agreement."""
-    zone = ZoneInfo(tz)
+    """Log-control findings of TENANT: emergency access, denied attempts (and why), unusual volume,
+    reads outside an agreement; with the organisation, the health worker and the patient."""
+    try:
+        zone = ZoneInfo(tz)
+    except (ValueError, KeyError) as exc:  # ZoneInfoNotFoundError is a KeyError
+        raise click.BadParameter(f"no time zone {tz!r} (e.g. Europe/Oslo, UTC)", param_hint="'--tz'") from exc
     start, end = _moment(date_from, zone), _moment(date_to, zone)
     log = _log(None, "report")  # nothing is signed here: the origin does not matter
     try:
@@ -336,15 +391,18 @@ def report(
             start,
             end,
             volume_threshold=volume_threshold,
+            request_threshold=request_threshold,
             agreements=None if no_agreements else _agreements(tenant),
             sequence_first=False,
         )
     finally:
         log.engine.dispose()
-    if as_json:
-        click.echo(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())
+    if as_json or output_format == "json":
+        click.echo(orjson.dumps(result.to_json(zone), option=orjson.OPT_INDENT_2).decode())
+    elif output_format == "csv":
+        _write_csv(result, zone)
     else:
-        _print_report(result)
+        _print_report(result, zone)
 
 
 if __name__ == "__main__":

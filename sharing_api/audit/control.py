@@ -5,8 +5,12 @@ Controllers must keep and review access logs (Normen; pasientjournalforskriften 
 the indexed columns of one tenant's log over ``[date_from, date_to)`` and returns findings of four kinds:
 
 * ``emergency``: accesses with purpose ETREAT or BTG, which domain.md flags for review every time;
-* ``denied``: requests that ended in a failure outcome (refusals by authentication, scope or policy);
-* ``volume``: a health worker (HPR) who read more than ``volume_threshold`` distinct patients;
+* ``denied``: requests that ended in a failure outcome (refusals by authentication, scope or policy),
+  each with ``why`` in words: the sharing policy's reasons (the patient's reservation, a block of the
+  health worker, no agreement...) from the event's ``sharing-decision`` entity, else its ``outcomeDesc``
+  (e.g. the scope the token lacked);
+* ``volume``: a health worker (HPR) who read more than ``volume_threshold`` distinct patients, or made
+  more than ``request_threshold`` reads (many requests about few patients is unusual too);
 * ``outside_agreement``: a successful read by another organisation at a moment when no sharing
   agreement with that organisation was valid. The agreements table belongs to the sharing policy, so
   the caller passes either ``(consumer org.nr, valid from, valid to or None)`` periods or a callable
@@ -22,13 +26,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from enum import StrEnum
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Engine, and_, func, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
+from consent.policy import Reason
 from sharing_api.audit.actions import EMERGENCY_PURPOSES, READ_ACTIONS, AuditAction, Outcome
 from sharing_api.audit.terms import micros
 from sharing_api.store.schema import audit_entries
@@ -40,6 +46,42 @@ AgreementPeriod = tuple[str, datetime, datetime | None]
 AgreementCheck = Callable[[str, datetime], bool]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _READS = sorted(a.value for a in READ_ACTIONS)
+
+
+REASONS_IN_WORDS: dict[str, str] = {
+    Reason.NO_AGREEMENT: "no sharing agreement",
+    Reason.AGREEMENT_EXPIRED: "the sharing agreement has ended",
+    Reason.AGREEMENT_NOT_YET_VALID: "the sharing agreement is not yet in force",
+    Reason.PURPOSE_NOT_AGREED: "the purpose is not covered by the agreement",
+    Reason.SCOPE_NOT_AGREED: "the data asked for is not covered by the agreement",
+    Reason.BLOCKED_PRACTITIONER: "the patient has blocked this health worker",
+    Reason.PRACTITIONER_NOT_NAMED: "no health worker named (a block cannot be checked)",
+    Reason.RESERVATION: "the patient's reservation against sharing",
+    Reason.NO_CONSENT: "no consent from the patient (opt-in tenant)",
+    Reason.SCOPE_NOT_CONSENTED: "the data asked for is not covered by the patient's consent",
+}
+"""The sharing policy's deny reasons (``consent.policy.Reason``) as an auditor reads them."""
+
+
+def refusal_reason(event: bytes) -> str | None:
+    """Why the request of this stored AuditEvent was refused, in words: the policy's reasons, else the
+    event's ``outcomeDesc`` (authentication and scope refusals), else ``None``."""
+    try:
+        parsed = orjson.loads(event)
+    except orjson.JSONDecodeError:
+        return None
+    reasons = [
+        d.get("valueString", "")
+        for entity in parsed.get("entity", [])
+        if entity.get("name") == "sharing-decision"
+        for d in entity.get("detail", [])
+        if d.get("type") == "reason"
+    ]
+    denials = [REASONS_IN_WORDS[r] for r in reasons if r in REASONS_IN_WORDS]
+    if denials:
+        return "; ".join(denials)
+    described = parsed.get("outcomeDesc")
+    return str(described) if described else None
 
 
 class FindingKind(StrEnum):
@@ -63,16 +105,37 @@ class Finding:
     organisation: str | None = None
     agent_hpr: str | None = None
     patient: str | None = None
+    why: str | None = None
+    requests: int | None = None
+    patients: int | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, zone: tzinfo = UTC) -> dict[str, Any]:
+        """The finding as JSON; ``recorded`` as ISO 8601 in ``zone``."""
         out: dict[str, Any] = {"kind": self.kind.value, "detail": self.detail}
-        for name in ("seq", "action", "outcome", "purpose", "organisation", "agent_hpr", "patient"):
+        for name in FIELDS[2:]:
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
         if self.recorded is not None:
-            out["recorded"] = self.recorded.isoformat()
+            out["recorded"] = self.recorded.astimezone(zone).isoformat()
         return out
+
+
+FIELDS = (
+    "kind",
+    "detail",
+    "seq",
+    "action",
+    "outcome",
+    "purpose",
+    "organisation",
+    "agent_hpr",
+    "patient",
+    "why",
+    "requests",
+    "patients",
+)
+"""The fields of a finding besides ``recorded``, in the order reports print them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,14 +152,15 @@ class LogControlReport:
     def of(self, kind: FindingKind) -> list[Finding]:
         return [f for f in self.findings if f.kind is kind]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, zone: tzinfo = UTC) -> dict[str, Any]:
+        """The report as JSON, times as ISO 8601 in ``zone``."""
         return {
             "tenant": self.tenant,
-            "from": self.date_from.isoformat(),
-            "to": self.date_to.isoformat(),
+            "from": self.date_from.astimezone(zone).isoformat(),
+            "to": self.date_to.astimezone(zone).isoformat(),
             "entries": self.entries,
             "totals": dict(self.totals),
-            "findings": [f.to_json() for f in self.findings],
+            "findings": [f.to_json(zone) for f in self.findings],
         }
 
 
@@ -116,6 +180,7 @@ def _finding(kind: FindingKind, row: Any, detail: str) -> Finding:
         organisation=row.organisation,
         agent_hpr=row.agent_hpr,
         patient=row.patient_value,
+        why=refusal_reason(bytes(row.event)) if kind is FindingKind.DENIED else None,
     )
 
 
@@ -128,6 +193,7 @@ _COLUMNS = (
     e.c.organisation,
     e.c.agent_hpr,
     e.c.patient_value,
+    e.c.event,
 )
 
 
@@ -215,6 +281,7 @@ def log_control(
     date_to: datetime,
     *,
     volume_threshold: int = 50,
+    request_threshold: int = 500,
     agreements: Iterable[AgreementPeriod] | AgreementCheck | None = None,
     max_findings: int = 1000,
 ) -> LogControlReport:
@@ -254,8 +321,14 @@ def log_control(
         totals[FindingKind.DENIED.value] = total
         findings += found
         patients = func.count(e.c.patient_value.distinct())
+        reads = func.count()
         volume = conn.execute(
-            select(e.c.agent_hpr, patients.label("patients"), func.max(e.c.organisation).label("org"))
+            select(
+                e.c.agent_hpr,
+                patients.label("patients"),
+                reads.label("requests"),
+                func.max(e.c.organisation).label("org"),
+            )
             .where(
                 *requests,
                 e.c.action.in_(_READS),
@@ -264,16 +337,21 @@ def log_control(
                 e.c.patient_value.is_not(None),
             )
             .group_by(e.c.agent_hpr)
-            .having(patients > volume_threshold)
-            .order_by(patients.desc(), e.c.agent_hpr)
+            .having(or_(patients > volume_threshold, reads > request_threshold))
+            .order_by(patients.desc(), reads.desc(), e.c.agent_hpr)
         ).all()
         totals[FindingKind.VOLUME.value] = len(volume)
         findings += (
             Finding(
                 kind=FindingKind.VOLUME,
-                detail=f"read {r.patients} distinct patients (threshold {volume_threshold})",
+                detail=(
+                    f"read {r.patients} distinct patients in {r.requests} requests "
+                    f"(thresholds {volume_threshold} patients, {request_threshold} requests)"
+                ),
                 agent_hpr=r.agent_hpr,
                 organisation=r.org,
+                requests=r.requests,
+                patients=r.patients,
             )
             for r in volume[:max_findings]
         )

@@ -671,6 +671,7 @@ class AuditLog:
         date_to: datetime,
         *,
         volume_threshold: int = 50,
+        request_threshold: int = 500,
         agreements: Iterable[AgreementPeriod] | AgreementCheck | None = None,
         max_findings: int = 1000,
         sequence_first: bool = True,
@@ -686,6 +687,7 @@ class AuditLog:
             date_from,
             date_to,
             volume_threshold=volume_threshold,
+            request_threshold=request_threshold,
             agreements=agreements,
             max_findings=max_findings,
         )

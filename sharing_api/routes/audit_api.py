@@ -407,10 +407,13 @@ def _plain(entry: Entry) -> dict[str, Any]:
         }
         - {""}
     )
+    names = [a["name"] for a in event.get("agent", []) if isinstance(a.get("name"), str)]
     return {
         "when": entry.recorded_at.isoformat(timespec="seconds"),
+        "action": entry.action,
         "organisation": entry.organisation,
         "healthWorkerHpr": entry.agent_hpr,
+        "healthWorkerName": names[0] if names else None,
         "why": entry.purpose,
         "what": ACTIONS_IN_WORDS.get(entry.action, entry.action),
         "measurementTypes": categories,

@@ -102,7 +102,8 @@ def protect() -> None:
             )
         scope, rule = RULES.get(endpoint, ("", CONTROLLER))
         if not scope or not who.has_scope(scope):
-            raise InsufficientScope("the token lacks the scope this request needs", scope=scope or None)
+            lacking = f"the token lacks the scope `{scope}`" if scope else "no scope grants this endpoint"
+            raise InsufficientScope(lacking, scope=scope or None)
     except AuthError as exc:
         raise refused(exc) from exc
     g.caller = who

@@ -17,6 +17,7 @@ from joserfc.jwk import ECKey
 from auth.keys import SigningKeySet
 from auth.replay import InMemoryReplayCache, NonceSource, RedisReplayCache, ReplayCache
 from tests.auth import factories
+from tests.prerequisites import missing
 
 REDIS_URL = os.environ.get("DHO_TEST_AUTH_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -27,7 +28,7 @@ def redis_client() -> Iterator[redis.Redis]:
     try:
         client.ping()
     except redis.exceptions.RedisError as err:
-        pytest.skip(f"Redis not reachable at {REDIS_URL}: {err}")
+        missing(f"Redis not reachable at {REDIS_URL}: {err}")
     yield client
     client.close()
 

@@ -19,7 +19,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
 import redis
 from joserfc.jwk import ECKey, Key
 from sqlalchemy import func, select
@@ -35,6 +34,7 @@ from tests.auth import factories
 from tests.conftest import TENANT_A
 from tests.factories import fnr, heart_rate
 from tests.live_server import free_port
+from tests.prerequisites import missing
 
 BASE = f"/{TENANT_A}/fhir"
 #: Distinctive measurement values: a refusal or a log line that contains one of them leaks a measurement.
@@ -291,7 +291,7 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         if shutil.which("redis-server") is None:
-            pytest.skip("redis-server is not installed")
+            missing("redis-server is not installed (apt-get install redis-server)")
         self.proc = subprocess.Popen(
             [
                 "redis-server",

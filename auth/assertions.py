@@ -230,7 +230,9 @@ def verify_client_assertion(
         raise InvalidClient("client assertion jti missing or invalid")
     # Remember the jti until the assertion could no longer be accepted anyway.
     ttl = max(1, math.ceil(exp + skew - now))
-    if not replay.claim(_REPLAY_NAMESPACE, f"{claimed_client}:{jti}", ttl):
+    # The earliest moment this assertion could have been accepted (epoch rule, auth/replaystate.py).
+    earliest = (issued_at if issued_at is not None else exp - max_lifetime) - skew
+    if not replay.claim(_REPLAY_NAMESPACE, f"{claimed_client}:{jti}", ttl, acceptable_from=earliest):
         raise InvalidClient("client assertion replayed")
 
     return ClientAssertion(

@@ -354,7 +354,13 @@ def verify_proof(
 
     # Last, so that only fully valid proofs occupy the cache; keyed by key and jti so one client cannot
     # burn another's jti values.
-    if not replay.claim(replay_namespace, f"{jkt}:{jti}", iat_window.replay_ttl):
+    # acceptable_from: the proof could have been accepted from iat - max_skew on (epoch rule, replaystate).
+    if not replay.claim(
+        replay_namespace,
+        f"{jkt}:{jti}",
+        iat_window.replay_ttl,
+        acceptable_from=iat - iat_window.max_skew,
+    ):
         raise InvalidDPoPProof("DPoP proof replayed")
 
     return DPoPProof(

@@ -37,6 +37,8 @@ __all__ = [
     "RateDecision",
     "RateLimiter",
     "RedisRateLimiter",
+    "decide",
+    "window",
 ]
 
 
@@ -71,8 +73,9 @@ def _check_limits(limit: int, window_seconds: int) -> None:
             raise ValueError(f"{name} must be a positive int")
 
 
-def _window(now: float, window_seconds: int) -> tuple[int, int]:
-    """``(window index, seconds until it ends rounded up, >= 1)`` for ``now``."""
+def window(now: float, window_seconds: int) -> tuple[int, int]:
+    """``(window index, seconds until it ends rounded up, >= 1)`` for ``now`` (also used by the
+    one-round-trip admission, :mod:`auth.replaystate`)."""
     if not math.isfinite(now):
         raise ValueError("now must be a finite number")
     index = int(now // window_seconds)  # floor division of floats is exact; floor(now / w) may round up
@@ -80,7 +83,8 @@ def _window(now: float, window_seconds: int) -> tuple[int, int]:
     return index, max(1, math.ceil(remaining))
 
 
-def _decide(count: int, limit: int, retry_after: int) -> RateDecision:
+def decide(count: int, limit: int, retry_after: int) -> RateDecision:
+    """The decision for the ``count``-th hit of a window (allowed while ``count <= limit``)."""
     return RateDecision(True, 0) if count <= limit else RateDecision(False, retry_after)
 
 
@@ -121,7 +125,7 @@ class RedisRateLimiter:
         self._prefix = prefix
 
     def hit(self, key: str, now: float) -> RateDecision:
-        index, retry_after = _window(now, self._window)
+        index, retry_after = window(now, self._window)
         name = f"{self._prefix}{_key_digest(key)}:{index}"
         try:
             pipe = self._client.pipeline(transaction=True)
@@ -130,7 +134,7 @@ class RedisRateLimiter:
             count, _ = pipe.execute()
         except redis.exceptions.RedisError as err:
             raise StateUnavailable("rate limiter unavailable") from err
-        return _decide(int(count), self._limit, retry_after)
+        return decide(int(count), self._limit, retry_after)
 
 
 class InMemoryRateLimiter:
@@ -153,7 +157,7 @@ class InMemoryRateLimiter:
         self._newest = -math.inf
 
     def hit(self, key: str, now: float) -> RateDecision:
-        index, retry_after = _window(now, self._window)
+        index, retry_after = window(now, self._window)
         name = (_key_digest(key), index)
         with self._lock:
             if index > self._newest:
@@ -162,7 +166,7 @@ class InMemoryRateLimiter:
                 self._counts = {k: v for k, v in self._counts.items() if k[1] >= index - 1}
             count = self._counts.get(name, 0) + 1
             self._counts[name] = count
-        return _decide(count, self._limit, retry_after)
+        return decide(count, self._limit, retry_after)
 
     def live_counters(self) -> int:
         """How many counters are kept (for tests and metrics)."""

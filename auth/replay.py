@@ -45,8 +45,15 @@ class ReplayCache(Protocol):
     :class:`~auth.errors.StateUnavailable` when it cannot decide.
     """
 
-    def claim(self, namespace: str, key: str, ttl_seconds: int) -> bool:
-        """Record ``key`` in ``namespace`` for ``ttl_seconds``; ``True`` if it was not already there."""
+    def claim(
+        self, namespace: str, key: str, ttl_seconds: int, *, acceptable_from: float | None = None
+    ) -> bool:
+        """Record ``key`` in ``namespace`` for ``ttl_seconds``; ``True`` if it was not already there.
+
+        ``acceptable_from`` is the earliest time the value could have been accepted; a store that can
+        lose its state (:class:`auth.replaystate.EpochReplayCache`) refuses values that could have
+        been accepted before its state began, with :class:`~auth.errors.StateUnavailable`.
+        """
         ...
 
 
@@ -85,7 +92,11 @@ class RedisReplayCache:
         self._client = client
         self._prefix = prefix
 
-    def claim(self, namespace: str, key: str, ttl_seconds: int) -> bool:
+    def claim(
+        self, namespace: str, key: str, ttl_seconds: int, *, acceptable_from: float | None = None
+    ) -> bool:
+        """One ``SET NX EX``; ``acceptable_from`` is ignored (no epoch: use
+        :class:`auth.replaystate.EpochReplayCache` where Redis may lose state)."""
         name = self._prefix + _storage_key(namespace, key, ttl_seconds)
         try:
             stored = self._client.set(name, b"1", nx=True, ex=ttl_seconds)
@@ -109,7 +120,10 @@ class InMemoryReplayCache:
         self._expiry: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []
 
-    def claim(self, namespace: str, key: str, ttl_seconds: int) -> bool:
+    def claim(
+        self, namespace: str, key: str, ttl_seconds: int, *, acceptable_from: float | None = None
+    ) -> bool:
+        """``acceptable_from`` is ignored: this cache lives and dies with its only process."""
         name = _storage_key(namespace, key, ttl_seconds)
         with self._lock:
             now = self._clock()
@@ -166,9 +180,18 @@ class NonceSource:
     :param secret: at least 32 random bytes, shared by all workers; keep it out of the repository.
     :param audience: e.g. ``"token-endpoint"`` or ``"resource"``.
     :param window_seconds: rotation period; default 300 s (a nonce lives 5-10 minutes).
+    :param generation: the replay state's current epoch (:attr:`auth.replaystate.RedisState.generation`);
+        part of the MAC, so a Redis restart or failover rotates every nonce (issue 13 item 1).
     """
 
-    def __init__(self, secret: bytes, *, audience: str, window_seconds: int = 300) -> None:
+    def __init__(
+        self,
+        secret: bytes,
+        *,
+        audience: str,
+        window_seconds: int = 300,
+        generation: Callable[[], str] = str,
+    ) -> None:
         if len(secret) < 32:
             raise ValueError("the nonce secret must be at least 32 bytes")
         if not audience:
@@ -180,9 +203,13 @@ class NonceSource:
             secret, b"dho-dpop-nonce\x00" + audience.encode("utf-8"), hashlib.sha256
         ).digest()
         self._window = window_seconds
+        self._generation = generation
 
     def _mac(self, window: int) -> str:
-        digest = hmac.new(self._key, str(window).encode("ascii"), hashlib.sha256).digest()[:24]
+        # The replay-state generation (auth.replaystate) rotates every nonce after a Redis reset.
+        generation = self._generation()
+        message = f"{window}\x00{generation}".encode() if generation else str(window).encode("ascii")
+        digest = hmac.new(self._key, message, hashlib.sha256).digest()[:24]
         return base64.urlsafe_b64encode(digest).decode("ascii")
 
     def issue(self, now: float) -> str:

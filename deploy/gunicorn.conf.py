@@ -13,6 +13,10 @@ from sharing_api.settings import Settings
 bind = os.environ.get("DHO_BIND", "127.0.0.1:8080")
 require_safe_bind(bind.rsplit(":", 1)[0].strip("[]"), Settings().base_url)
 workers = int(os.environ.get("DHO_WORKERS", str(min(4, multiprocessing.cpu_count() * 2))))
+# gthread: each thread serves one request at a time; a client dribbling its headers holds one. With
+# 20 such slow clients in front of 2 workers x 4 threads, 4 of 10 other requests timed out (5 s) when
+# gunicorn faced them directly. Behind deploy/nginx (which passes on only complete requests) all 10
+# were served: tests/deploy/test_proxy.py. So never expose gunicorn itself; bind it to the LAN only.
 worker_class = "gthread"
 threads = int(os.environ.get("DHO_THREADS", "4"))
 accesslog = None  # URLs are not logged here; the audit log records access

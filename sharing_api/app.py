@@ -11,29 +11,33 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import redis
 from flask import Flask, Response, current_app, g, request
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from auth.external import IssuerDirectory, IssuerKeys, TrustedIssuer
 from auth.ratelimit import InMemoryRateLimiter, RateLimiter, RedisRateLimiter
-from auth.replay import InMemoryReplayCache, NonceSource, RedisReplayCache, ReplayCache
+from auth.replay import InMemoryReplayCache, NonceSource, ReplayCache
+from auth.replaystate import CachedRevocationList, EpochReplayCache, RedisState
 from auth.resource import ResourceGuard
-from auth.revocation import InMemoryRevocationList, RedisRevocationList, RevocationList
+from auth.revocation import InMemoryRevocationList, RevocationList
 from auth.server import RegisteredClient, TokenService
 from auth.tokens import HELSEID_TOKEN_ALGS, TokenPolicy
+from sharing_api import redis_connection
 from sharing_api.access import AccessPolicy
 from sharing_api.audit import sequencer
 from sharing_api.audit.actions import AuditAction, Outcome
 from sharing_api.audit.checkpoints import AuditSigner
 from sharing_api.audit.log import AuditLog
 from sharing_api.auditing import Auditor, audit_facts
+from sharing_api.body_limit import BodyLimit
 from sharing_api.console import install_console
 from sharing_api.errors import AccessRefused, FhirError, Issue, ServiceUnavailable, operation_outcome
 from sharing_api.keyfiles import KeysetFile
 from sharing_api.publishing import Publisher
-from sharing_api.routes.common import fhir_response, request_info
+from sharing_api.routes.common import fhir_response, json_response, request_info
 from sharing_api.searching import Searcher
 from sharing_api.services import Services
 from sharing_api.sessions import LocalSessions, RedisSessions, SearchSessions
@@ -42,9 +46,12 @@ from sharing_api.store.clients import ClientRegistry
 from sharing_api.store.engine import is_current, make_engine
 from sharing_api.store.observations import ObservationStore
 from sharing_api.store.policy import PolicyStore
+from sharing_api.store.revocations import RevocationLedger, deployment_name
 from sharing_api.store.tenants import TenantDirectory
 
 log = logging.getLogger("dho_share")
+#: ``Retry-After`` seconds when the database cannot be reached (a failover takes about 1-5 s).
+DATABASE_RETRY_AFTER = 2
 _CORRELATION = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _LONG_NUMBER = re.compile(r"\d{10,}")  # national identity numbers have 11 digits; org.nr 9
 
@@ -71,19 +78,30 @@ def _registered(registry: ClientRegistry) -> Callable[[str], RegisteredClient | 
 
 
 def _token_protection(
-    settings: Settings, client: redis.Redis | None, registry: ClientRegistry
+    settings: Settings, client: Any, registry: ClientRegistry, engine: Engine
 ) -> dict[str, Any]:
     """The token service, the resource guard and the shared state they use.
 
-    With Redis configured, replay caches, revocations and rate limits live there and fail closed (503)
-    when it is unreachable; without it they live in this process (one worker only).
+    With Redis configured, replay caches, revocations (durable in SQL, cached in Redis) and rate limits
+    live there under the epoch rule (auth/replaystate.py) and fail closed (503) when it is unreachable;
+    without it they live in this process (one worker only).
     """
     replay: ReplayCache
     revocations: RevocationList
     limiter: RateLimiter
+    state: RedisState | None = None
     if client is not None:
-        replay = RedisReplayCache(client)
-        revocations = RedisRevocationList(client)
+        ledger = RevocationLedger(engine)
+        state = RedisState(
+            client,
+            deployment=deployment_name(settings.redis_url or "", "{dho}:"),
+            ledger=ledger,
+            revocations=ledger,
+            min_replica_acks=settings.redis_replica_acks,
+            wait_ms=settings.redis_wait_ms,
+        )
+        replay = EpochReplayCache(state)
+        revocations = CachedRevocationList(state)
         limiter = RedisRateLimiter(client, limit=settings.rate_limit, window_seconds=60)
     else:
         replay, revocations = InMemoryReplayCache(), InMemoryRevocationList()
@@ -93,8 +111,9 @@ def _token_protection(
     as_nonce = rs_nonce = None
     if settings.dpop_nonce:
         secret = keyset.derived_secret("dpop-nonce")
-        as_nonce = NonceSource(secret, audience="token-endpoint")
-        rs_nonce = NonceSource(secret, audience="resource")
+        generation = (lambda: state.generation) if state is not None else str
+        as_nonce = NonceSource(secret, audience="token-endpoint", generation=generation)
+        rs_nonce = NonceSource(secret, audience="resource", generation=generation)
     tokens = TokenService(
         issuer=issuer,
         keyset=keyset,
@@ -127,6 +146,8 @@ def _token_protection(
         is_revoked=revocations.is_revoked,
         clock=time.time,
         nonce=rs_nonce,
+        state=state,
+        rate_limit=(settings.rate_limit, 60),
     )
     return {"token_service": tokens, "guard": guard, "rate_limiter": limiter}
 
@@ -138,7 +159,7 @@ def build_services(settings: Settings) -> Services:
     sessions: SearchSessions
     client = None
     if settings.redis_url:
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        client = redis_connection.connect(settings.redis_url)
         sessions = RedisSessions(client, settings.search_session_ttl)
     else:
         sessions = LocalSessions(settings.search_session_ttl)
@@ -165,13 +186,14 @@ def build_services(settings: Settings) -> Services:
             limits=settings.search_limits(),
         ),
         redis_url=settings.redis_url,
+        redis_client=client,
         clients=registry,
         clock=time.time,
         policy=policy,
         access=AccessPolicy(policy),
         audit_log=audit_log,
         auditor=Auditor(audit_log),
-        **_token_protection(settings, client, registry),
+        **_token_protection(settings, client, registry, engine),
     )
 
 
@@ -181,6 +203,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask("sharing_api")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["dho"] = build_services(settings)
+    app.wsgi_app = BodyLimit(app.wsgi_app, settings.max_body_bytes)  # type: ignore[method-assign]
 
     # audit_api and consents register their routes on the FHIR blueprint when imported.
     from sharing_api.routes import (  # noqa: F401
@@ -213,8 +236,11 @@ def create_app(settings: Settings | None = None) -> Flask:
                 record_refusal(exc)
             except SQLAlchemyError:
                 unavailable = ServiceUnavailable("the audit log cannot be written")
-                return fhir_response(unavailable.outcome(), 503)
-        return fhir_response(exc.outcome(), exc.status, exc.headers)
+                return fhir_response(unavailable.outcome(), 503, {"Retry-After": str(DATABASE_RETRY_AFTER)})
+        headers = dict(exc.headers)
+        if exc.status == 503:
+            headers.setdefault("Retry-After", str(DATABASE_RETRY_AFTER))
+        return fhir_response(exc.outcome(), exc.status, headers)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
@@ -228,6 +254,21 @@ def create_app(settings: Settings | None = None) -> Flask:
         }.get(exc.code or 500, exc.description or exc.name)
         issue = Issue(text, None, code)
         return fhir_response(operation_outcome([issue]), exc.code or 500)
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    @app.errorhandler(PoolTimeout)
+    def _database_unavailable(exc: Exception) -> Response:
+        # The database is down, restarting, failing over or out of connections: a transient fault of
+        # ours, never a 500 (issue 13). Nothing was committed by this request (a commit that raised is
+        # rolled back; a read commits its audit event before any data is sent).
+        log.warning("database unavailable: %s", type(exc).__name__)
+        retry = {"Retry-After": str(DATABASE_RETRY_AFTER), "Cache-Control": "no-store"}
+        if request.path.startswith("/connect/"):  # the token service speaks OAuth (RFC 6749 §5.2)
+            body = {"error": "temporarily_unavailable", "error_description": "the database is unavailable"}
+            return json_response(body, 503, retry)
+        unavailable = ServiceUnavailable("the database is unavailable; retry shortly")
+        return fhir_response(unavailable.outcome(), 503, retry)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -20,7 +20,7 @@ from sharing_api.audit import cli as audit_cli
 from sharing_api.console import cli as console_cli
 from sharing_api.settings import Settings
 from sharing_api.store.clients import ClientRegistry
-from sharing_api.store.engine import make_engine, upgrade
+from sharing_api.store.engine import analyze, make_engine, upgrade
 from sharing_api.tables import print_json, print_rows
 
 console = Console(stderr=True)
@@ -428,6 +428,8 @@ def _seed(settings: Settings, tenant_orgnr: str, patients: int, days: int, seed:
                     1 for e in result["entry"] if e["response"]["status"].startswith(("200", "201"))
                 )
             progress.advance(task)
+    analyze(svc.engine)  # a bulk load: fresh planner statistics before anyone searches (issue 13)
+    svc.engine.dispose()
     console.print(f"{stored} observations for {patients} patients over {days} days in tenant {tenant_orgnr}")
     return [p.fnr for p in people]
 

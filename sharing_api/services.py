@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -42,3 +43,4 @@ class Services:
     access: AccessPolicy
     audit_log: AuditLog
     auditor: Auditor
+    redis_client: Any = None  # the one client (standalone, Sentinel master or Cluster) every Redis use shares

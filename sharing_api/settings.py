@@ -37,8 +37,19 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL; a SQLite file by default, postgresql://... in production",
     )
     redis_url: str | None = Field(
-        default=None, description="Redis for search sessions and replay caches; in-process when unset"
+        default=None,
+        description=(
+            "Redis for search sessions and replay caches; in-process when unset. redis://, "
+            "redis+sentinel://h:p,h:p/<service>[/<db>] or redis+cluster://h:p,h:p"
+        ),
     )
+    redis_replica_acks: int = Field(
+        default=0,
+        ge=0,
+        le=5,
+        description="Replicas that must acknowledge (WAIT) a replay claim or revocation before it counts",
+    )
+    redis_wait_ms: int = Field(default=200, ge=1, le=5000, description="How long WAIT may block, ms")
     public_url: AnyHttpUrl = Field(
         default=AnyHttpUrl("http://127.0.0.1:8080"),
         description="External base URL: links are built from it and DPoP htu is checked against it",

@@ -9,6 +9,7 @@ for the patient being read. Tests that probe authentication itself pass ``header
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -56,7 +57,7 @@ class ApiClient:
         self.issuer = services.settings.issuer_url
         self.parties: dict[str, Party] = {}
         self.dpop_key = ECKey.generate_key("P-256", private=True)
-        self._tokens: dict[tuple[str, tuple[str, str] | None, str], str] = {}
+        self._tokens: dict[tuple[str, tuple[str, str] | None, str], tuple[str, float]] = {}
         self.last_patient: tuple[str, str] | None = None
         self.add_party(Party("hospital", HOSPITAL, frozenset({READ}), point_of_care=HOSPITAL_UNIT))
         self.add_party(
@@ -107,12 +108,18 @@ class ApiClient:
         return self.flask.post(TOKEN_PATH, data=form, headers={"DPoP": proof})
 
     def token(self, party: Party, patient: tuple[str, str] | None = None, purpose: str = "TREAT") -> str:
+        """A cached token, renewed 30 s (or half its lifetime) before it expires, as ``DhoClient``
+        does, so that a long test on a slow machine never sends an expired one."""
         key = (party.client_id, patient, purpose)
-        if key not in self._tokens:
+        cached = self._tokens.get(key)
+        if cached is None or time.monotonic() >= cached[1]:
             response = self.token_response(party, patient=patient, purpose=purpose)
             assert response.status_code == 200, response.get_json()
-            self._tokens[key] = response.get_json()["access_token"]
-        return self._tokens[key]
+            body = response.get_json()
+            lifetime = body["expires_in"]
+            cached = (body["access_token"], time.monotonic() + lifetime - min(30, lifetime / 2))
+            self._tokens[key] = cached
+        return cached[0]
 
     def auth_headers(self, method: str, path: str, token: str) -> dict[str, str]:
         url = self.public + urlsplit(path).path

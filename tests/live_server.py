@@ -69,5 +69,6 @@ def live_server(
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait(timeout=10)  # reaped: no "subprocess is still running" warning later
         if log and out is not subprocess.DEVNULL:
             out.close()  # type: ignore[union-attr]

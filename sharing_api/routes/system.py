@@ -43,7 +43,7 @@ def readyz() -> Response:
         checks["database"] = f"unavailable: {type(exc).__name__}"
     if svc.redis_url:
         try:
-            redis.Redis.from_url(svc.redis_url, socket_timeout=1).ping()
+            svc.redis_client.ping()  # Sentinel and Cluster URLs too (sharing_api/redis_connection.py)
             checks["redis"] = "ok"
         except redis.RedisError as exc:
             checks["redis"] = f"unavailable: {type(exc).__name__}"

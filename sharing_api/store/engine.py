@@ -19,9 +19,24 @@ RECYCLE_SECONDS = 1800
 
 
 def normalise_url(url: str) -> str:
-    """Use psycopg 3 for ``postgresql://`` URLs."""
+    """Use psycopg 3 for ``postgresql://`` URLs, and accept libpq's multi-host form.
+
+    ``postgresql://user@h1:5432,h2:5432/db?target_session_attrs=read-write`` (libpq "Connection URIs")
+    names a primary and its standbys; libpq tries them in order and keeps the first that satisfies
+    ``target_session_attrs``, so after a promotion new connections find the new primary. SQLAlchemy
+    cannot parse several ``host:port`` pairs in the authority, so they move to repeated ``host=``
+    query parameters, which its psycopg dialect passes on to libpq unchanged.
+    """
     if url.startswith("postgresql://") or url.startswith("postgres://"):
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith("postgresql+psycopg://"):
+        rest = url.split("://", 1)[1]
+        authority, _, tail = rest.partition("/")
+        userinfo, at, hosts = authority.rpartition("@")
+        if "," in hosts:
+            path, _, query = tail.partition("?")
+            params = "&".join(f"host={h}" for h in hosts.split(","))
+            url = f"postgresql+psycopg://{userinfo}{at}/{path}?{params}" + (f"&{query}" if query else "")
     return url
 
 
@@ -55,14 +70,19 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
 
         return engine
+    # A generic plan cached for a prepared statement can turn a primary-key lookup into a scan of the
+    # tenant (BENCHMARKS.md, ingest hotspot 1): plan every execution with its values. connect_timeout
+    # bounds each host libpq tries (multi-host URL), so a dead primary costs seconds, not the OS's TCP
+    # timeout; after a promotion new connections find the new primary (target_session_attrs).
+    connect_args: dict[str, Any] = {"options": "-c plan_cache_mode=force_custom_plan"}
+    if "connect_timeout=" not in url:
+        connect_args["connect_timeout"] = 3
     engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_recycle=RECYCLE_SECONDS,
-        # A generic plan cached for a prepared statement can turn a primary-key lookup into a scan of
-        # the tenant (BENCHMARKS.md, ingest hotspot 1): plan every execution with its values.
-        connect_args={"options": "-c plan_cache_mode=force_custom_plan"},
+        connect_args=connect_args,
     )
 
     # Instead of pool_pre_ping (a SELECT 1 on every checkout, 16-20 % of the waiting under load):
@@ -96,9 +116,27 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str) -> None:
-    """Apply every migration (``dho-share db upgrade``)."""
+    """Apply every migration (``dho-share db upgrade``), then refresh the planner statistics."""
     _ensure_sqlite_dir(normalise_url(url))
     command.upgrade(alembic_config(url), "head")
+    engine = make_engine(url, pool_size=1)
+    try:
+        analyze(engine)
+    finally:
+        engine.dispose()
+
+
+def analyze(engine: Engine) -> None:
+    """Refresh the query planner's statistics (``ANALYZE``): after ``db upgrade`` and bulk loads.
+
+    Without statistics PostgreSQL guessed the read-permission ``EXISTS`` as a nested loop: 11 s and 49M
+    rows discarded, 0.38 ms after ``ANALYZE`` (issue 13). Autovacuum analyses on its own only once a
+    table changed by ``autovacuum_analyze_threshold + autovacuum_analyze_scale_factor * rows``, so a
+    fresh or freshly loaded database would run unplanned until then. On SQLite this fills
+    ``sqlite_stat1``, which its planner reads the same way.
+    """
+    with engine.begin() as conn:  # ANALYZE (unlike VACUUM) may run inside a transaction on both
+        conn.exec_driver_sql("ANALYZE")
 
 
 def is_current(engine: Engine) -> bool:

@@ -225,6 +225,23 @@ audit_checkpoints = Table(
     PrimaryKeyConstraint("tenant", "size"),
 )
 
+# Revoked access tokens (RFC 7009), durable; Redis holds a cache of the live ones (auth/replaystate.py).
+revoked_tokens = Table(
+    "revoked_tokens",
+    metadata,
+    Column("jti_sha256", String(64), primary_key=True),
+    Column("expires_at", BigInteger, nullable=False, index=True),
+)
+
+# Where each deployment's replay state (Redis) lives now and since when (the epoch rule).
+replay_epochs = Table(
+    "replay_epochs",
+    metadata,
+    Column("deployment", String(64), primary_key=True),
+    Column("run_id", String(64), nullable=False),
+    Column("began_at", BigInteger, nullable=False),
+)
+
 # The auditor console (sharing_api/console): auditor accounts, per-tenant rule settings, triage of rule
 # hits, and the result of the last server-side verification of each tenant's log.
 

@@ -371,7 +371,9 @@ def test_fifty_concurrent_uses_of_one_assertion(
 
 
 class _BrokenCache:
-    def claim(self, namespace: str, key: str, ttl_seconds: int) -> bool:
+    def claim(
+        self, namespace: str, key: str, ttl_seconds: int, *, acceptable_from: float | None = None
+    ) -> bool:
         raise StateUnavailable("replay cache unavailable")
 
 

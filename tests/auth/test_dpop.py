@@ -551,7 +551,9 @@ def test_redis_ttl_covers_window_plus_skew(
 
 
 class _BrokenCache:
-    def claim(self, namespace: str, key: str, ttl_seconds: int) -> bool:
+    def claim(
+        self, namespace: str, key: str, ttl_seconds: int, *, acceptable_from: float | None = None
+    ) -> bool:
         raise StateUnavailable("replay cache unavailable")
 
 

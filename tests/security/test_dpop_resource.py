@@ -30,7 +30,7 @@ from sharing_api.settings import Settings
 from tests.auth import factories
 from tests.security.helpers import Probe, Scene, b64url_decode, challenge_params
 
-REPLAY_KEY_PREFIX = "dho:replay:dpop:"  # RedisReplayCache prefix + the resource-server namespace
+REPLAY_KEY_PREFIX = "{dho}:replay:dpop:"  # RedisState key prefix (auth/replaystate.py) + the namespace
 
 
 def proof_refused(probe: Probe, proof: str, *, error: str = "invalid_dpop_proof") -> None:

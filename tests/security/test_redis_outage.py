@@ -127,14 +127,6 @@ def test_rel_01_write_is_not_stored_while_redis_is_down(
     assert eventually(lambda: write.send(write.headers()).status_code == 201)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: replay state does not survive a Redis restart. deploy/redis.conf runs Redis with no "
-        "persistence (save '', appendonly no) and auth/replay.py has no epoch rule, so a DPoP proof "
-        "accepted just before Redis restarts is accepted again after it returns (within its 71 s window)"
-    ),
-)
 def test_rel_01_proof_used_before_an_outage_is_not_accepted_again_after_recovery(
     outage_scene: Scene, redis_server: RedisServer
 ) -> None:
@@ -157,14 +149,6 @@ def test_rel_01_the_scene_talks_to_the_app_on_the_private_redis(
     assert outage_app.extensions["dho"].settings.redis_url == redis_server.url
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: revocations do not survive a Redis restart. RedisRevocationList (auth/revocation.py) keeps "
-        "revoked jti only in Redis and deploy/redis.conf has no persistence, so a token revoked through "
-        "/connect/revocation is accepted again after Redis restarts, until it expires"
-    ),
-)
 def test_rel_01_revoked_token_stays_revoked_after_recovery(
     outage_scene: Scene, redis_server: RedisServer
 ) -> None:

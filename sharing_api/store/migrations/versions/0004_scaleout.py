@@ -1,14 +1,14 @@
 """Durable revocations and replay epochs: state that survives Redis loss (auth/replaystate.py).
 
 Revision ID: 0004_scaleout
-Revises: 0004_perf
+Revises: 0004_fhir_write
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_scaleout"
-down_revision = "0004_perf"  # chained after main's 0004 migrations (merged before this branch)
+down_revision = "0004_fhir_write"  # after the other 0004 migrations, merged first
 branch_labels = None
 depends_on = None
 

@@ -1,14 +1,14 @@
 """The auditor console: auditor accounts, rule settings, triage, last verification (sharing_api/console).
 
 Revision ID: 0004_console
-Revises: 0004_fhir_write, 0004_scaleout
+Revises: 0004_scaleout
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_console"
-down_revision = ("0004_fhir_write", "0004_scaleout")  # also joins main's two 0004 heads
+down_revision = "0004_scaleout"  # chained after main's 0004 migrations (merged before this branch)
 branch_labels = None
 depends_on = None
 

@@ -7,6 +7,7 @@ Configuration comes from the same ``DHO_*`` environment as ``dho-share serve``; 
 import multiprocessing
 import os
 
+from sharing_api.metrics import use_multiprocess_dir, worker_exited
 from sharing_api.serving import require_safe_bind
 from sharing_api.settings import Settings
 
@@ -23,4 +24,8 @@ accesslog = None  # URLs are not logged here; the audit log records access
 errorlog = "-"
 loglevel = "error"  # gunicorn warnings quote whole malformed header lines, tokens included
 graceful_timeout = 10
+# Prometheus multiprocess mode (sharing_api/metrics.py): each worker writes its metrics into one directory
+# that /metrics sums; a dead worker's files are marked by child_exit.
+use_multiprocess_dir()
+child_exit = worker_exited
 timeout = 30

@@ -7,6 +7,7 @@ not read and then filtered.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -73,6 +74,8 @@ class AccessPolicy:
 
     def __init__(self, store: PolicyStore):
         self.store = store
+        #: told every decision (the ``/metrics`` counter of decisions by reason); set by ``create_app``
+        self.observer: Callable[[Decision], None] | None = None
 
     def decide_read(self, caller: Caller, tenant: TenantRecord, patient: tuple[str, str]) -> ReadDecision:
         consumer = caller.organisation or ""
@@ -97,4 +100,6 @@ class AccessPolicy:
                 opt_in=tenant.opt_in, emergency_overrides_reservation=tenant.emergency_override
             ),
         )
+        if self.observer is not None:
+            self.observer(decision)
         return ReadDecision(decision, scope_of(decision))

@@ -11,11 +11,12 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from flask import Flask, Response, current_app, g, request
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, NotFound
 
 from auth.external import IssuerDirectory, IssuerKeys, TrustedIssuer
 from auth.ratelimit import InMemoryRateLimiter, RateLimiter, RedisRateLimiter
@@ -36,7 +37,9 @@ from sharing_api.body_limit import BodyLimit
 from sharing_api.console import install_console
 from sharing_api.errors import AccessRefused, FhirError, Issue, ServiceUnavailable, operation_outcome
 from sharing_api.keyfiles import KeysetFile
+from sharing_api.metrics import CONTENT_TYPE, Metrics, authorised
 from sharing_api.publishing import Publisher
+from sharing_api.request_log import install_request_log, route_of_request
 from sharing_api.routes.common import fhir_response, json_response, request_info
 from sharing_api.searching import Searcher
 from sharing_api.services import Services
@@ -204,6 +207,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["dho"] = build_services(settings)
     app.wsgi_app = BodyLimit(app.wsgi_app, settings.max_body_bytes)  # type: ignore[method-assign]
+    metrics = Metrics()
+    app.extensions["dho_metrics"] = metrics
+    services: Services = app.extensions["dho"]
+    services.access.observer = metrics.observe_decision
+    services.auditor.timer = metrics.timing_audit_append
+    install_request_log(app)
 
     # audit_api and consents register their routes on the FHIR blueprint when imported.
     from sharing_api.routes import (  # noqa: F401
@@ -222,6 +231,25 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(token.bp)
     install_console(app, settings)
 
+    @app.get("/metrics")
+    def metrics_exposition() -> Response:
+        """Prometheus text format (sharing_api/metrics.py); 404 unless DHO_METRICS_TOKEN is set."""
+        token = settings.metrics_token
+        if token is None:
+            raise NotFound()
+        if not authorised(request.headers.get("Authorization"), token.get_secret_value()):
+            body = {"error": "invalid_token", "error_description": "/metrics needs the metrics bearer token"}
+            return json_response(body, 401, {"WWW-Authenticate": 'Bearer realm="metrics"'})
+        return Response(metrics.exposition(), 200, content_type=CONTENT_TYPE)
+
+    @app.after_request
+    def _count(response: Response) -> Response:
+        started = g.get("request_started")
+        if started is not None:
+            elapsed = time.perf_counter() - started
+            metrics.observe_request(route_of_request(), request.method, response.status_code, elapsed)
+        return response
+
     @app.before_request
     def _correlation() -> None:
         given = request.headers.get("X-Request-ID", "")
@@ -239,6 +267,9 @@ def create_app(settings: Settings | None = None) -> Flask:
                 return fhir_response(unavailable.outcome(), 503, {"Retry-After": str(DATABASE_RETRY_AFTER)})
         headers = dict(exc.headers)
         if exc.status == 503:
+            backend = _failed_backend(exc)
+            if backend is not None:
+                metrics.backend_errors.labels(backend).inc()
             headers.setdefault("Retry-After", str(DATABASE_RETRY_AFTER))
         return fhir_response(exc.outcome(), exc.status, headers)
 
@@ -263,6 +294,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         # ours, never a 500 (issue 13). Nothing was committed by this request (a commit that raised is
         # rolled back; a read commits its audit event before any data is sent).
         log.warning("database unavailable: %s", type(exc).__name__)
+        metrics.backend_errors.labels("database").inc()
         retry = {"Retry-After": str(DATABASE_RETRY_AFTER), "Cache-Control": "no-store"}
         if request.path.startswith("/connect/"):  # the token service speaks OAuth (RFC 6749 §5.2)
             body = {"error": "temporarily_unavailable", "error_description": "the database is unavailable"}
@@ -289,18 +321,30 @@ def create_app(settings: Settings | None = None) -> Flask:
         return response
 
     if settings.audit_sequencer_interval > 0:
-        _start_sequencer(app.extensions["dho"].audit_log, settings.audit_sequencer_interval)
+        _start_sequencer(services.audit_log, settings.audit_sequencer_interval, metrics)
     return app
 
 
-def _start_sequencer(log: AuditLog, interval: float) -> None:
+def _failed_backend(exc: BaseException) -> str | None:
+    """``redis`` or ``database`` when that is what the exception (or one it was raised from) came from."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, redis.RedisError):
+            return "redis"
+        if isinstance(seen, SQLAlchemyError):
+            return "database"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _start_sequencer(log: AuditLog, interval: float, metrics: Metrics) -> None:
     """Sequence and checkpoint the audit log in the background of this process (several processes may
     run it at once: each batch takes the tenant's head row lock). Errors are logged and retried."""
 
     def loop() -> None:
         while True:
             try:
-                sequencer.run(log, loop=True, interval=interval)
+                sequencer.run(log, loop=True, interval=interval, observe=metrics.observe_sequencer)
             except Exception as exc:  # the sequencer must outlive a database outage
                 log_error = logging.getLogger("dho_share.audit")
                 log_error.warning("audit sequencer paused: %s", type(exc).__name__)

@@ -8,7 +8,8 @@ body (a search's form), never writes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -113,11 +114,14 @@ class Auditor:
 
     def __init__(self, log: AuditLog):
         self.log = log
+        #: times each append (the ``/metrics`` histogram); set by ``create_app``
+        self.timer: Callable[[], AbstractContextManager[None]] = nullcontext
 
     def record_in(self, conn: Connection, facts: AuditFacts) -> None:
-        self.log.record(conn, facts)
+        with self.timer():
+            self.log.record(conn, facts)
 
     def record(self, facts: AuditFacts) -> None:
         """Record and commit now (before the response that it records is sent)."""
-        with self.log.engine.connect().execution_options(write=True) as conn, conn.begin():
+        with self.timer(), self.log.engine.connect().execution_options(write=True) as conn, conn.begin():
             self.log.record(conn, facts)

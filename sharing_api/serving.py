@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import shutil
 import socket
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from sharing_api.metrics import multiprocess_dir, use_multiprocess_dir, worker_exited
 from sharing_api.settings import Settings
 
 
@@ -45,7 +47,9 @@ class GunicornApp(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Any:
         from sharing_api.app import create_app
+        from sharing_api.request_log import configure_json_logging
 
+        configure_json_logging()
         return create_app(self.settings)
 
 
@@ -55,9 +59,12 @@ def serve(settings: Settings, host: str, port: int, workers: int, threads: int =
         raise SystemExit(
             "several workers share search sessions through Redis: set DHO_REDIS_URL or use --workers 1"
         )
+    chosen = multiprocess_dir()
+    directory = use_multiprocess_dir()
     GunicornApp(
         settings,
         {
+            "child_exit": worker_exited,
             "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
             "workers": workers,
             "threads": threads,
@@ -68,3 +75,5 @@ def serve(settings: Settings, host: str, port: int, workers: int, threads: int =
             "graceful_timeout": 5,
         },
     ).run()
+    if chosen is None:  # the directory made for this run
+        shutil.rmtree(directory, ignore_errors=True)

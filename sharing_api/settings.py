@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sharing_api.fhir.search import SearchLimits
@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     rate_limit: int = Field(default=6000, ge=1, description="Requests per client per minute before 429")
     console_session_timeout: int = Field(
         default=900, ge=30, le=43200, description="Idle seconds before an auditor console session ends"
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="Bearer token a Prometheus scrape of /metrics presents (unset: /metrics answers 404)",
     )
 
     @field_validator("database_url")

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, g, request
+from flask import Blueprint, Response, current_app, g, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from auth.server import (
@@ -26,6 +26,21 @@ from sharing_api.routes.common import json_response, services
 
 bp = Blueprint("token", __name__)
 FORM = "application/x-www-form-urlencoded"
+#: OAuth error codes a refusal is counted under (RFC 6749 §5.2, RFC 9449 §12.2); anything else: "other"
+OAUTH_ERRORS = frozenset(
+    {
+        "invalid_request",
+        "invalid_client",
+        "invalid_grant",
+        "unauthorized_client",
+        "unsupported_grant_type",
+        "invalid_scope",
+        "invalid_dpop_proof",
+        "use_dpop_nonce",
+        "temporarily_unavailable",
+        "server_error",
+    }
+)
 
 
 def _request(path: str) -> TokenRequest:
@@ -53,6 +68,11 @@ def _audit_token(response: TokenResponse) -> None:
     if issued:
         payload = str(response.body["access_token"]).split(".")[1]
         claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        g.token_client_id = claims.get("client_id")  # the request log line's client (issued only)
+    error = str(response.body.get("error", ""))
+    metrics = current_app.extensions.get("dho_metrics")
+    if metrics is not None:
+        metrics.observe_token(issued, error if error in OAUTH_ERRORS else "other")
     facts = AuditFacts(
         action=AuditAction.TOKEN_ISSUE if issued else AuditAction.TOKEN_REFUSED,
         outcome=Outcome.SUCCESS if issued else Outcome.MINOR_FAILURE,

@@ -14,6 +14,7 @@ ROUTES = {
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/openapi.json"),
+    ("GET", "/metrics"),  # Prometheus, only with DHO_METRICS_TOKEN (tests/api/test_metrics.py)
     ("GET", "/<orgnr>/fhir/metadata"),
     ("POST", "/<orgnr>/fhir"),
     ("POST", "/<orgnr>/fhir/Observation"),

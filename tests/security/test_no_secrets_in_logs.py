@@ -29,6 +29,7 @@ from sqlalchemy import select
 from auth.client import ASSERTION_TYPE, DhoClient, attestation, client_assertion, dpop_proof
 from auth.server import INTROSPECTION_PATH, REVOCATION_PATH
 from sharing_api.fhir.identifiers import FNR
+from sharing_api.request_log import REQUEST_LOG, json_formatter
 from sharing_api.services import Services
 from sharing_api.settings import Settings
 from sharing_api.store.observations import ObservationStore
@@ -107,7 +108,25 @@ def log_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
         lines.append(record.getMessage())
         lines.append(repr(record.args))
         lines.append(record.exc_text or "")
+        lines.append(json_formatter().format(record))  # with the request log's fields (``extra``)
+        lines.append(repr(vars(record)))
     return lines
+
+
+def rule_of(app: Flask, method: str, path: str) -> str:
+    """The URL rule Flask matches for ``path`` (what the request log names instead of the path)."""
+    return str(app.url_map.bind("localhost").match(path, method, return_rule=True)[0].rule)
+
+
+def request_lines(lines: Iterable[str]) -> list[dict[str, Any]]:
+    """The request log's JSON lines (sharing_api/request_log.py) among ``lines``."""
+    found = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            parsed = json.loads(line)
+            if isinstance(parsed, dict) and parsed.get("name") == REQUEST_LOG.name:
+                found.append(parsed)
+    return found
 
 
 def run_app_scenario(app: Flask, client: ApiClient, services: Services, monkeypatch: Any) -> Secrets:
@@ -177,7 +196,14 @@ def test_no_secrets_in_app_logs(
     caplog.set_level(logging.DEBUG)  # the root logger, everything
     secrets = run_app_scenario(app, client, services, monkeypatch)
     assert any("unhandled RuntimeError" in r.getMessage() for r in caplog.records), "the 500 was not logged"
-    assert secrets.found_in(log_lines(caplog)) == []
+    lines = log_lines(caplog)
+    logged = request_lines(lines)
+    routes = {(line["method"], line["route"], line["status"]) for line in logged}
+    assert ("POST", rule_of(app, "POST", "/connect/token"), 200) in routes
+    assert ("POST", rule_of(app, "POST", f"{BASE}/Observation/_search"), 200) in routes
+    assert ("POST", rule_of(app, "POST", f"{BASE}/Observation"), 201) in routes
+    assert any(line["status"] == 500 for line in logged), "the crashed request has its line"
+    assert secrets.found_in(lines) == []
 
 
 def _strings(value: Any) -> Iterator[str]:
@@ -212,6 +238,7 @@ def test_no_credentials_or_measurements_in_the_audit_log(
 
 @pytest.mark.slow
 def test_no_secrets_in_gunicorn_stderr_or_client_logs(
+    app: Flask,
     client: ApiClient,
     settings: Settings,
     services: Services,
@@ -273,6 +300,15 @@ def test_no_secrets_in_gunicorn_stderr_or_client_logs(
             assert session.post(url, data=form, headers=big, timeout=10).status_code == 431
     assert len(secrets.items) > 20
     server_lines = log.read_text(errors="replace").splitlines()
+    logged = request_lines(server_lines)
+    search = rule_of(app, "POST", f"{BASE}/Observation/_search")
+    assert {(line["method"], line["route"], line["status"]) for line in logged} >= {
+        ("POST", rule_of(app, "POST", "/connect/token"), 200),
+        ("POST", rule_of(app, "POST", f"{BASE}/Observation"), 201),
+        ("POST", search, 200),
+        ("POST", search, 401),
+    }, "one JSON line per request"
+    assert all(line["request_id"] and len(line["trace_id"]) == 32 for line in logged)
     assert secrets.found_in(server_lines) == []
     assert secrets.found_in(log_lines(caplog)) == []
 

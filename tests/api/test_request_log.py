@@ -1,0 +1,134 @@
+"""One JSON line per request with the request id, the W3C trace context, the route (its URL rule), status,
+latency, client and tenant (issue 9, "The operator"; W3C Trace Context §3.2)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+
+import pytest
+from flask import Flask
+
+from sharing_api.fhir.identifiers import FNR
+from sharing_api.request_log import REQUEST_LOG, configure_json_logging, json_formatter
+from tests.api_client import ApiClient
+from tests.conftest import TENANT_A
+from tests.factories import fnr, heart_rate
+
+BASE = f"/{TENANT_A}/fhir"
+
+
+def request_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == REQUEST_LOG.name]
+
+
+def rule_of(app: Flask, method: str, path: str) -> str:
+    """The URL rule Flask matches for ``path``: the expected ``route`` comes from the app's url_map."""
+    rule, _ = app.url_map.bind("localhost").match(path.split("?")[0], method, return_rule=True)
+    return str(rule.rule)
+
+
+def test_one_line_per_request_with_rule_status_client_and_tenant(
+    app: Flask, client: ApiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=REQUEST_LOG.name)
+    patient = fnr()
+    created = client.post(f"{BASE}/Observation", json=heart_rate(patient))
+    assert created.status_code == 201
+    path = f"{BASE}/Observation/{created.get_json()['id']}"
+    caplog.clear()
+    read = client.get(path)
+    assert read.status_code == 200
+    token_line, line = request_records(caplog)  # the client fetched a token first
+    assert token_line.route == "/connect/token"  # type: ignore[attr-defined]
+    assert line.route == rule_of(app, "GET", path)  # type: ignore[attr-defined]
+    assert line.route != path  # type: ignore[attr-defined]
+    assert line.method == "GET"  # type: ignore[attr-defined]
+    assert line.status == 200  # type: ignore[attr-defined]
+    assert line.latency_ms >= 0  # type: ignore[attr-defined]
+    assert line.client_id == "hospital"  # type: ignore[attr-defined]
+    assert line.tenant == TENANT_A  # type: ignore[attr-defined]
+    assert line.request_id == read.headers["X-Request-ID"]  # type: ignore[attr-defined]
+    formatted = json.loads(json_formatter().format(line))
+    assert formatted["route"] == rule_of(app, "GET", path)
+
+
+def test_token_request_logs_the_issued_client(client: ApiClient, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=REQUEST_LOG.name)
+    assert client.token_response(client.parties["hospital"]).status_code == 200
+    (line,) = request_records(caplog)
+    assert (line.route, line.status, line.client_id) == ("/connect/token", 200, "hospital")  # type: ignore[attr-defined]
+
+
+def test_valid_traceparent_keeps_its_trace_and_returns_a_new_span(
+    client: ApiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=REQUEST_LOG.name)
+    trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+    response = client.flask.get("/healthz", headers={"traceparent": f"00-{trace_id}-{parent}-01"})
+    version, returned_trace, span, flags = response.headers["traceparent"].split("-")
+    assert (version, returned_trace, flags) == ("00", trace_id, "01")
+    assert span != parent
+    assert len(span) == 16
+    assert span != "0" * 16
+    (line,) = request_records(caplog)
+    assert (line.trace_id, line.span_id) == (trace_id, span)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "00-" + "0" * 32 + "-00f067aa0ba902b7-01",  # all-zero trace id
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-" + "0" * 16 + "-01",  # all-zero parent id
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  # forbidden version
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",  # upper case
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",  # version 00 is 55 chars
+        "garbage",
+    ],
+)
+def test_invalid_traceparent_is_replaced(client: ApiClient, header: str) -> None:
+    response = client.flask.get("/healthz", headers={"traceparent": header})
+    returned = response.headers["traceparent"]
+    assert returned.split("-")[1] not in header
+    assert len(returned) == 55
+    assert returned.split("-")[1] != "0" * 32
+
+
+def test_a_number_in_the_path_is_logged_as_the_rule(
+    app: Flask, client: ApiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=REQUEST_LOG.name)
+    patient = fnr()
+    for path in (f"{BASE}/Observation/{patient}", f"/{patient}/fhir/Observation", f"/nowhere/{patient}"):
+        client.get(path, patient=patient)
+    lines = [r for r in request_records(caplog) if r.route != "/connect/token"]  # type: ignore[attr-defined]
+    assert len(lines) == 3
+    assert [r.route for r in lines] == [  # type: ignore[attr-defined]
+        rule_of(app, "GET", f"{BASE}/Observation/{patient}"),
+        rule_of(app, "GET", f"/{patient}/fhir/Observation"),
+        "unmatched",
+    ]
+    dumped = [json.loads(json_formatter().format(r)) for r in lines]
+    assert patient not in json.dumps(dumped)
+    assert f"{FNR}|" not in json.dumps(dumped)
+
+
+def test_json_logging_writes_one_json_line(capsys: pytest.CaptureFixture[str]) -> None:
+    logger = logging.getLogger("dho_share")
+    before = (list(logger.handlers), logger.level, logger.propagate)
+    try:
+        configure_json_logging()
+        configure_json_logging()  # idempotent: one handler
+        assert sum(getattr(h, "dho_json", False) for h in logger.handlers) == 1
+        REQUEST_LOG.info("request", extra={"route": "/x", "status": 204})
+        (line,) = capsys.readouterr().err.splitlines()
+        parsed = json.loads(line)
+        assert (parsed["message"], parsed["route"], parsed["status"], parsed["name"]) == (
+            "request",
+            "/x",
+            204,
+            REQUEST_LOG.name,
+        )
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = before

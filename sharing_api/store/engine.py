@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -41,8 +43,14 @@ def normalise_url(url: str) -> str:
 
 
 def _ensure_sqlite_dir(url: str) -> None:
+    """Make a SQLite file's directory, and the file itself with mode 0600 when it does not exist yet
+    (it holds health data; SQLite gives its -wal and -shm files the database file's mode)."""
     if url.startswith("sqlite") and ":memory:" not in url and "///" in url:
-        Path(url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(url.split("///", 1)[1].split("?", 1)[0])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.name.startswith("file:"):
+            with contextlib.suppress(FileExistsError):  # an existing file keeps its mode
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:

@@ -109,6 +109,12 @@ class Settings(BaseSettings):
         description="Bearer token a Prometheus scrape of /metrics presents (unset: /metrics answers 404)",
     )
 
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        """``DHO_METRICS_TOKEN=`` (empty, as compose passes an unset variable) means no metrics."""
+        return None if value == "" else value
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:

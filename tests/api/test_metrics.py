@@ -71,9 +71,19 @@ def test_metrics_are_not_served_without_a_configured_token(client: ApiClient) ->
     assert client.flask.get("/metrics", headers={"Authorization": "Bearer anything"}).status_code == 404
 
 
-@pytest.mark.parametrize("header", [None, "Bearer wrong-token", f"Basic {TOKEN}", f"Bearer {TOKEN}x", TOKEN])
-def test_unauthenticated_scrape_is_refused(metered: tuple[Flask, ApiClient], header: str | None) -> None:
+REFUSED_AUTHORIZATION = {
+    "missing": None,
+    "wrong token": "Bearer wrong-token",
+    "basic scheme": f"Basic {TOKEN}",
+    "token plus one": f"Bearer {TOKEN}x",
+    "no scheme": TOKEN,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(REFUSED_AUTHORIZATION))  # ids stable across xdist workers
+def test_unauthenticated_scrape_is_refused(metered: tuple[Flask, ApiClient], kind: str) -> None:
     _, client = metered
+    header = REFUSED_AUTHORIZATION[kind]
     headers = {"Authorization": header} if header is not None else {}
     response = client.flask.get("/metrics", headers=headers)
     assert response.status_code == 401

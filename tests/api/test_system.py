@@ -51,6 +51,28 @@ ROUTES = {
     ("GET", "/.well-known/openid-configuration"),
     ("GET", "/.well-known/oauth-authorization-server"),
     ("GET", "/.well-known/openid-configuration/jwks"),
+    # the auditor console (sharing_api/console/, its session login: tests/console/)
+    ("GET", "/console/"),
+    ("GET", "/console/api/daily"),
+    ("GET", "/console/events"),
+    ("GET", "/console/events/<int:seq>"),
+    ("GET", "/console/integrity"),
+    ("GET", "/console/login"),
+    ("GET", "/console/organisations"),
+    ("GET", "/console/patient"),
+    ("GET", "/console/report"),
+    ("GET", "/console/review"),
+    ("GET", "/console/static/<path:filename>"),
+    ("GET", "/console/workers"),
+    ("GET", "/console/workers/<hpr>"),
+    ("POST", "/console/events"),
+    ("POST", "/console/events.csv"),
+    ("POST", "/console/integrity/verify"),
+    ("POST", "/console/login"),
+    ("POST", "/console/logout"),
+    ("POST", "/console/patient"),
+    ("POST", "/console/patient.pdf"),
+    ("POST", "/console/review/triage"),
 }
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from auth.caller import Caller
 from sharing_api.audit.actions import AuditAction, Outcome
 from sharing_api.auditing import RequestInfo, audit_facts
-from sharing_api.errors import NotFound, ServiceUnavailable
+from sharing_api.errors import InvalidResource, NotFound, ServiceUnavailable
 from sharing_api.fhir.body import parse_json
 from sharing_api.services import Services
 from sharing_api.store.tenants import TenantRecord
@@ -63,6 +63,17 @@ def json_body() -> Any:
 MAX_AUDITED_QUERY = 8192
 """Bytes of a request line, and of a search's form body, kept in the audit record: a hostile request of
 megabytes (refused or not) never becomes megabytes in the append-only log."""
+
+
+def require_id_of_url(body: Any, resource_id: str, resource_type: str) -> None:
+    """An update's body must carry the id of its URL (FHIR R4 §3.1.0.4 "update": 400 when ``id`` is
+    missing or differs). Bodies that are not objects are left to the resource's own validation."""
+    if not isinstance(body, dict):
+        return
+    if "id" not in body:
+        raise InvalidResource("an update must carry the resource id of the URL", f"{resource_type}.id")
+    if body["id"] != resource_id:
+        raise InvalidResource("the resource id must match the id in the URL", f"{resource_type}.id")
 
 
 def bounded(raw: bytes, limit: int = MAX_AUDITED_QUERY) -> bytes:

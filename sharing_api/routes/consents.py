@@ -23,7 +23,16 @@ from sharing_api.audit.actions import AuditAction
 from sharing_api.errors import Forbidden, NotFound
 from sharing_api.fhir.dates import format_instant
 from sharing_api.fhir.search import parse_patient_search, refuse_pii_in_url
-from sharing_api.routes.common import audit, caller, fhir_response, json_body, services, tenant, tenant_base
+from sharing_api.routes.common import (
+    audit,
+    caller,
+    fhir_response,
+    json_body,
+    require_id_of_url,
+    services,
+    tenant,
+    tenant_base,
+)
 from sharing_api.routes.observations import bp
 from sharing_api.searching import searchset
 from sharing_api.store.policy import StoredDirective
@@ -103,11 +112,8 @@ def consent_update(directive_id: str) -> Response:
     current = store.parse(orjson.loads(_existing(directive_id).data), directive_id)
     _may_record(current)
     resource: Any = json_body()
-    _may_record(
-        store.parse(
-            {**resource, "id": directive_id} if isinstance(resource, dict) else resource, directive_id
-        )
-    )
+    require_id_of_url(resource, directive_id, "Consent")
+    _may_record(store.parse(resource, directive_id))
     stored, _ = store.update_directive(
         tenant().orgnr, directive_id, resource, _audited(AuditAction.CONSENT_UPDATE)
     )

@@ -39,6 +39,7 @@ from sharing_api.routes.common import (
     json_body,
     prefers_strict,
     requester,
+    require_id_of_url,
     services,
     tenant,
     tenant_base,
@@ -213,11 +214,7 @@ def _put_body(obs_id: str) -> Any:
     """The body of a PUT, which must carry the id of the URL (FHIR R4 §3.1.0.4 "update")."""
     body = json_body()
     _refuse_labels(body)
-    if isinstance(body, dict):
-        if "id" not in body:
-            raise InvalidResource("an update must carry the resource id of the URL", "Observation.id")
-        if body["id"] != obs_id:
-            raise InvalidResource("the resource id must match the id in the URL", "Observation.id")
+    require_id_of_url(body, obs_id, "Observation")
     return body
 
 

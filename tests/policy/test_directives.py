@@ -162,11 +162,37 @@ def test_a_directive_keeps_its_patient(client: ApiClient) -> None:
     assert response.status_code == 422
 
 
+@pytest.mark.parametrize(
+    ("body_id", "message"),
+    [(None, "must carry the resource id"), ("another-id", "must match the id in the URL")],
+)
+def test_an_update_carries_the_id_of_its_url(
+    client: ApiClient, services: Services, body_id: str | None, message: str
+) -> None:
+    patient = fnr()
+    directive = record(client, reservation(patient))
+    changed = directive_to_fhir(reservation(patient, HOSPITAL))
+    changed.pop("id", None)
+    if body_id is not None:
+        changed["id"] = body_id
+    versions = _directive_versions(services)
+
+    response = _as_controller(client, "PUT", f"{CONSENT}/{directive}", json=changed)
+
+    assert response.status_code == 400
+    issue = response.get_json()["issue"][0]
+    assert issue["expression"] == ["Consent.id"]
+    assert message in issue["diagnostics"]
+    assert _directive_versions(services) == versions
+
+
 def test_a_directive_keeps_its_kind(client: ApiClient) -> None:
     patient = fnr()
     directive = record(client, reservation(patient))
 
-    response = _as_controller(client, "PUT", f"{CONSENT}/{directive}", json=directive_to_fhir(block(patient)))
+    changed = {**directive_to_fhir(block(patient)), "id": directive}
+
+    response = _as_controller(client, "PUT", f"{CONSENT}/{directive}", json=changed)
 
     assert response.status_code == 422
 
@@ -245,7 +271,11 @@ def test_patient_may_not_turn_a_reservation_into_a_consent(client: ApiClient, se
     versions = _directive_versions(services)
 
     response = _as_patient(
-        client, patient, "PUT", f"{CONSENT}/{directive}", json=directive_to_fhir(consent(patient))
+        client,
+        patient,
+        "PUT",
+        f"{CONSENT}/{directive}",
+        json={**directive_to_fhir(consent(patient)), "id": directive},
     )
 
     assert response.status_code == 403
@@ -336,7 +366,7 @@ def test_az06_hospital_may_not_modify_a_directive(client: ApiClient, services: S
     patient = fnr()
     directive = record(client, reservation(patient))
     versions = _directive_versions(services)
-    lifted = {**directive_to_fhir(reservation(patient)), "status": "inactive"}
+    lifted = {**directive_to_fhir(reservation(patient)), "id": directive, "status": "inactive"}
 
     response = as_system(
         client, _hospital_with_consent_scopes(client), "PUT", f"{CONSENT}/{directive}", json=lifted

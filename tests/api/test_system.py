@@ -50,6 +50,28 @@ ROUTES = {
     ("GET", "/.well-known/openid-configuration"),
     ("GET", "/.well-known/oauth-authorization-server"),
     ("GET", "/.well-known/openid-configuration/jwks"),
+    # The auditor console (tests/console/: every page but login and static files needs a session).
+    ("GET", "/console/"),
+    ("GET", "/console/api/daily"),
+    ("GET", "/console/events"),
+    ("POST", "/console/events"),
+    ("POST", "/console/events.csv"),
+    ("GET", "/console/events/<int:seq>"),
+    ("GET", "/console/integrity"),
+    ("POST", "/console/integrity/verify"),
+    ("GET", "/console/login"),
+    ("POST", "/console/login"),
+    ("POST", "/console/logout"),
+    ("GET", "/console/organisations"),
+    ("GET", "/console/patient"),
+    ("POST", "/console/patient"),
+    ("POST", "/console/patient.pdf"),
+    ("GET", "/console/report"),
+    ("GET", "/console/review"),
+    ("POST", "/console/review/triage"),
+    ("GET", "/console/static/<path:filename>"),
+    ("GET", "/console/workers"),
+    ("GET", "/console/workers/<hpr>"),
 }
 
 

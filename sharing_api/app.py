@@ -229,7 +229,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(agreements.bp)
     app.register_blueprint(system.bp)
     app.register_blueprint(token.bp)
-    install_console(app, settings)
+    install_console(app, settings, app.extensions["dho"].redis_client)
 
     @app.get("/metrics")
     def metrics_exposition() -> Response:

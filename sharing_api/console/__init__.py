@@ -4,7 +4,8 @@ API. ``install_console`` registers the blueprint (``views``) and its session sto
 
 from __future__ import annotations
 
-import redis
+from typing import Any
+
 from flask import Flask
 
 from sharing_api.settings import Settings
@@ -12,12 +13,11 @@ from sharing_api.settings import Settings
 __all__ = ["install_console"]
 
 
-def install_console(app: Flask, settings: Settings) -> None:
+def install_console(app: Flask, settings: Settings, redis_client: Any) -> None:
+    """Register the console. ``redis_client`` is the app's one Redis client (standalone, Sentinel
+    master or Cluster; ``None`` without Redis), so login sessions follow a failover like the rest."""
     from sharing_api.console.sessions import ConsoleSessions
     from sharing_api.console.views import bp
 
-    client = None
-    if settings.redis_url:
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
-    app.extensions["dho_console_sessions"] = ConsoleSessions(client, settings.console_session_timeout)
+    app.extensions["dho_console_sessions"] = ConsoleSessions(redis_client, settings.console_session_timeout)
     app.register_blueprint(bp)

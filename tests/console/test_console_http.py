@@ -49,11 +49,33 @@ def _count(services: Services, tenant: str, action: AuditAction) -> int:
     return len(rows)
 
 
+def _every_console_route(console: FlaskClient) -> list[tuple[str, str]]:
+    """Every (method, path) the console serves, from the app's own route map, with sample arguments."""
+    samples = {"seq": "1", "hpr": "9144900"}
+    routes = []
+    for rule in console.application.url_map.iter_rules():
+        if not rule.rule.startswith("/console/") or rule.endpoint.endswith("static"):
+            continue
+        path = rule.rule
+        for name in rule.arguments:
+            path = re.sub(rf"<(?:[a-z]+:)?{name}>", samples[name], path)
+        routes += [(m, path) for m in sorted(rule.methods or ()) if m not in ("HEAD", "OPTIONS")]
+    return routes
+
+
 def test_pages_need_a_login_and_a_wrong_password_gets_none(console: FlaskClient) -> None:
     for page in PAGES:
         response = console.get(page)
         assert response.status_code == 302
         assert response.headers["Location"].endswith("/console/login")
+    for method, path in _every_console_route(console):
+        if path == "/console/login":
+            continue
+        response = console.open(path, method=method)
+        # without a session: sent to the login page, or (a POST) refused before anything is done
+        assert response.status_code in (302, 400, 403), (method, path, response.status_code)
+        if response.status_code == 302:
+            assert response.headers["Location"].endswith("/console/login"), (method, path)
     bad = console.post("/console/login", data={"username": AUDITOR_A, "password": "wrong password!"})
     assert bad.status_code == 401
     assert console.get("/console/").status_code == 302

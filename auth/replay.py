@@ -180,8 +180,9 @@ class NonceSource:
     :param secret: at least 32 random bytes, shared by all workers; keep it out of the repository.
     :param audience: e.g. ``"token-endpoint"`` or ``"resource"``.
     :param window_seconds: rotation period; default 300 s (a nonce lives 5-10 minutes).
-    :param generation: the replay state's current epoch (:attr:`auth.replaystate.RedisState.generation`);
-        part of the MAC, so a Redis restart or failover rotates every nonce (issue 13 item 1).
+    :param generation: the replay state's current epoch
+        (:meth:`auth.replaystate.RedisState.current_generation`); part of the MAC,
+        so a Redis restart or failover rotates every nonce (issue 13 item 1).
     """
 
     def __init__(

@@ -122,10 +122,15 @@ _RUN_ID = """return string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')""
 class EpochLedger(Protocol):
     """Durable record (SQL) of the replay epochs of each deployment."""
 
-    def begin_epoch(self, deployment: str, run_id: str, now: float) -> float:
+    def begin_epoch(self, deployment: str, run_id: str, now: float, start: Callable[[float], None]) -> float:
         """Record that ``deployment``'s replay state now lives in the server ``run_id``; return the
         second from which values are admitted: ``0.0`` for the deployment's first epoch ever, else
-        ``now`` (a reset: the state was lost, whatever the reason)."""
+        ``now`` (a reset: the state was lost, whatever the reason).
+
+        ``start(began)`` writes the epoch to Redis; it is called while the record is locked, so the
+        epoch starts of one deployment are serialised (two workers that find the same empty Redis at
+        once: the second one's reset epoch must not overtake the first epoch in Redis). The record is
+        kept even when ``start`` raises (it re-raises after the commit): the epoch may be in Redis."""
         ...
 
 
@@ -267,6 +272,18 @@ class RedisState:
             self._start_epoch(_text(reply[1]))
         raise StateUnavailable("the replay state keeps being reset")
 
+    def current_generation(self) -> str:
+        """:attr:`generation` for the nonce MAC; a process that has not seen the epoch yet reads it
+        (one admission without a claim, starting the epoch if there is none) instead of using ``""``.
+        Otherwise a fresh worker would issue or check nonces under another generation than a worker
+        that has admitted a request, and refuse the nonces of the other.
+
+        :raise StateUnavailable: Redis or the ledger failed.
+        """
+        if not self.generation:
+            self.admit()
+        return self.generation
+
     def revoke(self, jti: str, expires_at: float) -> None:
         """Revoke ``jti`` until ``expires_at`` (grace included): SQL first, then the Redis cache.
 
@@ -305,17 +322,25 @@ class RedisState:
 
     def _start_epoch(self, run_id: str) -> None:
         now = self._clock()
+
+        def start(began: float) -> None:
+            try:
+                live = self._revocations.live(now)
+            except Exception as err:  # the ledger is SQL; any failure there must fail closed
+                raise StateUnavailable("the durable replay ledger is unavailable") from err
+            keys = [self.epoch_key] + [f"{self._prefix}revoked:{digest}" for digest, _ in live]
+            args = [repr(float(began))] + [max(1, math.ceil(expires - now)) for _, expires in live]
+            try:
+                self._begin(keys=keys, args=args)
+            except redis.exceptions.RedisError as err:
+                raise StateUnavailable("replay state unavailable") from err
+
         try:
-            began = self._ledger.begin_epoch(self._deployment, run_id, now)
-            live = self._revocations.live(now)
+            self._ledger.begin_epoch(self._deployment, run_id, now, start)
+        except StateUnavailable:
+            raise
         except Exception as err:  # the ledger is SQL; any failure there must fail closed
             raise StateUnavailable("the durable replay ledger is unavailable") from err
-        keys = [self.epoch_key] + [f"{self._prefix}revoked:{digest}" for digest, _ in live]
-        args = [repr(float(began))] + [max(1, math.ceil(expires - now)) for _, expires in live]
-        try:
-            self._begin(keys=keys, args=args)
-        except redis.exceptions.RedisError as err:
-            raise StateUnavailable("replay state unavailable") from err
 
 
 def _text(value: Any) -> str:

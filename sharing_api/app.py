@@ -114,7 +114,7 @@ def _token_protection(
     as_nonce = rs_nonce = None
     if settings.dpop_nonce:
         secret = keyset.derived_secret("dpop-nonce")
-        generation = (lambda: state.generation) if state is not None else str
+        generation = state.current_generation if state is not None else str
         as_nonce = NonceSource(secret, audience="token-endpoint", generation=generation)
         rs_nonce = NonceSource(secret, audience="resource", generation=generation)
     tokens = TokenService(

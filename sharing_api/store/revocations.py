@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -54,29 +54,43 @@ class RevocationLedger:
             ).all()
         return [(str(digest), float(expires)) for digest, expires in rows]
 
-    def begin_epoch(self, deployment: str, run_id: str, now: float) -> float:
+    def begin_epoch(self, deployment: str, run_id: str, now: float, start: Callable[[float], None]) -> float:
         """See :meth:`auth.replaystate.EpochLedger.begin_epoch`; the start is rounded up to a second.
 
         Any epoch after the deployment's first is a reset, even on the same ``run_id`` (an epoch key
         that vanished from a running server, e.g. after ``FLUSHALL``, lost the claims with it).
+        ``start`` runs inside the write transaction (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: the new
+        row's unique-key lock or the existing row's lock), so concurrent starters queue: a worker that
+        loses the race for the first epoch starts its reset epoch only after the first one is in Redis
+        (where the Redis script keeps it), never before it.
         """
         began = math.ceil(now)
-        with self._engine.begin() as conn:
+        failure: BaseException | None = None
+        with self._engine.connect().execution_options(write=True) as conn, conn.begin():
             known = conn.execute(
                 select(replay_epochs.c.deployment).where(replay_epochs.c.deployment == deployment)
             ).first()
+            first = False
             if known is None:
                 try:
                     with conn.begin_nested():
                         conn.execute(
                             insert(replay_epochs).values(deployment=deployment, run_id=run_id, began_at=0)
                         )
-                    return 0.0
+                    first = True
                 except IntegrityError:  # another worker recorded the first epoch at the same moment
                     pass
-            conn.execute(
-                update(replay_epochs)
-                .where(replay_epochs.c.deployment == deployment)
-                .values(run_id=run_id, began_at=began)
-            )
-            return float(began)
+            if not first:
+                conn.execute(
+                    update(replay_epochs)
+                    .where(replay_epochs.c.deployment == deployment)
+                    .values(run_id=run_id, began_at=began)
+                )
+            result = 0.0 if first else float(began)
+            try:
+                start(result)
+            except BaseException as err:  # commit the record anyway: the epoch may be in Redis
+                failure = err
+        if failure is not None:
+            raise failure
+        return result

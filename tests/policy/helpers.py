@@ -234,13 +234,13 @@ def diagnostics(response: TestResponse) -> str:
 
 _UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _CURSOR = re.compile(rb"_cursor=[A-Za-z0-9_-]+")
-_VOLATILE_HEADERS = frozenset({"date", "x-request-id"})
+_VOLATILE_HEADERS = frozenset({"date", "x-request-id", "traceparent"})
 
 
 def shape(response: TestResponse) -> tuple[int, list[tuple[str, str]], bytes]:
     """What a client can observe of an answer, with the volatile parts (resource ids, paging cursors)
-    replaced by placeholders: status, headers (all but ``Date`` and the per-request ``X-Request-ID``)
-    and the body bytes."""
+    replaced by placeholders: status, headers (all but ``Date`` and the per-request ``X-Request-ID``
+    and W3C ``traceparent``) and the body bytes."""
     body = _CURSOR.sub(b"_cursor=<cursor>", _UUID.sub(b"<id>", response.data))
     headers = sorted((k, v) for k, v in response.headers.items() if k.lower() not in _VOLATILE_HEADERS)
     return response.status_code, headers, body

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 import warnings
 from collections.abc import Iterator
@@ -324,9 +325,21 @@ def test_dpop_10_normalised_htu_on_a_write(scene: Scene) -> None:
 # --- DPOP-11 ---------------------------------------------------------------------------------------
 
 
+def _seconds_from_now(offset: int, *, outward: bool) -> int:
+    """A whole-second ``iat`` ``offset`` seconds from now, rounded away from now (``outward``) or towards it.
+
+    ``int(time.time()) + 11`` can be as little as 10.01 s ahead, and the server reads its clock a moment
+    later still: inside a 10 s skew. Rounding the right way keeps each case on its side of the window.
+    """
+    now = time.time()
+    away_from_now = math.ceil if offset > 0 else math.floor
+    towards_now = math.floor if offset > 0 else math.ceil
+    return int((away_from_now if outward else towards_now)(now)) + offset
+
+
 @pytest.mark.parametrize("offset", [-3600, -61, 61, 3600, 11])
 def test_dpop_11_iat_outside_the_window_is_refused(probe: Probe, offset: int) -> None:
-    proof_refused(probe, probe.proof(iat=int(time.time()) + offset))
+    proof_refused(probe, probe.proof(iat=_seconds_from_now(offset, outward=True)))
 
 
 @pytest.mark.parametrize("iat", ["now", None, True, "NaN"], ids=["string", "null", "bool", "nan-string"])
@@ -336,7 +349,7 @@ def test_dpop_11_non_numeric_iat_is_refused(probe: Probe, iat: Any) -> None:
 
 @pytest.mark.parametrize("offset", [-10, 0, 10])
 def test_dpop_11_iat_within_ten_seconds_is_accepted(probe: Probe, offset: int) -> None:
-    response = probe.send(probe.headers(proof=probe.proof(iat=int(time.time()) + offset)))
+    response = probe.send(probe.headers(proof=probe.proof(iat=_seconds_from_now(offset, outward=False))))
     assert response.status_code == (201 if probe.kind == "write" else 200)
 
 

@@ -89,7 +89,15 @@ class AccessPolicy:
             point_of_care=caller.point_of_care if caller.point_of_care != consumer else None,
             practitioner_hpr=caller.practitioner_hpr,
         )
-        agreements, directives = self.store.decision_records(tenant.orgnr, consumer, patient)
+        decision = self.decide(request, tenant)
+        return ReadDecision(decision, scope_of(decision))
+
+    def decide(self, request: AccessRequest, tenant: TenantRecord) -> Decision:
+        """``consent.decide`` for ``request`` against the controller's stored records, fresh (no cache).
+
+        Reads and subscriptions (at creation and at every delivery) decide alike."""
+        patient = (request.patient.system, request.patient.value)
+        agreements, directives = self.store.decision_records(tenant.orgnr, request.consumer, patient)
         decision = decide(
             request,
             agreements=agreements,
@@ -102,4 +110,4 @@ class AccessPolicy:
         )
         if self.observer is not None:
             self.observer(decision)
-        return ReadDecision(decision, scope_of(decision))
+        return decision

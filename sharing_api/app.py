@@ -51,6 +51,9 @@ from sharing_api.store.observations import ObservationStore
 from sharing_api.store.policy import PolicyStore
 from sharing_api.store.revocations import RevocationLedger, deployment_name
 from sharing_api.store.tenants import TenantDirectory
+from sharing_api.subscriptions.delivery import Backoff, DeliveryWorker, ResourceLoader, Sender
+from sharing_api.subscriptions.service import Notifications
+from sharing_api.subscriptions.store import SubscriptionStore
 
 log = logging.getLogger("dho_share")
 #: ``Retry-After`` seconds when the database cannot be reached (a failover takes about 1-5 s).
@@ -174,13 +177,41 @@ def build_services(settings: Settings) -> Services:
         signer=AuditSigner.load_or_create(settings.audit_key_path),
         origin=settings.audit_log_origin,
     )
+    protection = _token_protection(settings, client, registry, engine)
+    publisher = Publisher(observations, max_entries=settings.max_bundle_entries)
+    tenants = TenantDirectory(engine, clock_skew_seconds=settings.clock_skew)
+    access = AccessPolicy(policy)
+    auditor = Auditor(audit_log)
+    subscriptions = SubscriptionStore(engine, _clock)
+    notifications = Notifications(subscriptions)
+    publisher.after_write = notifications.observations_written
+    token_service: TokenService = protection["token_service"]
+    delivery = DeliveryWorker(
+        subscriptions,
+        tenants=tenants,
+        access=access,
+        auditor=auditor,
+        sender=Sender(
+            lambda: token_service.keyset,
+            issuer=settings.issuer_url,
+            timeout=settings.subscription_timeout,
+            clock=time.time,
+        ),
+        backoff=Backoff(
+            settings.subscription_retry_seconds,
+            settings.subscription_retry_max_seconds,
+            settings.subscription_max_attempts,
+        ),
+        loaders={"Observation": _observation_versions(observations)},
+        base_url=settings.base_url,
+    )
     return Services(
         settings=settings,
         engine=engine,
-        tenants=TenantDirectory(engine, clock_skew_seconds=settings.clock_skew),
+        tenants=tenants,
         observations=observations,
         sessions=sessions,
-        publisher=Publisher(observations, max_entries=settings.max_bundle_entries),
+        publisher=publisher,
         searcher=Searcher(
             observations,
             sessions,
@@ -193,11 +224,27 @@ def build_services(settings: Settings) -> Services:
         clients=registry,
         clock=time.time,
         policy=policy,
-        access=AccessPolicy(policy),
+        access=access,
         audit_log=audit_log,
-        auditor=Auditor(audit_log),
-        **_token_protection(settings, client, registry, engine),
+        auditor=auditor,
+        subscriptions=subscriptions,
+        notifications=notifications,
+        delivery=delivery,
+        **protection,
     )
+
+
+def _observation_versions(store: ObservationStore) -> ResourceLoader:
+    """``Observation/<id>/_history/<n>`` -> that version's stored JSON (a notification's focus)."""
+
+    def load(tenant: str, reference: str) -> bytes | None:
+        parts = reference.split("/")
+        if len(parts) != 4 or parts[0] != "Observation" or parts[2] != "_history" or not parts[3].isdigit():
+            return None
+        stored = store.version(tenant, parts[1], int(parts[3]))
+        return stored.data if stored is not None else None
+
+    return load
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -221,6 +268,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         consents,
         observations,
         patients,
+        subscriptions,
         system,
         token,
     )
@@ -322,6 +370,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     if settings.audit_sequencer_interval > 0:
         _start_sequencer(services.audit_log, settings.audit_sequencer_interval, metrics)
+    if settings.subscription_delivery_interval > 0:
+        _start_delivery(services.delivery, settings.subscription_delivery_interval)
     return app
 
 
@@ -351,6 +401,24 @@ def _start_sequencer(log: AuditLog, interval: float, metrics: Metrics) -> None:
                 time.sleep(interval)
 
     threading.Thread(target=loop, name="audit-sequencer", daemon=True).start()
+
+
+def _start_delivery(worker: DeliveryWorker, interval: float) -> None:
+    """Deliver notifications in the background of this process, like the audit sequencer: every worker
+    process may run it (outbox entries are leased, so each is sent by one at a time); the outbox is in
+    SQL, so what one process did not get to, another (or this one after a restart) delivers."""
+
+    def loop() -> None:
+        while True:
+            try:
+                worker.step(time.time())
+            except Exception as exc:  # delivery must outlive a database outage
+                logging.getLogger("dho_share.subscriptions").warning(
+                    "notification delivery paused: %s", type(exc).__name__
+                )
+            time.sleep(interval)
+
+    threading.Thread(target=loop, name="notification-delivery", daemon=True).start()
 
 
 def record_refusal(exc: FhirError) -> None:

@@ -33,8 +33,17 @@ WriteAudit = Callable[[Connection, list[tuple[ValidObservation, Stored]]], None]
 """Records a transaction's writes in the audit log, inside that same transaction (AUD: nothing lost)."""
 
 
+AfterWrite = Callable[[Connection, str, list[tuple[ValidObservation, Stored]]], None]
+"""Told a transaction's writes (tenant, writes) inside that transaction: the subscription emitter
+(``Notifications.observations_written``) queues notifications that commit with the data."""
+
+
 def _no_audit(conn: Connection, writes: list[tuple[ValidObservation, Stored]]) -> None:
     """For the operator's own tools (seeding): no request, no caller to record."""
+
+
+def _nothing_after(conn: Connection, tenant: str, writes: list[tuple[ValidObservation, Stored]]) -> None:
+    """No one to tell (the default)."""
 
 
 def _same_content(stored: bytes, valid: ValidObservation) -> bool:
@@ -68,6 +77,8 @@ class Publisher:
     def __init__(self, store: ObservationStore, *, max_entries: int):
         self.store = store
         self.max_entries = max_entries
+        #: set by the composition root (notifications of new measurements)
+        self.after_write: AfterWrite = _nothing_after
 
     def _conditional_match(self, conn: Connection, tenant: TenantRecord, criteria: str) -> str | None:
         """``If-None-Exist``: the id of the one match, ``None`` for none, 412 for several."""
@@ -93,6 +104,7 @@ class Publisher:
         with self.store.writing() as conn:
             stored = self._create(conn, tenant, valid, if_none_exist)
             audit(conn, [(valid, stored)])
+            self.after_write(conn, tenant.orgnr, [(valid, stored)])
         return stored
 
     def _create(
@@ -124,6 +136,7 @@ class Publisher:
         with self.store.writing() as conn:
             stored = self._update(conn, tenant, obs_id, valid, if_match)
             audit(conn, [(valid, stored)])
+            self.after_write(conn, tenant.orgnr, [(valid, stored)])
         return stored
 
     def _update(
@@ -207,6 +220,7 @@ class Publisher:
                 written.append((valid[entry.index], stored))
                 results[entry.index] = self._response(entry, base, stored)
             audit(conn, written)
+            self.after_write(conn, tenant.orgnr, written)
         failed = iter(out)
         ordered = [results[e.index] if e.index in results else next(failed) for e in entries]
         return response_bundle("batch-response", ordered)
@@ -252,6 +266,7 @@ class Publisher:
                 written.append((v, stored))
                 out.append(self._response(entry, base, stored))
             audit(conn, written)
+            self.after_write(conn, tenant.orgnr, written)
         return response_bundle("transaction-response", out)
 
     def _response(self, entry: Entry, base: str, stored: Stored) -> dict[str, Any]:

@@ -22,6 +22,9 @@ from sharing_api.store.clients import ClientRegistry
 from sharing_api.store.observations import ObservationStore
 from sharing_api.store.policy import PolicyStore
 from sharing_api.store.tenants import TenantDirectory
+from sharing_api.subscriptions.delivery import DeliveryWorker
+from sharing_api.subscriptions.service import Notifications
+from sharing_api.subscriptions.store import SubscriptionStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,4 +46,7 @@ class Services:
     access: AccessPolicy
     audit_log: AuditLog
     auditor: Auditor
+    subscriptions: SubscriptionStore
+    notifications: Notifications
+    delivery: DeliveryWorker
     redis_client: Any = None  # the one client (standalone, Sentinel master or Cluster) every Redis use shares

@@ -95,6 +95,27 @@ class Settings(BaseSettings):
     audit_sequencer_interval: float = Field(
         default=1.0, ge=0, description="Seconds between sequencer runs in each worker (0: run it separately)"
     )
+    subscription_http_loopback: bool = Field(
+        default=False,
+        description="Allow plain http rest-hook endpoints on loopback addresses (tests, development only)",
+    )
+    subscription_delivery_interval: float = Field(
+        default=1.0,
+        ge=0,
+        description="Seconds between notification delivery passes in each worker (0: none in the API)",
+    )
+    subscription_max_attempts: int = Field(
+        default=8, ge=1, le=50, description="Delivery attempts per notification before the Subscription errs"
+    )
+    subscription_retry_seconds: float = Field(
+        default=5.0, gt=0, description="Backoff base: the wait after the first failed attempt (with jitter)"
+    )
+    subscription_retry_max_seconds: float = Field(
+        default=900.0, gt=0, description="Longest wait between two attempts"
+    )
+    subscription_timeout: float = Field(
+        default=10.0, gt=0, le=120, description="Seconds a subscriber's endpoint has to answer"
+    )
     trusted_issuers: tuple[TrustedIssuerSetting, ...] = Field(
         default=(),
         description='Trusted external issuers (JSON): [{"issuer": "https://...", "audience": "..."}]',

@@ -121,6 +121,7 @@ def settings(database_url: str, redis_url: str, signing_keys: Path) -> Settings:
         rate_limit=100_000,  # the rate limiter has its own tests; the suite must not trip it
         audit_key_path=signing_keys.parent / "audit-key.pem",
         audit_sequencer_interval=0,  # tests sequence explicitly (services.audit_log.drain())
+        subscription_delivery_interval=0,  # tests deliver explicitly (services.delivery.step(now))
     )
 
 

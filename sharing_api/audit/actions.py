@@ -50,6 +50,12 @@ class AuditAction(StrEnum):
     PATIENT_ACCESS_LOG = "patient.access-log"
     PATIENT_MATCH = "patient.match"
     """``Patient/$match`` or ``Patient/_search``: an opaque id handed out for the attested patient."""
+    SUBSCRIPTION_CREATE = "subscription.create"
+    SUBSCRIPTION_READ = "subscription.read"
+    SUBSCRIPTION_SEARCH = "subscription.search"
+    SUBSCRIPTION_DELETE = "subscription.delete"
+    SUBSCRIPTION_NOTIFY = "subscription.notify"
+    """One delivery attempt of a notification to a subscriber's endpoint, or its refusal by the policy."""
 
 
 class Outcome(StrEnum):
@@ -121,6 +127,11 @@ INTERACTIONS: dict[AuditAction, tuple[Interaction, str]] = {
     AuditAction.AUDIT_TRIAGE: (Interaction.UPDATE, "update"),
     AuditAction.PATIENT_ACCESS_LOG: (Interaction.QUERY, "search-type"),
     AuditAction.PATIENT_MATCH: (Interaction.QUERY, "operation"),
+    AuditAction.SUBSCRIPTION_CREATE: (Interaction.CREATE, "create"),
+    AuditAction.SUBSCRIPTION_READ: (Interaction.READ, "read"),
+    AuditAction.SUBSCRIPTION_SEARCH: (Interaction.QUERY, "search-type"),
+    AuditAction.SUBSCRIPTION_DELETE: (Interaction.UPDATE, "delete"),
+    AuditAction.SUBSCRIPTION_NOTIFY: (Interaction.READ, "read"),
 }
 """Each action's BALP pattern and its FHIR ``restful-interaction`` code; for ``SECURITY`` the DICOM code of
 ``AuditEvent.type`` (110114 User Authentication, 110113 Security Alert)."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sharing_api.fhir import search
+from sharing_api.subscriptions.topics import TOPICS
 
 Body = Literal["resource", "bundle", "form", "none"]
 Answer = Literal["fhir", "json", "ndjson"]
@@ -100,9 +101,20 @@ class Resource:
     versioning: str = "versioned-update"
     conditional_create: bool = False
     documentation: str = ""
+    extensions: tuple[Mapping[str, Any], ...] = ()
+    search_params: tuple[SearchParam, ...] = ()
+    """Search parameters of a resource the search registry does not hold."""
 
 
 _TOKEN = "token"  # noqa: S105 (the FHIR search-parameter type, not a secret)
+_TOKEN_TYPE = _TOKEN
+SUBSCRIPTION_PROFILE = (
+    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription"
+)
+TOPIC_CANONICAL_EXTENSION = (
+    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
+    "capabilitystatement-subscriptiontopic-canonical"
+)
 _RESULT_TYPES = {"_count": "number", "_sort": "string", "_elements": "string"}
 
 
@@ -130,6 +142,8 @@ def search_params(resource: str, registry: Registry) -> tuple[SearchParam, ...]:
     the route layer adds, e.g. AuditEvent's), then its result parameters
     (:data:`search.RESULT_PARAMETERS`) and ``_format`` (JSON only)."""
     params = [_documented(p) for p in registry.get(resource, ())]
+    own = RESOURCES.get(resource)
+    params += list(own.search_params) if own is not None else []
     results = search.RESULT_PARAMETERS.get(resource, ())
     params += [
         SearchParam(
@@ -167,6 +181,28 @@ RESOURCES: Mapping[str, Resource] = {
         "AuditEvent",
         versioning="no-version",
         documentation="The tenant's tamper-evident audit log (IHE BALP, HL7 Norway trust framework).",
+    ),
+    "Subscription": Resource(
+        "Subscription",
+        profiles=(SUBSCRIPTION_PROFILE,),
+        versioning="no-version",
+        documentation=(
+            "Topic-based rest-hook subscriptions (Subscriptions R5 Backport, R4; docs/subscriptions.md): "
+            "criteria is a topic; one backport-filter-criteria names the patient "
+            "(<Resource>?patient:identifier=<system>|<value>); payload id-only or full-resource. Topics: "
+            + "; ".join(
+                f"{t.url} ({t.description}; agreement category {', '.join(sorted(t.categories))})"
+                for t in TOPICS.values()
+            )
+            + ". Notifications carry a DPoP-bound token from this server's issuer, audience the endpoint."
+        ),
+        extensions=tuple(
+            {"url": TOPIC_CANONICAL_EXTENSION, "valueCanonical": t.url} for t in TOPICS.values()
+        ),
+        search_params=(
+            SearchParam("status", _TOKEN_TYPE, "active | error | off"),
+            SearchParam("criteria", "uri", "the topic's canonical URL"),
+        ),
     ),
 }
 
@@ -260,6 +296,23 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("fhir.consent_revoke", "revoke a directive (it becomes inactive)", "Consent", ("delete",)),
     Endpoint(
         "fhir.consent_search", "the directives of one patient", "Consent", ("search-type",), search=True
+    ),
+    Endpoint(
+        "fhir.subscription_create",
+        "subscribe to a topic for one patient (rest-hook)",
+        "Subscription",
+        ("create",),
+        body="resource",
+        ok=201,
+    ),
+    Endpoint("fhir.subscription_read", "read a subscription of your organisation", "Subscription", ("read",)),
+    Endpoint("fhir.subscription_delete", "turn a subscription off (it is kept)", "Subscription", ("delete",)),
+    Endpoint(
+        "fhir.subscription_search",
+        "your organisation's subscriptions here, by status and criteria",
+        "Subscription",
+        ("search-type",),
+        search=True,
     ),
     Endpoint(
         "fhir.audit_search_get",
@@ -368,6 +421,8 @@ def capability_statement(
             continue
         interactions = sorted({i for d in mine for i in d.interactions})
         entry: dict[str, Any] = {"type": kind}
+        if info.extensions:
+            entry["extension"] = [dict(e) for e in info.extensions]
         if info.profiles:
             entry["supportedProfile"] = list(info.profiles)
         if info.documentation:

@@ -14,6 +14,9 @@ Consent read, search                         dho-share/consent.read      the ten
 admin: agreements                            consent.read / .write       the tenant itself
 AuditEvent search, read, $export, proofs     dho-share/audit.read        the tenant itself (its own log)
 AuditEvent/$access-log                       dho-share/audit.read        the patient (route checks)
+Subscription create, delete                  (dho-share/) subscription   the subscriber's organisation;
+                                             .write                      create: topic scope, attested
+Subscription read, search                    subscription.read           patient, agreement (route)
 ===========================================  ==========================  ===================================
 
 Failures of the shared state (Redis) surface as 503 and never let a request through unchecked.
@@ -33,6 +36,8 @@ WRITE = "dho-share/observation.write"
 CONSENT_READ = "dho-share/consent.read"
 CONSENT_WRITE = "dho-share/consent.write"
 AUDIT = "dho-share/audit.read"
+SUBSCRIPTION_READ = "dho-share/subscription.read"
+SUBSCRIPTION_WRITE = "dho-share/subscription.write"
 PUBLISHER, CONTROLLER, ANYONE = "publisher", "controller", "anyone"
 RULES: dict[str, tuple[str, str]] = {
     "fhir.create": (WRITE, PUBLISHER),
@@ -60,6 +65,10 @@ RULES: dict[str, tuple[str, str]] = {
     "fhir.audit_inclusion": (AUDIT, CONTROLLER),
     "fhir.audit_consistency": (AUDIT, CONTROLLER),
     "fhir.access_log": (AUDIT, ANYONE),
+    "fhir.subscription_create": (SUBSCRIPTION_WRITE, ANYONE),
+    "fhir.subscription_delete": (SUBSCRIPTION_WRITE, ANYONE),
+    "fhir.subscription_read": (SUBSCRIPTION_READ, ANYONE),
+    "fhir.subscription_search": (SUBSCRIPTION_READ, ANYONE),
     "admin.agreements_list": (CONSENT_READ, CONTROLLER),
     "admin.agreements_add": (CONSENT_WRITE, CONTROLLER),
     "admin.agreements_end": (CONSENT_WRITE, CONTROLLER),

@@ -74,6 +74,7 @@ SEARCH_ENDPOINTS = frozenset(
         "fhir.audit_search_get",
         "fhir.audit_search_post",
         "fhir.patient_search",
+        "fhir.subscription_search",
     }
 )
 FORM = "application/x-www-form-urlencoded"

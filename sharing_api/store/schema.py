@@ -292,3 +292,50 @@ console_verifications = Table(
     Column("seconds", Text, nullable=False),
     Column("detail", Text, nullable=False, server_default=""),
 )
+
+# Topic-based subscriptions (sharing_api/subscriptions, docs/subscriptions.md): who follows which
+# patient's events at which endpoint, and the durable outbox of notifications still to deliver.
+
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    Column("tenant", String(9), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("topic", String(256), nullable=False),
+    Column("status", String(16), nullable=False),  # active | error | off (R4 subscription-status)
+    Column("patient_system", String(64), nullable=False),
+    Column("patient_value", String(64), nullable=False),
+    Column("client_id", String(256), nullable=False),
+    Column("consumer", String(9), nullable=False),  # the subscriber's legal entity (org.nr)
+    Column("point_of_care", String(9), nullable=True),
+    Column("practitioner_hpr", String(16), nullable=True),
+    Column("purpose", String(16), nullable=False),
+    Column("endpoint", Text, nullable=False),
+    Column("payload", String(16), nullable=False),  # id-only | full-resource
+    Column("end_at", BigInteger, nullable=True),
+    Column("events", BigInteger, nullable=False, server_default="0"),
+    Column("error", Text, nullable=True),
+    Column("created", BigInteger, nullable=False),
+    Column("updated", BigInteger, nullable=False),
+    Column("data", LargeBinary, nullable=False),  # the Subscription as accepted (id, meta set)
+    PrimaryKeyConstraint("tenant", "id"),
+    Index("ix_subscriptions_patient", "tenant", "topic", "patient_value", "patient_system"),
+    Index("ix_subscriptions_consumer", "tenant", "consumer"),
+)
+
+notification_outbox = Table(
+    "notification_outbox",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("tenant", String(9), nullable=False),
+    Column("subscription_id", String(64), nullable=False),
+    Column("event_number", BigInteger, nullable=False),
+    Column("focus", String(256), nullable=False),  # e.g. Observation/<id>/_history/<version>
+    Column("created", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False),  # pending | delivered | failed | dropped
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt", BigInteger, nullable=False),
+    Column("lease_until", BigInteger, nullable=False, server_default="0"),
+    Column("last_result", Text, nullable=True),
+    Index("ix_notification_outbox_due", "state", "next_attempt"),
+)

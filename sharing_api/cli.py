@@ -6,6 +6,7 @@ import json
 import os
 import random
 import shlex
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -641,6 +642,34 @@ def demo(port: int, patients: int, days: int, no_serve: bool) -> None:
         from sharing_api.serving import serve as run
 
         run(settings, "127.0.0.1", port, workers=2 if settings.redis_url else 1)
+
+
+@main.group()
+def subscriptions() -> None:
+    """Topic-based subscriptions: deliver queued notifications (docs/subscriptions.md)."""
+
+
+@subscriptions.command("deliver")
+@click.option("--loop", is_flag=True, help="Keep running, polling the outbox")
+@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.01), help="Poll seconds")
+def subscriptions_deliver(loop: bool, interval: float) -> None:
+    """Deliver due notifications from the outbox once, or with --loop as a service (for deployments
+    that run no delivery thread in the API: DHO_SUBSCRIPTION_DELIVERY_INTERVAL=0)."""
+    from sharing_api.app import build_services
+
+    services = build_services(_settings())
+    handled = 0
+    try:
+        while True:
+            handled += services.delivery.step(time.time())
+            if not loop:
+                break
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        services.engine.dispose()
+    click.echo(f"handled {handled} notifications", err=True)
 
 
 audit_cli.audit.add_command(consumer.fetch_audit)

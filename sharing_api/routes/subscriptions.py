@@ -23,7 +23,7 @@ from auth.errors import InsufficientScope
 from consent.model import PatientId, PurposeOfUse
 from consent.policy import AccessRequest
 from sharing_api.audit.actions import AuditAction, Outcome
-from sharing_api.errors import Forbidden, InvalidSearch, NotFound
+from sharing_api.errors import Forbidden, InvalidResource, InvalidSearch, NotFound
 from sharing_api.routes.common import audit, caller, fhir_response, json_body, services, tenant, tenant_base
 from sharing_api.routes.guard import refused
 from sharing_api.routes.observations import REFUSALS, _attested_patient, bp
@@ -62,6 +62,11 @@ def subscription_create() -> Response:
         now=svc.subscriptions.clock(),
     )
     topic = wanted.topic
+    if wanted.payload == "full-resource" and topic.resource not in svc.delivery.loaders:
+        raise InvalidResource(
+            f"full-resource is not available for {topic.resource} notifications here; use id-only",
+            "Subscription.channel._payload.extension",
+        )
     if not who.has_scope(topic.read_scope):
         raise refused(
             InsufficientScope(f"the topic needs the scope `{topic.read_scope}`", scope=topic.read_scope)

@@ -84,7 +84,7 @@ def start(jwks: dict[str, Any], issuer: str) -> Receiver:
     receiver = Receiver(jwks, issuer)
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             try:
                 claims, jkt = receiver.check(self.headers)
@@ -97,7 +97,7 @@ def start(jwks: dict[str, Any], issuer: str) -> Receiver:
             self.send_response(receiver.answers.popleft() if receiver.answers else 200)
             self.end_headers()
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's name)
+        def log_message(self, format: str, *args: Any) -> None:
             """Quiet: the test reads what was received."""
 
     receiver.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -130,7 +130,8 @@ def test_out_of_range_measurement_reaches_the_loopback_endpoint_with_verified_to
     assert got.claims["client_id"] == NOTIFIER_CLIENT_ID
     assert got.claims["cnf"]["jkt"] == got.proof_jkt
     bundle = got.body
-    assert bundle["resourceType"] == "Bundle" and bundle["type"] == "history"
+    assert bundle["resourceType"] == "Bundle"
+    assert bundle["type"] == "history"
     status, focus = bundle["entry"]
     params = {p["name"]: p for p in status["resource"]["parameter"]}
     assert status["resource"]["resourceType"] == "Parameters"
@@ -255,7 +256,8 @@ def test_nothing_is_delivered_once_the_patient_blocks_the_subscriber(
     services.policy.create_directive(TENANT_A, directive_to_fhir(block(patient, HPR)))
     publish(client, patient, THRESHOLD + 40)
     assert services.delivery.step(time.time()) == 1
-    assert receiver.received == [] and receiver.refused == []
+    assert receiver.received == []
+    assert receiver.refused == []
     [entry] = services.subscriptions.entries(
         TENANT_A, services.subscriptions.of_consumer(TENANT_A, HOSPITAL)[0].id
     )
@@ -376,7 +378,8 @@ def test_only_the_subscribing_organisation_reads_lists_and_deletes_it(
     assert as_party(client, follower, patient, "GET", f"{BASE}/Subscription?nope=1").status_code == 400
 
     deleted = as_party(client, follower, patient, "DELETE", path)
-    assert deleted.status_code == 200 and deleted.get_json()["status"] == "off"
+    assert deleted.status_code == 200
+    assert deleted.get_json()["status"] == "off"
     publish(client, patient, THRESHOLD + 5)
     assert services.delivery.step(time.time()) == 0
     assert receiver.received == []
@@ -401,7 +404,8 @@ def test_a_queued_notification_survives_a_restart(
         assert restarted.delivery.step(time.time()) == 1
     finally:
         restarted.engine.dispose()
-    assert len(receiver.received) == 1 and receiver.refused == []
+    assert len(receiver.received) == 1
+    assert receiver.refused == []
 
 
 def test_every_topic_is_in_the_capability_statement(client: ApiClient) -> None:
@@ -409,3 +413,48 @@ def test_every_topic_is_in_the_capability_statement(client: ApiClient) -> None:
     [resource] = [r for r in statement["rest"][0]["resource"] if r["type"] == "Subscription"]
     offered = {e["valueCanonical"] for e in resource["extension"]}
     assert offered == set(TOPICS)
+
+
+def test_the_command_line_worker_delivers_what_the_api_queued(
+    client: ApiClient,
+    settings: Settings,
+    services: Services,
+    follower: Party,
+    receiver: loopback.Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``dho-share subscriptions deliver``: for deployments that run no delivery thread in the API."""
+    from click.testing import CliRunner
+
+    from sharing_api.cli import main
+
+    patient = fnr()
+    assert subscribe(client, follower, patient, subscription(patient, receiver.endpoint)).status_code == 201
+    publish(client, patient, THRESHOLD + 20)
+    for name, value in {
+        "DHO_DATABASE_URL": settings.database_url,
+        "DHO_REDIS_URL": settings.redis_url or "",
+        "DHO_PUBLIC_URL": settings.base_url,
+        "DHO_SIGNING_KEYS_PATH": str(settings.signing_keys_path),
+        "DHO_AUDIT_KEY_PATH": str(settings.audit_key_path),
+    }.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(main, ["subscriptions", "deliver"])
+    assert result.exit_code == 0, result.output
+    assert "handled 1 notifications" in result.output
+    assert len(receiver.received) == 1
+    assert receiver.refused == []
+
+
+def test_full_resource_is_refused_where_the_server_cannot_load_the_topics_resource(
+    client: ApiClient, services: Services, follower: Party, receiver: loopback.Receiver
+) -> None:
+    services.delivery.loaders = {}  # as for CarePlan until its store registers a loader
+    patient = fnr()
+    refused = subscribe(client, follower, patient, subscription(patient, receiver.endpoint))
+    assert refused.status_code == 400
+    assert refused.get_json()["issue"][0]["expression"] == ["Subscription.channel._payload.extension"]
+    id_only = subscribe(
+        client, follower, patient, subscription(patient, receiver.endpoint, payload="id-only")
+    )
+    assert id_only.status_code == 201

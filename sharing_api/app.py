@@ -371,7 +371,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings.audit_sequencer_interval > 0:
         _start_sequencer(services.audit_log, settings.audit_sequencer_interval, metrics)
     if settings.subscription_delivery_interval > 0:
-        _start_delivery(services.delivery, settings.subscription_delivery_interval)
+        app.extensions["dho_delivery_stop"] = _start_delivery(
+            services.delivery, settings.subscription_delivery_interval
+        )
     return app
 
 
@@ -403,22 +405,25 @@ def _start_sequencer(log: AuditLog, interval: float, metrics: Metrics) -> None:
     threading.Thread(target=loop, name="audit-sequencer", daemon=True).start()
 
 
-def _start_delivery(worker: DeliveryWorker, interval: float) -> None:
+def _start_delivery(worker: DeliveryWorker, interval: float) -> threading.Event:
     """Deliver notifications in the background of this process, like the audit sequencer: every worker
     process may run it (outbox entries are leased, so each is sent by one at a time); the outbox is in
-    SQL, so what one process did not get to, another (or this one after a restart) delivers."""
+    SQL, so what one process did not get to, another (or this one after a restart) delivers. Setting the
+    returned event stops the thread after its current pass."""
+    stop = threading.Event()
 
     def loop() -> None:
-        while True:
+        while not stop.is_set():
             try:
                 worker.step(time.time())
             except Exception as exc:  # delivery must outlive a database outage
                 logging.getLogger("dho_share.subscriptions").warning(
                     "notification delivery paused: %s", type(exc).__name__
                 )
-            time.sleep(interval)
+            stop.wait(interval)
 
     threading.Thread(target=loop, name="notification-delivery", daemon=True).start()
+    return stop
 
 
 def record_refusal(exc: FhirError) -> None:

@@ -41,6 +41,8 @@ class Receiver:
     """Statuses to answer verified notifications with, in order; 200 once empty."""
     server: ThreadingHTTPServer | None = None
     replay: InMemoryReplayCache = field(default_factory=InMemoryReplayCache)
+    arrived: threading.Event = field(default_factory=threading.Event)
+    """Set when a verified notification has been received."""
     """One cache for every proof this endpoint sees: a replayed proof is refused."""
 
     @property
@@ -96,6 +98,7 @@ def start(jwks: dict[str, Any], issuer: str) -> Receiver:
             receiver.received.append(Received(orjson.loads(body), claims, jkt))
             self.send_response(receiver.answers.popleft() if receiver.answers else 200)
             self.end_headers()
+            receiver.arrived.set()
 
         def log_message(self, format: str, *args: Any) -> None:
             """Quiet: the test reads what was received."""

@@ -458,3 +458,20 @@ def test_full_resource_is_refused_where_the_server_cannot_load_the_topics_resour
         client, follower, patient, subscription(patient, receiver.endpoint, payload="id-only")
     )
     assert id_only.status_code == 201
+
+
+def test_the_delivery_thread_of_the_api_delivers_on_its_own(
+    client: ApiClient, settings: Settings, services: Services, follower: Party, receiver: loopback.Receiver
+) -> None:
+    """With ``DHO_SUBSCRIPTION_DELIVERY_INTERVAL`` > 0 each API process delivers in the background."""
+    patient = fnr()
+    assert subscribe(client, follower, patient, subscription(patient, receiver.endpoint)).status_code == 201
+    publish(client, patient, THRESHOLD + 20)
+    serving = create_app(settings.model_copy(update={"subscription_delivery_interval": 0.05}))
+    try:
+        assert receiver.arrived.wait(60), "the background thread delivered nothing"
+    finally:
+        serving.extensions["dho_delivery_stop"].set()
+        serving.extensions["dho"].engine.dispose()
+    assert len(receiver.received) == 1
+    assert receiver.refused == []

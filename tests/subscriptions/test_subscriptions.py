@@ -475,3 +475,20 @@ def test_the_delivery_thread_of_the_api_delivers_on_its_own(
         serving.extensions["dho"].engine.dispose()
     assert len(receiver.received) == 1
     assert receiver.refused == []
+
+
+def test_the_subscription_and_the_notification_are_valid_fhir(
+    client: ApiClient, services: Services, follower: Party, receiver: loopback.Receiver
+) -> None:
+    """R4 shapes (fhir.resources, FHIR.js and our Bundle invariants) of what is served and sent."""
+    from tests.fhir_validation import assert_valid_fhir
+
+    patient = fnr()
+    created = subscribe(client, follower, patient, subscription(patient, receiver.endpoint))
+    assert_valid_fhir(created.get_json())
+    publish(client, patient, THRESHOLD + 3)
+    services.delivery.step(time.time())
+    [got] = receiver.received
+    assert_valid_fhir(got.body)
+    listed = as_party(client, follower, patient, "GET", f"{BASE}/Subscription")
+    assert_valid_fhir(listed.get_json())

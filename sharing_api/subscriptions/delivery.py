@@ -64,7 +64,8 @@ TOKEN_LIFETIME = 60
 FHIR_JSON = "application/fhir+json"
 
 ResourceLoader = Callable[[str, str], bytes | None]
-"""``(tenant, versioned reference) -> stored JSON`` of a topic's focus resource, ``None`` if unknown."""
+"""``(tenant, versioned reference) -> stored JSON`` of a focus resource, ``None`` if unknown; registered
+in :attr:`DeliveryWorker.loaders` by resource type (the reference's first segment)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +191,7 @@ class DeliveryWorker:
                 self._settle(conn, entry, DROPPED, entry.attempts, at, "the subscription has ended")
             return
         decision = self._decide(sub, tenant, topic, now)
-        loader = self.loaders.get(topic.resource)
+        loader = self.loaders.get(entry.focus.split("/", 1)[0])
         data = loader(sub.tenant, entry.focus) if loader is not None else None
         refusal = self._refusal(decision, topic, data, needs_data=sub.payload == "full-resource")
         if refusal is not None:

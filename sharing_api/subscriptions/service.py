@@ -7,8 +7,8 @@ receive it is decided at delivery (:mod:`sharing_api.subscriptions.delivery`), n
 
 New measurements are hooked in :meth:`Notifications.observations_written` (the publisher calls it in
 every write transaction): a *created* Observation of a patient someone follows is tested with
-:attr:`Notifications.outside_plan`, a predicate the composition root injects (default: never; the care
-plan's threshold check is wired there).
+:attr:`Notifications.outside_plan` ``(tenant, patient, observation)``, a predicate the composition
+root injects (default: never; the care plan's threshold check is wired there).
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from sharing_api.store.observations import Stored
 from sharing_api.subscriptions.store import SubscriptionStore
 from sharing_api.subscriptions.topics import OBSERVATION_OUTSIDE_PLAN, TOPICS, Topic
 
-OutsidePlan = Callable[[str, Mapping[str, Any]], bool]
-"""``(tenant, observation JSON as stored) -> True`` when the measurement breaches the patient's plan."""
+OutsidePlan = Callable[[str, tuple[str, str], Mapping[str, Any]], bool]
+"""``(tenant, patient (system, value), observation JSON as stored) -> True`` when the measurement
+breaches the patient's active plan."""
 
 
-def never(tenant: str, observation: Mapping[str, Any]) -> bool:
+def never(tenant: str, patient: tuple[str, str], observation: Mapping[str, Any]) -> bool:
     """The default predicate: no plan, so nothing is outside one."""
     return False
 
@@ -85,7 +86,8 @@ class Notifications:
         events = [
             (valid.patient, f"Observation/{stored.id}/_history/{stored.version_id}")
             for valid, stored in created
-            if valid.patient in followed and self.outside_plan(tenant, orjson.loads(stored.data))
+            if valid.patient in followed
+            and self.outside_plan(tenant, valid.patient, orjson.loads(stored.data))
         ]
         if events:
             self._emit(conn, tenant, topic, events)

@@ -61,7 +61,9 @@ def receiver(app: Flask, services: Services) -> Iterator[loopback.Receiver]:
 
 @pytest.fixture(autouse=True)
 def plan(services: Services) -> None:
-    services.notifications.outside_plan = lambda tenant, obs: obs["valueQuantity"]["value"] > THRESHOLD
+    services.notifications.outside_plan = lambda tenant, patient, obs: (
+        obs["valueQuantity"]["value"] > THRESHOLD
+    )
 
 
 def subscription(

@@ -60,7 +60,7 @@ THREADS = 4
 DOWN_AFTER_MS = 2000
 #: REL-04: how long Redis answers nothing; longer than a request's Redis budget (3 attempts of 0.5 s,
 #: sharing_api/redis_connection.py) plus a readiness probe's, so both must give up while it lasts.
-STALL_SECONDS = 4
+STALL_SECONDS = 5
 #: A 503 counts as "inside the window" up to this long after a fault (Sentinel down-after + promotion,
 #: the 10 s DPoP skew of the epoch rule, a node's restart of its pools), with 2x slack.
 WINDOW_SLACK = 2 * (DOWN_AFTER_MS / 1000 + 2 + 10)

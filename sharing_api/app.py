@@ -374,7 +374,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings.audit_sequencer_interval > 0:
         _start_sequencer(services.audit_log, settings.audit_sequencer_interval, metrics)
     if settings.subscription_delivery_interval > 0:
-        app.extensions["dho_delivery_stop"] = _start_delivery(
+        app.extensions["dho_delivery"] = _start_delivery(
             services.delivery, settings.subscription_delivery_interval
         )
     return app
@@ -408,25 +408,36 @@ def _start_sequencer(log: AuditLog, interval: float, metrics: Metrics) -> None:
     threading.Thread(target=loop, name="audit-sequencer", daemon=True).start()
 
 
-def _start_delivery(worker: DeliveryWorker, interval: float) -> threading.Event:
-    """Deliver notifications in the background of this process, like the audit sequencer: every worker
-    process may run it (outbox entries are leased, so each is sent by one at a time); the outbox is in
-    SQL, so what one process did not get to, another (or this one after a restart) delivers. Setting the
-    returned event stops the thread after its current pass."""
-    stop = threading.Event()
+class BackgroundDelivery:
+    """The delivery thread of this process; :meth:`stop` ends it after its current pass."""
 
-    def loop() -> None:
-        while not stop.is_set():
+    def __init__(self, worker: DeliveryWorker, interval: float):
+        self._stopping = threading.Event()
+        self._worker = worker
+        self._interval = interval
+        self._thread = threading.Thread(target=self._loop, name="notification-delivery", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
             try:
-                worker.step(time.time())
+                self._worker.step(time.time())
             except Exception as exc:  # delivery must outlive a database outage
                 logging.getLogger("dho_share.subscriptions").warning(
                     "notification delivery paused: %s", type(exc).__name__
                 )
-            stop.wait(interval)
+            self._stopping.wait(self._interval)
 
-    threading.Thread(target=loop, name="notification-delivery", daemon=True).start()
-    return stop
+    def stop(self, timeout: float | None = None) -> None:
+        self._stopping.set()
+        self._thread.join(timeout)
+
+
+def _start_delivery(worker: DeliveryWorker, interval: float) -> BackgroundDelivery:
+    """Deliver notifications in the background of this process, like the audit sequencer: every worker
+    process may run it (outbox entries are leased, so each is sent by one at a time); the outbox is in
+    SQL, so what one process did not get to, another (or this one after a restart) delivers."""
+    return BackgroundDelivery(worker, interval)
 
 
 def record_refusal(exc: FhirError) -> None:

@@ -473,7 +473,7 @@ def test_the_delivery_thread_of_the_api_delivers_on_its_own(
     try:
         assert receiver.arrived.wait(60), "the background thread delivered nothing"
     finally:
-        serving.extensions["dho_delivery_stop"].set()
+        serving.extensions["dho_delivery"].stop()
         serving.extensions["dho"].engine.dispose()
     assert len(receiver.received) == 1
     assert receiver.refused == []

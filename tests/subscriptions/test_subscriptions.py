@@ -27,7 +27,7 @@ from sharing_api.services import Services
 from sharing_api.settings import Settings
 from sharing_api.subscriptions.delivery import NOTIFIER_CLIENT_ID, Backoff
 from sharing_api.subscriptions.resource import FILTER_CRITERIA, PAYLOAD_CONTENT
-from sharing_api.subscriptions.topics import OBSERVATION_OUTSIDE_PLAN, TOPICS
+from sharing_api.subscriptions.topics import CAREPLAN_VERSION, OBSERVATION_OUTSIDE_PLAN, PLAN_CATEGORY, TOPICS
 from tests.api_client import HOSPITAL, HOSPITAL_UNIT, HPR, READ, ApiClient, Party
 from tests.conftest import TENANT_A
 from tests.factories import FHIR_JSON, fnr, heart_rate
@@ -36,6 +36,7 @@ from tests.subscriptions import receiver as loopback
 
 BASE = f"/{TENANT_A}/fhir"
 SUBSCRIBE = ("dho-share/subscription.read", "dho-share/subscription.write")
+PLAN_READ = CAREPLAN_VERSION.read_scope
 THRESHOLD = 100  # the injected "plan": a heart rate above this is outside it
 
 
@@ -494,3 +495,49 @@ def test_the_subscription_and_the_notification_are_valid_fhir(
     assert_valid_fhir(got.body)
     listed = as_party(client, follower, patient, "GET", f"{BASE}/Subscription")
     assert_valid_fhir(listed.get_json())
+
+
+def plan_subscription(patient: str, endpoint: str) -> dict[str, Any]:
+    body = subscription(patient, endpoint, payload="id-only", topic=CAREPLAN_VERSION.url)
+    body["_criteria"]["extension"][0]["valueString"] = f"CarePlan?patient:identifier={FNR}|{patient}"
+    return body
+
+
+def test_plan_versions_need_the_plan_category_and_reach_the_follower(
+    client: ApiClient, services: Services, receiver: loopback.Receiver
+) -> None:
+    """``careplan-version``: refused while the agreement lacks ``plan``; once it grants it, an event
+    emitted through the emitter API (as the CarePlan store does on every new version) is delivered."""
+    party = client.add_party(
+        Party(
+            "plan-follower", HOSPITAL, frozenset({READ, PLAN_READ, *SUBSCRIBE}), point_of_care=HOSPITAL_UNIT
+        )
+    )
+    patient = fnr()
+    refused = subscribe(client, party, patient, plan_subscription(patient, receiver.endpoint))
+    assert refused.status_code == 403  # the fixture's agreement shares vital-signs and survey only
+    assert PLAN_CATEGORY in refused.get_json()["issue"][0]["diagnostics"]
+
+    # Agreements in force together narrow each other (docs/sharing-policy.md): replace, do not add.
+    [current] = services.policy.agreements(controller=TENANT_A, consumer=HOSPITAL)
+    services.policy.end_agreement(current.id, datetime(2020, 1, 2, tzinfo=UTC))
+    services.policy.add_agreement(
+        controller=TENANT_A,
+        consumer=HOSPITAL,
+        categories=current.categories | {PLAN_CATEGORY},
+        purposes=frozenset(PurposeOfUse),
+        valid_from=datetime(2020, 1, 1, tzinfo=UTC),
+    )
+    created = subscribe(client, party, patient, plan_subscription(patient, receiver.endpoint))
+    assert created.status_code == 201, created.get_json()
+    reference = "CarePlan/plan-1/_history/2"
+    assert services.notifications.emit(TENANT_A, CAREPLAN_VERSION, (FNR, patient), reference) == 1
+    assert services.notifications.emit(TENANT_A, CAREPLAN_VERSION, (FNR, fnr()), reference) == 0
+    assert services.delivery.step(time.time()) == 1
+    [got] = receiver.received
+    assert receiver.refused == []
+    params = {p["name"]: p for p in got.body["entry"][0]["resource"]["parameter"]}
+    assert params["topic"]["valueCanonical"] == CAREPLAN_VERSION.url
+    event = {p["name"]: p for p in params["notification-event"]["part"]}
+    assert event["focus"]["valueReference"]["reference"].endswith(f"/{reference}")
+    assert "resource" not in got.body["entry"][1]

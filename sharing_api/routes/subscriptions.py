@@ -32,11 +32,6 @@ from sharing_api.subscriptions.resource import parse_subscription
 from sharing_api.subscriptions.store import ACTIVE, ERROR, OFF, StoredSubscription, Subscriber
 from sharing_api.subscriptions.topics import TOPICS
 
-SEARCH_PARAMETERS = {
-    "status": "token: active | error | off",
-    "criteria": "uri: the topic's canonical URL",
-}
-"""``GET Subscription`` parameters (they never carry a personal identifier); anything else is 400."""
 _STATUSES = (ACTIVE, ERROR, OFF)
 
 

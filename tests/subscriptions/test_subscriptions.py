@@ -541,3 +541,14 @@ def test_plan_versions_need_the_plan_category_and_reach_the_follower(
     event = {p["name"]: p for p in params["notification-event"]["part"]}
     assert event["focus"]["valueReference"]["reference"].endswith(f"/{reference}")
     assert "resource" not in got.body["entry"][1]
+
+
+def test_subscribing_needs_the_topics_read_scope(
+    client: ApiClient, services: Services, receiver: loopback.Receiver
+) -> None:
+    party = client.add_party(Party("no-read", HOSPITAL, frozenset(SUBSCRIBE), point_of_care=HOSPITAL_UNIT))
+    patient = fnr()
+    refused = subscribe(client, party, patient, subscription(patient, receiver.endpoint))
+    assert refused.status_code == 403
+    assert OBSERVATION_OUTSIDE_PLAN.read_scope in refused.headers["WWW-Authenticate"]
+    assert services.subscriptions.of_consumer(TENANT_A, HOSPITAL) == []

@@ -552,3 +552,20 @@ def test_subscribing_needs_the_topics_read_scope(
     assert refused.status_code == 403
     assert OBSERVATION_OUTSIDE_PLAN.read_scope in refused.headers["WWW-Authenticate"]
     assert services.subscriptions.of_consumer(TENANT_A, HOSPITAL) == []
+
+
+def test_an_emergency_purpose_cannot_subscribe(
+    client: ApiClient, services: Services, follower: Party, receiver: loopback.Receiver
+) -> None:
+    patient = fnr()
+    token = client.token(follower, (FNR, patient), "ETREAT")
+    path = f"{BASE}/Subscription"
+    refused = client.flask.post(
+        path,
+        data=orjson.dumps(subscription(patient, receiver.endpoint)),
+        content_type=FHIR_JSON,
+        headers=client.auth_headers("POST", path, token),
+    )
+    assert refused.status_code == 403
+    assert "emergency" in refused.get_json()["issue"][0]["diagnostics"]
+    assert services.subscriptions.of_consumer(TENANT_A, HOSPITAL) == []

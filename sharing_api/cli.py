@@ -306,6 +306,12 @@ def agreements() -> None:
     help="A data category shared (observation-category code; repeatable)",
 )
 @click.option(
+    "--write-category",
+    "write_categories",
+    multiple=True,
+    help="A shared category the consumer may also change, e.g. plan (repeatable)",
+)
+@click.option(
     "--purpose",
     "purposes",
     multiple=True,
@@ -320,6 +326,7 @@ def agreements_add(
     controller: str,
     consumer: str,
     categories: tuple[str, ...],
+    write_categories: tuple[str, ...],
     purposes: tuple[str, ...],
     valid_from: datetime | None,
     valid_to: datetime | None,
@@ -339,6 +346,7 @@ def agreements_add(
             controller=controller,
             consumer=consumer,
             categories=frozenset(categories),
+            write_categories=frozenset(write_categories),
             purposes=frozenset(PurposeOfUse(p) for p in purposes),
             valid_from=aware(valid_from) or datetime.now(UTC),
             valid_to=aware(valid_to),

@@ -34,6 +34,39 @@ VERSION_AUTHOR = "urn:dho-share:StructureDefinition/version-author"
 ``meta.versionId`` it is the server's: one sent back with an update (a read, changed, PUT back) is
 replaced by the new version's author."""
 COMPARATORS = ("<", "<=", ">=", ">")
+CAREPLAN_STATUSES = ("draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown")
+CAREPLAN_INTENTS = ("proposal", "plan", "order", "option")
+ACTIVITY_STATUSES = (
+    "not-started",
+    "scheduled",
+    "in-progress",
+    "on-hold",
+    "completed",
+    "cancelled",
+    "stopped",
+    "unknown",
+    "entered-in-error",
+)
+GOAL_STATUSES = (
+    "proposed",
+    "planned",
+    "accepted",
+    "active",
+    "on-hold",
+    "completed",
+    "cancelled",
+    "entered-in-error",
+    "rejected",
+)
+"""R4's required bindings (``request-status``, ``care-plan-intent``, ``care-plan-activity-status``,
+``goal-status``): the models check the type, these the codes."""
+
+
+def _code(value: Any, allowed: tuple[str, ...], path: str, issues: list[Issue]) -> None:
+    if value is not None and value not in allowed:
+        issues.append(Issue(f"must be one of {', '.join(allowed)}", path))
+
+
 PLAN_TYPES = ("CarePlan", "Goal")
 
 
@@ -129,6 +162,7 @@ def _activity(activity: Any, path: str, issues: list[Issue]) -> None:
         return
     if "modifierExtension" in detail:
         issues.append(Issue("modifierExtension is not supported", f"{path}.detail.modifierExtension"))
+    _code(detail.get("status"), ACTIVITY_STATUSES, f"{path}.detail.status", issues)
     coded = codings(detail.get("code"), f"{path}.detail.code", issues)
     if not any(c in BY_CODE for c in coded):
         allowed = ", ".join(code for _, code in BY_CODE)
@@ -190,6 +224,8 @@ def validate_careplan(resource: Any) -> ValidPlanResource:
     plan = _start(resource, "CarePlan")
     issues = _structure(CarePlan, plan, "CarePlan")
     _refuse_unknown(plan, "CarePlan", issues)
+    _code(plan.get("status"), CAREPLAN_STATUSES, "CarePlan.status", issues)
+    _code(plan.get("intent"), CAREPLAN_INTENTS, "CarePlan.intent", issues)
     patient = check_subject(plan, issues, root="CarePlan")
     authors = plan.get("author")
     if authors is None:
@@ -269,6 +305,7 @@ def validate_goal(resource: Any) -> ValidPlanResource:
     goal = _start(resource, "Goal")
     issues = _structure(Goal, goal, "Goal")
     _refuse_unknown(goal, "Goal", issues)
+    _code(goal.get("lifecycleStatus"), GOAL_STATUSES, "Goal.lifecycleStatus", issues)
     patient = check_subject(goal, issues, root="Goal")
     for i, target in enumerate(goal.get("target") or []):
         _target(target, f"Goal.target[{i}]", issues)

@@ -113,7 +113,9 @@ def test_an_update_keeps_the_patient_and_the_url_id(client: ApiClient) -> None:
 def test_search_by_patient_status_category_and_date(client: ApiClient) -> None:
     patient = fnr()
     _, active = stored_plan(client, patient, start="2026-11-01")
-    revoked = create(client, careplan(patient, status="revoked", start="2025-01-01", end="2025-12-31")).get_json()
+    revoked = create(
+        client, careplan(patient, status="revoked", start="2025-01-01", end="2025-12-31")
+    ).get_json()
     stored_plan(client, fnr())  # another patient's plan is never found
 
     def search(**form: str) -> list[str]:

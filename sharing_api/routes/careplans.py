@@ -353,7 +353,7 @@ def _series(patient: tuple[str, str], target: Target, scope: ReadScope) -> list[
 
 
 @bp.post("/Observation/$evaluate")
-def evaluate_plan() -> Response:
+def evaluate() -> Response:
     """The latest value of each measure the patient's active plans set thresholds for, within or
     outside, and since when (docs/careplans.md). Needs both ``observation.read`` and ``careplan.read``
     and both sharing decisions (measurements, and category ``plan``)."""

@@ -118,4 +118,3 @@ def test_two_organisations_editing_one_plan_concurrently(
     assert versions == list(range(1 + successes, 0, -1))
     all_persisted = sorted(v for vs in persisted.values() for v in vs)
     assert len(set(all_persisted)) == len(all_persisted)
-

@@ -86,7 +86,11 @@ PLAN_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("path", "value", "expression"), PLAN_CASES, ids=[c[2] for c in PLAN_CASES])
+@pytest.mark.parametrize(
+    ("path", "value", "expression"),
+    PLAN_CASES,
+    ids=[f"{c[2]}={'(missing)' if c[1] is _DELETE else c[1]}" for c in PLAN_CASES],
+)
 def test_a_bad_careplan_is_refused_naming_the_element(
     client: ApiClient, services: Services, path: str, value: Any, expression: str
 ) -> None:
@@ -121,7 +125,9 @@ GOAL_CASES = [
 
 
 @pytest.mark.parametrize(
-    ("path", "value", "expression"), GOAL_CASES, ids=[f"{c[2]}={c[1]}" for c in GOAL_CASES]
+    ("path", "value", "expression"),
+    GOAL_CASES,
+    ids=[f"{c[2]}={'(missing)' if c[1] is _DELETE else c[1]}" for c in GOAL_CASES],
 )
 def test_a_bad_goal_is_refused_naming_the_element(
     client: ApiClient, services: Services, path: str, value: Any, expression: str

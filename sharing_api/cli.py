@@ -344,10 +344,9 @@ def agreements_add(
     def aware(moment: datetime | None) -> datetime | None:
         return moment.replace(tzinfo=LOCAL_ZONE) if moment and moment.tzinfo is None else moment
 
+    engine = make_engine(_settings().database_url)
     try:
-        agreement = PolicyStore(
-            make_engine(_settings().database_url), lambda: int(datetime.now(UTC).timestamp() * 1e6)
-        ).add_agreement(
+        agreement = PolicyStore(engine, lambda: int(datetime.now(UTC).timestamp() * 1e6)).add_agreement(
             controller=controller,
             consumer=consumer,
             categories=frozenset(categories),
@@ -358,6 +357,8 @@ def agreements_add(
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+    finally:
+        engine.dispose()
     console.print(
         f"agreement {agreement.id}: {consumer} may read {controller}'s {', '.join(sorted(categories))}"
     )

@@ -131,8 +131,9 @@ def _create(kind: str) -> Response:
             "the attestation is for another patient than the one in the resource", f"{kind}.subject"
         )
     if not _permitted(patient, write=True):
-        audit(ACTIONS[kind]["create"], patient=patient, outcome=Outcome.MINOR_FAILURE)
-        raise Forbidden(f"this {kind} cannot be written here for this patient", f"{kind}.subject")
+        # A reason about the patient (a block, a reservation): the answer for a patient not known here.
+        missing = NotFound(f"no patient with this identifier is known here ({kind})", f"{kind}.subject")
+        raise _denied(ACTIONS[kind]["create"], patient, missing)
     stored = services().plans.create(tenant().orgnr, valid, _author(), _audited(ACTIONS[kind]["create"]))
     return fhir_response(stored.data, 201, _headers(stored, location=True))
 

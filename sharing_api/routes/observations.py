@@ -74,6 +74,8 @@ SEARCH_ENDPOINTS = frozenset(
         "fhir.audit_search_get",
         "fhir.audit_search_post",
         "fhir.patient_search",
+        "fhir.careplan_search",
+        "fhir.evaluate",
     }
 )
 FORM = "application/x-www-form-urlencoded"

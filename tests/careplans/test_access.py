@@ -15,7 +15,8 @@ from sharing_api.audit.actions import AuditAction, Outcome
 from sharing_api.fhir.identifiers import FNR
 from sharing_api.services import Services
 from tests.api_client import HOSPITAL, HPR, READ, ApiClient, Party
-from tests.careplans.helpers import BASE, PLAN_READ, call, plan_parties, put, stored_plan
+from tests.careplans.helpers import BASE, PLAN_READ, call, careplan, plan_parties, put, stored_plan
+from tests.careplans.helpers import create as create_plan
 from tests.conftest import TENANT_A
 from tests.factories import fnr
 
@@ -170,3 +171,14 @@ def test_reads_and_writes_are_audited(client: ApiClient, services: Services) -> 
     (update,) = services.audit_log.search(TENANT_A, patient=patient, action=AuditAction.CAREPLAN_UPDATE)
     assert update.organisation == HOSPITAL
     assert update.agent_hpr == HPR
+
+
+def test_a_blocked_create_looks_like_an_unknown_patient_is_audited_once_and_stores_nothing(
+    client: ApiClient, services: Services
+) -> None:
+    patient = fnr()
+    _directive(services, Block("b", PatientId(FNR, patient), HPR))
+    refused = create_plan(client, careplan(patient), party="hospital-plan")
+    assert refused.status_code == 404
+    assert _actions(services, patient) == [(AuditAction.CAREPLAN_CREATE.value, Outcome.MINOR_FAILURE.value)]
+    assert services.plans.active_plans(TENANT_A, (FNR, patient)) == []

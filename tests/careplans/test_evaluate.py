@@ -126,3 +126,34 @@ def test_needs_both_scopes_and_both_decisions(client: ApiClient, services: Servi
         client, "POST", f"{BASE}/Observation/$evaluate", party="gp-plan", patient=patient, data=other
     )
     assert wrong.status_code == 403
+
+
+def test_the_patient_goes_in_a_form_body_only(client: ApiClient) -> None:
+    patient = fnr()
+    as_json = call(
+        client,
+        "POST",
+        f"{BASE}/Observation/$evaluate",
+        party="hospital-plan",
+        patient=patient,
+        json={"patient.identifier": f"{FNR}|{patient}"},
+    )
+    assert as_json.status_code == 415
+    in_url = call(
+        client,
+        "POST",
+        f"{BASE}/Observation/$evaluate?patient.identifier={FNR}|{patient}",
+        party="hospital-plan",
+        patient=patient,
+    )
+    assert in_url.status_code == 400
+    extra = call(
+        client,
+        "POST",
+        f"{BASE}/Observation/$evaluate",
+        party="hospital-plan",
+        patient=patient,
+        data={"patient.identifier": f"{FNR}|{patient}", "code": "x"},
+    )
+    assert extra.status_code == 400
+    assert extra.get_json()["issue"][0]["expression"] == ["code"]

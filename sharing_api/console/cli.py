@@ -218,3 +218,19 @@ def audit_rules_set(tenant: str, rule: str, enabled: bool, threshold: int | None
     with _engine() as engine:
         rules.set_rule(engine, tenant, rule, enabled, threshold)
     console.print(f"{rule} for {tenant}: {'on' if enabled else 'off'}, threshold {threshold or 'default'}")
+
+
+@click.command(name="console-rollup")
+@click.option("--tenant", required=True, help="The tenant's org.nr")
+@click.option("--rebuild", is_flag=True, help="Empty the tenant's rollup and fold the whole log again")
+def console_rollup(tenant: str, rebuild: bool) -> None:
+    """Fold the tenant's sequenced audit entries into the dashboard's rollup (the dashboard does this
+    itself on each view; run it after a bulk import, or with --rebuild after "verify now" found the
+    rollup wrong)."""
+    from sharing_api.console import rollup
+    from sharing_api.console.aggregates import OSLO
+
+    with _engine() as engine:
+        done = rollup.rebuild(engine, tenant, OSLO) if rebuild else rollup.fold(engine, tenant, OSLO)
+        upto = rollup.folded(engine, tenant)
+    console.print(f"{tenant}: {done} entries folded; the rollup holds the entries below index {upto}")

@@ -201,6 +201,12 @@ def _seed(svc: Any, url: str, events: int, jobs: int, seed: int) -> None:
 )
 @click.option("--verify/--no-verify", default=False, help="verify the whole log at the end")
 @click.option(
+    "--slow-pages",
+    is_flag=True,
+    help="time the pages that read every event of the period instead (health workers, organisation"
+    " flows, review queue), once each",
+)
+@click.option(
     "--keep",
     type=click.Path(file_okay=False, path_type=Path),
     help="keep the seeded database and its keys in this directory (not dropped); a later run with the"
@@ -215,6 +221,7 @@ def main(
     jobs: int,
     verify: bool,
     keep: Path | None,
+    slow_pages: bool,
 ) -> None:
     tmp = keep or Path(tempfile.mkdtemp(prefix="dho-console-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
@@ -271,6 +278,13 @@ def main(
                 "/console/patient", data={"csrf": csrf, "patient": patient}
             ),
         }
+        if slow_pages:
+            checks = {
+                "health workers (30 days)": lambda: client.get("/console/workers"),
+                "organisation flows (30 days)": lambda: client.get("/console/organisations"),
+                "review queue, rules R1-R14 (30 days)": lambda: client.get("/console/review"),
+            }
+            repeat = 1
         for label, call in checks.items():
             response = call()
             assert response.status_code == 200, (label, response.status_code)

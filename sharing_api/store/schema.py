@@ -335,3 +335,16 @@ console_rollup_actors = Table(
     Column("days", BigInteger, nullable=False),  # bit (day number % 32) set: active that day
     PrimaryKeyConstraint("tenant", "kind", "bucket", "value"),
 )
+
+# The controller's watch list for log-control rule R10 (console/rules.py): patients whose unexplained
+# accesses always need review (a public person, an employee as a patient). Migration 0005_console2.
+console_watchlist = Table(
+    "console_watchlist",
+    metadata,
+    Column("tenant", String(32), nullable=False),
+    Column("patient_value", String(64), nullable=False),  # as audit_entries.patient_value
+    Column("reason", Text, nullable=False),
+    Column("added_by", String(64), nullable=False),
+    Column("added", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant", "patient_value"),
+)

@@ -3,7 +3,8 @@
 ``console_rollup_state``, ``console_rollup_hours`` and ``console_rollup_actors`` hold the dashboard's
 counts of each tenant's sequenced entries (sharing_api/console/rollup.py: folded in by index,
 rebuildable, checked against the entries). They start empty: the first dashboard view (or
-``dho-share console rollup``) folds the existing log in.
+``dho-share console-rollup``) folds the existing log in. ``console_watchlist``: the controller's watch
+list for log-control rule R10.
 
 ``ix_audit_entries_recorded (tenant, recorded)`` becomes ``ix_audit_entries_period (tenant, recorded,
 action, outcome, purpose, patient_value, agent_hpr, organisation)``: the console's dashboard counts
@@ -51,12 +52,26 @@ def upgrade() -> None:
         sa.Column("days", sa.BigInteger, nullable=False),
         sa.PrimaryKeyConstraint("tenant", "kind", "bucket", "value"),
     )
+    op.create_table(
+        "console_watchlist",
+        sa.Column("tenant", sa.String(32), nullable=False),
+        sa.Column("patient_value", sa.String(64), nullable=False),
+        sa.Column("reason", sa.Text, nullable=False),
+        sa.Column("added_by", sa.String(64), nullable=False),
+        sa.Column("added", sa.BigInteger, nullable=False),
+        sa.PrimaryKeyConstraint("tenant", "patient_value"),
+    )
     op.create_index("ix_audit_entries_period", "audit_entries", COLUMNS)
     op.drop_index("ix_audit_entries_recorded", table_name="audit_entries")
 
 
 def downgrade() -> None:
-    for table in ("console_rollup_actors", "console_rollup_hours", "console_rollup_state"):
+    for table in (
+        "console_watchlist",
+        "console_rollup_actors",
+        "console_rollup_hours",
+        "console_rollup_state",
+    ):
         op.drop_table(table)
     op.create_index("ix_audit_entries_recorded", "audit_entries", ["tenant", "recorded"])
     op.drop_index("ix_audit_entries_period", table_name="audit_entries")

@@ -2,14 +2,14 @@
 the categories an agreement lets the consumer change (``agreements.write_categories``).
 
 Revision ID: 0005_careplan
-Revises: 0004_console
+Revises: 0005_console2
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0005_careplan"
-down_revision = "0004_console"
+down_revision = "0005_console2"  # chained after main's 0005_console2 (merged before this branch)
 branch_labels = None
 depends_on = None
 

@@ -34,6 +34,7 @@ from sharing_api.audit.checkpoints import AuditSigner
 from sharing_api.audit.log import AuditLog
 from sharing_api.auditing import Auditor, audit_facts
 from sharing_api.body_limit import BodyLimit
+from sharing_api.careplans.thresholds import breaches
 from sharing_api.console import install_console
 from sharing_api.errors import AccessRefused, FhirError, Issue, ServiceUnavailable, operation_outcome
 from sharing_api.forwarded import TrustedProxies
@@ -46,6 +47,7 @@ from sharing_api.searching import Searcher
 from sharing_api.services import Services
 from sharing_api.sessions import LocalSessions, RedisSessions, SearchSessions
 from sharing_api.settings import Settings
+from sharing_api.store.careplans import PlanStore
 from sharing_api.store.clients import ClientRegistry
 from sharing_api.store.engine import is_current, make_engine
 from sharing_api.store.observations import ObservationStore
@@ -186,6 +188,10 @@ def build_services(settings: Settings) -> Services:
     subscriptions = SubscriptionStore(engine, _clock)
     notifications = Notifications(subscriptions)
     publisher.after_write = notifications.observations_written
+    plans = PlanStore(engine, _clock)
+    notifications.outside_plan = lambda tenant, patient, obs: bool(
+        breaches(plans.active_goals(tenant, patient), obs)
+    )
     token_service: TokenService = protection["token_service"]
     delivery = DeliveryWorker(
         subscriptions,
@@ -203,7 +209,11 @@ def build_services(settings: Settings) -> Services:
             settings.subscription_retry_max_seconds,
             settings.subscription_max_attempts,
         ),
-        loaders={"Observation": _observation_versions(observations)},
+        loaders={
+            "Observation": _observation_versions(observations),
+            "CarePlan": _plan_versions(plans, "CarePlan"),
+            "Goal": _plan_versions(plans, "Goal"),
+        },
         base_url=settings.base_url,
     )
     return Services(
@@ -228,11 +238,25 @@ def build_services(settings: Settings) -> Services:
         access=access,
         audit_log=audit_log,
         auditor=auditor,
+        plans=plans,
         subscriptions=subscriptions,
         notifications=notifications,
         delivery=delivery,
         **protection,
     )
+
+
+def _plan_versions(store: PlanStore, kind: str) -> ResourceLoader:
+    """``CarePlan|Goal/<id>/_history/<n>`` -> that version's stored JSON (a notification's focus)."""
+
+    def load(tenant: str, reference: str) -> bytes | None:
+        parts = reference.split("/")
+        if len(parts) != 4 or parts[0] != kind or parts[2] != "_history" or not parts[3].isdigit():
+            return None
+        stored = store.version(tenant, kind, parts[1], int(parts[3]))
+        return stored.data if stored is not None else None
+
+    return load
 
 
 def _observation_versions(store: ObservationStore) -> ResourceLoader:
@@ -268,6 +292,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from sharing_api.routes import (  # noqa: F401
         agreements,
         audit_api,
+        careplans,
         consents,
         observations,
         patients,

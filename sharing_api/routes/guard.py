@@ -17,6 +17,12 @@ AuditEvent/$access-log                       dho-share/audit.read        the pat
 Subscription create, delete                  (dho-share/) subscription   the subscriber's organisation;
                                              .write                      create: topic scope, attested
 Subscription read, search                    subscription.read           patient, agreement (route)
+CarePlan, Goal create, update                dho-share/careplan.write    attestation for the one patient,
+                                                                         then the sharing decision for a
+                                                                         write of category ``plan``
+CarePlan, Goal read, history, search         dho-share/careplan.read     as Observation reads, ``plan``
+Observation/$evaluate                        observation.read (and       both decisions (route)
+                                             careplan.read, route)
 ===========================================  ==========================  ===================================
 
 Failures of the shared state (Redis) surface as 503 and never let a request through unchecked.
@@ -38,6 +44,8 @@ CONSENT_WRITE = "dho-share/consent.write"
 AUDIT = "dho-share/audit.read"
 SUBSCRIPTION_READ = "dho-share/subscription.read"
 SUBSCRIPTION_WRITE = "dho-share/subscription.write"
+PLAN_READ = "dho-share/careplan.read"
+PLAN_WRITE = "dho-share/careplan.write"
 PUBLISHER, CONTROLLER, ANYONE = "publisher", "controller", "anyone"
 RULES: dict[str, tuple[str, str]] = {
     "fhir.create": (WRITE, PUBLISHER),
@@ -69,6 +77,18 @@ RULES: dict[str, tuple[str, str]] = {
     "fhir.subscription_delete": (SUBSCRIPTION_WRITE, ANYONE),
     "fhir.subscription_read": (SUBSCRIPTION_READ, ANYONE),
     "fhir.subscription_search": (SUBSCRIPTION_READ, ANYONE),
+    "fhir.careplan_create": (PLAN_WRITE, ANYONE),
+    "fhir.careplan_update": (PLAN_WRITE, ANYONE),
+    "fhir.careplan_read": (PLAN_READ, ANYONE),
+    "fhir.careplan_vread": (PLAN_READ, ANYONE),
+    "fhir.careplan_history": (PLAN_READ, ANYONE),
+    "fhir.careplan_search": (PLAN_READ, ANYONE),
+    "fhir.goal_create": (PLAN_WRITE, ANYONE),
+    "fhir.goal_update": (PLAN_WRITE, ANYONE),
+    "fhir.goal_read": (PLAN_READ, ANYONE),
+    "fhir.goal_vread": (PLAN_READ, ANYONE),
+    "fhir.goal_history": (PLAN_READ, ANYONE),
+    "fhir.evaluate": (READ, ANYONE),
     "admin.agreements_list": (CONSENT_READ, CONTROLLER),
     "admin.agreements_add": (CONSENT_WRITE, CONTROLLER),
     "admin.agreements_end": (CONSENT_WRITE, CONTROLLER),

@@ -26,7 +26,7 @@ from sharing_api.audit.actions import AuditAction, Outcome
 from sharing_api.errors import Forbidden, InvalidResource, InvalidSearch, NotFound
 from sharing_api.routes.common import audit, caller, fhir_response, json_body, services, tenant, tenant_base
 from sharing_api.routes.guard import refused
-from sharing_api.routes.observations import REFUSALS, _attested_patient, bp
+from sharing_api.routes.observations import REFUSALS, attested_patient, bp
 from sharing_api.searching import searchset
 from sharing_api.subscriptions.resource import parse_subscription
 from sharing_api.subscriptions.store import ACTIVE, ERROR, OFF, StoredSubscription, Subscriber
@@ -66,7 +66,7 @@ def subscription_create() -> Response:
         raise refused(
             InsufficientScope(f"the topic needs the scope `{topic.read_scope}`", scope=topic.read_scope)
         )
-    system, value = _attested_patient()
+    system, value = attested_patient()
     if wanted.patient != (system, value):
         raise Forbidden(
             "the attestation is for another patient than the one the subscription names",

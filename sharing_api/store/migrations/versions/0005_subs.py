@@ -1,14 +1,14 @@
 """Topic-based subscriptions and the durable notification outbox (sharing_api/subscriptions).
 
 Revision ID: 0005_subs
-Revises: 0004_console
+Revises: 0005_careplan
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0005_subs"
-down_revision = "0004_console"
+down_revision = "0005_careplan"
 branch_labels = None
 depends_on = None
 

@@ -105,7 +105,7 @@ class Server:
 
 
 @contextmanager
-def api_server(database_url: str, workers: int, log: Path) -> Iterator[Server]:
+def api_server(database_url: str, workers: int, log: Path, threads: int = 4) -> Iterator[Server]:
     """``dho-share serve`` (gunicorn) on a free loopback port; stopped afterwards."""
     port = _free_port()
     env = {
@@ -120,7 +120,8 @@ def api_server(database_url: str, workers: int, log: Path) -> Iterator[Server]:
     }
     command = [sys.executable, "-m", "sharing_api.cli", "serve", "--port", str(port)]
     with open(log, "wb") as out:
-        proc = subprocess.Popen([*command, "--workers", str(workers)], env=env, stdout=out, stderr=out)
+        argv = [*command, "--workers", str(workers), "--threads", str(threads)]
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=out)
         try:
             deadline = time.monotonic() + 30
             while not _ready(port):

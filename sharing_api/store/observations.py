@@ -19,6 +19,7 @@ from sqlalchemy import (
     Engine,
     Select,
     and_,
+    bindparam,
     delete,
     exists,
     func,
@@ -49,6 +50,11 @@ from sharing_api.store.search_shapes import ShapeCache, Template, templated
 o = observations
 CHUNK = 500
 """Rows per multi-row statement (well below SQLite's 32,766 bound parameters)."""
+
+
+_CURRENT_COLUMNS = (o.c.version_id, o.c.last_updated, o.c.data, o.c.patient_system, o.c.patient_value)
+_CURRENT = select(*_CURRENT_COLUMNS).where(o.c.tenant == bindparam("tenant"), o.c.id == bindparam("obs_id"))
+"""The current version of one observation, built once (every read and write looks it up)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,11 +145,10 @@ class ObservationStore:
         return conn.execute(select(i.c.observation_id).where(i.c.tenant == tenant, cond).limit(1)).scalar()
 
     def _current(self, conn: Connection, tenant: str, obs_id: str) -> Stored | None:
-        row = conn.execute(
-            select(o.c.version_id, o.c.last_updated, o.c.data, o.c.patient_system, o.c.patient_value).where(
-                o.c.tenant == tenant, o.c.id == obs_id
-            )
-        ).first()
+        return self._stored(obs_id, conn.execute(_CURRENT, {"tenant": tenant, "obs_id": obs_id}).first())
+
+    @staticmethod
+    def _stored(obs_id: str, row: Any) -> Stored | None:
         if row is None:
             return None
         return Stored(
@@ -442,10 +447,15 @@ class ObservationStore:
                 return self._current(conn, tenant, obs_id)
             if scope.nothing:
                 return None
-            visible = conn.execute(
-                select(o.c.id).where(o.c.tenant == tenant, o.c.id == obs_id, *self._scope_clauses(scope))
-            ).first()
-            return self._current(conn, tenant, obs_id) if visible else None
+            template = self._template(SearchQuery(), scope)
+            extra = {"obs_id": obs_id}
+            row = self._shapes.execute(conn, "read", template, tenant, self._read_statement, extra).first()
+            return self._stored(obs_id, row)
+
+    def _read_statement(self, tenant: Any, t: Template) -> Select[Any]:
+        """The current version of ``obs_id`` if it is within the read scope (one statement)."""
+        scoped = self._scope_parts(t.categories, t.start, t.end)
+        return select(*_CURRENT_COLUMNS).where(o.c.tenant == tenant, o.c.id == bindparam("obs_id"), *scoped)
 
     def read_in(self, conn: Connection, tenant: str, obs_id: str) -> Stored | None:
         return self._current(conn, tenant, obs_id)

@@ -19,7 +19,7 @@ values travel as parameters, as they did before.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -144,8 +144,10 @@ class ShapeCache:
         template: Template,
         tenant: str,
         build: Callable[[Any, Template], ClauseElement],
+        extra: Mapping[str, Any] | None = None,
     ) -> Any:
-        """Run the statement ``build(tenant_parameter, template)`` builds, with ``template``'s values."""
+        """Run the statement ``build(tenant_parameter, template)`` builds, with ``template``'s values
+        (and the values of the ``extra`` named parameters the statement has besides)."""
         key = (what, conn.dialect.name, template.shape)
         entry = self._compiled.get(key)
         if entry is None:
@@ -160,6 +162,7 @@ class ShapeCache:
                 if len(self._compiled) >= self.max_shapes:
                     self._compiled.clear()
                 self._compiled[key] = entry
-        params = entry.compiled.construct_params({**template.values, "tenant": tenant}, _check=True)
+        values = {**template.values, **(extra or {}), "tenant": tenant}
+        params = entry.compiled.construct_params(values, _check=True)
         args: Any = tuple(params[n] for n in entry.positional) if entry.positional is not None else params
         return conn.exec_driver_sql(entry.sql, args)

@@ -135,6 +135,18 @@ class ObservationStore:
         with self.engine.connect() as conn, conn.begin():
             yield conn
 
+    @contextmanager
+    def statement(self) -> Iterator[Connection]:
+        """A connection for one read-only statement. On PostgreSQL it runs in autocommit: the statement
+        is its own transaction (the same snapshot a one-statement transaction has) without the BEGIN
+        and COMMIT round trips; on SQLite, a read transaction."""
+        if self.engine.dialect.name != "postgresql":
+            with self.reading() as conn:
+                yield conn
+            return
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            yield conn
+
     # -- writes ---------------------------------------------------------------------------------
 
     def _owner_of(self, conn: Connection, tenant: str, idents: Sequence[tuple[str, str]]) -> str | None:
@@ -442,7 +454,7 @@ class ObservationStore:
 
     def read(self, tenant: str, obs_id: str, scope: ReadScope | None = None) -> Stored | None:
         """The current version; with ``scope``, only if the sharing decision lets it be seen."""
-        with self.reading() as conn:
+        with self.statement() as conn:
             if scope is None:
                 return self._current(conn, tenant, obs_id)
             if scope.nothing:
@@ -681,7 +693,7 @@ class ObservationStore:
         if scope.nothing:
             return 0
         template = self._template(query, scope)
-        with self.reading() as conn:
+        with self.statement() as conn:
             result = self._shapes.execute(conn, "count", template, tenant, self._count_statement)
             return int(result.scalar() or 0)
 
@@ -702,7 +714,7 @@ class ObservationStore:
             return Page([], more_after=False, more_before=False)
         template = self._template(query, scope, anchor)
         backwards = bool(anchor and anchor.backwards)
-        with self.reading() as conn:
+        with self.statement() as conn:
             result = self._shapes.execute(conn, "page", template, tenant, self._page_statement)
             rows = [(r[0], r[1], bytes(r[2]), r[3]) for r in result]
         more = len(rows) > query.count

@@ -123,12 +123,12 @@ def api_server(database_url: str, workers: int, log: Path, threads: int = 4) -> 
         argv = [*command, "--workers", str(workers), "--threads", str(threads)]
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=out)
         try:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 120
             while not _ready(port):
                 if proc.poll() is not None:
                     raise RuntimeError(f"the server exited with {proc.returncode} (its log is printed below)")
                 if time.monotonic() > deadline:
-                    raise RuntimeError("the server was not ready within 30 s (its log is printed below)")
+                    raise RuntimeError("the server was not ready within 120 s (its log is printed below)")
                 time.sleep(0.1)
             yield Server(port, proc.pid)
         finally:

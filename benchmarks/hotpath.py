@@ -72,8 +72,9 @@ def _scenario(
     spy = None
     py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if profile is not None and py_spy:
+        output = str(profile / f"{name}.txt")
         spy = subprocess.Popen(
-            [py_spy, "record", "-r", "500", "-f", "raw", "-o", str(profile / f"{name}.txt"), "-p", str(worker)],
+            [py_spy, "record", "-r", "500", "-f", "raw", "-o", output, "-p", str(worker)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -100,7 +101,9 @@ def _scenario(
 @click.option("--requests", "count", default=500, show_default=True, type=click.IntRange(10))
 @click.option("--profile", type=click.Path(file_okay=False, path_type=Path), help="py-spy output directory")
 @click.option("--only", multiple=True, help="healthz, search, read, token (default: all)")
-def main(postgres_url: str, observations: int, count: int, profile: Path | None, only: tuple[str, ...]) -> None:
+def main(
+    postgres_url: str, observations: int, count: int, profile: Path | None, only: tuple[str, ...]
+) -> None:
     """CPU ms per request of the server and the database, one request at a time (one worker)."""
     if profile is not None:
         profile.mkdir(parents=True, exist_ok=True)

@@ -121,6 +121,8 @@ agreements = Table(
     Column("data_from", BigInteger, nullable=True),
     Column("data_to", BigInteger, nullable=True),
     Column("created", BigInteger, nullable=False),
+    # space-separated categories the consumer may also change (migration 0005_careplan)
+    Column("write_categories", Text, nullable=False, server_default=""),
     Index("ix_agreements_parties", "controller", "consumer"),
 )
 
@@ -148,6 +150,56 @@ directive_history = Table(
     Column("last_updated", BigInteger, nullable=False),
     Column("data", LargeBinary, nullable=False),
     PrimaryKeyConstraint("tenant", "id", "version_id"),
+)
+
+# -- treatment and self-treatment plans (issue #11; migration 0005_careplan) --------------------------
+# CarePlan and Goal resources of all tenants, versioned like observations. ``version_id`` is the
+# compare-and-set guard of an update (``UPDATE ... WHERE version_id = :expected``), and the history's
+# primary key (tenant, type, id, version) refuses a second copy of one version whatever the interleaving.
+
+plan_resources = Table(
+    "plan_resources",
+    metadata,
+    Column("tenant", String(9), nullable=False),
+    Column("resource_type", String(16), nullable=False),  # CarePlan | Goal
+    Column("id", String(64), nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("last_updated", BigInteger, nullable=False),
+    Column("patient_system", String(64), nullable=False),
+    Column("patient_value", String(64), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("period_start", BigInteger, nullable=True),
+    Column("period_end", BigInteger, nullable=True),
+    Column("data", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("tenant", "resource_type", "id"),
+    Index("ix_plan_resources_patient", "tenant", "patient_value", "patient_system", "resource_type"),
+)
+
+plan_tokens = Table(
+    "plan_tokens",
+    metadata,
+    Column("tenant", String(9), nullable=False),
+    Column("resource_type", String(16), nullable=False),
+    Column("resource_id", String(64), nullable=False),
+    Column("param", String(16), nullable=False),  # "category"
+    Column("system", String(256), nullable=False),
+    Column("code", String(256), nullable=False),
+    PrimaryKeyConstraint("tenant", "resource_type", "resource_id", "param", "system", "code"),
+)
+
+plan_history = Table(
+    "plan_history",
+    metadata,
+    Column("tenant", String(9), nullable=False),
+    Column("resource_type", String(16), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("last_updated", BigInteger, nullable=False),
+    # who wrote this version (from the caller's token and attestation), also in the JSON's meta
+    Column("author_organisation", String(16), nullable=True),
+    Column("author_hpr", String(16), nullable=True),
+    Column("data", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("tenant", "resource_type", "id", "version_id"),
 )
 
 # -- client systems (issue #3): who may ask for tokens, with which keys and scopes -------------------
@@ -197,7 +249,18 @@ audit_entries = Table(
     Index("ix_audit_entries_patient", "tenant", "patient_value", "seq"),
     Index("ix_audit_entries_agent", "tenant", "agent_hpr", "seq"),
     Index("ix_audit_entries_organisation", "tenant", "organisation", "seq"),
-    Index("ix_audit_entries_recorded", "tenant", "recorded"),
+    # A tenant's period, covering what the console's dashboard counts (migration 0005_console2).
+    Index(
+        "ix_audit_entries_period",
+        "tenant",
+        "recorded",
+        "action",
+        "outcome",
+        "purpose",
+        "patient_value",
+        "agent_hpr",
+        "organisation",
+    ),
 )
 
 audit_heads = Table(
@@ -291,4 +354,49 @@ console_verifications = Table(
     Column("signed_size", BigInteger, nullable=False),
     Column("seconds", Text, nullable=False),
     Column("detail", Text, nullable=False, server_default=""),
+)
+
+# The console dashboard's rollup of each tenant's sequenced audit entries (console/rollup.py, migration
+# 0005_console2): derived from the entries' columns, folded in by index, rebuildable and checked
+# against the log. Counts per UTC hour; who was active per Oslo day, as a 32-day bit mask per bucket.
+console_rollup_state = Table(
+    "console_rollup_state",
+    metadata,
+    Column("tenant", String(32), primary_key=True),
+    Column("folded", BigInteger, nullable=False),  # entries with seq < folded are in the rollup
+)
+
+console_rollup_hours = Table(
+    "console_rollup_hours",
+    metadata,
+    Column("tenant", String(32), nullable=False),
+    Column("hour", BigInteger, nullable=False),  # hours since 1970-01-01T00:00Z
+    Column("requests", BigInteger, nullable=False),
+    Column("refused", BigInteger, nullable=False),
+    Column("emergency", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant", "hour"),
+)
+
+console_rollup_actors = Table(
+    "console_rollup_actors",
+    metadata,
+    Column("tenant", String(32), nullable=False),
+    Column("kind", String(1), nullable=False),  # p patient, h health worker (HPR), o organisation
+    Column("bucket", Integer, nullable=False),  # Oslo day number // 32
+    Column("value", String(64), nullable=False),
+    Column("days", BigInteger, nullable=False),  # bit (day number % 32) set: active that day
+    PrimaryKeyConstraint("tenant", "kind", "bucket", "value"),
+)
+
+# The controller's watch list for log-control rule R10 (console/rules.py): patients whose unexplained
+# accesses always need review (a public person, an employee as a patient). Migration 0005_console2.
+console_watchlist = Table(
+    "console_watchlist",
+    metadata,
+    Column("tenant", String(32), nullable=False),
+    Column("patient_value", String(64), nullable=False),  # as audit_entries.patient_value
+    Column("reason", Text, nullable=False),
+    Column("added_by", String(64), nullable=False),
+    Column("added", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant", "patient_value"),
 )

@@ -259,16 +259,23 @@ class TokenService(AuthorizationServer):  # type: ignore[misc]
         form = request.payload.data
         if form.get("client_assertion_type") != ASSERTION_TYPE or not form.get("client_assertion"):
             raise InvalidClient("client authentication by private_key_jwt (client_assertion) is required")
+        found: dict[str, RegisteredClient | None] = {}  # one registry lookup per request, not two
+
+        def client_jwks(cid: str) -> Any:
+            found[cid] = c = self.query_client(cid)
+            return c.jwks if c is not None else None
+
         assertion = verify_client_assertion(
             form["client_assertion"],
             issuer=self.issuer,
-            client_jwks=lambda cid: c.jwks if (c := self.query_client(cid)) is not None else None,
+            client_jwks=client_jwks,
             replay=self.replay,
             now=self.clock(),
             client_id=form.get("client_id") or None,
             allowed_algs=CLIENT_ASSERTION_ALGS,
         )
-        client = self.query_client(assertion.client_id)
+        cid = assertion.client_id
+        client = found[cid] if cid in found else self.query_client(cid)
         if client is None:
             raise InvalidClient("unknown or disabled client")
         request.assertion_details = assertion.assertion_details

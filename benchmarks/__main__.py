@@ -241,6 +241,7 @@ def _measure(
 @click.option("--bundle-size", default=500, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--days", default=180, show_default=True, type=click.IntRange(10), help="Days per patient")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1), help="gunicorn workers")
+@click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 64), help="per worker")
 @click.option("--ingest-clients", default=4, show_default=True, type=click.IntRange(1, 64))
 @click.option("--clients", default=8, show_default=True, type=click.IntRange(1, 64), help="Search clients")
 @click.option("--duration", default=10.0, show_default=True, type=click.FloatRange(1, 600), help="Seconds")
@@ -255,6 +256,7 @@ def main(
     bundle_size: int,
     days: int,
     workers: int,
+    threads: int,
     seed: int,
     markdown_path: Path | None,
     **options: float,
@@ -271,7 +273,7 @@ def main(
         try:
             with fresh_database(database, Path(tmp), postgres_url) as url:
                 db_version = database_version(url)
-                with api_server(url, workers, log) as server:
+                with api_server(url, workers, log, threads) as server:
                     probe = CpuProbe(server.pid, url.rsplit("/", 1)[1] if database == "postgresql" else None)
                     results = _measure(server, url, data, probe, options)
         except Exception as exc:
@@ -285,8 +287,9 @@ def main(
         f"- command: `{' '.join(['python -m benchmarks', *sys.argv[1:]])}`; code: {report.revision()}",
         f"- ingest: {results.created:,} of {data.observations:,} observations created (201) in "
         f"{results.ingest.seconds:.1f} s ({data.patient_count} patients x {days} days); "
-        f"server: {workers} gunicorn workers x 4 threads; search and baseline: {int(options['clients'])} "
-        f"closed-loop clients, {options['warmup']:g} s warm-up, {options['duration']:g} s measured, "
+        f"server: {workers} gunicorn workers x {threads} threads; search and baseline: "
+        f"{int(options['clients'])} closed-loop clients, {options['warmup']:g} s warm-up, "
+        f"{options['duration']:g} s measured, "
         f"{SEARCH_MIX} distinct searches",
         "- CPU: share of all cores used by the API server (gunicorn), storage (PostgreSQL, Redis), this "
         "load generator, and the rest (kernel, other processes); CPU ms per item: server and storage CPU "

@@ -105,7 +105,7 @@ class Server:
 
 
 @contextmanager
-def api_server(database_url: str, workers: int, log: Path) -> Iterator[Server]:
+def api_server(database_url: str, workers: int, log: Path, threads: int = 4) -> Iterator[Server]:
     """``dho-share serve`` (gunicorn) on a free loopback port; stopped afterwards."""
     port = _free_port()
     env = {
@@ -120,14 +120,15 @@ def api_server(database_url: str, workers: int, log: Path) -> Iterator[Server]:
     }
     command = [sys.executable, "-m", "sharing_api.cli", "serve", "--port", str(port)]
     with open(log, "wb") as out:
-        proc = subprocess.Popen([*command, "--workers", str(workers)], env=env, stdout=out, stderr=out)
+        argv = [*command, "--workers", str(workers), "--threads", str(threads)]
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=out)
         try:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 120
             while not _ready(port):
                 if proc.poll() is not None:
                     raise RuntimeError(f"the server exited with {proc.returncode} (its log is printed below)")
                 if time.monotonic() > deadline:
-                    raise RuntimeError("the server was not ready within 30 s (its log is printed below)")
+                    raise RuntimeError("the server was not ready within 120 s (its log is printed below)")
                 time.sleep(0.1)
             yield Server(port, proc.pid)
         finally:

@@ -482,11 +482,14 @@ def seed(tenant_orgnr: str, patients: int, days: int, seed: int) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1))
-def serve(host: str, port: int, workers: int) -> None:
+@click.option(
+    "--threads", default=4, show_default=True, type=click.IntRange(1, 64), help="gthread threads per worker"
+)
+def serve(host: str, port: int, workers: int, threads: int) -> None:
     """Run the API (gunicorn)."""
     from sharing_api.serving import serve as run
 
-    run(_settings(), host, port, workers)
+    run(_settings(), host, port, workers, threads)
 
 
 def _redis_if_reachable(url: str = "redis://127.0.0.1:6379/0") -> str | None:

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, bindparam, insert, select, update
 
 from sharing_api.fhir.identifiers import is_valid_orgnr
 from sharing_api.store.schema import clients
@@ -45,6 +45,10 @@ def check_public_jwks(jwks: Any) -> dict[str, Any]:
     return jwks
 
 
+_BY_ID = select(clients).where(clients.c.client_id == bindparam("client_id"))
+"""A client by id, built once: every token request looks its client up (issue 12)."""
+
+
 class ClientRegistry:
     """Client systems in SQL; lookups are what the token service's client authentication needs."""
 
@@ -64,7 +68,7 @@ class ClientRegistry:
 
     def get(self, client_id: str) -> ClientRecord | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(clients).where(clients.c.client_id == client_id)).first()
+            row = conn.execute(_BY_ID, {"client_id": client_id}).first()
         return self._record(row) if row else None
 
     def all(self) -> list[ClientRecord]:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Engine,
     Select,
     and_,
+    bindparam,
     delete,
     exists,
     func,
@@ -44,10 +45,16 @@ from sharing_api.store.schema import (
     observation_tokens,
     observations,
 )
+from sharing_api.store.search_shapes import ShapeCache, Template, templated
 
 o = observations
 CHUNK = 500
 """Rows per multi-row statement (well below SQLite's 32,766 bound parameters)."""
+
+
+_CURRENT_COLUMNS = (o.c.version_id, o.c.last_updated, o.c.data, o.c.patient_system, o.c.patient_value)
+_CURRENT = select(*_CURRENT_COLUMNS).where(o.c.tenant == bindparam("tenant"), o.c.id == bindparam("obs_id"))
+"""The current version of one observation, built once (every read and write looks it up)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +122,7 @@ class ObservationStore:
     def __init__(self, engine: Engine, clock: Callable[[], int]):
         self.engine = engine
         self.clock = clock
+        self._shapes = ShapeCache()
 
     @contextmanager
     def writing(self) -> Iterator[Connection]:
@@ -127,6 +135,18 @@ class ObservationStore:
         with self.engine.connect() as conn, conn.begin():
             yield conn
 
+    @contextmanager
+    def statement(self) -> Iterator[Connection]:
+        """A connection for one read-only statement. On PostgreSQL it runs in autocommit: the statement
+        is its own transaction (the same snapshot a one-statement transaction has) without the BEGIN
+        and COMMIT round trips; on SQLite, a read transaction."""
+        if self.engine.dialect.name != "postgresql":
+            with self.reading() as conn:
+                yield conn
+            return
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            yield conn
+
     # -- writes ---------------------------------------------------------------------------------
 
     def _owner_of(self, conn: Connection, tenant: str, idents: Sequence[tuple[str, str]]) -> str | None:
@@ -137,11 +157,10 @@ class ObservationStore:
         return conn.execute(select(i.c.observation_id).where(i.c.tenant == tenant, cond).limit(1)).scalar()
 
     def _current(self, conn: Connection, tenant: str, obs_id: str) -> Stored | None:
-        row = conn.execute(
-            select(o.c.version_id, o.c.last_updated, o.c.data, o.c.patient_system, o.c.patient_value).where(
-                o.c.tenant == tenant, o.c.id == obs_id
-            )
-        ).first()
+        return self._stored(obs_id, conn.execute(_CURRENT, {"tenant": tenant, "obs_id": obs_id}).first())
+
+    @staticmethod
+    def _stored(obs_id: str, row: Any) -> Stored | None:
         if row is None:
             return None
         return Stored(
@@ -435,15 +454,20 @@ class ObservationStore:
 
     def read(self, tenant: str, obs_id: str, scope: ReadScope | None = None) -> Stored | None:
         """The current version; with ``scope``, only if the sharing decision lets it be seen."""
-        with self.reading() as conn:
+        with self.statement() as conn:
             if scope is None:
                 return self._current(conn, tenant, obs_id)
             if scope.nothing:
                 return None
-            visible = conn.execute(
-                select(o.c.id).where(o.c.tenant == tenant, o.c.id == obs_id, *self._scope_clauses(scope))
-            ).first()
-            return self._current(conn, tenant, obs_id) if visible else None
+            template = self._template(SearchQuery(), scope)
+            extra = {"obs_id": obs_id}
+            row = self._shapes.execute(conn, "read", template, tenant, self._read_statement, extra).first()
+            return self._stored(obs_id, row)
+
+    def _read_statement(self, tenant: Any, t: Template) -> Select[Any]:
+        """The current version of ``obs_id`` if it is within the read scope (one statement)."""
+        scoped = self._scope_parts(t.categories, t.start, t.end)
+        return select(*_CURRENT_COLUMNS).where(o.c.tenant == tenant, o.c.id == bindparam("obs_id"), *scoped)
 
     def read_in(self, conn: Connection, tenant: str, obs_id: str) -> Stored | None:
         return self._current(conn, tenant, obs_id)
@@ -519,20 +543,27 @@ class ObservationStore:
         Besides the comparison itself, a simple bound every match satisfies (a value that ends after
         the searched range begins, or starts before it ends): an index can apply it without the OR.
         """
+        prefix = bound.prefix
+        if prefix == "gt":
+            return [end > bound.end]
+        if prefix == "lt":
+            return [start < bound.start]
+        if prefix == "sa":  # starts after the value's range
+            return [start >= bound.end]
+        if prefix == "eb":  # ends before the value's range
+            return [end <= bound.start]
         inside = and_(start >= bound.start, end <= bound.end)
-        clauses: dict[str, list[ColumnElement[bool]]] = {
-            "eq": [inside, start < bound.end, end > bound.start],
-            "ne": [not_(inside)],
-            "gt": [end > bound.end],
-            "lt": [start < bound.start],
-            "ge": [or_(end > bound.end, inside), end > bound.start],
-            "le": [or_(start < bound.start, inside), start < bound.end],
-            "sa": [start >= bound.end],  # starts after the value's range
-            "eb": [end <= bound.start],  # ends before the value's range
-        }
-        return clauses[bound.prefix]
+        if prefix == "eq":
+            return [inside, start < bound.end, end > bound.start]
+        if prefix == "ne":
+            return [not_(inside)]
+        if prefix == "ge":
+            return [or_(end > bound.end, inside), end > bound.start]
+        if prefix == "le":
+            return [or_(start < bound.start, inside), start < bound.end]
+        raise ValueError(f"unknown date prefix {prefix!r}")
 
-    def _driver(self, tenant: str, query: SearchQuery) -> tuple[list[ColumnElement[bool]], int] | None:
+    def _driver(self, tenant: Any, query: SearchQuery) -> tuple[list[ColumnElement[bool]], int] | None:
         """When the query names one patient and one ``system|code``: the conditions on one joined
         ``observation_tokens`` row that drive the search (index order is the date order), and which
         code group they stand for. At most one token row per observation matches (its primary key),
@@ -555,7 +586,7 @@ class ObservationStore:
         return None
 
     def _filters(
-        self, tenant: str, query: SearchQuery, skip_code: int | None = None
+        self, tenant: Any, query: SearchQuery, skip_code: int | None = None
     ) -> list[ColumnElement[bool]]:
         where: list[ColumnElement[bool]] = [o.c.tenant == tenant]
         patient = self._patient_of(query)
@@ -600,31 +631,48 @@ class ObservationStore:
     def _scope_clauses(
         self, scope: ReadScope, patient: Token | None = None, query: SearchQuery | None = None
     ) -> list[ColumnElement[bool]]:
+        categories = sorted(scope.categories) if scope.categories is not None else None
+        return self._scope_parts(categories, scope.start, scope.end, patient, query)
+
+    def _scope_parts(
+        self,
+        categories: Sequence[Any] | None,
+        start: Any,
+        end: Any,
+        patient: Token | None = None,
+        query: SearchQuery | None = None,
+    ) -> list[ColumnElement[bool]]:
+        """The read scope's conditions: ``categories`` (sorted; ``None``: all), ``start``, ``end``."""
         t = observation_tokens.alias("scope_tokens")
         clauses: list[ColumnElement[bool]] = []
-        if scope.categories is not None:
+        if categories is not None:
             inner = [
                 t.c.tenant == o.c.tenant,
                 t.c.observation_id == o.c.id,
                 t.c.param == "category",
-                t.c.code.in_(sorted(scope.categories)),
+                t.c.code.in_(list(categories)),
             ]
             if patient is not None and query is not None:
                 inner += self._token_patient_clauses(patient, query, t)
             clauses.append(exists().where(*inner).correlate(o))
-        if scope.start is not None:
-            clauses.append(o.c.effective_start >= scope.start)
-        if scope.end is not None:
-            clauses.append(o.c.effective_end <= scope.end)
+        if start is not None:
+            clauses.append(o.c.effective_start >= start)
+        if end is not None:
+            clauses.append(o.c.effective_end <= end)
         return clauses
 
     def _where(
-        self, tenant: str, query: SearchQuery, scope: ReadScope
+        self,
+        tenant: Any,
+        query: SearchQuery,
+        categories: Sequence[Any] | None,
+        start: Any,
+        end: Any,
     ) -> tuple[Any, list[ColumnElement[bool]], bool]:
         """The FROM (observations, joined to the driving token row when there is one) and the WHERE."""
         driver = self._driver(tenant, query)
         patient = self._patient_of(query)
-        scoped = self._scope_clauses(scope, patient, query)
+        scoped = self._scope_parts(categories, start, end, patient, query)
         if driver is None:
             return o, [*self._filters(tenant, query), *scoped], False
         conds, n = driver
@@ -632,12 +680,22 @@ class ObservationStore:
         source = o.join(t, and_(t.c.tenant == o.c.tenant, t.c.observation_id == o.c.id))
         return source, [*conds, *self._filters(tenant, query, skip_code=n), *scoped], True
 
+    @staticmethod
+    def _template(query: SearchQuery, scope: ReadScope, anchor: Anchor | None = None) -> Template:
+        at = (anchor.value, anchor.id, anchor.backwards) if anchor is not None else None
+        return templated(query, scope.categories, scope.start, scope.end, at)
+
+    def _count_statement(self, tenant: Any, t: Template) -> Select[Any]:
+        source, where, _ = self._where(tenant, t.query, t.categories, t.start, t.end)
+        return select(func.count()).select_from(source).where(*where)
+
     def count(self, tenant: str, query: SearchQuery, scope: ReadScope = EVERYTHING) -> int:
         if scope.nothing:
             return 0
-        source, where, _ = self._where(tenant, query, scope)
-        with self.reading() as conn:
-            return int(conn.execute(select(func.count()).select_from(source).where(*where)).scalar() or 0)
+        template = self._template(query, scope)
+        with self.statement() as conn:
+            result = self._shapes.execute(conn, "count", template, tenant, self._count_statement)
+            return int(result.scalar() or 0)
 
     def search(
         self,
@@ -650,13 +708,15 @@ class ObservationStore:
 
         With one patient and one ``system|code``, the page is read in the order of
         ``ix_observation_tokens_patient`` (the token row's copy of the effective time), so PostgreSQL
-        walks that index from the date bound and stops after the page (issue 12)."""
+        walks that index from the date bound and stops after the page (issue 12). The statement is
+        compiled once per shape of search (``search_shapes``)."""
         if scope.nothing:
             return Page([], more_after=False, more_before=False)
-        stmt = self.search_statement(tenant, query, anchor, scope)
+        template = self._template(query, scope, anchor)
         backwards = bool(anchor and anchor.backwards)
-        with self.reading() as conn:
-            rows = [(r.id, r.k, r.data, r.last_updated) for r in conn.execute(stmt)]
+        with self.statement() as conn:
+            result = self._shapes.execute(conn, "page", template, tenant, self._page_statement)
+            rows = [(r[0], r[1], bytes(r[2]), r[3]) for r in result]
         more = len(rows) > query.count
         rows = rows[: query.count]
         if backwards:
@@ -667,18 +727,36 @@ class ObservationStore:
     def search_statement(
         self, tenant: str, query: SearchQuery, anchor: Anchor | None = None, scope: ReadScope = EVERYTHING
     ) -> Select[Any]:
-        """The SELECT of one page (``query.count`` + 1 rows, to tell whether there is more)."""
-        source, where, driven = self._where(tenant, query, scope)
+        """The SELECT of one page (``query.count`` + 1 rows, to tell whether there is more), with the
+        values in it (what ``search`` runs, for ``EXPLAIN``)."""
+        categories = sorted(scope.categories) if scope.categories is not None else None
+        at = (anchor.value, anchor.id, anchor.backwards) if anchor is not None else None
+        return self._select_page(tenant, query, categories, scope.start, scope.end, at)
+
+    def _page_statement(self, tenant: Any, t: Template) -> Select[Any]:
+        return self._select_page(tenant, t.query, t.categories, t.start, t.end, t.anchor)
+
+    def _select_page(
+        self,
+        tenant: Any,
+        query: SearchQuery,
+        categories: Sequence[Any] | None,
+        start: Any,
+        end: Any,
+        anchor: tuple[Any, Any, bool] | None,
+    ) -> Select[Any]:
+        source, where, driven = self._where(tenant, query, categories, start, end)
         t = observation_tokens
         by_date = query.sort.endswith("date")
         key = (t.c.effective_start if driven else o.c.effective_start) if by_date else o.c.last_updated
         ident = t.c.observation_id if driven and by_date else o.c.id
         descending = query.sort.startswith("-")
-        backwards = bool(anchor and anchor.backwards)
+        backwards = bool(anchor and anchor[2])
         scan_desc = descending != backwards
         if anchor is not None:
             pos = tuple_(key, ident)
-            where.append(pos < (anchor.value, anchor.id) if scan_desc else pos > (anchor.value, anchor.id))
+            value = tuple_(anchor[0], anchor[1])
+            where.append(pos < value if scan_desc else pos > value)
         order = (key.desc(), ident.desc()) if scan_desc else (key.asc(), ident.asc())
         stmt = (
             select(o.c.id, key.label("k"), o.c.data, o.c.last_updated)

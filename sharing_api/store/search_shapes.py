@@ -1,0 +1,168 @@
+"""Search statements compiled once per *shape* and run with the request's values (issue 12).
+
+Building a search's SELECT with SQLAlchemy expressions and compiling it cost more CPU than everything
+PostgreSQL did for that search (BENCHMARKS.md, hotspots). Two searches that differ only in their values
+(another patient, another code, other dates) have the same SQL. ``templated`` splits a query, its
+read scope and its paging anchor into
+
+* a **shape**: everything that changes the SQL (which parameters, how many values, which are absent,
+  the date prefixes, the sort, the page size, whether there is an anchor), and
+* the **values**, by position,
+
+and gives back the same query with every value replaced by a bind parameter named by its position. The
+store builds the statement from that template with its ordinary code (so the SQL is exactly what the
+literal query would give), compiles it for the connection's dialect once, and from then on runs the
+compiled text with the values (``ShapeCache``). No value ever becomes part of the SQL text: the
+values travel as parameters, as they did before.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from sqlalchemy import Connection, bindparam
+from sqlalchemy.sql import ClauseElement
+
+from sharing_api.fhir.search import DateBound, SearchQuery, Token
+
+__all__ = ["ShapeCache", "Template", "templated"]
+
+MAX_SHAPES = 256
+"""Compiled statements kept per store; a search mix with more shapes than this just compiles more."""
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A query (and scope and anchor) whose values are bind parameters, the values by parameter name,
+    and the shape they share with every query of the same SQL."""
+
+    shape: Hashable
+    query: SearchQuery
+    categories: tuple[Any, ...] | None
+    """The read scope's categories as bind parameters, sorted by value (``None``: every category)."""
+    start: Any
+    end: Any
+    anchor: tuple[Any, Any, bool] | None
+    """The paging anchor's (value, id) as bind parameters, and whether the page reads backwards."""
+    values: dict[str, Any]
+
+
+class _Binder:
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.shape: list[Hashable] = []
+
+    def bind(self, value: Any) -> Any:
+        """A bind parameter standing for ``value`` (``None`` stays ``None``: absence is shape)."""
+        if value is None:
+            self.shape.append(None)
+            return None
+        name = f"v{len(self.values)}"
+        self.values[name] = value
+        self.shape.append(type(value).__name__)
+        return bindparam(name, type_=None)
+
+    def token(self, token: Token) -> Token:
+        return Token(self.bind(token.system), self.bind(token.code))
+
+    def groups(self, groups: tuple[tuple[Token, ...], ...]) -> tuple[tuple[Token, ...], ...]:
+        self.shape.append(tuple(len(g) for g in groups))
+        return tuple(tuple(self.token(t) for t in group) for group in groups)
+
+    def words(self, groups: tuple[tuple[str, ...], ...]) -> tuple[tuple[str, ...], ...]:
+        self.shape.append(tuple(len(g) for g in groups))
+        return tuple(tuple(self.bind(w) for w in group) for group in groups)
+
+    def dates(self, bounds: tuple[DateBound, ...]) -> tuple[DateBound, ...]:
+        self.shape.append(tuple(b.prefix for b in bounds))
+        return tuple(DateBound(b.prefix, self.bind(b.start), self.bind(b.end), "") for b in bounds)
+
+
+def templated(
+    query: SearchQuery,
+    categories: frozenset[str] | None,
+    start: int | None,
+    end: int | None,
+    anchor: tuple[int, str, bool] | None,
+) -> Template:
+    """``query``, a read scope's (``categories``, ``start``, ``end``) and an ``anchor`` (value, id,
+    backwards) with their values taken out (see the module docstring)."""
+    b = _Binder()
+    template = replace(
+        query,
+        patients=b.groups(query.patients),
+        codes=b.groups(query.codes),
+        categories=b.groups(query.categories),
+        statuses=b.words(query.statuses),
+        identifiers=b.groups(query.identifiers),
+        dates=b.dates(query.dates),
+        last_updated=b.dates(query.last_updated),
+        not_codes=b.groups(query.not_codes),
+        not_categories=b.groups(query.not_categories),
+        not_statuses=b.words(query.not_statuses),
+        applied=(),
+        elements=(),
+    )
+    cats = None
+    if categories is not None:
+        b.shape.append(("categories", len(categories)))
+        cats = tuple(b.bind(c) for c in sorted(categories))
+    bounds = (b.bind(start), b.bind(end))
+    at = None
+    if anchor is not None:
+        b.shape.append(("anchor", anchor[2]))
+        at = (b.bind(anchor[0]), b.bind(anchor[1]), anchor[2])
+    shape = (tuple(b.shape), query.count, query.sort)
+    return Template(shape, template, cats, bounds[0], bounds[1], at, b.values)
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    sql: str
+    compiled: Any
+    positional: tuple[str, ...] | None
+
+
+class ShapeCache:
+    """Compiled statements by (what, dialect, shape); built by ``build(template)`` on first use."""
+
+    def __init__(self, max_shapes: int = MAX_SHAPES) -> None:
+        self._compiled: dict[Hashable, _Compiled] = {}
+        self._lock = threading.Lock()
+        self.max_shapes = max_shapes
+
+    def __len__(self) -> int:
+        return len(self._compiled)
+
+    def execute(
+        self,
+        conn: Connection,
+        what: str,
+        template: Template,
+        tenant: str,
+        build: Callable[[Any, Template], ClauseElement],
+        extra: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Run the statement ``build(tenant_parameter, template)`` builds, with ``template``'s values
+        (and the values of the ``extra`` named parameters the statement has besides)."""
+        key = (what, conn.dialect.name, template.shape)
+        entry = self._compiled.get(key)
+        if entry is None:
+            stmt = build(bindparam("tenant", type_=None), template)
+            compiled: Any = stmt.compile(dialect=conn.dialect)
+            sql = str(compiled)
+            if "POSTCOMPILE" in sql:  # an expanding parameter would need the values: never cache it
+                raise RuntimeError(f"the {what} statement of this shape cannot be compiled once")
+            positional = tuple(compiled.positiontup) if compiled.positional else None
+            entry = _Compiled(sql, compiled, positional)
+            with self._lock:
+                if len(self._compiled) >= self.max_shapes:
+                    self._compiled.clear()
+                self._compiled[key] = entry
+        values = {**template.values, **(extra or {}), "tenant": tenant}
+        params = entry.compiled.construct_params(values, _check=True)
+        args: Any = tuple(params[n] for n in entry.positional) if entry.positional is not None else params
+        return conn.exec_driver_sql(entry.sql, args)

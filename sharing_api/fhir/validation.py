@@ -89,11 +89,16 @@ def model_issues(resource: dict[str, Any]) -> list[Issue]:
     return []
 
 
+def _items(value: Any) -> list[Any]:
+    """A repeating element's items; anything but a JSON array has none (the model names that error)."""
+    return value if isinstance(value, list) else []
+
+
 def _codings(concept: Any, path: str, issues: list[Issue]) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     if not isinstance(concept, dict):
         return out
-    for i, coding in enumerate(concept.get("coding") or []):
+    for i, coding in enumerate(_items(concept.get("coding"))):
         if (
             isinstance(coding, dict)
             and isinstance(coding.get("system"), str)
@@ -145,7 +150,7 @@ def _check_subject(resource: dict[str, Any], issues: list[Issue]) -> tuple[str, 
 
 
 def _check_performers(resource: dict[str, Any], tenant: Tenant, issues: list[Issue]) -> None:
-    for i, performer in enumerate(resource.get("performer") or []):
+    for i, performer in enumerate(_items(resource.get("performer"))):
         path = f"Observation.performer[{i}]"
         identifier = performer.get("identifier") if isinstance(performer, dict) else None
         if not isinstance(identifier, dict) or not isinstance(identifier.get("system"), str):
@@ -224,7 +229,7 @@ def _check_quantity(
 
 def _check_value(resource: dict[str, Any], mt: vitals.MeasurementType | None, issues: list[Issue]) -> None:
     has_value = any(k.startswith("value") for k in resource)
-    components = resource.get("component") or []
+    components = _items(resource.get("component"))
     if not has_value and not components and "dataAbsentReason" not in resource:
         issues.append(
             Issue("a measurement needs a value, components or dataAbsentReason", "Observation.value[x]")
@@ -381,14 +386,14 @@ def validate_observation(
             )
         )
     categories: list[tuple[str, str]] = []
-    for i, cat in enumerate(resource.get("category") or []):
+    for i, cat in enumerate(_items(resource.get("category"))):
         categories += _codings(cat, f"Observation.category[{i}]", issues)
     if not categories:
         issues.append(
             Issue("category is required (vital-signs, or survey for scores)", "Observation.category")
         )
     status = resource.get("status")
-    if status not in PUBLISHABLE_STATUSES:
+    if not isinstance(status, str) or status not in PUBLISHABLE_STATUSES:
         issues.append(
             Issue(f"status must be one of {', '.join(sorted(PUBLISHABLE_STATUSES))}", "Observation.status")
         )
@@ -397,7 +402,7 @@ def validate_observation(
     _check_value(resource, mt, issues)
     _check_narrative(resource, issues)
     identifiers = []
-    for i, ident in enumerate(resource.get("identifier") or []):
+    for i, ident in enumerate(_items(resource.get("identifier"))):
         if (
             isinstance(ident, dict)
             and isinstance(ident.get("system"), str)

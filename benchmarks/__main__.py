@@ -249,7 +249,13 @@ def _measure(
 @click.option("--seed", default=1, show_default=True, help="Random seed of the synthetic data")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--scale", is_flag=True, help="Seed in bulk through the store; search/read vs 100k (scale.py)")
-@click.option("--soak", type=click.FloatRange(10), is_flag=False, flag_value=1800.0, help="Mixed load for SECONDS, worker RSS (soak.py)")
+@click.option(
+    "--soak",
+    type=click.FloatRange(10),
+    is_flag=False,
+    flag_value=1800.0,
+    help="Mixed load for SECONDS, worker RSS (soak.py)",
+)
 def main(
     database: str,
     postgres_url: str,

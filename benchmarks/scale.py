@@ -74,7 +74,7 @@ class Seeder:
     patient_count: int = 0
 
     def __post_init__(self) -> None:
-        self.rng = random.Random(self.seed)  # noqa: S311 (reproducible synthetic data, not secrets)
+        self.rng = random.Random(self.seed)
         self.engine = make_engine(self.url)
         self.store = ObservationStore(self.engine, lambda: time.time_ns() // 1000)
         record = TenantDirectory(self.engine).get(TENANT)
@@ -121,7 +121,9 @@ class Seeder:
             .astimezone(LOCAL_ZONE)
             .replace(hour=0, minute=0, second=0, microsecond=0)
         )
-        return Dataset([], self.stored, list(self.whole), self.patient_count, first_day, self.days, self.seed, 0)
+        return Dataset(
+            [], self.stored, list(self.whole), self.patient_count, first_day, self.days, self.seed, 0
+        )
 
 
 @dataclass(frozen=True)
@@ -141,14 +143,18 @@ def _found(port: int, requests: list[bytes]) -> list[list[str]]:
             status, body = conn.roundtrip(request)
             bundle = orjson.loads(body) if status == 200 else {}
             if status != 200 or len(bundle.get("entry", [])) != HITS:
-                raise click.ClickException(f"a check search answered {status} ({body[:200]!r}); expected {HITS}")
+                raise click.ClickException(
+                    f"a check search answered {status} ({body[:200]!r}); expected {HITS}"
+                )
             out.append([e["resource"]["id"] for e in bundle["entry"]])
         return out
     finally:
         conn.close()
 
 
-def measure(server: Server, creds: Credentials, data: Dataset, probe: CpuProbe, options: dict[str, Any]) -> tuple[LoadResult, LoadResult]:
+def measure(
+    server: Server, creds: Credentials, data: Dataset, probe: CpuProbe, options: dict[str, Any]
+) -> tuple[LoadResult, LoadResult]:
     """Search and read by id, full chain, over HTTP (as ``python -m benchmarks`` measures them)."""
     port, clients = server.port, int(options["clients"])
     warmup, duration = float(options["warmup"]), float(options["duration"])
@@ -251,21 +257,23 @@ def run(
     load_before = os.getloadavg()[0]
     checkpoints = sorted({min(REFERENCE, observations), observations})
     points: list[Point] = []
-    with tempfile.TemporaryDirectory(prefix="dho-bench-") as tmp:
-        with fresh_database(database, Path(tmp), postgres_url) as url:
-            db_version = database_version(url)
-            seeder = Seeder(url, days, seed)
-            with api_server(url, workers, Path(tmp) / "server.log") as server:
-                probe = CpuProbe(server.pid, url.rsplit("/", 1)[1] if database == "postgresql" else None)
-                creds = Credentials(f"http://127.0.0.1:{server.port}", register(url, TENANT))
-                for target in checkpoints:
-                    before = seeder.seconds
-                    seeder.fill(target)
-                    console.print(f"seeded {seeder.stored:,} in {seeder.seconds - before:.0f} s; analyze ...")
-                    analyze(url)
-                    search, read = measure(server, creds, seeder.dataset(), probe, options)
-                    points.append(Point(seeder.stored, seeder.seconds, search, read))
-            seeder.engine.dispose()
+    with (
+        tempfile.TemporaryDirectory(prefix="dho-bench-") as tmp,
+        fresh_database(database, Path(tmp), postgres_url) as url,
+    ):
+        db_version = database_version(url)
+        seeder = Seeder(url, days, seed)
+        with api_server(url, workers, Path(tmp) / "server.log") as server:
+            probe = CpuProbe(server.pid, url.rsplit("/", 1)[1] if database == "postgresql" else None)
+            creds = Credentials(f"http://127.0.0.1:{server.port}", register(url, TENANT))
+            for target in checkpoints:
+                before = seeder.seconds
+                seeder.fill(target)
+                console.print(f"seeded {seeder.stored:,} in {seeder.seconds - before:.0f} s; analyze ...")
+                analyze(url)
+                search, read = measure(server, creds, seeder.dataset(), probe, options)
+                points.append(Point(seeder.stored, seeder.seconds, search, read))
+        seeder.engine.dispose()
     context = [
         f"- {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {report.machine()}, {db_version}; "
         f"load average before the run {load_before:.2f}",

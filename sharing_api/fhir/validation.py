@@ -17,9 +17,8 @@ from fhir.resources.R4B.observation import Observation
 from pydantic import ValidationError
 
 from sharing_api.errors import InvalidResource, Issue, SecurityLabelRefused
-from sharing_api.fhir import common_shape
+from sharing_api.fhir import common_shape, vitals
 from sharing_api.fhir import identifiers as ids
-from sharing_api.fhir import vitals
 from sharing_api.fhir.dates import OPEN_END, DateFormatError, parse_range
 
 PUBLISHABLE_STATUSES = frozenset(

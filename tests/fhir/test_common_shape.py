@@ -99,7 +99,7 @@ def _paths(value: Any, at: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
             yield from _paths(item, (*at, i))
 
 
-TRICKY = st.one_of(
+TRICKY: st.SearchStrategy[Any] = st.one_of(
     st.sampled_from(
         [
             None,
@@ -193,7 +193,7 @@ KEYS = st.sampled_from(
 
 @st.composite
 def mutated(draw: st.DrawFn) -> dict[str, Any]:
-    resource = copy.deepcopy(draw(st.sampled_from(CORPUS)))
+    resource: dict[str, Any] = copy.deepcopy(draw(st.sampled_from(CORPUS)))
     for _ in range(draw(st.integers(1, 3))):
         paths = list(_paths(resource))
         at = draw(st.sampled_from(paths[1:] if len(paths) > 1 else paths))
@@ -243,7 +243,6 @@ def test_the_mutations_reach_both_paths() -> None:
 
     collect()
     assert seen == {True, False}
-
 
 
 @pytest.mark.parametrize(

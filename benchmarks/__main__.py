@@ -21,7 +21,7 @@ import click
 import orjson
 from rich.console import Console
 
-from benchmarks import report
+from benchmarks import modes, report
 from benchmarks.cpu import CpuProbe
 from benchmarks.environment import (
     TENANT,
@@ -249,6 +249,14 @@ def _measure(
 @click.option("--ingest-timeout", default=900.0, show_default=True, type=click.FloatRange(10, 3600))
 @click.option("--seed", default=1, show_default=True, help="Random seed of the synthetic data")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--scale", is_flag=True, help="Seed in bulk through the store; search/read vs 100k (scale.py)")
+@click.option(
+    "--soak",
+    type=click.FloatRange(10),
+    is_flag=False,
+    flag_value=1800.0,
+    help="Mixed load for SECONDS, worker RSS (soak.py)",
+)
 def main(
     database: str,
     postgres_url: str,
@@ -262,6 +270,8 @@ def main(
     **options: float,
 ) -> None:
     """Benchmark ingest and search over HTTP on this machine (loopback only)."""
+    if modes.chosen(database, postgres_url, observations, days, workers, seed, markdown_path, options):
+        return
     load_before = os.getloadavg()[0]
     console.print(f"generating {observations:,} synthetic observations ...")
     try:

@@ -17,8 +17,8 @@ from fhir.resources.R4B.observation import Observation
 from pydantic import ValidationError
 
 from sharing_api.errors import InvalidResource, Issue, SecurityLabelRefused
+from sharing_api.fhir import common_shape, vitals
 from sharing_api.fhir import identifiers as ids
-from sharing_api.fhir import vitals
 from sharing_api.fhir.dates import OPEN_END, DateFormatError, parse_range
 
 PUBLISHABLE_STATUSES = frozenset(
@@ -70,6 +70,15 @@ def _path(loc: tuple[int | str, ...]) -> str:
 
 
 def _structure_issues(resource: dict[str, Any]) -> list[Issue]:
+    """FHIR R4 structure problems: none for the common VKP shape (``common_shape``, checked by hand),
+    otherwise what the ``fhir.resources`` model finds."""
+    if common_shape.plainly_valid(resource):
+        return []
+    return model_issues(resource)
+
+
+def model_issues(resource: dict[str, Any]) -> list[Issue]:
+    """FHIR R4 structure problems as the ``fhir.resources`` R4B model finds them (the reference)."""
     try:
         Observation.model_validate(resource)
     except ValidationError as exc:
@@ -79,11 +88,16 @@ def _structure_issues(resource: dict[str, Any]) -> list[Issue]:
     return []
 
 
+def _items(value: Any) -> list[Any]:
+    """A repeating element's items; anything but a JSON array has none (the model names that error)."""
+    return value if isinstance(value, list) else []
+
+
 def codings(concept: Any, path: str, issues: list[Issue]) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     if not isinstance(concept, dict):
         return out
-    for i, coding in enumerate(concept.get("coding") or []):
+    for i, coding in enumerate(_items(concept.get("coding"))):
         if (
             isinstance(coding, dict)
             and isinstance(coding.get("system"), str)
@@ -137,7 +151,7 @@ def check_subject(
 
 
 def _check_performers(resource: dict[str, Any], tenant: Tenant, issues: list[Issue]) -> None:
-    for i, performer in enumerate(resource.get("performer") or []):
+    for i, performer in enumerate(_items(resource.get("performer"))):
         path = f"Observation.performer[{i}]"
         identifier = performer.get("identifier") if isinstance(performer, dict) else None
         if not isinstance(identifier, dict) or not isinstance(identifier.get("system"), str):
@@ -216,7 +230,7 @@ def check_quantity(
 
 def _check_value(resource: dict[str, Any], mt: vitals.MeasurementType | None, issues: list[Issue]) -> None:
     has_value = any(k.startswith("value") for k in resource)
-    components = resource.get("component") or []
+    components = _items(resource.get("component"))
     if not has_value and not components and "dataAbsentReason" not in resource:
         issues.append(
             Issue("a measurement needs a value, components or dataAbsentReason", "Observation.value[x]")
@@ -373,14 +387,14 @@ def validate_observation(
             )
         )
     categories: list[tuple[str, str]] = []
-    for i, cat in enumerate(resource.get("category") or []):
+    for i, cat in enumerate(_items(resource.get("category"))):
         categories += codings(cat, f"Observation.category[{i}]", issues)
     if not categories:
         issues.append(
             Issue("category is required (vital-signs, or survey for scores)", "Observation.category")
         )
     status = resource.get("status")
-    if status not in PUBLISHABLE_STATUSES:
+    if not isinstance(status, str) or status not in PUBLISHABLE_STATUSES:
         issues.append(
             Issue(f"status must be one of {', '.join(sorted(PUBLISHABLE_STATUSES))}", "Observation.status")
         )
@@ -389,7 +403,7 @@ def validate_observation(
     _check_value(resource, mt, issues)
     check_narrative(resource, issues)
     identifiers = []
-    for i, ident in enumerate(resource.get("identifier") or []):
+    for i, ident in enumerate(_items(resource.get("identifier"))):
         if (
             isinstance(ident, dict)
             and isinstance(ident.get("system"), str)

@@ -39,6 +39,7 @@ from sharing_api.errors import Conflict, NotFound, PreconditionFailed, Unprocess
 from sharing_api.fhir.dates import format_instant
 from sharing_api.fhir.search import DateBound, SearchQuery, Token
 from sharing_api.fhir.validation import ValidObservation
+from sharing_api.store import bulk
 from sharing_api.store.schema import (
     observation_history,
     observation_identifiers,
@@ -367,8 +368,7 @@ class ObservationStore:
         ]
         tokens = [row for obs_id, n in fresh.items() for row in self._token_rows(tenant, obs_id, valids[n])]
         for table, rows in ((o, obs_rows), (observation_history, history), (observation_tokens, tokens)):
-            if rows:  # executemany: multi-row INSERTs of a cached statement ("insertmanyvalues")
-                conn.execute(insert(table), rows)
+            bulk.insert_rows(conn, table, rows)  # one statement per table (unnest on PostgreSQL)
         existing = self._currents(conn, tenant, [p for p in plan if p not in fresh])
         out: list[tuple[Stored, bool]] = []
         for n, obs_id in enumerate(plan):

@@ -55,6 +55,7 @@ from sharing_api.store.policy import PolicyStore
 from sharing_api.store.revocations import RevocationLedger, deployment_name
 from sharing_api.store.tenants import TenantDirectory
 from sharing_api.subscriptions.delivery import Backoff, DeliveryWorker, ResourceLoader, Sender
+from sharing_api.subscriptions.egress import EgressPolicy
 from sharing_api.subscriptions.service import Notifications
 from sharing_api.subscriptions.store import SubscriptionStore
 
@@ -203,6 +204,10 @@ def build_services(settings: Settings) -> Services:
             issuer=settings.issuer_url,
             timeout=settings.subscription_timeout,
             clock=time.time,
+            egress=EgressPolicy(
+                allow_loopback=settings.subscription_http_loopback,
+                networks=settings.subscription_allowed_networks,
+            ),
         ),
         backoff=Backoff(
             settings.subscription_retry_seconds,

@@ -101,6 +101,11 @@ class Settings(BaseSettings):
         default=False,
         description="Allow plain http rest-hook endpoints on loopback addresses (tests, development only)",
     )
+    subscription_allowed_networks: Annotated[tuple[IPNetwork, ...], NoDecode] = Field(
+        default=(),
+        description="Non-public networks (comma-separated CIDRs) rest-hook endpoints may resolve to; any"
+        " other private, loopback or link-local destination is refused (no SSRF)",
+    )
     subscription_delivery_interval: float = Field(
         default=1.0,
         ge=0,
@@ -152,7 +157,7 @@ class Settings(BaseSettings):
         """``DHO_METRICS_TOKEN=`` (empty, as compose passes an unset variable) means no metrics."""
         return None if value == "" else value
 
-    @field_validator("trusted_proxies", mode="before")
+    @field_validator("trusted_proxies", "subscription_allowed_networks", mode="before")
     @classmethod
     def _networks(cls, value: object) -> object:
         """``DHO_TRUSTED_PROXIES=10.0.0.0/8,127.0.0.1/32``: a comma-separated list (empty: none)."""

@@ -56,6 +56,9 @@ def subscription_create() -> Response:
         allow_http_loopback=svc.settings.subscription_http_loopback,
         now=svc.subscriptions.clock(),
     )
+    unreachable = svc.delivery.sender.egress.literal_refusal(wanted.endpoint)
+    if unreachable is not None:
+        raise InvalidResource(f"the endpoint is not allowed: {unreachable}", "Subscription.channel.endpoint")
     topic = wanted.topic
     if wanted.payload == "full-resource" and topic.resource not in svc.delivery.loaders:
         raise InvalidResource(

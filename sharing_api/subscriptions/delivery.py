@@ -40,6 +40,7 @@ from sharing_api.audit.events import AuditFacts, SharingDecision
 from sharing_api.auditing import Auditor
 from sharing_api.fhir.dates import format_instant
 from sharing_api.store.tenants import TenantDirectory, TenantRecord
+from sharing_api.subscriptions.egress import EgressPolicy
 from sharing_api.subscriptions.notification import notification_bundle
 from sharing_api.subscriptions.store import (
     ACTIVE,
@@ -97,8 +98,11 @@ class Sender:
         issuer: str,
         timeout: float,
         clock: Callable[[], float],
+        egress: EgressPolicy | None = None,
     ):
         self.keyset = keyset
+        #: Which addresses may be contacted (public only, by default: no SSRF into our own network).
+        self.egress = egress or EgressPolicy()
         self.issuer = issuer
         self.timeout = timeout
         self.clock = clock
@@ -106,7 +110,11 @@ class Sender:
         self.key = ECKey.generate_key("P-256", private=True)
 
     def post(self, endpoint: str, body: bytes, *, controller: str) -> tuple[int | None, str]:
-        """``(status, what happened)``; status ``None`` when no HTTP answer came."""
+        """``(status, what happened)``; status ``None`` when no HTTP answer came (or none was asked for:
+        an endpoint that resolves to an address :class:`EgressPolicy` refuses is not contacted)."""
+        refused = self.egress.refusal(endpoint)
+        if refused is not None:
+            return None, f"not sent: {refused}"
         now = self.clock()
         audience = _without_query(endpoint)
         token = issue_access_token(

@@ -36,6 +36,7 @@ from sharing_api.auditing import Auditor, audit_facts
 from sharing_api.body_limit import BodyLimit
 from sharing_api.console import install_console
 from sharing_api.errors import AccessRefused, FhirError, Issue, ServiceUnavailable, operation_outcome
+from sharing_api.forwarded import TrustedProxies
 from sharing_api.keyfiles import KeysetFile
 from sharing_api.metrics import CONTENT_TYPE, Metrics, authorised
 from sharing_api.publishing import Publisher
@@ -207,6 +208,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["dho"] = build_services(settings)
     app.wsgi_app = BodyLimit(app.wsgi_app, settings.max_body_bytes)  # type: ignore[method-assign]
+    if settings.trusted_proxies:
+        app.wsgi_app = TrustedProxies(app.wsgi_app, settings.trusted_proxies)  # type: ignore[method-assign]
     metrics = Metrics()
     app.extensions["dho_metrics"] = metrics
     services: Services = app.extensions["dho"]

@@ -7,11 +7,13 @@ A bad value stops start-up with a message naming the variable. Secrets are ``Sec
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sharing_api.fhir.search import SearchLimits
+from sharing_api.forwarded import IPNetwork, parse_networks
 
 DEFAULT_DATA_DIR = Path("var")
 
@@ -99,6 +101,11 @@ class Settings(BaseSettings):
         default=(),
         description='Trusted external issuers (JSON): [{"issuer": "https://...", "audience": "..."}]',
     )
+    trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = Field(
+        default=(),
+        description="Proxies (comma-separated CIDRs) whose X-Forwarded-For names the client's address"
+        " in the audit log; from any other peer the header is ignored",
+    )
     rate_limit: int = Field(default=6000, ge=1, description="Requests per client per minute before 429")
     console_session_timeout: int = Field(
         default=900, ge=30, le=43200, description="Idle seconds before an auditor console session ends"
@@ -114,6 +121,16 @@ class Settings(BaseSettings):
     def _unset_when_empty(cls, value: object) -> object:
         """``DHO_METRICS_TOKEN=`` (empty, as compose passes an unset variable) means no metrics."""
         return None if value == "" else value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        """``DHO_TRUSTED_PROXIES=10.0.0.0/8,127.0.0.1/32``: a comma-separated list (empty: none)."""
+        if isinstance(value, str) or (
+            isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+        ):
+            return parse_networks(value)
+        return value
 
     @field_validator("database_url")
     @classmethod

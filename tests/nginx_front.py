@@ -30,6 +30,7 @@ class NginxFront:
         require(binary, "nginx is not installed (apt-get install nginx-light)")
         assert binary is not None
         self.binary = binary
+        self.upstreams = list(upstreams)
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="dho-nginx-"))
         servers = "\n".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=2s;" for p in upstreams)

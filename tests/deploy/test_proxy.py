@@ -9,16 +9,23 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 import requests
+from requests.adapters import HTTPAdapter
+from sqlalchemy import select
 
 from auth.client import ASSERTION_TYPE, attestation, client_assertion, dpop_proof
 from auth.server import TOKEN_PATH
 from sharing_api.fhir.identifiers import FNR
+from sharing_api.services import Services
 from sharing_api.settings import Settings
+from sharing_api.store.schema import audit_entries
 from tests.api_client import ApiClient
 from tests.api_nodes import start_api, wait_ready
 from tests.auth import factories
@@ -49,6 +56,37 @@ def front(settings: Settings, tmp_path: Path) -> Iterator[tuple[str, NginxFront]
             yield base, nginx
         finally:
             nginx.stop()
+
+
+CLIENT_ADDRESS = "127.0.0.2"
+"""The address the tests' client connects from: another loopback address than the proxy's, so the audit
+log can tell the client from the proxy."""
+
+
+class FromAddress(HTTPAdapter):
+    """Connections from :data:`CLIENT_ADDRESS`."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["source_address"] = (CLIENT_ADDRESS, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+def client_session() -> requests.Session:
+    session = requests.Session()
+    session.mount("http://", FromAddress())
+    return session
+
+
+def audited_source(services: Services, correlation_id: str) -> str:
+    """The client agent's network address of the one audit event of request ``correlation_id``."""
+    with services.engine.connect() as conn:
+        events = [orjson.loads(e) for (e,) in conn.execute(select(audit_entries.c.event))]
+    mine = [e for e in events if correlation_id in orjson.dumps(e).decode()]
+    assert len(mine) == 1, f"{len(mine)} audit events for one request"
+    (address,) = [
+        a["network"]["address"] for a in mine[0]["agent"] if a.get("network", {}).get("type") == "2"
+    ]
+    return str(address)
 
 
 def test_slow_clients_do_not_starve_others_behind_the_front(
@@ -104,6 +142,7 @@ def fronted_node(settings: Settings, app: object, tmp_path: Path) -> Iterator[Ng
         "DHO_SIGNING_KEYS_PATH": str(settings.signing_keys_path),
         "DHO_AUDIT_KEY_PATH": str(settings.audit_key_path),
         "DHO_PUBLIC_URL": nginx.url,
+        "DHO_TRUSTED_PROXIES": "127.0.0.1/32",  # nginx reaches the node from 127.0.0.1
     }
     log = tmp_path / "api.log"
     node = start_api(env, port, log)
@@ -164,3 +203,17 @@ def test_forwarding_headers_cannot_choose_the_dpop_htu(client: ApiClient, fronte
     assert refused.status_code == 401, refused.text
     assert "htu" in refused.headers.get("WWW-Authenticate", "")
     assert read(public).status_code == 200  # the same headers, a proof for the configured URL
+
+    # The audit log names the client, not the proxy, and no client chooses what it names: nginx
+    # overwrites X-Forwarded-For, and the node believes it only from the proxy (DHO_TRUSTED_PROXIES).
+    session = client_session()
+    spoofed = {**chosen, "X-Forwarded-For": "203.0.113.9", "X-Real-IP": "203.0.113.9"}
+    for base in (public, f"http://127.0.0.1:{fronted_node.upstreams[0]}"):  # the front, then the node
+        cid = uuid.uuid4().hex
+        proof = factories.make_proof(
+            client.dpop_key, method="GET", url=public + path, iat=int(time.time()), access_token=token
+        )
+        headers = {"Authorization": f"DPoP {token}", "DPoP": proof, "X-Request-ID": cid, **spoofed}
+        answer = session.get(base + path, headers=headers, timeout=20)
+        assert answer.status_code == 200, answer.text
+        assert audited_source(client.services, cid) == CLIENT_ADDRESS, base

@@ -22,12 +22,15 @@ from auth.client import ASSERTION_TYPE, client_assertion
 from auth.server import REVOCATION_PATH
 from sharing_api.app import create_app
 from sharing_api.settings import Settings
-from sharing_api.store.schema import revoked_tokens
+from sharing_api.store.schema import observations, revoked_tokens
 from tests.api_client import ApiClient
+from tests.conftest import TENANT_A
+from tests.factories import heart_rate
 from tests.live_server import free_port
+from tests.policy.helpers import PUBLIC, link, search
 from tests.prerequisites import require
 from tests.redis_nodes import Node, eventually
-from tests.security.helpers import Scene, make_scene
+from tests.security.helpers import BASE, Scene, make_scene
 
 pytestmark = pytest.mark.slow  # starts redis-server processes
 
@@ -209,10 +212,12 @@ def _admitted(services: Any) -> bool:
     return True
 
 
-def test_cluster_url_serves_and_refuses_replays(
+def test_cluster_url_serves_refuses_replays_and_pages(
     settings: Settings, app: Flask, nodes: list[Node], tmp_path: Path
 ) -> None:
-    """Issue 13 item 2: ``redis+cluster://`` works end to end; all request-state keys share one slot."""
+    """Issue 13 item 2: ``redis+cluster://`` works end to end; all request-state keys share one slot;
+    a search pages through every match by ``next`` links whose cursors live in the cluster (one key
+    per cursor, wherever its slot is)."""
     require(shutil.which("redis-cli"), "redis-cli is not installed")
     # cluster-port: the default bus port (port + 10000) may be taken, or beyond 65535 for a high free port.
     masters = [
@@ -233,8 +238,36 @@ def test_cluster_url_serves_and_refuses_replays(
     headers = reader.headers()
     assert reader.send(headers).status_code == 200
     assert reader.send(headers).status_code == 401
-    holders = [n for n in masters if n.client.dbsize() > 0]
+    holders = [n for n in masters if any(n.client.scan_iter(match="*{dho}*", count=1000))]
     assert len(holders) == 1, "the request-state keys are spread over several nodes (one slot expected)"
+
+    for n in range(4):
+        extra = heart_rate(scene.patient, identifier=f"cluster-page-{n}")
+        assert scene.client.post(f"{BASE}/Observation", json=extra).status_code == 201
+    with scene.services.engine.connect() as conn:
+        expected = {
+            str(i)
+            for (i,) in conn.execute(
+                select(observations.c.id).where(
+                    observations.c.tenant == TENANT_A, observations.c.patient_value == scene.patient
+                )
+            )
+        }
+    assert len(expected) == 5
+    page = search(scene.client, scene.patient, form={"_count": "2"})
+    seen: list[str] = []
+    while True:
+        assert page.status_code == 200, page.get_json()
+        bundle = page.get_json()
+        assert bundle["total"] == len(expected)
+        seen += [e["resource"]["id"] for e in bundle.get("entry", [])]
+        next_url = link(bundle, "next")
+        if next_url is None:
+            break
+        page = scene.client.get(next_url.removeprefix(PUBLIC), patient=scene.patient)
+    assert sorted(seen) == sorted(expected), "paging on the cluster lost or repeated a match"
+    cursors = [k for n in masters for k in n.client.scan_iter(match="dho:search:*", count=1000)]
+    assert len(cursors) >= 2, "the paging cursors are not held by the cluster"
 
 
 def test_a_flushed_redis_is_a_reset_too(

@@ -652,6 +652,7 @@ main.add_command(patient_log.access_log)
 main.add_command(console_cli.auditors)
 main.add_command(console_cli.seed_audit)
 main.add_command(console_cli.audit_rules)
+main.add_command(console_cli.console_rollup)
 
 
 if __name__ == "__main__":

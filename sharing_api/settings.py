@@ -110,6 +110,15 @@ class Settings(BaseSettings):
     console_session_timeout: int = Field(
         default=900, ge=30, le=43200, description="Idle seconds before an auditor console session ends"
     )
+    console_login_failures: int = Field(
+        default=5, ge=1, le=1000, description="Failed console logins per account per window before a lock"
+    )
+    console_login_address_failures: int = Field(
+        default=20, ge=1, le=10000, description="Failed console logins per source address per window"
+    )
+    console_login_window: int = Field(
+        default=900, ge=1, le=86400, description="Seconds of the console's failed-login window (and lock)"
+    )
     metrics_token: SecretStr | None = Field(
         default=None,
         min_length=16,

@@ -47,6 +47,8 @@ class AuditAction(StrEnum):
     AUDIT_EXPORT = "audit.export"
     AUDIT_TRIAGE = "audit.triage"
     """An auditor's triage of a log-control rule hit in the console (explained, escalated, reopened)."""
+    CONSOLE_LOGIN = "console.login"
+    """An auditor's login to the console: accepted, refused (wrong password) or locked (too many)."""
     PATIENT_ACCESS_LOG = "patient.access-log"
     PATIENT_MATCH = "patient.match"
     """``Patient/$match`` or ``Patient/_search``: an opaque id handed out for the attested patient."""
@@ -119,6 +121,7 @@ INTERACTIONS: dict[AuditAction, tuple[Interaction, str]] = {
     AuditAction.AUDIT_SEARCH: (Interaction.QUERY, "search-type"),
     AuditAction.AUDIT_EXPORT: (Interaction.QUERY, "operation"),
     AuditAction.AUDIT_TRIAGE: (Interaction.UPDATE, "update"),
+    AuditAction.CONSOLE_LOGIN: (Interaction.SECURITY, "110114"),  # DICOM "User Authentication"
     AuditAction.PATIENT_ACCESS_LOG: (Interaction.QUERY, "search-type"),
     AuditAction.PATIENT_MATCH: (Interaction.QUERY, "operation"),
 }

@@ -218,3 +218,66 @@ def audit_rules_set(tenant: str, rule: str, enabled: bool, threshold: int | None
     with _engine() as engine:
         rules.set_rule(engine, tenant, rule, enabled, threshold)
     console.print(f"{rule} for {tenant}: {'on' if enabled else 'off'}, threshold {threshold or 'default'}")
+
+
+@click.command(name="console-rollup")
+@click.option("--tenant", required=True, help="The tenant's org.nr")
+@click.option("--rebuild", is_flag=True, help="Empty the tenant's rollup and fold the whole log again")
+def console_rollup(tenant: str, rebuild: bool) -> None:
+    """Fold the tenant's sequenced audit entries into the dashboard's rollup (the dashboard does this
+    itself on each view; run it after a bulk import, or with --rebuild after "verify now" found the
+    rollup wrong)."""
+    from sharing_api.console import rollup
+    from sharing_api.console.aggregates import OSLO
+
+    with _engine() as engine:
+        done = rollup.rebuild(engine, tenant, OSLO) if rebuild else rollup.fold(engine, tenant, OSLO)
+        upto = rollup.folded(engine, tenant)
+    console.print(f"{tenant}: {done} entries folded; the rollup holds the entries below index {upto}")
+
+
+@audit_rules.command(name="watch")
+@click.option("--tenant", required=True, help="The tenant's org.nr")
+@click.argument("patient")
+@click.option("--reason", required=True, help="Why the patient is watched (shown in R10's hits)")
+def audit_rules_watch(tenant: str, patient: str, reason: str) -> None:
+    """Put a patient (identifier value) on the tenant's watch list: rule R10 flags every unexplained
+    access to them."""
+    import getpass
+
+    from sharing_api.console import rules
+
+    try:
+        with _engine() as engine:
+            rules.watch(engine, tenant, patient, reason, f"cli:{getpass.getuser()}")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    console.print(f"watch list of {tenant}: 1 patient added ({reason})")
+
+
+@audit_rules.command(name="unwatch")
+@click.option("--tenant", required=True, help="The tenant's org.nr")
+@click.argument("patient")
+def audit_rules_unwatch(tenant: str, patient: str) -> None:
+    """Take a patient off the tenant's watch list."""
+    from sharing_api.console import rules
+
+    with _engine() as engine:
+        removed = rules.unwatch(engine, tenant, patient)
+    if not removed:
+        raise click.ClickException("that patient is not on the watch list")
+    console.print(f"watch list of {tenant}: 1 patient removed")
+
+
+@audit_rules.command(name="watched")
+@click.option("--tenant", required=True, help="The tenant's org.nr")
+def audit_rules_watched(tenant: str) -> None:
+    """The tenant's watch list (identifiers masked to their last three digits)."""
+    from sharing_api.console import rules
+
+    with _engine() as engine:
+        found = rules.watched(engine, tenant)
+    table = Table("patient", "reason")
+    for patient, reason in sorted(found.items()):
+        table.add_row("*" * 8 + patient[-3:], reason)
+    Console().print(table)

@@ -5,10 +5,11 @@ is TREAT or COC, and it is the controller's own organisation or an agreement cov
 data categories and the purpose at that moment. The rest goes through the rules. R1, R2, R4, R8 and R13
 fire on their own; R6, R7, R9 and R12 are *weak* signals that only surface together (two or more on
 one access), following the OUS weighted-score design and Hedda et al.'s finding that single weak rules
-over-fire. Each rule can be switched off and its threshold changed per tenant
-(``console_rule_settings``). Three rules need data the log does not hold and are listed as such,
-never silently "passing": R8 (the health worker's own identity number is not recorded), R9 (the log
-holds no patient names) and R10 (no watch list is kept yet).
+over-fire. R10 fires on every unexplained access to a patient on the tenant's watch list
+(``console_watchlist``, kept with ``dho-share audit-rules watch``). Each rule can be switched off and
+its threshold changed per tenant (``console_rule_settings``). Two rules need data the log does not
+hold and are listed as such, never silently "passing": R8 (the health worker's own identity number is
+not recorded) and R9 (the log holds no patient names); docs/console-rules.md says what each would need.
 
 A hit is a ``Flag`` with one sentence saying why it needs review ("krever vurdering": never proof).
 Triage (explained with a note, escalated, reopened) is stored in ``console_triage`` and recorded in
@@ -32,7 +33,7 @@ from sharing_api.audit.actions import READ_ACTIONS, AuditAction
 from sharing_api.audit.control import AgreementPeriod
 from sharing_api.console.aggregates import OSLO
 from sharing_api.console.reading import EntryView, view_of
-from sharing_api.store.schema import console_rule_settings, console_triage
+from sharing_api.store.schema import console_rule_settings, console_triage, console_watchlist
 
 if TYPE_CHECKING:
     from sharing_api.services import Services
@@ -64,9 +65,22 @@ RULES: dict[str, Rule] = {
         Rule("R5", "Uvanlig mange pasienter per dag", "medium", 20),
         Rule("R6", "Første kontakt uten tidligere relasjon", "low", None, weak=True),
         Rule("R7", "Utenfor arbeidstid (23-06, helg)", "low", None, weak=True),
-        Rule("R8", "Oppslag på seg selv", "high", None, needs="the health worker's identity number"),
-        Rule("R9", "Samme etternavn", "low", None, weak=True, needs="patient names"),
-        Rule("R10", "Overvåkingsliste", "medium", None, needs="a watch list"),
+        Rule(
+            "R8",
+            "Oppslag på seg selv",
+            "high",
+            None,
+            needs="the health worker's identity number (not in the token or the log; docs/console-rules.md)",
+        ),
+        Rule(
+            "R9",
+            "Samme etternavn",
+            "low",
+            None,
+            weak=True,
+            needs="patient names (the log holds none; docs/console-rules.md)",
+        ),
+        Rule("R10", "Overvåkingsliste", "medium", None),
         Rule("R11", "Leting (mange søk uten treff per time)", "medium", 20),
         Rule("R12", "Selvautorisasjon", "low", None, weak=True),
         Rule("R13", "Avvikende legitimasjon (to virksomheter på 10 min)", "high", None),
@@ -158,6 +172,44 @@ def set_triage(engine: Engine, tenant: str, flag: str, state: str, note: str, au
         )
 
 
+# -- the watch list (R10) ---------------------------------------------------------------------------
+
+
+def watch(engine: Engine, tenant: str, patient: str, reason: str, added_by: str) -> None:
+    """Put ``patient`` (the identifier value, as logged) on ``tenant``'s watch list, or change its reason."""
+    if not patient.strip() or len(patient) > 64:
+        raise ValueError("patient: the patient's identifier value (at most 64 characters)")
+    if not reason.strip():
+        raise ValueError("reason: why the patient is watched is required")
+    t = console_watchlist
+    with engine.begin() as conn:
+        conn.execute(delete(t).where(t.c.tenant == tenant, t.c.patient_value == patient.strip()))
+        conn.execute(
+            insert(t).values(
+                tenant=tenant,
+                patient_value=patient.strip(),
+                reason=reason.strip()[:500],
+                added_by=added_by,
+                added=time.time_ns() // 1000,
+            )
+        )
+
+
+def unwatch(engine: Engine, tenant: str, patient: str) -> bool:
+    t = console_watchlist
+    with engine.begin() as conn:
+        done = conn.execute(delete(t).where(t.c.tenant == tenant, t.c.patient_value == patient.strip()))
+    return done.rowcount == 1
+
+
+def watched(engine: Engine, tenant: str) -> dict[str, str]:
+    """patient identifier value -> reason, of ``tenant``'s watch list."""
+    t = console_watchlist
+    with engine.connect() as conn:
+        rows = conn.execute(select(t.c.patient_value, t.c.reason).where(t.c.tenant == tenant)).all()
+    return {r.patient_value: r.reason for r in rows}
+
+
 # -- agreements ----------------------------------------------------------------------------------------
 
 
@@ -225,6 +277,7 @@ def run(services: Services, tenant: str, start: datetime, end: datetime) -> Rule
         tenant,
         covers(services, tenant),
         settings_of(services.engine, tenant),
+        watched(services.engine, tenant),
     )
 
 
@@ -234,7 +287,11 @@ def _results(view: EntryView) -> int | None:
 
 
 def run_views(
-    views: list[EntryView], tenant: str, agreements: list[Cover], settings: dict[str, Setting]
+    views: list[EntryView],
+    tenant: str,
+    agreements: list[Cover],
+    settings: dict[str, Setting],
+    watch_list: dict[str, str] | None = None,
 ) -> RuleRun:
     """The rules over already read entries (pure: tests feed synthetic entries)."""
     on = {rid for rid, s in settings.items() if s.enabled and not RULES[rid].needs}
@@ -285,6 +342,14 @@ def run_views(
                 f"{who} ({org}) ble stoppet av pasientens sperre mot navngitt helsepersonell.",
                 [v],
                 "high",
+            )
+        if "R10" in on and v.patient_value and v.patient_value in (watch_list or {}):
+            add(
+                ("R10",),
+                f"{who} ({org}) slo opp en pasient på overvåkingslisten"
+                f" ({(watch_list or {})[v.patient_value]}) uten at avtale og formål forklarer det.",
+                [v],
+                "medium",
             )
         # Emergency access is R1's; R4 asks whether an agreement covers the consumer and the data.
         plain = replace(v, purpose="TREAT") if v.emergency else v

@@ -41,8 +41,9 @@ from sharing_api.audit.actions import PURPOSES_OF_USE, AuditAction, Outcome
 from sharing_api.audit.events import AuditFacts
 from sharing_api.audit.log import Entry
 from sharing_api.console import actors, aggregates, charts, integrity, rules
-from sharing_api.console.accounts import AuditorAccounts
+from sharing_api.console.accounts import Auditor, AuditorAccounts
 from sharing_api.console.disclosure import DISCLOSED_ACTIONS, episodes
+from sharing_api.console.lockout import Lock, LoginGuard, LoginGuardUnavailable
 from sharing_api.console.reading import EntryView, view_of
 from sharing_api.console.sessions import ConsoleSession, ConsoleSessions
 from sharing_api.errors import InvalidSearch
@@ -104,6 +105,7 @@ def _headers(response: Response) -> Response:
 
 @bp.errorhandler(400)
 @bp.errorhandler(404)
+@bp.errorhandler(503)
 def _error(exc: Any) -> tuple[str, int]:
     code = int(getattr(exc, "code", 400) or 400)
     return render_template("console/error.html", code=code, message=getattr(exc, "description", "")), code
@@ -137,15 +139,71 @@ def _context() -> dict[str, Any]:
 
 @bp.get("/login")
 def login() -> str:
-    return render_template("console/login.html", failed=False)
+    return render_template("console/login.html", failed=False, locked=None)
+
+
+def login_guard() -> LoginGuard:
+    guard: LoginGuard = current_app.extensions["dho_console_login_guard"]
+    return guard
+
+
+def _record_login(auditor: Auditor, outcome: Outcome, description: str) -> None:
+    """Audit a login attempt for a known account in its tenant's log (``console.login``). Attempts for
+    a username no account has are in no controller's log (lockout.py says how they are still braked)."""
+    facts = AuditFacts(
+        action=AuditAction.CONSOLE_LOGIN,
+        outcome=outcome,
+        recorded=datetime.now(UTC),
+        tenant=auditor.tenant,
+        client_id=f"console:{auditor.username}",
+        organisation=auditor.tenant,
+        practitioner_name=auditor.name,
+        description=description,
+        correlation_id=g.get("correlation_id"),
+        source_address=request.remote_addr,
+        server=str(services().settings.public_url).rstrip("/"),
+    )
+    services().auditor.record(facts)
+
+
+def _locked(lock: Lock) -> tuple[str, int, dict[str, str]]:
+    minutes = max(1, -(-lock.retry_after // 60))
+    page = render_template("console/login.html", failed=False, locked=lock, minutes=minutes)
+    return page, 429, {"Retry-After": str(lock.retry_after)}
 
 
 @bp.post("/login")
 def login_post() -> Any:
+    """Log in, unless this account or this address has failed too often in the window (lockout.py):
+    then 429 with ``Retry-After``, and the password is not even checked. Every attempt on a known
+    account is audited in its tenant's log: accepted, refused, locked."""
     accounts = AuditorAccounts(services().engine)
-    auditor = accounts.authenticate(request.form.get("username", ""), request.form.get("password", ""))
-    if auditor is None:
-        return render_template("console/login.html", failed=True), 401
+    username, password = request.form.get("username", ""), request.form.get("password", "")
+    address = request.remote_addr or "unknown"
+    guard = login_guard()
+    try:
+        lock = guard.locked(username, address)
+        if lock is not None:
+            known = accounts.get(username)
+            if known is not None:
+                _record_login(known, Outcome.MINOR_FAILURE, f"console login refused: {lock.kind} locked")
+            return _locked(lock)
+        auditor = accounts.authenticate(username, password)
+        if auditor is None:
+            lock = guard.failed(username, address)
+            known = accounts.get(username)
+            if known is not None:
+                what = "console login refused: wrong password or account disabled"
+                if lock is not None:
+                    what += f"; {lock.kind} locked for {lock.retry_after} s"
+                _record_login(known, Outcome.SERIOUS_FAILURE if lock else Outcome.MINOR_FAILURE, what)
+            if lock is not None:
+                return _locked(lock)
+            return render_template("console/login.html", failed=True, locked=None), 401
+        guard.succeeded(username, address)
+    except LoginGuardUnavailable:
+        abort(503, "login is unavailable: the failed-login counters cannot be reached; try again later")
+    _record_login(auditor, Outcome.SUCCESS, "console login")
     started = sessions().start(auditor.username, auditor.tenant, auditor.name)
     response = redirect(url_for("console.dashboard"))
     secure = str(services().settings.public_url).startswith("https:")
@@ -182,8 +240,8 @@ def _period(days: int = 30) -> tuple[datetime, datetime]:
 def dashboard() -> str:
     tenant = session().tenant
     start, end = _period()
-    daily = aggregates.daily_counts(services().engine, tenant, start, end)
-    tiles = aggregates.overview(services().engine, tenant, start, end)
+    services().audit_log.drain(tenant)
+    daily, tiles = aggregates.dashboard(services().engine, tenant, start, end)
     status = integrity.badge(services().audit_log, tenant)
     return render_template(
         "console/dashboard.html",
@@ -202,8 +260,8 @@ def daily_json() -> Response:
     """The dashboard's aggregates as JSON (the chart and its table are drawn from the same numbers)."""
     tenant = session().tenant
     start, end = _period()
-    daily = aggregates.daily_counts(services().engine, tenant, start, end)
-    tiles = aggregates.overview(services().engine, tenant, start, end)
+    services().audit_log.drain(tenant)
+    daily, tiles = aggregates.dashboard(services().engine, tenant, start, end)
     body = {"tenant": tenant, "days": [d.to_json() for d in daily], "overview": tiles.to_json()}
     return Response(orjson.dumps(body), mimetype="application/json")
 

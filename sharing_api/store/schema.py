@@ -197,7 +197,18 @@ audit_entries = Table(
     Index("ix_audit_entries_patient", "tenant", "patient_value", "seq"),
     Index("ix_audit_entries_agent", "tenant", "agent_hpr", "seq"),
     Index("ix_audit_entries_organisation", "tenant", "organisation", "seq"),
-    Index("ix_audit_entries_recorded", "tenant", "recorded"),
+    # A tenant's period, covering what the console's dashboard counts (migration 0005_console2).
+    Index(
+        "ix_audit_entries_period",
+        "tenant",
+        "recorded",
+        "action",
+        "outcome",
+        "purpose",
+        "patient_value",
+        "agent_hpr",
+        "organisation",
+    ),
 )
 
 audit_heads = Table(
@@ -291,4 +302,49 @@ console_verifications = Table(
     Column("signed_size", BigInteger, nullable=False),
     Column("seconds", Text, nullable=False),
     Column("detail", Text, nullable=False, server_default=""),
+)
+
+# The console dashboard's rollup of each tenant's sequenced audit entries (console/rollup.py, migration
+# 0005_console2): derived from the entries' columns, folded in by index, rebuildable and checked
+# against the log. Counts per UTC hour; who was active per Oslo day, as a 32-day bit mask per bucket.
+console_rollup_state = Table(
+    "console_rollup_state",
+    metadata,
+    Column("tenant", String(32), primary_key=True),
+    Column("folded", BigInteger, nullable=False),  # entries with seq < folded are in the rollup
+)
+
+console_rollup_hours = Table(
+    "console_rollup_hours",
+    metadata,
+    Column("tenant", String(32), nullable=False),
+    Column("hour", BigInteger, nullable=False),  # hours since 1970-01-01T00:00Z
+    Column("requests", BigInteger, nullable=False),
+    Column("refused", BigInteger, nullable=False),
+    Column("emergency", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant", "hour"),
+)
+
+console_rollup_actors = Table(
+    "console_rollup_actors",
+    metadata,
+    Column("tenant", String(32), nullable=False),
+    Column("kind", String(1), nullable=False),  # p patient, h health worker (HPR), o organisation
+    Column("bucket", Integer, nullable=False),  # Oslo day number // 32
+    Column("value", String(64), nullable=False),
+    Column("days", BigInteger, nullable=False),  # bit (day number % 32) set: active that day
+    PrimaryKeyConstraint("tenant", "kind", "bucket", "value"),
+)
+
+# The controller's watch list for log-control rule R10 (console/rules.py): patients whose unexplained
+# accesses always need review (a public person, an employee as a patient). Migration 0005_console2.
+console_watchlist = Table(
+    "console_watchlist",
+    metadata,
+    Column("tenant", String(32), nullable=False),
+    Column("patient_value", String(64), nullable=False),  # as audit_entries.patient_value
+    Column("reason", Text, nullable=False),
+    Column("added_by", String(64), nullable=False),
+    Column("added", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant", "patient_value"),
 )

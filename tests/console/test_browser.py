@@ -141,7 +141,8 @@ def test_login_logout_and_back_shows_nothing(page: Any, live: Live) -> None:
     _login(page, live)
     page.click("text=Hendelser")
     page.click("form.filters button[type=submit]")
-    page.click("#events-table a >> nth=0")  # a GET page with the health worker's name on it
+    # a GET page with the health worker's name on it (the newest row is the auditor's own login)
+    page.locator("#events-table tr", has_text="Synlig Lege").locator("a").first.click()
     assert "Synlig Lege" in page.content()
     page.click("text=Logg ut")
     page.wait_for_url(f"{live.base}/console/login")
@@ -185,7 +186,7 @@ def test_hostile_strings_render_as_text_and_no_script_runs(
     page.click("text=Hendelser")
     page.click("form.filters button[type=submit]")
     assert HOSTILE_NAME in page.locator("#events-table").inner_text()
-    page.click("#events-table a >> nth=0")
+    page.locator("#events-table tr", has_text=HOSTILE_NAME).locator("a").first.click()
     assert HOSTILE_ORG in page.locator("main").inner_text()
     page.click("text=Pasient")
     page.fill("#p-patient", f"{FNR}|01816900001")

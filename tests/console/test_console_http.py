@@ -209,9 +209,9 @@ def test_the_daily_table_equals_the_json_aggregates_and_the_log(
     # ... and both equal what the log holds, counted here from the stored entries themselves.
     expected: dict[str, list[int]] = {}
     for entry in services.audit_log.entries(TENANT_A):
-        if entry.action == AuditAction.ACCESS_DECISION.value:
-            continue
         day = entry.recorded_at.astimezone(OSLO).date().isoformat()
+        if entry.action == AuditAction.ACCESS_DECISION.value or not "2025-03-02" <= day <= "2025-03-31":
+            continue  # (the auditor's own login is in the log too, today: outside the period shown)
         counts = expected.setdefault(day, [0, 0, 0])
         counts[0 if entry.outcome == "0" else 1] += 1
         counts[2] += entry.purpose in ("ETREAT", "BTG")

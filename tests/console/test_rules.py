@@ -84,8 +84,44 @@ def test_a_rule_switched_off_for_the_tenant_is_silent(
 def test_rules_without_their_data_say_so_and_never_fire(seeded: Services) -> None:
     run, _ = _run(seeded)
     lacking = {rid for rid, rule in rules.RULES.items() if rule.needs}
-    assert lacking == {"R8", "R9", "R10"}
+    assert lacking == {"R8", "R9"}
     assert not lacking & set(run.counts)
+
+
+def test_r10_flags_unexplained_accesses_to_a_watched_patient_only(
+    seeded: Services, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before, _ = _run(seeded)
+    assert "R10" not in before.counts  # an empty watch list: R10 is silent
+    views = [view_of(e) for e in seeded.audit_log.entries(TENANT_A)]
+    flagged = {s for f in before.flags for s in f.seqs}
+    # a patient with both explained accesses and an access some rule flagged (so: unexplained)
+    unexplained = {v.patient_value for v in views if v.seq in flagged and v.patient_value}
+    patient = sorted(unexplained)[0]
+    monkeypatch.setenv("DHO_DATABASE_URL", database_url)
+    runner = CliRunner()
+    added = runner.invoke(
+        main, ["audit-rules", "watch", "--tenant", TENANT_A, patient, "--reason", "ansatt som pasient"]
+    )
+    assert added.exit_code == 0, added.output
+    listed = runner.invoke(main, ["audit-rules", "watched", "--tenant", TENANT_A]).output
+    assert patient not in listed
+    assert patient[-3:] in listed
+    after, _ = _run(seeded)
+    hits = [f for f in after.flags if f.rules == ("R10",)]
+    agreements = rules.covers(seeded, TENANT_A)
+    expected = {
+        v.seq
+        for v in views
+        if v.patient_value == patient
+        and (v.action in rules.READ_ACTIONS or v.action == "request.refused")
+        and not (v.permitted and v.purpose in ("TREAT", "COC") and rules.covered(v, TENANT_A, agreements))
+    }
+    assert expected
+    assert {s for f in hits for s in f.seqs} == expected
+    assert all("ansatt som pasient" in f.sentence and patient not in f.sentence for f in hits)
+    assert runner.invoke(main, ["audit-rules", "unwatch", "--tenant", TENANT_A, patient]).exit_code == 0
+    assert "R10" not in _run(seeded)[0].counts
 
 
 def test_auditor_accounts_from_the_command_line(

@@ -30,6 +30,7 @@ from sharing_api.services import Services
 from sharing_api.settings import Settings
 from sharing_api.store.engine import make_engine, upgrade
 from sharing_api.store.schema import metadata
+from tests import construction_cache
 from tests.api_client import HOSPITAL, OTHER_HOSPITAL, ApiClient
 from tests.prerequisites import require
 
@@ -40,6 +41,39 @@ BACKENDS = [b for b in os.environ.get("DHO_TEST_BACKENDS", "sqlite,postgresql").
 
 TENANT_A = "921234562"
 TENANT_B = "923456783"
+
+
+# Backend order of the tests scheduled first: PostgreSQL, then neither, then SQLite, which the rest of
+# the collection starts with, so a worker changes its session database (re-migrating it) at most twice.
+_BACKEND_ORDER = {"postgresql": 0, None: 1, "sqlite": 2}
+
+
+def _schedule_rank(item: pytest.Item) -> tuple[int, int]:
+    if item.get_closest_marker("long") or item.get_closest_marker("multinode"):
+        weight = 0
+    elif item.get_closest_marker("slow"):
+        weight = 1
+    else:
+        return (2, 0)
+    callspec = getattr(item, "callspec", None)
+    backend = callspec.params.get("database_url") if callspec is not None else None
+    return (weight, _BACKEND_ORDER.get(backend, 1))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the tests that take longest first (``long``/``multinode``, then ``slow``: each takes seconds
+    to a minute), so that under pytest-xdist none of them starts near the end of the run while the
+    other worker has nothing left to do. Every worker collects the same order; the order of all
+    other tests is unchanged (a stable sort)."""
+    items.sort(key=_schedule_rank)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _app_construction_cached() -> Iterator[None]:
+    """Build each test's app without recompiling what never changes in a run (tests/construction_cache.py)."""
+    with pytest.MonkeyPatch.context() as patch:
+        construction_cache.install(patch)
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +87,11 @@ def _postgres_database() -> Iterator[str]:
     name = f"dho_test_{worker}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
+        # A commit returns without waiting for its WAL flush (4-6 ms on this disk, several per request):
+        # every session sees committed rows exactly as before; only a crash of the PostgreSQL server
+        # itself could lose the last commits, and no test crashes the shared server. Set on this test
+        # database only (servers the tests start connect to it and inherit it), never server-wide.
+        conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
     base = POSTGRES_ADMIN.rsplit("/", 1)[0]
     try:
         yield f"{base}/{name}"

@@ -12,10 +12,12 @@ import sys
 import tomllib
 from pathlib import Path
 
+import psycopg
 import pytest
 from click.testing import CliRunner
 
 from sharing_api.cli import main
+from tests.conftest import BACKENDS, POSTGRES_ADMIN, _postgres_database
 from tests.prerequisites import STRICT_VARIABLE, require
 
 CHECKOUT = Path(__file__).resolve().parents[1]
@@ -137,3 +139,42 @@ def test_the_parallel_workers_keep_to_their_own_state(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 workers" in result.stdout, result.stdout
+
+
+def test_the_longest_tests_are_scheduled_first(request: pytest.FixtureRequest) -> None:
+    """``tests/conftest.py`` orders the collection so that every ``long``/``multinode`` test comes before
+    every other one, and every ``slow`` one before the rest: under pytest-xdist none starts at the tail."""
+
+    def weight(item: pytest.Item) -> int:
+        if item.get_closest_marker("long") or item.get_closest_marker("multinode"):
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    weights = [weight(item) for item in request.session.items]
+    assert weights == sorted(weights)
+    if len(weights) > 1000:  # the whole suite was collected: the markers are where they should be
+        names = {item.nodeid.split("[")[0] for item in request.session.items if weight(item) == 0}
+        assert "tests/policy/test_stateful.py::test_reads_return_only_what_the_policy_permits" in names
+        assert "tests/test_multinode.py::test_failovers_under_load" in names
+
+
+@pytest.mark.skipif("postgresql" not in BACKENDS, reason="DHO_TEST_BACKENDS leaves PostgreSQL out")
+def test_only_the_postgresql_test_databases_skip_the_commit_flush() -> None:
+    """The per-run test databases commit without waiting for the WAL flush (a test-only economy, see
+    ``_postgres_database``), set on each such database, never server-wide."""
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+        gen = _postgres_database()
+        url = next(gen)
+        try:
+            with psycopg.connect(url) as conn:
+                assert conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
+            name = url.rsplit("/", 1)[1]
+            scoped = admin.execute(
+                "SELECT s.setdatabase <> 0, d.datname FROM pg_db_role_setting s "
+                "LEFT JOIN pg_database d ON d.oid = s.setdatabase "
+                "WHERE array_to_string(s.setconfig, ',') LIKE '%%synchronous_commit%%'"
+            ).fetchall()
+        finally:
+            gen.close()
+    assert (True, name) in scoped
+    assert all(per_database for per_database, _ in scoped)  # never a role-wide setting for every database

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -186,6 +187,7 @@ def _form(q: dict[str, Any], split: str | None) -> list[tuple[str, str]]:
     return form
 
 
+@pytest.mark.long
 @settings(
     max_examples=120,
     deadline=None,

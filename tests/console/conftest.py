@@ -3,17 +3,20 @@ tenant, a logged-in test client, and helpers that put synthetic audit events int
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from argon2 import PasswordHasher, profiles
 from flask import Flask
 from flask.testing import FlaskClient
 
 from sharing_api.audit.actions import AuditAction, Outcome
 from sharing_api.audit.events import AuditFacts, Coded, DecisionRef, SharingDecision, build_audit_events
+from sharing_api.console import accounts as accounts_module
 from sharing_api.console.accounts import AuditorAccounts
 from sharing_api.services import Services
 from tests.conftest import TENANT_A, TENANT_B
@@ -22,6 +25,28 @@ PASSWORD = "correct horse battery staple"
 FNR = "urn:oid:2.16.578.1.12.4.1.4.1"
 AUDITOR_A = "revisor-a"
 AUDITOR_B = "revisor-b"
+
+
+# The product's hasher and unknown-user hash as imported (test_rules.py pins their strength); the
+# fixture below swaps them.
+PRODUCT_HASHER: PasswordHasher = accounts_module._HASHER
+PRODUCT_DUMMY: str = accounts_module._DUMMY
+
+# RFC 9106's argon2id with the least time and memory: one hash costs ~0.03 ms instead of ~230 ms of CPU
+# (64 MiB, 3 passes, 4 lanes). Salt and hash lengths stay the product's, so a wrong password can only
+# match by a 256-bit accident.
+TEST_HASHING = dataclasses.replace(profiles.RFC_9106_LOW_MEMORY, time_cost=1, memory_cost=8, parallelism=1)
+
+
+@pytest.fixture(autouse=True)
+def _cheap_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Console tests hash and verify auditor passwords with ``TEST_HASHING``: the same argon2id code
+    path (``AuditorAccounts`` hashes with the module's hasher; verification reads the parameters from
+    the stored hash, so the unknown-user dummy hash is made with them too). Only these tests, in this
+    process: the product has no setting for it."""
+    hasher = PasswordHasher.from_parameters(TEST_HASHING)
+    monkeypatch.setattr(accounts_module, "_HASHER", hasher)
+    monkeypatch.setattr(accounts_module, "_DUMMY", hasher.hash("not a password of anyone"))
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from argon2 import extract_parameters, profiles
 from click.testing import CliRunner
 from flask import Flask
 
@@ -19,6 +20,7 @@ from sharing_api.console.reading import view_of
 from sharing_api.console.seeding import CONSUMERS, planted_flag, seed_month
 from sharing_api.services import Services
 from tests.conftest import TENANT_A
+from tests.console.conftest import PRODUCT_DUMMY, PRODUCT_HASHER
 
 END = datetime(2025, 6, 1, tzinfo=UTC)
 DAYS = 14
@@ -173,6 +175,32 @@ def test_auditor_accounts_from_the_command_line(
     assert accounts.authenticate("kari.revisor", "a long enough password") is None
 
 
+def test_the_product_hashes_passwords_with_rfc_9106_low_memory_argon2id() -> None:
+    """The console tests hash with a cheap argon2id profile (tests/console/conftest.py); this pins what
+    the product itself uses: RFC 9106's second recommended parameter set, for the unknown-user dummy
+    hash too (so an unknown username costs the same argon2 work as a wrong password)."""
+    expected = profiles.RFC_9106_LOW_MEMORY
+    used = (
+        PRODUCT_HASHER.type,
+        PRODUCT_HASHER.time_cost,
+        PRODUCT_HASHER.memory_cost,
+        PRODUCT_HASHER.parallelism,
+        PRODUCT_HASHER.hash_len,
+        PRODUCT_HASHER.salt_len,
+    )
+    assert used == (
+        expected.type,
+        expected.time_cost,
+        expected.memory_cost,
+        expected.parallelism,
+        expected.hash_len,
+        expected.salt_len,
+    )
+    dummy = extract_parameters(PRODUCT_DUMMY)
+    assert (dummy.type, dummy.time_cost, dummy.memory_cost, dummy.parallelism) == used[:4]
+
+
+@pytest.mark.long
 def test_the_demo_seeds_a_month_and_its_printed_login_works(app: Flask, services: Services) -> None:
     username, password = demo_console(services.settings, TENANT_A, 30)
     client = app.test_client()

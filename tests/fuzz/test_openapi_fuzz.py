@@ -82,6 +82,7 @@ def _fuzzer(operation: Any, client: ApiClient, sent: dict[str, int]) -> Any:
     return send
 
 
+@pytest.mark.long
 def test_no_server_errors_and_valid_answers(
     app: Flask, client: ApiClient, request: pytest.FixtureRequest
 ) -> None:

@@ -488,6 +488,7 @@ STATEFUL_SETTINGS = hypothesis_settings(
 )
 
 
+@pytest.mark.long
 def test_reads_return_only_what_the_policy_permits(client: ApiClient, services: Services) -> None:
     run_state_machine_as_test(
         machine_for(InProcessApi(client, services), services), settings=STATEFUL_SETTINGS

@@ -40,7 +40,7 @@ from flask import (
 from sharing_api.audit.actions import PURPOSES_OF_USE, AuditAction, Outcome
 from sharing_api.audit.events import AuditFacts
 from sharing_api.audit.log import Entry
-from sharing_api.console import actors, aggregates, charts, integrity, rules
+from sharing_api.console import actors, aggregates, charts, integrity, rules, workforce
 from sharing_api.console.accounts import Auditor, AuditorAccounts
 from sharing_api.console.disclosure import DISCLOSED_ACTIONS, episodes
 from sharing_api.console.lockout import Lock, LoginGuard, LoginGuardUnavailable
@@ -530,8 +530,8 @@ def integrity_verify() -> Any:
 @login_required
 def workers_page() -> str:
     start, end = _period()
-    views = list(rules.views_in(services(), session().tenant, start, end))
-    return render_template("console/workers.html", rows=actors.workers(views), start=start, end=end)
+    found = workforce.rows(services(), session().tenant, start, end)
+    return render_template("console/workers.html", rows=found, start=start, end=end)
 
 
 @bp.get("/workers/<hpr>")
@@ -540,8 +540,7 @@ def worker_page(hpr: str) -> str:
     if not hpr.isdigit() or len(hpr) > 16:
         abort(404, "no such health worker in your log")
     start, end = _period()
-    views = list(rules.views_in(services(), session().tenant, start, end))
-    profile = actors.worker_profile(views, hpr)
+    profile = workforce.profile(services(), session().tenant, start, end, hpr)
     if profile is None:
         abort(404, "no such health worker in your log in this period")
     return render_template("console/worker.html", p=profile, weekdays=actors.WEEKDAYS, start=start, end=end)

@@ -1,0 +1,77 @@
+"""The health-worker pages count in SQL (sharing_api/console/workforce.py); what they show must be what
+the reference computes from every parsed event of the period (``actors.workers`` and
+``actors.worker_profile`` over ``rules.views_in``, the AuditEvent API's search). A seeded month
+(self-selected care relations, refusals, emergency access, planted look-ups) across the spring DST
+change, plus health workers whose first event names nobody. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, time, timedelta
+
+from flask.testing import FlaskClient
+
+from sharing_api.console import actors, rules, workforce
+from sharing_api.console.aggregates import OSLO
+from sharing_api.console.seeding import seed_month
+from sharing_api.services import Services
+from tests.conftest import TENANT_A, TENANT_B
+from tests.console.conftest import access, login, record, utc
+
+END = utc(2025, 4, 3)
+START = END - timedelta(days=12)
+
+
+def _seed(services: Services) -> None:
+    seed_month(services.audit_log, TENANT_A, 10, seed=3, end=END - timedelta(days=1))
+    seed_month(services.audit_log, TENANT_B, 2, seed=4, end=END - timedelta(days=1))
+    unnamed = [
+        access(TENANT_A, utc(2025, 3, 30, 1, 30), "01816900001", n=900, hpr="9777001", name=""),
+        access(TENANT_A, utc(2025, 3, 30, 2, 30), "01816900002", n=901, hpr="9777001", name="Sent Navn"),
+        access(TENANT_A, utc(2025, 3, 30, 3, 0), "01816900003", n=902, hpr="9777002", name="", permit=False),
+    ]
+    record(services, unnamed)
+
+
+def test_the_worker_list_is_what_every_parsed_event_gives(services: Services) -> None:
+    _seed(services)
+    views = list(rules.views_in(services, TENANT_A, START, END))
+    expected = actors.workers(views)
+    assert len(expected) > 5
+    assert any(r.self_selected for r in expected)
+    assert any(r.refused for r in expected)
+    assert workforce.rows(services, TENANT_A, START, END) == expected
+    names = {r.hpr: r.name for r in expected}
+    assert names["9777001"] == "Sent Navn"
+    assert names["9777002"] == "9777002"
+
+
+def test_every_profile_is_what_every_parsed_event_gives(services: Services) -> None:
+    _seed(services)
+    views = list(rules.views_in(services, TENANT_A, START, END))
+    hprs = sorted({v.agent_hpr for v in views if v.agent_hpr})
+    for hpr in hprs:
+        assert workforce.profile(services, TENANT_A, START, END, hpr) == actors.worker_profile(views, hpr), (
+            hpr
+        )
+    assert workforce.profile(services, TENANT_A, START, END, "9999999") is None
+
+
+def test_the_pages_show_the_reference_numbers(console: FlaskClient, services: Services) -> None:
+    _seed(services)
+    login(console)
+    last = date(2025, 4, 2)
+    html = console.get(f"/console/workers?to={last}").data.decode()
+    shown = re.findall(
+        r"<tr><td><a [^>]*>[^<]*</a></td><td>(\d+)</td><td>[^<]*</td>((?:<td>\d+</td>){5})", html
+    )
+    assert shown
+    page_start = datetime.combine(last - timedelta(days=29), time(), OSLO)
+    page_end = datetime.combine(last + timedelta(days=1), time(), OSLO)
+    views = list(rules.views_in(services, TENANT_A, page_start, page_end))
+    expected = {r.hpr: r for r in actors.workers(views)}
+    for hpr, cells in shown:
+        numbers = [int(n) for n in re.findall(r"\d+", cells)]
+        r = expected[hpr]
+        assert numbers == [r.accesses, r.max_patients_per_day, r.refused, r.emergency, r.self_selected]
+    assert {hpr for hpr, _ in shown} == set(expected)

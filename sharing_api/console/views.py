@@ -40,7 +40,7 @@ from flask import (
 from sharing_api.audit.actions import PURPOSES_OF_USE, AuditAction, Outcome
 from sharing_api.audit.events import AuditFacts
 from sharing_api.audit.log import Entry
-from sharing_api.console import actors, aggregates, charts, integrity, rules, workforce
+from sharing_api.console import actors, aggregates, charts, flows, integrity, rules, workforce
 from sharing_api.console.accounts import Auditor, AuditorAccounts
 from sharing_api.console.disclosure import DISCLOSED_ACTIONS, episodes
 from sharing_api.console.lockout import Lock, LoginGuard, LoginGuardUnavailable
@@ -551,8 +551,7 @@ def worker_page(hpr: str) -> str:
 def organisations_page() -> str:
     start, end = _period()
     tenant = session().tenant
-    views = list(rules.views_in(services(), tenant, start, end))
-    found = actors.flows(views, tenant, rules.covers(services(), tenant))
+    found = flows.flows(services(), tenant, start, end, rules.covers(services(), tenant))
     return render_template(
         "console/organisations.html",
         flows=found,

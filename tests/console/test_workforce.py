@@ -1,4 +1,5 @@
-"""The health-worker pages count in SQL (sharing_api/console/workforce.py); what they show must be what
+"""The health-worker and organisation-flow pages count in SQL (sharing_api/console/workforce.py,
+flows.py); what they show must be what
 the reference computes from every parsed event of the period (``actors.workers`` and
 ``actors.worker_profile`` over ``rules.views_in``, the AuditEvent API's search). A seeded month
 (self-selected care relations, refusals, emergency access, planted look-ups) across the spring DST
@@ -7,13 +8,15 @@ change, plus health workers whose first event names nobody. On SQLite and Postgr
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import date, datetime, time, timedelta
 
 from flask.testing import FlaskClient
+from markupsafe import escape
 
-from sharing_api.console import actors, rules, workforce
+from sharing_api.console import actors, flows, rules, workforce
 from sharing_api.console.aggregates import OSLO
-from sharing_api.console.seeding import seed_month
+from sharing_api.console.seeding import CONSUMERS, NO_AGREEMENT, seed_month
 from sharing_api.services import Services
 from tests.conftest import TENANT_A, TENANT_B
 from tests.console.conftest import access, login, record, utc
@@ -75,3 +78,55 @@ def test_the_pages_show_the_reference_numbers(console: FlaskClient, services: Se
         r = expected[hpr]
         assert numbers == [r.accesses, r.max_patients_per_day, r.refused, r.emergency, r.self_selected]
     assert {hpr for hpr, _ in shown} == set(expected)
+
+
+def test_the_flows_are_what_every_parsed_event_gives(console: FlaskClient, services: Services) -> None:
+    """Agreements that start and end inside the period, reads with two categories, with a category the
+    agreement does not hold, and with a category whose text looks like the end of the details array
+    (read one by one): grouped in SQL, the flows are the reference's, on the page too."""
+    _seed(services)
+    hospital, bergen = CONSUMERS[0][0], CONSUMERS[1][0]
+    services.policy.add_agreement(
+        controller=TENANT_A,
+        consumer=hospital,
+        categories=frozenset({"vital-signs", "survey"}),
+        purposes=frozenset({"TREAT", "COC"}),  # type: ignore[arg-type]
+        valid_from=utc(2025, 3, 25),
+        valid_to=utc(2025, 3, 29, 12),
+    )
+    services.policy.add_agreement(
+        controller=TENANT_A,
+        consumer=bergen,
+        categories=frozenset({"vital-signs"}),
+        purposes=frozenset({"TREAT"}),  # type: ignore[arg-type]
+        valid_from=utc(2025, 3, 20),
+    )
+    odd = 'x"}],"name":"data-categories"}'
+    extra = []
+    for i, (org, cats) in enumerate(
+        [
+            (hospital, ("vital-signs", "survey")),
+            (hospital, ("survey",)),
+            (bergen, ("vital-signs", "survey")),
+            (bergen, (odd,)),
+            (NO_AGREEMENT[0], ("vital-signs", odd)),
+        ]
+    ):
+        for day in (24, 27, 30):
+            facts = access(TENANT_A, utc(2025, 3, day, 10, i), f"0181690{i:04d}", n=700 + i, org=org)
+            extra.append(replace(facts, data_categories=cats))
+    record(services, extra)
+    agreements = rules.covers(services, TENANT_A)
+    views = list(rules.views_in(services, TENANT_A, START, END))
+    expected = actors.flows(views, TENANT_A, agreements)
+    assert any(f.outside for f in expected)
+    assert any(f.accesses > f.outside for f in expected)
+    assert any(f.category == odd for f in expected)
+    assert flows.flows(services, TENANT_A, START, END, agreements) == expected
+    login(console)
+    html = console.get("/console/organisations?to=2025-04-02").data.decode()
+    page_start = datetime.combine(date(2025, 4, 2) - timedelta(days=29), time(), OSLO)
+    page = actors.flows(list(rules.views_in(services, TENANT_A, page_start, END)), TENANT_A, agreements)
+    for f in page:
+        assert f"{f.accesses}" in html
+        assert escape(f.category) in html

@@ -564,6 +564,10 @@ def organisations_page() -> str:
 # -- review queue and log-control report ---------------------------------------------------------------
 
 
+REVIEW_PAGE = 100
+"""Rule hits shown per page of the review queue (most severe first); the counts cover them all."""
+
+
 @bp.get("/review")
 @login_required
 def review() -> str:
@@ -571,7 +575,23 @@ def review() -> str:
     start, end = _period()
     result = rules.run(services(), tenant, start, end)
     triage = rules.triage_states(services().engine, tenant)
-    return render_template("console/review.html", result=result, triage=triage, start=start, end=end)
+    pages = max(1, -(-len(result.flags) // REVIEW_PAGE))
+    try:
+        page = min(max(1, int(request.args.get("page", "1"))), pages)
+    except ValueError:
+        abort(400, "page: a page number")
+    shown = result.flags[(page - 1) * REVIEW_PAGE : page * REVIEW_PAGE]
+    return render_template(
+        "console/review.html",
+        result=result,
+        flags=shown,
+        page=page,
+        pages=pages,
+        first=(page - 1) * REVIEW_PAGE,
+        triage=triage,
+        start=start,
+        end=end,
+    )
 
 
 @bp.post("/review/triage")

@@ -11,10 +11,12 @@ import re
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta
 
+import pytest
 from flask.testing import FlaskClient
 from markupsafe import escape
 
 from sharing_api.console import actors, flows, rules, workforce
+from sharing_api.console import views as console_views
 from sharing_api.console.aggregates import OSLO
 from sharing_api.console.seeding import CONSUMERS, NO_AGREEMENT, seed_month
 from sharing_api.services import Services
@@ -130,3 +132,25 @@ def test_the_flows_are_what_every_parsed_event_gives(console: FlaskClient, servi
     for f in page:
         assert f"{f.accesses}" in html
         assert escape(f.category) in html
+
+
+def test_the_review_queue_pages_through_every_rule_hit(
+    console: FlaskClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review page shows its hits a page at a time: every hit of ``rules.run`` on exactly one page,
+    in its order, and the totals of the whole run on each."""
+    _seed(services)
+    monkeypatch.setattr(console_views, "REVIEW_PAGE", 7)
+    last = date(2025, 4, 2)
+    start = datetime.combine(last - timedelta(days=29), time(), OSLO)
+    end = datetime.combine(last + timedelta(days=1), time(), OSLO)
+    expected = [f.key for f in rules.run(services, TENANT_A, start, end).flags]
+    assert len(expected) > 7
+    login(console)
+    shown: list[str] = []
+    for page in range(1, -(-len(expected) // 7) + 1):
+        html = console.get(f"/console/review?to={last}&page={page}").data.decode()
+        assert f"av {len(expected)}</caption>" in html
+        shown += re.findall(r'<tr data-flag="([^"]+)">', html)
+    assert shown == expected
+    assert console.get(f"/console/review?to={last}&page=x").status_code == 400

@@ -90,6 +90,8 @@ SCOPES = frozenset(
         "dho-share/consent.read",
         "dho-share/consent.write",
         "dho-share/audit.read",
+        "dho-share/careplan.read",
+        "dho-share/careplan.write",
     }
 )
 

@@ -167,6 +167,10 @@ class SharingAgreement:
     ``period`` is when the agreement is in force and has a start. ``data_period``, when given, bounds
     the *data* the consumer may see (the measurements' effective time); ``None`` leaves data of any time
     open. Agreements are between legal entities (organisasjonsnummer of the juridisk enhet).
+
+    ``write_categories`` are the categories the consumer may also *change* (issue 11: a treatment plan,
+    category ``plan``, that the hospital and the GP update in turn); each is one of ``categories``.
+    Reading needs only ``categories``; a write request is narrowed by ``write_categories`` instead.
     """
 
     id: str
@@ -176,6 +180,7 @@ class SharingAgreement:
     purposes: frozenset[PurposeOfUse]
     period: Period
     data_period: Period | None = None
+    write_categories: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -190,6 +195,9 @@ class SharingAgreement:
             raise ValueError("an agreement names at least one purpose of use")
         if self.period.start is None:
             raise ValueError("an agreement's period has a start")
+        if not self.write_categories <= self.categories:
+            unread = ", ".join(sorted(self.write_categories - self.categories))
+            raise ValueError(f"an agreement lets write only categories it shares; not shared: {unread}")
 
     @property
     def reference(self) -> str:

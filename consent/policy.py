@@ -68,7 +68,8 @@ class AccessRequest:
     behind the call), ``purpose`` the attestation's ``purpose_of_use``. ``controller`` is the tenant
     whose data is asked for. ``categories`` are the data categories asked for (``None``: all; an empty
     set is refused as meaningless), in the vocabulary the agreements use. ``at`` is the moment of the
-    request, timezone-aware.
+    request, timezone-aware. ``write``: the request changes data (a care plan) rather than reads it;
+    the agreements then grant only their ``write_categories`` (row 5).
     """
 
     controller: str
@@ -79,6 +80,7 @@ class AccessRequest:
     point_of_care: str | None = None
     practitioner_hpr: str | None = None
     categories: frozenset[str] | None = None
+    write: bool = False
 
     def __post_init__(self) -> None:
         require_orgnr(self.controller, "the controller's organisation number")
@@ -222,7 +224,8 @@ def decide(
         if not covering:  # row purpose-not-agreed
             return deny(Reason.PURPOSE_NOT_AGREED, _references(in_force), reveals_existence=True)
         used = _references(covering)
-        scope = _narrowed(agreed, ((a.categories, a.data_period) for a in covering))
+        granted = ((a.write_categories if request.write else a.categories, a.data_period) for a in covering)
+        scope = _narrowed(agreed, granted)
         if scope is None:  # row scope-not-agreed
             return deny(Reason.SCOPE_NOT_AGREED, used, reveals_existence=True)
         agreed = scope

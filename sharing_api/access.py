@@ -77,7 +77,18 @@ class AccessPolicy:
         #: told every decision (the ``/metrics`` counter of decisions by reason); set by ``create_app``
         self.observer: Callable[[Decision], None] | None = None
 
-    def decide_read(self, caller: Caller, tenant: TenantRecord, patient: tuple[str, str]) -> ReadDecision:
+    def decide_read(
+        self,
+        caller: Caller,
+        tenant: TenantRecord,
+        patient: tuple[str, str],
+        *,
+        categories: frozenset[str] | None = None,
+        write: bool = False,
+    ) -> ReadDecision:
+        """The sharing decision for ``caller`` on ``patient``'s data at ``tenant``: every category the
+        agreements share (``categories`` ``None``), or only ``categories``; ``write`` for a change
+        (the agreements' write categories, docs/sharing-policy.md row 5)."""
         consumer = caller.organisation or ""
         purpose = caller.purpose_of_use or PurposeOfUse.TREAT
         request = AccessRequest(
@@ -88,6 +99,8 @@ class AccessPolicy:
             at=datetime.now(UTC),
             point_of_care=caller.point_of_care if caller.point_of_care != consumer else None,
             practitioner_hpr=caller.practitioner_hpr,
+            categories=categories,
+            write=write,
         )
         agreements, directives = self.store.decision_records(tenant.orgnr, consumer, patient)
         decision = decide(

@@ -46,6 +46,7 @@ from sharing_api.searching import Searcher
 from sharing_api.services import Services
 from sharing_api.sessions import LocalSessions, RedisSessions, SearchSessions
 from sharing_api.settings import Settings
+from sharing_api.store.careplans import PlanStore
 from sharing_api.store.clients import ClientRegistry
 from sharing_api.store.engine import is_current, make_engine
 from sharing_api.store.observations import ObservationStore
@@ -197,6 +198,7 @@ def build_services(settings: Settings) -> Services:
         access=AccessPolicy(policy),
         audit_log=audit_log,
         auditor=Auditor(audit_log),
+        plans=PlanStore(engine, _clock),
         **_token_protection(settings, client, registry, engine),
     )
 
@@ -221,6 +223,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from sharing_api.routes import (  # noqa: F401
         agreements,
         audit_api,
+        careplans,
         consents,
         observations,
         patients,

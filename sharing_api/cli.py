@@ -6,8 +6,9 @@ import json
 import os
 import random
 import shlex
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import redis
@@ -22,6 +23,10 @@ from sharing_api.settings import Settings
 from sharing_api.store.clients import ClientRegistry
 from sharing_api.store.engine import analyze, make_engine, upgrade
 from sharing_api.tables import print_json, print_rows
+
+if TYPE_CHECKING:
+    from sharing_api.seed import Patient
+    from sharing_api.services import Services
 
 console = Console(stderr=True)
 DEMO_TENANT = ("921234562", "Demo kommune (DHO)")  # a synthetic org.nr with a valid control digit
@@ -306,6 +311,12 @@ def agreements() -> None:
     help="A data category shared (observation-category code; repeatable)",
 )
 @click.option(
+    "--write-category",
+    "write_categories",
+    multiple=True,
+    help="A shared category the consumer may also change, e.g. plan (repeatable)",
+)
+@click.option(
     "--purpose",
     "purposes",
     multiple=True,
@@ -320,6 +331,7 @@ def agreements_add(
     controller: str,
     consumer: str,
     categories: tuple[str, ...],
+    write_categories: tuple[str, ...],
     purposes: tuple[str, ...],
     valid_from: datetime | None,
     valid_to: datetime | None,
@@ -332,19 +344,21 @@ def agreements_add(
     def aware(moment: datetime | None) -> datetime | None:
         return moment.replace(tzinfo=LOCAL_ZONE) if moment and moment.tzinfo is None else moment
 
+    engine = make_engine(_settings().database_url)
     try:
-        agreement = PolicyStore(
-            make_engine(_settings().database_url), lambda: int(datetime.now(UTC).timestamp() * 1e6)
-        ).add_agreement(
+        agreement = PolicyStore(engine, lambda: int(datetime.now(UTC).timestamp() * 1e6)).add_agreement(
             controller=controller,
             consumer=consumer,
             categories=frozenset(categories),
+            write_categories=frozenset(write_categories),
             purposes=frozenset(PurposeOfUse(p) for p in purposes),
             valid_from=aware(valid_from) or datetime.now(UTC),
             valid_to=aware(valid_to),
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+    finally:
+        engine.dispose()
     console.print(
         f"agreement {agreement.id}: {consumer} may read {controller}'s {', '.join(sorted(categories))}"
     )
@@ -418,7 +432,7 @@ def _seed(settings: Settings, tenant_orgnr: str, patients: int, days: int, seed:
     people = [make_patient(rng) for _ in range(patients)]
     end = datetime.now(UTC)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    stored = 0
+    stored = plans = 0
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("seeding patients", total=patients)
         for person in people:
@@ -427,11 +441,30 @@ def _seed(settings: Settings, tenant_orgnr: str, patients: int, days: int, seed:
                 stored += sum(
                     1 for e in result["entry"] if e["response"]["status"].startswith(("200", "201"))
                 )
+            plans += _seed_plan(svc, tenant_orgnr, person, end - timedelta(days=days))
             progress.advance(task)
     analyze(svc.engine)  # a bulk load: fresh planner statistics before anyone searches (issue 13)
     svc.engine.dispose()
-    console.print(f"{stored} observations for {patients} patients over {days} days in tenant {tenant_orgnr}")
+    console.print(
+        f"{stored} observations and {plans} plans for {patients} patients over {days} days "
+        f"in tenant {tenant_orgnr}"
+    )
     return [p.fnr for p in people]
+
+
+def _seed_plan(svc: Services, tenant: str, person: Patient, start: datetime) -> int:
+    """A self-treatment plan with thresholds for ``person``, unless they have an active plan (issue 11)."""
+    from sharing_api.careplans.validation import validate_careplan, validate_goal
+    from sharing_api.fhir.identifiers import FNR
+    from sharing_api.seed import careplan_for, goal_for
+    from sharing_api.store.careplans import SYSTEM
+
+    patient = (FNR, person.fnr)
+    if svc.plans.active_plans(tenant, patient):
+        return 0
+    goal = svc.plans.create(tenant, validate_goal(goal_for(person)), SYSTEM)
+    svc.plans.create(tenant, validate_careplan(careplan_for(person, tenant, goal.id, start)), SYSTEM)
+    return 1
 
 
 @main.command()
@@ -528,7 +561,8 @@ def _demo_policy(engine: Engine, controller: str, consumer: str, fnrs: list[str]
         store.add_agreement(
             controller=controller,
             consumer=consumer,
-            categories=frozenset({"vital-signs", "survey"}),
+            categories=frozenset({"vital-signs", "survey", "plan"}),
+            write_categories=frozenset({"plan"}),
             purposes=frozenset({PurposeOfUse.TREAT, PurposeOfUse.ETREAT, PurposeOfUse.COC}),
             valid_from=datetime(2024, 1, 1, tzinfo=UTC),
         )
@@ -569,7 +603,11 @@ def demo(port: int, patients: int, days: int, no_serve: bool) -> None:
     )
     hospital, unit, hospital_name = DEMO_HOSPITAL
     key_path = _client_with_fresh_key(
-        demo_dir, registry, "demo-sykehus-epj", hospital, {"dho-share/observation.read"}
+        demo_dir,
+        registry,
+        "demo-sykehus-epj",
+        hospital,
+        {"dho-share/observation.read", "dho-share/careplan.read"},
     )
     profile = demo_dir / "hospital.json"
     _write_profile(
@@ -619,6 +657,10 @@ def demo(port: int, patients: int, days: int, no_serve: bool) -> None:
         f"--code {shlex.quote('http://loinc.org|85354-9')} --count 5"
     )
     click.echo(f"dho-share query --profile {profile} --tenant {orgnr} --patient {fnrs[0]} --lastn")
+    console.print(
+        "\nThe patient's treatment plan (CarePlan and Goal) and the latest measurements against it:\n"
+    )
+    click.echo(f"dho-share query --profile {profile} --tenant {orgnr} --patient {fnrs[0]} --careplan")
     console.print(f"\nPatient {fnrs[1]} has reserved against sharing, so the hospital sees no data:\n")
     click.echo(f"dho-share query --profile {profile} --tenant {orgnr} --patient {fnrs[1]} --lastn")
     console.print(

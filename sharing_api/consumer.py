@@ -26,6 +26,7 @@ from sharing_api.fhir.identifiers import DNR, FNR, check_patient_identifier, is_
 from sharing_api.tables import print_json, print_rows
 
 READ_SCOPE = "dho-share/observation.read"
+PLAN_READ_SCOPE = "dho-share/careplan.read"
 WRITE_SCOPE = "dho-share/observation.write"
 FHIR_JSON = "application/fhir+json"
 _ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
@@ -85,7 +86,7 @@ class Profile:
             issuer=self.issuer, client_id=self.client_id, client_key=self.key(), scope=self.scope
         )
 
-    def client(self, patient: str | None, purpose: str) -> DhoClient:
+    def client(self, patient: str | None, purpose: str, scope: str | None = None) -> DhoClient:
         details = attestation(
             legal_entity=self.organisation,
             point_of_care=self.point_of_care,
@@ -97,7 +98,7 @@ class Profile:
             issuer=self.issuer,
             client_id=self.client_id,
             client_key=self.key(),
-            scope=self.scope,
+            scope=scope or self.scope,
             attestation=details,
         )
 
@@ -213,6 +214,11 @@ def _value(resource: dict[str, Any]) -> str:
 @click.option(
     "--purpose", default="TREAT", show_default=True, type=click.Choice(["TREAT", "ETREAT", "COC", "BTG"])
 )
+@click.option(
+    "--careplan",
+    is_flag=True,
+    help="The patient's active treatment plan, its thresholds and the latest measurements against them",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the FHIR Bundle as JSON")
 def query(
     profile_path: Path,
@@ -224,11 +230,15 @@ def query(
     lastn: bool,
     count: int,
     purpose: str,
+    careplan: bool,
     as_json: bool,
 ) -> None:
     """Search one patient's measurements at a data controller, as the profile's health worker."""
     system, _ = _patient_identifier(patient)
     profile = Profile.load(profile_path)
+    if careplan:
+        _careplan(profile, tenant, (system, patient), purpose, as_json)
+        return
     client = profile.client(patient, purpose)
     form: list[tuple[str, str]] = [("patient.identifier", f"{system}|{patient}")]
     if code:
@@ -256,6 +266,75 @@ def query(
         rows.append([when, coding.get("display", coding["code"]), _value(r), r.get("status", ""), r["id"]])
     print_rows(
         ["when", "measurement", "value", "status", "id"], rows, title=f"{body.get('total', '?')} measurements"
+    )
+
+
+def _ok(response: requests.Response, url: str) -> Any:
+    body = body_of(response)
+    if response.status_code != 200:
+        raise click.ClickException(f"{response.status_code} from {url}: {diagnostics_of(body)}")
+    return body
+
+
+def _careplan(profile: Profile, tenant: str, patient: tuple[str, str], purpose: str, as_json: bool) -> None:
+    """``query --careplan``: the active plans (``POST CarePlan/_search``), their Goals, and
+    ``Observation/$evaluate`` (docs/careplans.md)."""
+    scopes = " ".join(sorted({*profile.scope.split(), READ_SCOPE, PLAN_READ_SCOPE}))
+    client = profile.client(patient[1], purpose, scope=scopes)
+    base = profile.fhir_base(tenant)
+    form = [("patient.identifier", f"{patient[0]}|{patient[1]}"), ("status", "active")]
+    url = f"{base}/CarePlan/_search"
+    plans = _ok(send(client, "POST", url, data=form), url)
+    resources = [e["resource"] for e in plans.get("entry", [])]
+    goals = []
+    for plan in resources:
+        for ref in plan.get("goal", []):
+            goal_url = f"{base}/{ref['reference']}"
+            goals.append(_ok(send(client, "GET", goal_url), goal_url))
+    url = f"{base}/Observation/$evaluate"
+    evaluation = _ok(send(client, "POST", url, data=form[:1]), url)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {"plans": plans, "goals": goals, "evaluation": evaluation}, indent=2, ensure_ascii=False
+            )
+        )
+        return
+    for plan in resources:
+        repeat_rows = []
+        for activity in plan.get("activity", []):
+            detail = activity.get("detail", {})
+            coding = detail.get("code", {}).get("coding", [{}])[0]
+            repeat = detail.get("scheduledTiming", {}).get("repeat", {})
+            how_often = f"{repeat.get('frequency')} per {repeat.get('period')} {repeat.get('periodUnit')}"
+            repeat_rows.append(
+                [coding.get("display", coding.get("code", "")), how_often, detail.get("status", "")]
+            )
+        start = plan.get("period", {}).get("start", "?")
+        version = plan["meta"]["versionId"]
+        title = f"{plan.get('title', 'CarePlan')} ({plan['status']} from {start}, version {version})"
+        print_rows(["measure", "how often", "status"], repeat_rows, title=title)
+    rows = []
+    for parameter in evaluation.get("parameter", []):
+        if parameter["name"] != "evaluation":
+            continue
+        part = {p["name"]: next(v for k, v in p.items() if k.startswith("value")) for p in parameter["part"]}
+        value = part.get("value", {})
+        latest = f"{value.get('value')} {value.get('unit', '')}".strip() if value else ""
+        rows.append(
+            [
+                part["measure"]["code"],
+                part["target"],
+                part["status"],
+                latest,
+                part.get("effective", ""),
+                part.get("since", ""),
+            ]
+        )
+    print_rows(
+        ["measure", "target", "status", "latest", "when", "since"],
+        rows,
+        title=f"{len(resources)} active plans; latest measurements against their thresholds",
     )
 
 

@@ -14,6 +14,7 @@
     ├── Gone                       (410 deleted)
     ├── Conflict                   (409 conflict)
     ├── PreconditionFailed         (412 duplicate)
+    ├── PreconditionRequired       (428 required)      an update that must say which version it changes
     ├── PayloadTooLarge            (413 too-costly)
     ├── UnsupportedMediaType       (415 not-supported)
     ├── MethodNotAllowed           (405 not-supported)
@@ -128,6 +129,13 @@ class Conflict(FhirError):
 class PreconditionFailed(FhirError):
     status = 412
     code = "duplicate"
+
+
+class PreconditionRequired(FhirError):
+    """RFC 6585 §3: the update must be conditional (``If-Match``), so that no change is lost unseen."""
+
+    status = 428
+    code = "required"
 
 
 class PayloadTooLarge(FhirError):

@@ -194,3 +194,61 @@ def batches(resources: Iterator[dict[str, Any]], size: int) -> Iterator[dict[str
             entries = []
     if entries:
         yield {"resourceType": "Bundle", "type": "batch", "entry": entries}
+
+
+SYSTOLIC_LIMIT = 160
+SPO2_LIMIT = 92
+
+
+def goal_for(patient: Patient) -> dict[str, Any]:
+    """The thresholds of a seeded plan: call if systolic > 160 mm[Hg] or SpO2 < 92 %."""
+    return {
+        "resourceType": "Goal",
+        "lifecycleStatus": "active",
+        "description": {"text": "Ring hjemmesykepleien ved systolisk trykk over 160 eller SpO2 under 92 %"},
+        "subject": {"identifier": {"system": FNR, "value": patient.fnr}},
+        "target": [
+            {
+                "measure": {"coding": [{"system": LOINC, "code": "8480-6", "display": "Systolic"}]},
+                "detailQuantity": {
+                    "value": SYSTOLIC_LIMIT,
+                    "comparator": "<=",
+                    **_quantity(SYSTOLIC_LIMIT, "mm[Hg]"),
+                },
+            },
+            {
+                "measure": {"coding": [{"system": LOINC, "code": "2708-6", "display": "Oxygen saturation"}]},
+                "detailQuantity": {"value": SPO2_LIMIT, "comparator": ">=", **_quantity(SPO2_LIMIT, "%")},
+            },
+        ],
+    }
+
+
+def _activity(code: str, display: str, frequency: int, period_unit: str) -> dict[str, Any]:
+    return {
+        "detail": {
+            "status": "in-progress",
+            "code": {"coding": [{"system": LOINC, "code": code, "display": display}]},
+            "scheduledTiming": {"repeat": {"frequency": frequency, "period": 1, "periodUnit": period_unit}},
+        }
+    }
+
+
+def careplan_for(patient: Patient, tenant: str, goal_id: str, start: datetime) -> dict[str, Any]:
+    """A self-treatment plan: blood pressure twice a day, SpO2 and weight daily, with the goal above."""
+    return {
+        "resourceType": "CarePlan",
+        "status": "active",
+        "intent": "plan",
+        "category": [{"coding": [{"system": SNOMED, "code": "734163000", "display": "Care plan"}]}],
+        "title": "Egenbehandlingsplan",
+        "subject": {"identifier": {"system": FNR, "value": patient.fnr}},
+        "period": {"start": start.date().isoformat()},
+        "author": {"identifier": {"system": ORGNR, "value": tenant}},
+        "goal": [{"reference": f"Goal/{goal_id}"}],
+        "activity": [
+            _activity("85354-9", "Blood pressure", 2, "d"),
+            _activity("59408-5", "Oxygen saturation", 1, "d"),
+            _activity("29463-7", "Body weight", 1, "d"),
+        ],
+    }

@@ -18,6 +18,7 @@ from sharing_api.publishing import Publisher
 from sharing_api.searching import Searcher
 from sharing_api.sessions import SearchSessions
 from sharing_api.settings import Settings
+from sharing_api.store.careplans import PlanStore
 from sharing_api.store.clients import ClientRegistry
 from sharing_api.store.observations import ObservationStore
 from sharing_api.store.policy import PolicyStore
@@ -43,4 +44,5 @@ class Services:
     access: AccessPolicy
     audit_log: AuditLog
     auditor: Auditor
+    plans: PlanStore
     redis_client: Any = None  # the one client (standalone, Sentinel master or Cluster) every Redis use shares

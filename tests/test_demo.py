@@ -34,7 +34,7 @@ def test_demo_prints_queries_that_work(tmp_path: Path) -> None:
         check=True,
     )
     printed = [line for line in setup.stdout.splitlines() if line.startswith("dho-share ")]
-    assert [line.split()[1] for line in printed] == ["query"] * 4 + ["publish", "access-log"], setup.stdout
+    assert [line.split()[1] for line in printed] == ["query"] * 5 + ["publish", "access-log"], setup.stdout
     outputs = []
     with live_server({"DHO_REDIS_URL": REDIS_URL}, workers=2, cwd=tmp_path, port=port):
         for line in printed:
@@ -48,14 +48,19 @@ def test_demo_prints_queries_that_work(tmp_path: Path) -> None:
             )
             assert result.returncode == 0, result.stderr
             outputs.append(result.stdout + result.stderr)  # a piped table's title goes to stderr
-    shared, latest, reserved, blocked, published, access_log = outputs
+    shared, latest, careplan, reserved, blocked, published, access_log = outputs
     assert "mm[Hg]" in shared
     assert "mm[Hg]" in latest
+    # The seeded plan and its thresholds, with the latest readings checked against them (issue 11).
+    assert "Egenbehandlingsplan (active" in careplan
+    assert "<= 160 mm[Hg]" in careplan
+    assert ">= 92 %" in careplan
+    assert "within" in careplan or "outside" in careplan
     # The reservation and the block look exactly like "no data" to the hospital's doctor.
     assert "0 measurements" in reserved
     assert "0 measurements" in blocked
     # The publish command stores the printed weight (201), in the demo municipality's tenant.
-    publish = shlex.split(printed[4])
+    publish = shlex.split(printed[5])
     profile = json.loads((tmp_path / publish[publish.index("--profile") + 1]).read_text())
     assert profile["scope"] == "dho-share/observation.write"
     (row,) = [line.split("\t") for line in published.splitlines() if line.startswith("Observation\t")]

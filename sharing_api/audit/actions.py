@@ -52,6 +52,17 @@ class AuditAction(StrEnum):
     PATIENT_ACCESS_LOG = "patient.access-log"
     PATIENT_MATCH = "patient.match"
     """``Patient/$match`` or ``Patient/_search``: an opaque id handed out for the attested patient."""
+    OBSERVATION_EVALUATE = "observation.evaluate"
+    """``Observation/$evaluate``: the latest measurements against the patient's plan (issue 11)."""
+    CAREPLAN_CREATE = "careplan.create"
+    CAREPLAN_UPDATE = "careplan.update"
+    CAREPLAN_READ = "careplan.read"
+    CAREPLAN_HISTORY = "careplan.history"
+    CAREPLAN_SEARCH = "careplan.search"
+    GOAL_CREATE = "goal.create"
+    GOAL_UPDATE = "goal.update"
+    GOAL_READ = "goal.read"
+    GOAL_HISTORY = "goal.history"
 
 
 class Outcome(StrEnum):
@@ -124,6 +135,16 @@ INTERACTIONS: dict[AuditAction, tuple[Interaction, str]] = {
     AuditAction.CONSOLE_LOGIN: (Interaction.SECURITY, "110114"),  # DICOM "User Authentication"
     AuditAction.PATIENT_ACCESS_LOG: (Interaction.QUERY, "search-type"),
     AuditAction.PATIENT_MATCH: (Interaction.QUERY, "operation"),
+    AuditAction.OBSERVATION_EVALUATE: (Interaction.QUERY, "operation"),
+    AuditAction.CAREPLAN_CREATE: (Interaction.CREATE, "create"),
+    AuditAction.CAREPLAN_UPDATE: (Interaction.UPDATE, "update"),
+    AuditAction.CAREPLAN_READ: (Interaction.READ, "read"),
+    AuditAction.CAREPLAN_HISTORY: (Interaction.READ, "history-instance"),
+    AuditAction.CAREPLAN_SEARCH: (Interaction.QUERY, "search-type"),
+    AuditAction.GOAL_CREATE: (Interaction.CREATE, "create"),
+    AuditAction.GOAL_UPDATE: (Interaction.UPDATE, "update"),
+    AuditAction.GOAL_READ: (Interaction.READ, "read"),
+    AuditAction.GOAL_HISTORY: (Interaction.READ, "history-instance"),
 }
 """Each action's BALP pattern and its FHIR ``restful-interaction`` code; for ``SECURITY`` the DICOM code of
 ``AuditEvent.type`` (110114 User Authentication, 110113 Security Alert)."""
@@ -134,9 +155,16 @@ READ_ACTIONS = frozenset(
         AuditAction.OBSERVATION_SEARCH,
         AuditAction.OBSERVATION_LASTN,
         AuditAction.OBSERVATION_HISTORY,
+        AuditAction.OBSERVATION_EVALUATE,
+        AuditAction.CAREPLAN_READ,
+        AuditAction.CAREPLAN_HISTORY,
+        AuditAction.CAREPLAN_SEARCH,
+        AuditAction.GOAL_READ,
+        AuditAction.GOAL_HISTORY,
     }
 )
-"""Actions that read another controller's measurements: what log control checks against agreements."""
+"""Actions that read another controller's patient data (measurements and plans): what log control checks
+against agreements (a plan read is recorded with its data category ``plan``)."""
 
 
 def interaction_of(action: AuditAction) -> tuple[Interaction, str]:

@@ -139,14 +139,16 @@ def response_bundle(kind: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
     return bundle
 
 
-def history_entry(base: str, obs_id: str, version: int, last_modified: str) -> bytes:
+def history_entry(
+    base: str, obs_id: str, version: int, last_modified: str, resource_type: str = "Observation"
+) -> bytes:
     """The JSON of one history entry up to (not including) its resource: ``fullUrl``, the ``request``
     that made the version and the ``response`` it got (bdl-3, bdl-4: both are mandatory in history).
     Version 1 was a create (POST), every later one an update (PUT) of that id."""
     request = (
-        {"method": "POST", "url": "Observation"}
+        {"method": "POST", "url": resource_type}
         if version == 1
-        else {"method": "PUT", "url": f"Observation/{obs_id}"}
+        else {"method": "PUT", "url": f"{resource_type}/{obs_id}"}
     )
     response = {
         "status": _STATUS_TEXT[201 if version == 1 else 200],
@@ -154,5 +156,5 @@ def history_entry(base: str, obs_id: str, version: int, last_modified: str) -> b
         "lastModified": last_modified,
     }
     return orjson.dumps(
-        {"fullUrl": f"{base}/Observation/{obs_id}", "request": request, "response": response}
+        {"fullUrl": f"{base}/{resource_type}/{obs_id}", "request": request, "response": response}
     )[:-1]

@@ -163,6 +163,21 @@ RESOURCES: Mapping[str, Resource] = {
         "Consent",
         documentation="The patient's directives: reservations, blocks, explicit consent.",
     ),
+    "CarePlan": Resource(
+        "CarePlan",
+        documentation=(
+            "Treatment and self-treatment plans (DBEP): measurement activities from the project value set "
+            "urn:dho-share:ValueSet:careplan-activity; updates need If-Match (428 without, 412 stale); each "
+            "version records its author in meta.extension urn:dho-share:StructureDefinition/version-author."
+        ),
+    ),
+    "Goal": Resource(
+        "Goal",
+        documentation=(
+            "A plan's thresholds: Goal.target with a measure of the vital-sign registry and a UCUM "
+            "detailQuantity (with comparator) or detailRange; versioned like CarePlan."
+        ),
+    ),
     "AuditEvent": Resource(
         "AuditEvent",
         versioning="no-version",
@@ -260,6 +275,54 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("fhir.consent_revoke", "revoke a directive (it becomes inactive)", "Consent", ("delete",)),
     Endpoint(
         "fhir.consent_search", "the directives of one patient", "Consent", ("search-type",), search=True
+    ),
+    *(
+        endpoint
+        for kind in ("CarePlan", "Goal")
+        for endpoint in (
+            Endpoint(
+                f"fhir.{kind.lower()}_create",
+                f"create a {kind} (the attestation names its patient)",
+                kind,
+                ("create",),
+                body="resource",
+                ok=201,
+            ),
+            Endpoint(f"fhir.{kind.lower()}_read", f"read a {kind}", kind, ("read",)),
+            Endpoint(
+                f"fhir.{kind.lower()}_update",
+                f"change a {kind}: a new version; If-Match required (428 without, 412 when stale)",
+                kind,
+                ("update",),
+                body="resource",
+                headers=("If-Match",),
+            ),
+            Endpoint(
+                f"fhir.{kind.lower()}_history", f"the versions of a {kind}", kind, ("history-instance",)
+            ),
+            Endpoint(f"fhir.{kind.lower()}_vread", f"one version of a {kind}", kind, ("vread",)),
+        )
+    ),
+    Endpoint(
+        "fhir.careplan_search",
+        "the plans of one patient (patient.identifier in the form body), by status, category, date",
+        "CarePlan",
+        ("search-type",),
+        search=True,
+        body="form",
+    ),
+    Endpoint(
+        "fhir.evaluate",
+        "the patient's latest measurements against the active plan's thresholds",
+        "Observation",
+        operation=Operation(
+            "evaluate",
+            OPERATIONS + "Observation-evaluate",
+            "patient.identifier=system|value (form body); a Parameters resource with one evaluation per "
+            "threshold: within, outside or no-data, the latest value and since when; needs observation.read "
+            "and careplan.read",
+        ),
+        body="form",
     ),
     Endpoint(
         "fhir.audit_search_get",

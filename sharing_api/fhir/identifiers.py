@@ -76,6 +76,11 @@ def is_valid_orgnr(value: str) -> bool:
     return _mod11(value[:8], _ORG_W) == int(value[8])
 
 
+def is_valid_hpr(value: str) -> bool:
+    """HPR-nummer: 1-9 ASCII digits (Helsepersonellregisteret numbers carry no control digit)."""
+    return value.isascii() and value.isdigit() and 1 <= len(value) <= 9
+
+
 def check_patient_identifier(system: str, value: str) -> str | None:
     """``None`` when ``value`` is well-formed for ``system``, else what is wrong, in words."""
     if system == FNR:

@@ -132,10 +132,24 @@ PATIENT_SEARCH: tuple[SearchParameter, ...] = (
         "POST Patient/_search with identifier=system|value (form body); answers an opaque Patient id",
     ),
 )
+CAREPLAN_SEARCH: tuple[SearchParameter, ...] = (
+    SearchParameter(
+        "patient",
+        "reference",
+        "CarePlan.subject",
+        "patient.identifier / patient:identifier=system|value in a POST form body (required)",
+        modifiers=("identifier",),
+        chains=("identifier",),
+    ),
+    SearchParameter("status", "token", "CarePlan.status", "active, revoked, completed, ..."),
+    SearchParameter("category", "token", "CarePlan.category", "system|code or code"),
+    SearchParameter("date", "date", "CarePlan.period", "the period the plan covers", prefixes=DATE_PREFIXES),
+)
 SEARCH_PARAMETERS: dict[str, tuple[SearchParameter, ...]] = {
     "Observation": OBSERVATION_SEARCH,
     "Consent": CONSENT_SEARCH,
     "Patient": PATIENT_SEARCH,
+    "CarePlan": CAREPLAN_SEARCH,
 }
 """The registry: resource type -> the search parameters it supports (AuditEvent's live in its route)."""
 RESULT_PARAMETERS: dict[str, tuple[ResultParameter, ...]] = {"Observation": OBSERVATION_RESULT}
@@ -275,7 +289,8 @@ class SearchQuery:
         return urlencode(self.applied)
 
 
-def _dates(name: str, raw: str) -> DateBound:
+def parse_date_bound(name: str, raw: str) -> DateBound:
+    """One ``date`` value: an optional prefix and a FHIR date(time), as the half-open range it names."""
     head = raw[:2]
     if head.isascii() and head.isalpha():
         if head not in DATE_PREFIXES:
@@ -407,9 +422,9 @@ def parse_search(
         elif name == "status:not":
             not_statuses.append(_codes(name, raw))
         elif name == "date":
-            dates.append(_dates(name, raw))
+            dates.append(parse_date_bound(name, raw))
         elif name == "_lastUpdated":
-            last_updated.append(_dates(name, raw))
+            last_updated.append(parse_date_bound(name, raw))
         elif name == "_count":
             count = _int(name, raw, 0, max_count)
         elif name == "_sort":

@@ -79,7 +79,7 @@ def _structure_issues(resource: dict[str, Any]) -> list[Issue]:
     return []
 
 
-def _codings(concept: Any, path: str, issues: list[Issue]) -> list[tuple[str, str]]:
+def codings(concept: Any, path: str, issues: list[Issue]) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     if not isinstance(concept, dict):
         return out
@@ -95,42 +95,44 @@ def _codings(concept: Any, path: str, issues: list[Issue]) -> list[tuple[str, st
     return out
 
 
-def _check_subject(resource: dict[str, Any], issues: list[Issue]) -> tuple[str, str]:
+def check_subject(
+    resource: dict[str, Any], issues: list[Issue], root: str = "Observation"
+) -> tuple[str, str]:
+    """The patient of ``resource.subject`` by FNR/DNR/FHN identifier with valid control digits; each
+    problem is an issue naming ``<root>.subject...``."""
     subject = resource.get("subject")
     if not isinstance(subject, dict):
-        issues.append(Issue("subject is required: the patient by national identifier", "Observation.subject"))
+        issues.append(Issue("subject is required: the patient by national identifier", f"{root}.subject"))
         return ("", "")
     if "reference" in subject:
         issues.append(
             Issue(
                 "VKP references the patient by identifier only, not by a literal reference",
-                "Observation.subject.reference",
+                f"{root}.subject.reference",
             )
         )
     identifier = subject.get("identifier")
     if not isinstance(identifier, dict):
-        issues.append(
-            Issue("subject.identifier is required (FNR, DNR or FHN)", "Observation.subject.identifier")
-        )
+        issues.append(Issue("subject.identifier is required (FNR, DNR or FHN)", f"{root}.subject.identifier"))
         return ("", "")
     system, value = identifier.get("system"), identifier.get("value")
     if not isinstance(system, str):
-        issues.append(Issue("subject.identifier.system is required", "Observation.subject.identifier.system"))
+        issues.append(Issue("subject.identifier.system is required", f"{root}.subject.identifier.system"))
         return ("", "")
     if system not in ids.PATIENT_SYSTEMS:
         issues.append(
             Issue(
                 f"identifier system {system!r} is not FNR ({ids.FNR}), DNR ({ids.DNR}) or FHN ({ids.FHN})",
-                "Observation.subject.identifier.system",
+                f"{root}.subject.identifier.system",
             )
         )
         return ("", "")
     if not isinstance(value, str):
-        issues.append(Issue("subject.identifier.value is required", "Observation.subject.identifier.value"))
+        issues.append(Issue("subject.identifier.value is required", f"{root}.subject.identifier.value"))
         return ("", "")
     problem = ids.check_patient_identifier(system, value)
     if problem:
-        issues.append(Issue(f"the patient identifier {problem}", "Observation.subject.identifier.value"))
+        issues.append(Issue(f"the patient identifier {problem}", f"{root}.subject.identifier.value"))
     return (system, value)
 
 
@@ -164,7 +166,7 @@ def _check_performers(resource: dict[str, Any], tenant: Tenant, issues: list[Iss
             if problem:
                 issues.append(Issue(f"the performer identifier {problem}", f"{path}.identifier.value"))
         elif system == ids.HPR:
-            if not (value.isascii() and value.isdigit() and 1 <= len(value) <= 9):
+            if not ids.is_valid_hpr(value):
                 issues.append(Issue("an HPR number is 1-9 digits", f"{path}.identifier.value"))
         else:
             issues.append(
@@ -175,7 +177,7 @@ def _check_performers(resource: dict[str, Any], tenant: Tenant, issues: list[Iss
             )
 
 
-def _check_quantity(
+def check_quantity(
     quantity: Any,
     allowed: vitals.MeasurementType | None,
     rng: vitals.Range | None,
@@ -220,7 +222,7 @@ def _check_value(resource: dict[str, Any], mt: vitals.MeasurementType | None, is
             Issue("a measurement needs a value, components or dataAbsentReason", "Observation.value[x]")
         )
     if "valueQuantity" in resource:
-        _check_quantity(
+        check_quantity(
             resource["valueQuantity"], mt, None, mt.ranges if mt else (), "Observation.valueQuantity", issues
         )
         if mt is None:
@@ -229,17 +231,17 @@ def _check_value(resource: dict[str, Any], mt: vitals.MeasurementType | None, is
         for i, comp in enumerate(components):
             if isinstance(comp, dict) and "valueQuantity" in comp:
                 path = f"Observation.component[{i}].valueQuantity"
-                _check_quantity(comp["valueQuantity"], None, None, (), path, issues)
+                check_quantity(comp["valueQuantity"], None, None, (), path, issues)
                 if mt is None:
                     _check_ucum(comp["valueQuantity"], path, issues)
         return
     for i, comp in enumerate(components):
         if not isinstance(comp, dict):
             continue
-        codes = set(_codings(comp.get("code"), f"Observation.component[{i}].code", issues))
+        codes = set(codings(comp.get("code"), f"Observation.component[{i}].code", issues))
         rng = next((r for cc, r in mt.components if codes & cc), None)
         if "valueQuantity" in comp:
-            _check_quantity(
+            check_quantity(
                 comp["valueQuantity"], mt, rng, (), f"Observation.component[{i}].valueQuantity", issues
             )
 
@@ -276,11 +278,11 @@ def _check_future(
     ]
 
 
-def _check_narrative(resource: dict[str, Any], issues: list[Issue]) -> None:
+def check_narrative(resource: dict[str, Any], issues: list[Issue], root: str = "Observation") -> None:
     text = resource.get("text")
     if isinstance(text, dict) and isinstance(text.get("div"), str) and _UNSAFE_NARRATIVE.search(text["div"]):
         issues.append(
-            Issue("the narrative holds active content (script, event handlers)", "Observation.text.div")
+            Issue("the narrative holds active content (script, event handlers)", f"{root}.text.div")
         )
 
 
@@ -353,9 +355,9 @@ def validate_observation(
         )
     refuse_server_labels(resource, path)
     issues = _structure_issues(resource)
-    patient = _check_subject(resource, issues)
+    patient = check_subject(resource, issues)
     _check_performers(resource, tenant, issues)
-    codes = _codings(resource.get("code"), "Observation.code", issues)
+    codes = codings(resource.get("code"), "Observation.code", issues)
     if not any(system in vitals.CODE_SYSTEMS for system, _ in codes):
         issues.append(
             Issue("Observation.code needs a coding from LOINC, SNOMED CT or NPU", "Observation.code.coding")
@@ -372,7 +374,7 @@ def validate_observation(
         )
     categories: list[tuple[str, str]] = []
     for i, cat in enumerate(resource.get("category") or []):
-        categories += _codings(cat, f"Observation.category[{i}]", issues)
+        categories += codings(cat, f"Observation.category[{i}]", issues)
     if not categories:
         issues.append(
             Issue("category is required (vital-signs, or survey for scores)", "Observation.category")
@@ -385,7 +387,7 @@ def validate_observation(
     effective = _effective(resource, issues)
     issues += _check_future(effective, resource, tenant, time.time_ns() // 1000 if now is None else now)
     _check_value(resource, mt, issues)
-    _check_narrative(resource, issues)
+    check_narrative(resource, issues)
     identifiers = []
     for i, ident in enumerate(resource.get("identifier") or []):
         if (

@@ -133,6 +133,20 @@ def measurement_type(codings: list[tuple[str, str]]) -> MeasurementType | None:
     return None
 
 
+def measure_ranges(coding: tuple[str, str]) -> tuple[MeasurementType, tuple[Range, ...]] | None:
+    """What a ``Goal.target.measure`` coding measures: its measurement type and the units (with plausible
+    ranges) a value of it takes: the type's own, or a component's (systolic 8480-6 is blood pressure
+    in ``mm[Hg]``). ``None`` for a code that is not in the table or has no unit (scores, coded)."""
+    mt = _BY_CODE.get(coding)
+    if mt is not None:
+        return (mt, mt.ranges) if mt.ranges else None
+    for mt in MEASUREMENT_TYPES:
+        for codes, rng in mt.components:
+            if coding in codes:
+                return mt, (rng,)
+    return None
+
+
 @cache
 def _ucum_parser() -> Any:
     return get_ucum_parser()

@@ -39,6 +39,7 @@ def agreement_json(a: SharingAgreement) -> dict[str, Any]:
         "controller": a.controller,
         "consumer": a.consumer,
         "categories": sorted(a.categories),
+        "writeCategories": sorted(a.write_categories),
         "purposes": sorted(a.purposes),
         "validFrom": iso(a.period.start),
         "validTo": iso(a.period.end),
@@ -72,7 +73,7 @@ def agreements_add() -> Response:
     body = json_body()
     if not isinstance(body, dict):
         raise InvalidResource("send a JSON object", "agreement")
-    for name in ("categories", "purposes"):
+    for name in ("categories", "writeCategories", "purposes"):
         value = body.get(name)
         if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
             raise InvalidResource(f"{name} is an array of strings", name)
@@ -81,6 +82,7 @@ def agreements_add() -> Response:
             controller=tenant().orgnr,
             consumer=str(body.get("consumer", "")),
             categories=frozenset(body.get("categories") or ()),
+            write_categories=frozenset(body.get("writeCategories") or ()),
             purposes=frozenset(PurposeOfUse(p) for p in body.get("purposes") or ()),
             valid_from=_moment(body, "validFrom") or datetime.now(UTC),
             valid_to=_moment(body, "validTo"),

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 from flask import Response, request
 
-from sharing_api.audit.actions import AuditAction, Outcome
+from sharing_api.audit.actions import READ_ACTIONS, AuditAction, Outcome
 from sharing_api.audit.events import HPR_SYSTEM, ORGNR_SYSTEM, classification
 from sharing_api.audit.log import Entry
 from sharing_api.errors import Forbidden, InvalidSearch, NotFound
@@ -50,6 +50,12 @@ ACTIONS_IN_WORDS = {
     "observation.search": "searched the measurements",
     "observation.lastn": "looked at the latest measurements",
     "observation.history": "read the history of a measurement",
+    "observation.evaluate": "checked the measurements against the treatment plan",
+    "careplan.read": "read the treatment plan",
+    "careplan.history": "read the history of the treatment plan",
+    "careplan.search": "looked up the treatment plans",
+    "goal.read": "read a goal of the treatment plan",
+    "goal.history": "read the history of a goal of the treatment plan",
     "request.refused": "tried to look, and was refused",
 }
 
@@ -451,11 +457,7 @@ def access_log() -> Response:
     who = caller()
     if who.pid is None or not is_the_patient(who, ("", who.pid)):
         raise Forbidden("the access log is for the patient themself (a patient token at security level 4)")
-    reads = [
-        a
-        for a in AuditAction
-        if a.value.startswith("observation.") and a.value not in ("observation.create", "observation.update")
-    ]
+    reads = sorted(READ_ACTIONS)  # measurements and plans (issue 11)
     entries = services().audit_log.search(
         tenant().orgnr,
         patient=who.pid,

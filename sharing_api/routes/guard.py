@@ -14,6 +14,12 @@ Consent read, search                         dho-share/consent.read      the ten
 admin: agreements                            consent.read / .write       the tenant itself
 AuditEvent search, read, $export, proofs     dho-share/audit.read        the tenant itself (its own log)
 AuditEvent/$access-log                       dho-share/audit.read        the patient (route checks)
+CarePlan, Goal create, update                dho-share/careplan.write    attestation for the one patient,
+                                                                         then the sharing decision for a
+                                                                         write of category ``plan``
+CarePlan, Goal read, history, search         dho-share/careplan.read     as Observation reads, ``plan``
+Observation/$evaluate                        observation.read (and       both decisions (route)
+                                             careplan.read, route)
 ===========================================  ==========================  ===================================
 
 Failures of the shared state (Redis) surface as 503 and never let a request through unchecked.
@@ -33,6 +39,8 @@ WRITE = "dho-share/observation.write"
 CONSENT_READ = "dho-share/consent.read"
 CONSENT_WRITE = "dho-share/consent.write"
 AUDIT = "dho-share/audit.read"
+PLAN_READ = "dho-share/careplan.read"
+PLAN_WRITE = "dho-share/careplan.write"
 PUBLISHER, CONTROLLER, ANYONE = "publisher", "controller", "anyone"
 RULES: dict[str, tuple[str, str]] = {
     "fhir.create": (WRITE, PUBLISHER),
@@ -60,6 +68,18 @@ RULES: dict[str, tuple[str, str]] = {
     "fhir.audit_inclusion": (AUDIT, CONTROLLER),
     "fhir.audit_consistency": (AUDIT, CONTROLLER),
     "fhir.access_log": (AUDIT, ANYONE),
+    "fhir.careplan_create": (PLAN_WRITE, ANYONE),
+    "fhir.careplan_update": (PLAN_WRITE, ANYONE),
+    "fhir.careplan_read": (PLAN_READ, ANYONE),
+    "fhir.careplan_vread": (PLAN_READ, ANYONE),
+    "fhir.careplan_history": (PLAN_READ, ANYONE),
+    "fhir.careplan_search": (PLAN_READ, ANYONE),
+    "fhir.goal_create": (PLAN_WRITE, ANYONE),
+    "fhir.goal_update": (PLAN_WRITE, ANYONE),
+    "fhir.goal_read": (PLAN_READ, ANYONE),
+    "fhir.goal_vread": (PLAN_READ, ANYONE),
+    "fhir.goal_history": (PLAN_READ, ANYONE),
+    "fhir.evaluate": (READ, ANYONE),
     "admin.agreements_list": (CONSENT_READ, CONTROLLER),
     "admin.agreements_add": (CONSENT_WRITE, CONTROLLER),
     "admin.agreements_end": (CONSENT_WRITE, CONTROLLER),

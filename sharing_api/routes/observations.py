@@ -74,6 +74,8 @@ SEARCH_ENDPOINTS = frozenset(
         "fhir.audit_search_get",
         "fhir.audit_search_post",
         "fhir.patient_search",
+        "fhir.careplan_search",
+        "fhir.evaluate",
     }
 )
 FORM = "application/x-www-form-urlencoded"
@@ -117,7 +119,7 @@ def _negotiate() -> None:
 bp.before_request(_negotiate)
 
 
-def _attested_patient() -> tuple[str, str]:
+def attested_patient() -> tuple[str, str]:
     """The (system, value) of the one patient the caller's attestation is for; 403 without one."""
     who = caller()
     try:
@@ -130,13 +132,16 @@ def _attested_patient() -> tuple[str, str]:
     return identifier.system, identifier.id
 
 
-def _decide(patient: tuple[str, str]) -> ReadScope:
-    """The sharing decision for reading ``patient``'s data here, kept on ``g`` for the audit record.
+def decide_access(
+    patient: tuple[str, str], *, categories: frozenset[str] | None = None, write: bool = False
+) -> ReadScope:
+    """The sharing decision for reading (or with ``write``, changing) ``patient``'s data here, of
+    ``categories`` (``None``: all the agreements share), kept on ``g`` for the audit record.
 
     A denial whose reason concerns the patient (a reservation, a block, no consent) must look exactly
     like "no such data"; one that concerns only the organisations (no agreement) is said plainly.
     """
-    verdict = services().access.decide_read(caller(), tenant(), patient)
+    verdict = services().access.decide_read(caller(), tenant(), patient, categories=categories, write=write)
     g.decision = verdict.decision
     if not verdict.decision.permit and verdict.decision.reveals_existence:
         reason = verdict.decision.reasons[0]
@@ -147,7 +152,7 @@ def _decide(patient: tuple[str, str]) -> ReadScope:
 def _check_query(query: SearchQuery) -> ReadScope:
     """A search reads one patient's data: the one the attestation names (trust-framework rule), and
     only what the sharing decision permits."""
-    system, value = _attested_patient()
+    system, value = attested_patient()
     named = [token for group in query.patients for token in group]
     if any(token.system == NOBODY for token in named):
         return ReadScope(nothing=True)  # an unknown Patient/$match id: no such patient, nothing read
@@ -158,15 +163,15 @@ def _check_query(query: SearchQuery) -> ReadScope:
     token = named[0]
     if token.code != value or token.system not in (None, system):
         raise Forbidden("the attestation is for another patient than the one searched", "patient.identifier")
-    return _decide((system, value))
+    return decide_access((system, value))
 
 
 def _readable(obs_id: str) -> tuple[Stored, ReadScope]:
     """The observation if it is about the attested patient and the decision lets it be seen;
     otherwise exactly the answer for a missing one. The decision comes first, before any lookup of the
     id, so neither the answer nor its timing says whether the id exists (AZ-02, AZ-09)."""
-    patient = _attested_patient()
-    scope = _decide(patient)
+    patient = attested_patient()
+    scope = decide_access(patient)
     visible = services().observations.read(tenant().orgnr, obs_id, scope)
     if visible is None or visible.patient != patient:
         raise NotFound(f"Observation/{obs_id} is not known", "Observation.id")
@@ -189,7 +194,7 @@ def _headers(stored: Stored, *, location: bool = False) -> dict[str, str]:
 _ETAG = re.compile(r'(?:W/)?"?([0-9]{1,18})"?')
 
 
-def _if_match() -> int | None:
+def if_match() -> int | None:
     """The version in ``If-Match`` (``W/"3"``); ASCII digits only, anything else is 400, never 500."""
     raw = request.headers.get("If-Match")
     if raw is None:
@@ -245,7 +250,7 @@ def _written(stored: Stored, status: int) -> Response:
 
 def match_binding() -> MatchBinding:
     """What a ``Patient/$match`` id is bound to: this tenant, this requester, this attestation."""
-    return MatchBinding(tenant().orgnr, requester(), _attested_patient())
+    return MatchBinding(tenant().orgnr, requester(), attested_patient())
 
 
 def _resolve_patient(patient_id: str) -> Token:
@@ -275,7 +280,7 @@ def _read_result(action: AuditAction, result: SearchResult) -> Response:
     """Audit a search (committed), then send it: the event is durable before any data leaves."""
     audit(
         action,
-        patient=_attested_patient(),
+        patient=attested_patient(),
         resources=[f"Observation/{i}" for i in result.ids],
         with_body=True,
     )
@@ -322,7 +327,7 @@ def update(obs_id: str) -> Response:
         tenant(),
         obs_id,
         _put_body(obs_id),
-        if_match=_if_match(),
+        if_match=if_match(),
         audit=_write_audit(AuditAction.OBSERVATION_UPDATE),
     )
     return _written(stored, 200)

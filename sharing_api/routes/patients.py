@@ -27,7 +27,7 @@ from sharing_api.fhir.identifiers import FNR
 from sharing_api.fhir.search import Token, refuse_pii_in_url, split_modifier
 from sharing_api.matching import PatientMatches
 from sharing_api.routes.common import audit, fhir_response, json_body, services, tenant_base
-from sharing_api.routes.observations import _attested_patient, _decide, bp, match_binding
+from sharing_api.routes.observations import attested_patient, bp, decide_access, match_binding
 
 MATCH_PARAMETERS = ("resource", "onlyCertainMatches", "count")
 
@@ -43,10 +43,10 @@ def _patient(patient_id: str, identifier: tuple[str, str]) -> dict[str, Any]:
 def _match(identifier: Token, expression: str) -> Response:
     if identifier.system is None or identifier.code is None:
         raise InvalidSearch("the patient's identifier as system|value", expression)
-    attested = _attested_patient()
+    attested = attested_patient()
     if (identifier.system, identifier.code) != attested:
         raise Forbidden("the attestation is for another patient than the one matched", expression)
-    _decide(attested)  # no agreement etc.: said plainly; a denial about the patient is not revealed
+    decide_access(attested)  # no agreement etc.: said plainly; a denial about the patient is not revealed
     patient_id = PatientMatches(services().sessions).bind(match_binding(), attested)
     patient = _patient(patient_id, attested)
     audit(AuditAction.PATIENT_MATCH, patient=attested, resources=[f"Patient/{patient_id}"], with_body=True)

@@ -78,6 +78,7 @@ def _agreement(row: Any) -> SharingAgreement:
         purposes=frozenset(PurposeOfUse(p) for p in row.purposes.split()),
         period=period,
         data_period=_period(row.data_from, row.data_to),
+        write_categories=frozenset(row.write_categories.split()),
     )
 
 
@@ -99,6 +100,7 @@ class PolicyStore:
         valid_to: datetime | None = None,
         data_from: datetime | None = None,
         data_to: datetime | None = None,
+        write_categories: frozenset[str] = frozenset(),
     ) -> SharingAgreement:
         """Record an agreement (validated by the policy model first)."""
         agreement = SharingAgreement(
@@ -109,6 +111,7 @@ class PolicyStore:
             purposes=purposes,
             period=Period(valid_from, valid_to),
             data_period=Period(data_from, data_to) if data_from or data_to else None,
+            write_categories=write_categories,
         )
         with self.engine.connect().execution_options(write=True) as conn, conn.begin():
             conn.execute(
@@ -123,6 +126,7 @@ class PolicyStore:
                     data_from=_micros(data_from),
                     data_to=_micros(data_to),
                     created=self.clock(),
+                    write_categories=" ".join(sorted(write_categories)),
                 )
             )
         return agreement

@@ -121,6 +121,8 @@ agreements = Table(
     Column("data_from", BigInteger, nullable=True),
     Column("data_to", BigInteger, nullable=True),
     Column("created", BigInteger, nullable=False),
+    # space-separated categories the consumer may also change (migration 0005_careplan)
+    Column("write_categories", Text, nullable=False, server_default=""),
     Index("ix_agreements_parties", "controller", "consumer"),
 )
 
@@ -148,6 +150,56 @@ directive_history = Table(
     Column("last_updated", BigInteger, nullable=False),
     Column("data", LargeBinary, nullable=False),
     PrimaryKeyConstraint("tenant", "id", "version_id"),
+)
+
+# -- treatment and self-treatment plans (issue #11; migration 0005_careplan) --------------------------
+# CarePlan and Goal resources of all tenants, versioned like observations. ``version_id`` is the
+# compare-and-set guard of an update (``UPDATE ... WHERE version_id = :expected``), and the history's
+# primary key (tenant, type, id, version) refuses a second copy of one version whatever the interleaving.
+
+plan_resources = Table(
+    "plan_resources",
+    metadata,
+    Column("tenant", String(9), nullable=False),
+    Column("resource_type", String(16), nullable=False),  # CarePlan | Goal
+    Column("id", String(64), nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("last_updated", BigInteger, nullable=False),
+    Column("patient_system", String(64), nullable=False),
+    Column("patient_value", String(64), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("period_start", BigInteger, nullable=True),
+    Column("period_end", BigInteger, nullable=True),
+    Column("data", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("tenant", "resource_type", "id"),
+    Index("ix_plan_resources_patient", "tenant", "patient_value", "patient_system", "resource_type"),
+)
+
+plan_tokens = Table(
+    "plan_tokens",
+    metadata,
+    Column("tenant", String(9), nullable=False),
+    Column("resource_type", String(16), nullable=False),
+    Column("resource_id", String(64), nullable=False),
+    Column("param", String(16), nullable=False),  # "category"
+    Column("system", String(256), nullable=False),
+    Column("code", String(256), nullable=False),
+    PrimaryKeyConstraint("tenant", "resource_type", "resource_id", "param", "system", "code"),
+)
+
+plan_history = Table(
+    "plan_history",
+    metadata,
+    Column("tenant", String(9), nullable=False),
+    Column("resource_type", String(16), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("last_updated", BigInteger, nullable=False),
+    # who wrote this version (from the caller's token and attestation), also in the JSON's meta
+    Column("author_organisation", String(16), nullable=True),
+    Column("author_hpr", String(16), nullable=True),
+    Column("data", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("tenant", "resource_type", "id", "version_id"),
 )
 
 # -- client systems (issue #3): who may ask for tokens, with which keys and scopes -------------------

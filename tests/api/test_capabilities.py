@@ -75,7 +75,7 @@ def test_capability_statement_describes_exactly_the_served_routes(app: Flask, cl
     assert statement["fhirVersion"] == "4.0.1"
     assert _statement_items(statement) == _route_items(app)
     types = {r["type"] for r in statement["rest"][0]["resource"]}
-    assert types == {"Observation", "Patient", "Consent", "AuditEvent"}
+    assert types == {"Observation", "Patient", "Consent", "AuditEvent", "CarePlan", "Goal"}
     operations = {op for _, op in _statement_items(statement) if op.startswith("$")}
     assert {
         "$lastn",
@@ -85,6 +85,7 @@ def test_capability_statement_describes_exactly_the_served_routes(app: Flask, cl
         "$consistency-proof",
         "$access-log",
         "$match",
+        "$evaluate",
     } <= (operations)
 
 

@@ -786,3 +786,48 @@ def test_decisions_are_well_formed(req: AccessRequest, world: World) -> None:
         # A plain denial is about the organisations only: the same for any patient.
         other = dataclasses.replace(req, patient=OTHER_PATIENT if req.patient == PATIENT else PATIENT)
         assert world.decide(other) == decision
+
+
+# -- writes (issue 11: a plan changed by another organisation) -----------------------------------------
+
+
+def _plan_agreement(writes: Iterable[str]) -> SharingAgreement:
+    shared = agreement(categories=("vital-signs", "plan"))
+    return dataclasses.replace(shared, write_categories=frozenset(writes))
+
+
+def test_a_write_needs_a_write_category() -> None:
+    read = ask(request(categories=["plan"]), agreements=[_plan_agreement(())])
+    assert read.permit
+    assert read.categories == frozenset({"plan"})
+    write = dataclasses.replace(request(categories=["plan"]), write=True)
+    assert_plain_denial(ask(write, agreements=[_plan_agreement(())]), Reason.SCOPE_NOT_AGREED)
+    granted = ask(write, agreements=[_plan_agreement(("plan",))])
+    assert granted.permit
+    assert granted.categories == frozenset({"plan"})
+    assert_plain_denial(
+        ask(
+            dataclasses.replace(request(categories=["vital-signs"]), write=True),
+            agreements=[_plan_agreement(("plan",))],
+        ),
+        Reason.SCOPE_NOT_AGREED,
+    )
+
+
+def test_a_write_is_refused_by_a_block_and_a_reservation_like_a_read() -> None:
+    write = dataclasses.replace(request(categories=["plan"]), write=True)
+    grant = [_plan_agreement(("plan",))]
+    assert_hidden_denial(
+        ask(write, agreements=grant, blocks=[Block("b1", PATIENT, DOCTOR)]), Reason.BLOCKED_PRACTITIONER
+    )
+    assert_hidden_denial(
+        ask(write, agreements=grant, reservations=[Reservation("r1", PATIENT)]), Reason.RESERVATION
+    )
+    own = dataclasses.replace(write, consumer=MUNICIPALITY, point_of_care=None)
+    assert ask(own).permit  # the controller writes its own plans without an agreement
+    assert ask(own, reservations=[Reservation("r1", PATIENT)]).permit
+
+
+def test_an_agreement_writes_only_what_it_shares() -> None:
+    with pytest.raises(ValueError, match="not shared: plan"):
+        dataclasses.replace(agreement(), write_categories=frozenset({"plan"}))

@@ -609,6 +609,27 @@ class AuditLog:
             raise LogCorrupted(f"audit log of {tenant}: index {seq} column {column} is not its event's")
         return found
 
+    def entries_at(self, tenant: str, seqs: Iterable[int]) -> list[Entry]:
+        """``tenant``'s sequenced entries with the indexes ``seqs`` (those the log has), by index, each
+        checked against its event like ``entry``'s; read in batches of ``MAX_COUNT``."""
+        wanted = sorted(set(seqs))
+        found: list[Entry] = []
+        for i in range(0, len(wanted), MAX_COUNT):
+            with self._reading() as conn:
+                rows = conn.execute(
+                    select(e)
+                    .where(e.c.tenant == tenant, e.c.seq.in_(wanted[i : i + MAX_COUNT]))
+                    .order_by(e.c.seq)
+                ).all()
+            for row in rows:
+                entry = _entry(row)
+                if (column := column_mismatch(entry, DERIVED_COLUMNS)) is not None:
+                    raise LogCorrupted(
+                        f"audit log of {tenant}: index {entry.seq} column {column} is not its event's"
+                    )
+                found.append(entry)
+        return found
+
     def entries(self, tenant: str, from_seq: int = 0, to_seq: int | None = None) -> Iterator[Entry]:
         """Sequenced entries with ``from_seq <= seq < to_seq`` (all from ``from_seq`` if ``to_seq`` is None),
         by sequence number, read in batches (each batch its own short read transaction)."""

@@ -259,9 +259,14 @@ def covered(view: EntryView, tenant: str, agreements: list[Cover]) -> bool:
 
 
 def views_in(services: Services, tenant: str, start: datetime, end: datetime) -> Iterator[EntryView]:
+    """Every entry of ``[start, end)`` but the decision records, through the API's search (pending
+    entries sequenced once first, not before each page)."""
+    services.audit_log.drain(tenant)
     after = None
     while True:
-        page = services.audit_log.search(tenant, date_from=start, date_to=end, count=1000, after_seq=after)
+        page = services.audit_log.search(
+            tenant, date_from=start, date_to=end, count=1000, after_seq=after, sequence_first=False
+        )
         for entry in page:
             if entry.action != AuditAction.ACCESS_DECISION.value:
                 yield view_of(entry)

@@ -40,7 +40,7 @@ from flask import (
 from sharing_api.audit.actions import PURPOSES_OF_USE, AuditAction, Outcome
 from sharing_api.audit.events import AuditFacts
 from sharing_api.audit.log import Entry
-from sharing_api.console import actors, aggregates, charts, integrity, rules
+from sharing_api.console import actors, aggregates, charts, flows, integrity, rules, workforce
 from sharing_api.console.accounts import Auditor, AuditorAccounts
 from sharing_api.console.disclosure import DISCLOSED_ACTIONS, episodes
 from sharing_api.console.lockout import Lock, LoginGuard, LoginGuardUnavailable
@@ -530,8 +530,8 @@ def integrity_verify() -> Any:
 @login_required
 def workers_page() -> str:
     start, end = _period()
-    views = list(rules.views_in(services(), session().tenant, start, end))
-    return render_template("console/workers.html", rows=actors.workers(views), start=start, end=end)
+    found = workforce.rows(services(), session().tenant, start, end)
+    return render_template("console/workers.html", rows=found, start=start, end=end)
 
 
 @bp.get("/workers/<hpr>")
@@ -540,8 +540,7 @@ def worker_page(hpr: str) -> str:
     if not hpr.isdigit() or len(hpr) > 16:
         abort(404, "no such health worker in your log")
     start, end = _period()
-    views = list(rules.views_in(services(), session().tenant, start, end))
-    profile = actors.worker_profile(views, hpr)
+    profile = workforce.profile(services(), session().tenant, start, end, hpr)
     if profile is None:
         abort(404, "no such health worker in your log in this period")
     return render_template("console/worker.html", p=profile, weekdays=actors.WEEKDAYS, start=start, end=end)
@@ -552,8 +551,7 @@ def worker_page(hpr: str) -> str:
 def organisations_page() -> str:
     start, end = _period()
     tenant = session().tenant
-    views = list(rules.views_in(services(), tenant, start, end))
-    found = actors.flows(views, tenant, rules.covers(services(), tenant))
+    found = flows.flows(services(), tenant, start, end, rules.covers(services(), tenant))
     return render_template(
         "console/organisations.html",
         flows=found,
@@ -566,6 +564,10 @@ def organisations_page() -> str:
 # -- review queue and log-control report ---------------------------------------------------------------
 
 
+REVIEW_PAGE = 100
+"""Rule hits shown per page of the review queue (most severe first); the counts cover them all."""
+
+
 @bp.get("/review")
 @login_required
 def review() -> str:
@@ -573,7 +575,23 @@ def review() -> str:
     start, end = _period()
     result = rules.run(services(), tenant, start, end)
     triage = rules.triage_states(services().engine, tenant)
-    return render_template("console/review.html", result=result, triage=triage, start=start, end=end)
+    pages = max(1, -(-len(result.flags) // REVIEW_PAGE))
+    try:
+        page = min(max(1, int(request.args.get("page", "1"))), pages)
+    except ValueError:
+        abort(400, "page: a page number")
+    shown = result.flags[(page - 1) * REVIEW_PAGE : page * REVIEW_PAGE]
+    return render_template(
+        "console/review.html",
+        result=result,
+        flags=shown,
+        page=page,
+        pages=pages,
+        first=(page - 1) * REVIEW_PAGE,
+        triage=triage,
+        start=start,
+        end=end,
+    )
 
 
 @bp.post("/review/triage")

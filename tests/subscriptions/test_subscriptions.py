@@ -441,6 +441,8 @@ def test_the_command_line_worker_delivers_what_the_api_queued(
         "DHO_PUBLIC_URL": settings.base_url,
         "DHO_SIGNING_KEYS_PATH": str(settings.signing_keys_path),
         "DHO_AUDIT_KEY_PATH": str(settings.audit_key_path),
+        # the worker runs with the API's configuration: the receiver is on loopback (test_egress.py)
+        "DHO_SUBSCRIPTION_HTTP_LOOPBACK": "true",
     }.items():
         monkeypatch.setenv(name, value)
     result = CliRunner().invoke(main, ["subscriptions", "deliver"])

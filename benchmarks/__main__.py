@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import overload
-from urllib.parse import parse_qs
 
 import click
 import orjson
@@ -35,7 +34,7 @@ from benchmarks.environment import (
     search_forms,
 )
 from benchmarks.load import Connection, count_created, request_bytes, run_load
-from benchmarks.parties import Credentials, register
+from benchmarks.parties import FORM_URLENCODED, Credentials, form_patient, register
 
 console = Console(stderr=True)
 SEARCH_MIX = 256  # distinct searches (patient and period), cycled by every client
@@ -141,13 +140,13 @@ def _measure(
         raise click.ClickException(f"no observation was created. {NEEDS_AUTH}")
     if url.startswith("postgresql"):
         analyze(url)
-    path, form = f"/{TENANT}/fhir/Observation/_search", "application/x-www-form-urlencoded"
+    path = f"/{TENANT}/fhir/Observation/_search"
     forms = search_forms(data, SEARCH_MIX, data.seed)
 
     def signed(count: int, offset: int = 0) -> list[bytes]:
         # A fresh DPoP proof per request (proofs are single-use), signed before the clock starts.
         return [
-            request_bytes("POST", path, port, f, form, creds.search_headers(f, base + path))
+            creds.search_request(port, path, f)
             for f in (forms[(offset + i) % len(forms)] for i in range(count))
         ]
 
@@ -173,19 +172,13 @@ def _measure(
     )
     # Read by id: the observations the searches found, each read by the doctor whose attestation names
     # its patient (a fresh proof per request, as for search).
-    targets = [
-        (parse_qs(f.decode())["patient.identifier"][0].split("|", 1)[1], obs_id)
-        for f, ids in zip(forms, found, strict=True)
-        for obs_id in ids[:2]
-    ]
+    targets = [(form_patient(f), obs_id) for f, ids in zip(forms, found, strict=True) for obs_id in ids[:2]]
 
     def reads(count: int, offset: int) -> list[bytes]:
         out = []
         for i in range(count):
             fnr, obs_id = targets[(offset + i) % len(targets)]
-            read_path = f"/{TENANT}/fhir/Observation/{obs_id}"
-            headers = Credentials.headers(creds.reader(fnr), "GET", base + read_path)
-            out.append(request_bytes("GET", read_path, port, headers=headers))
+            out.append(creds.read_request(port, f"/{TENANT}/fhir/Observation/{obs_id}", fnr))
         return out
 
     _verify_once(port, reads(1, 0)[0], "read by id")
@@ -209,7 +202,7 @@ def _measure(
         # Signed when sent: a client assertion lives 30 s, less than signing a run's worth in advance
         # takes on a busy machine. The signing shows in the loadgen column, not in the server's.
         body, headers = creds.token_request(reader, endpoint)
-        return request_bytes("POST", token_path, port, body, form, headers)
+        return request_bytes("POST", token_path, port, body, FORM_URLENCODED, headers)
 
     _verify_once(port, token_request(b""), "token request")
     console.print(f"token endpoint: {clients} clients, {warmup:g} s warm-up + {duration:g} s ...")

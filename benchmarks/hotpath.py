@@ -20,7 +20,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import parse_qs
 
 import click
 import orjson
@@ -36,7 +35,7 @@ from benchmarks.environment import (
     search_forms,
 )
 from benchmarks.load import Connection, count_created, request_bytes
-from benchmarks.parties import Credentials, register
+from benchmarks.parties import FORM_URLENCODED, Credentials, form_patient, register
 
 console = Console(stderr=True)
 
@@ -127,28 +126,26 @@ def main(
                 if status != 200 or count_created(answer) == 0:
                     raise click.ClickException(f"ingest answered {status}")
             analyze(url)
-            path, form = f"/{TENANT}/fhir/Observation/_search", "application/x-www-form-urlencoded"
+            path = f"/{TENANT}/fhir/Observation/_search"
             forms = search_forms(data, 256, data.seed)
 
             def search(i: int) -> bytes:
                 f = forms[i % len(forms)]
-                return request_bytes("POST", path, port, f, form, creds.search_headers(f, base + path))
+                return creds.search_request(port, path, f)
 
             status, answer = conn.roundtrip(search(0))
             ids = [e["resource"]["id"] for e in orjson.loads(answer)["entry"]]
-            fnr = parse_qs(forms[0].decode())["patient.identifier"][0].split("|", 1)[1]
+            fnr = form_patient(forms[0])
 
             def read(i: int) -> bytes:
-                read_path = f"/{TENANT}/fhir/Observation/{ids[i % len(ids)]}"
-                headers = Credentials.headers(creds.reader(fnr), "GET", base + read_path)
-                return request_bytes("GET", read_path, port, headers=headers)
+                return creds.read_request(port, f"/{TENANT}/fhir/Observation/{ids[i % len(ids)]}", fnr)
 
             endpoint = creds.publisher.token_endpoint()
             token_path = "/" + endpoint.split("/", 3)[3]
 
             def token(_: int) -> bytes:
                 body, headers = creds.token_request(creds.reader(fnr), endpoint)
-                return request_bytes("POST", token_path, port, body, form, headers)
+                return request_bytes("POST", token_path, port, body, FORM_URLENCODED, headers)
 
             scenarios: dict[str, Callable[[int], bytes]] = {
                 "healthz": lambda _: request_bytes("GET", "/healthz", port),

@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlencode
 from joserfc.jwk import ECKey
 
 from auth.client import ASSERTION_TYPE, DhoClient, attestation, client_assertion, dpop_proof
+from benchmarks.load import request_bytes
 from consent.model import PurposeOfUse
 from sharing_api.fhir.identifiers import FNR
 from sharing_api.store.clients import ClientRegistry
@@ -51,6 +52,9 @@ def register(database_url: str, tenant: str) -> dict[str, ECKey]:
     )
     engine.dispose()
     return keys
+
+
+FORM_URLENCODED = "application/x-www-form-urlencoded"
 
 
 class Credentials:
@@ -101,5 +105,19 @@ class Credentials:
         return urlencode(form).encode(), [f"DPoP: {proof}"]
 
     def search_headers(self, form: bytes, url: str) -> list[str]:
-        fnr = parse_qs(form.decode())["patient.identifier"][0].split("|", 1)[1]
-        return self.headers(self.reader(fnr), "POST", url)
+        return self.headers(self.reader(form_patient(form)), "POST", url)
+
+    def search_request(self, port: int, path: str, form: bytes) -> bytes:
+        """``POST path`` with a search ``form``, by the doctor attested for its patient (a fresh proof)."""
+        headers = self.search_headers(form, self.base + path)
+        return request_bytes("POST", path, port, form, FORM_URLENCODED, headers)
+
+    def read_request(self, port: int, path: str, fnr: str) -> bytes:
+        """``GET path`` by the doctor attested for patient ``fnr`` (a fresh proof)."""
+        headers = self.headers(self.reader(fnr), "GET", self.base + path)
+        return request_bytes("GET", path, port, headers=headers)
+
+
+def form_patient(form: bytes) -> str:
+    """The national identity number a search form names (``patient.identifier=system|value``)."""
+    return parse_qs(form.decode())["patient.identifier"][0].split("|", 1)[1]

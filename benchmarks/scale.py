@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 import click
 import orjson
@@ -40,8 +39,8 @@ from benchmarks.environment import (
     fresh_database,
     search_forms,
 )
-from benchmarks.load import Connection, LoadResult, request_bytes, run_load
-from benchmarks.parties import Credentials, register
+from benchmarks.load import Connection, LoadResult, run_load
+from benchmarks.parties import Credentials, form_patient, register
 from sharing_api.fhir.dates import LOCAL_ZONE
 from sharing_api.fhir.validation import validate_observation
 from sharing_api.seed import Patient, make_patient, series
@@ -158,13 +157,12 @@ def measure(
     """Search and read by id, full chain, over HTTP (as ``python -m benchmarks`` measures them)."""
     port, clients = server.port, int(options["clients"])
     warmup, duration = float(options["warmup"]), float(options["duration"])
-    base = f"http://127.0.0.1:{port}"
-    path, form = f"/{TENANT}/fhir/Observation/_search", "application/x-www-form-urlencoded"
+    path = f"/{TENANT}/fhir/Observation/_search"
     forms = search_forms(data, SEARCH_MIX, data.seed)
 
     def searches(count: int, offset: int) -> list[bytes]:
         return [
-            request_bytes("POST", path, port, f, form, creds.search_headers(f, base + path))
+            creds.search_request(port, path, f)
             for f in (forms[(offset + i) % len(forms)] for i in range(count))
         ]
 
@@ -178,19 +176,13 @@ def measure(
         duration=duration,
         probe=probe,
     )
-    targets = [
-        (parse_qs(f.decode())["patient.identifier"][0].split("|", 1)[1], obs_id)
-        for f, ids in zip(forms, found, strict=True)
-        for obs_id in ids[:2]
-    ]
+    targets = [(form_patient(f), obs_id) for f, ids in zip(forms, found, strict=True) for obs_id in ids[:2]]
 
     def reads(count: int, offset: int) -> list[bytes]:
         out = []
         for i in range(count):
             fnr, obs_id = targets[(offset + i) % len(targets)]
-            read_path = f"/{TENANT}/fhir/Observation/{obs_id}"
-            headers = Credentials.headers(creds.reader(fnr), "GET", base + read_path)
-            out.append(request_bytes("GET", read_path, port, headers=headers))
+            out.append(creds.read_request(port, f"/{TENANT}/fhir/Observation/{obs_id}", fnr))
         return out
 
     read = run_load(

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, overload
-from urllib.parse import parse_qs
 
 import orjson
 from rich.console import Console
@@ -31,7 +30,7 @@ from benchmarks import report
 from benchmarks.cpu import CpuProbe
 from benchmarks.environment import TENANT, analyze, api_server, database_version, fresh_database, search_forms
 from benchmarks.load import LoadResult, request_bytes, run_load
-from benchmarks.parties import Credentials, register
+from benchmarks.parties import Credentials, form_patient, register
 from benchmarks.scale import SEARCH_MIX, Seeder, _found
 from sharing_api.seed import batches, make_patient, series
 
@@ -160,25 +159,21 @@ def run(
             probe = CpuProbe(server.pid, url.rsplit("/", 1)[1] if database == "postgresql" else None)
             creds = Credentials(base, register(url, TENANT))
             creds.publisher.access_token()
-            path, form = f"/{TENANT}/fhir/Observation/_search", "application/x-www-form-urlencoded"
+            path = f"/{TENANT}/fhir/Observation/_search"
             forms = search_forms(seeder.dataset(), SEARCH_MIX, seed)
 
             def search(n: int) -> bytes:
                 f = forms[n % len(forms)]
-                return request_bytes("POST", path, port, f, form, creds.search_headers(f, base + path))
+                return creds.search_request(port, path, f)
 
             found = _found(port, [search(i) for i in range(len(forms))])
             targets = [
-                (parse_qs(f.decode())["patient.identifier"][0].split("|", 1)[1], ids[n])
-                for f, ids in zip(forms, found, strict=True)
-                for n in (0, 5, 11)
+                (form_patient(f), ids[n]) for f, ids in zip(forms, found, strict=True) for n in (0, 5, 11)
             ]
 
             def read(n: int) -> bytes:
                 fnr, obs_id = targets[n % len(targets)]
-                read_path = f"/{TENANT}/fhir/Observation/{obs_id}"
-                headers = Credentials.headers(creds.reader(fnr), "GET", base + read_path)
-                return request_bytes("GET", read_path, port, headers=headers)
+                return creds.read_request(port, f"/{TENANT}/fhir/Observation/{obs_id}", fnr)
 
             def ingest(n: int) -> bytes:
                 rng = random.Random(f"{seed}-{os.getpid()}-{n}")

@@ -83,6 +83,7 @@ class IssuerServer:
         self.stalled = threading.Event()
         self.release = threading.Event()
         self._lock = threading.Lock()
+        self._recorded = threading.Condition(self._lock)
         self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
         self._thread.start()
         self._running = True
@@ -92,8 +93,16 @@ class IssuerServer:
             return self.requests.count(path)
 
     def record(self, path: str) -> None:
-        with self._lock:
+        with self._recorded:
             self.requests.append(path)
+            self._recorded.notify_all()
+
+    def requests_once(self, n: int) -> list[str]:
+        """The recorded paths once ``n`` requests have reached the handler (at most 10 s): a client that
+        gave up can finish before the server thread gets to a request it already sent."""
+        with self._recorded:
+            self._recorded.wait_for(lambda: len(self.requests) >= n, timeout=10)
+            return list(self.requests)
 
     def stop(self) -> None:
         """Shut down: later fetches meet a refused connection."""
@@ -689,7 +698,7 @@ def test_a_trickling_issuer_is_cut_off_by_the_total_budget(
     server.trickle = 0.02  # the JWK Set (~500 bytes) would take ~10 s
     with pytest.raises(StateUnavailable):
         make_keys(timeout=0.3).key("helseid-2026-01")
-    assert server.requests == [DISCOVERY_PATH]
+    assert server.requests_once(1) == [DISCOVERY_PATH]
 
 
 @pytest.mark.parametrize(

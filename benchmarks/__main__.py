@@ -244,6 +244,20 @@ def _measure(
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--scale", is_flag=True, help="Seed in bulk through the store; search/read vs 100k (scale.py)")
 @click.option(
+    "--seed-processes",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1, 16),
+    help="--scale/--soak: processes generating and COPYing the observations (seeding.py)",
+)
+@click.option(
+    "--seed-indexes",
+    type=click.Choice(["rebuild", "keep"]),
+    default="rebuild",
+    show_default=True,
+    help="--scale/--soak: drop the observation tables' indexes for each load and build them after, or keep",
+)
+@click.option(
     "--soak",
     type=click.FloatRange(10),
     is_flag=False,

@@ -23,6 +23,8 @@ from sharing_api.store.policy import PolicyStore
 PUBLISHER = "bench-publisher"
 HOSPITAL = "bench-hospital"
 HOSPITAL_ORG, HOSPITAL_UNIT, HPR = "974760673", "987654325", "1234567"
+AGREEMENT_CATEGORIES = frozenset({"vital-signs", "survey"})
+AGREEMENT_START = datetime(2020, 1, 1, tzinfo=UTC)
 
 
 def register(database_url: str, tenant: str) -> dict[str, ECKey]:
@@ -46,9 +48,9 @@ def register(database_url: str, tenant: str) -> dict[str, ECKey]:
     PolicyStore(engine, lambda: int(time.time() * 1e6)).add_agreement(
         controller=tenant,
         consumer=HOSPITAL_ORG,
-        categories=frozenset({"vital-signs", "survey"}),
+        categories=AGREEMENT_CATEGORIES,
         purposes=frozenset({PurposeOfUse.TREAT}),
-        valid_from=datetime(2020, 1, 1, tzinfo=UTC),
+        valid_from=AGREEMENT_START,
     )
     engine.dispose()
     return keys

@@ -1,30 +1,27 @@
 """``python -m benchmarks --scale --observations N``: search and read latency as the store grows.
 
-The observations are seeded directly through the store in bulk (validated as the API validates them,
-then ``ObservationStore.create_many`` in transactions of ``SEED_BATCH``), not over HTTP, with a
-progress bar. At 100,000 stored observations and again at N, the planner's statistics are refreshed
-and the same searches (one patient, heart rate, six days: 12 hits) and reads by id are measured over
-HTTP with the full chain, as ``python -m benchmarks`` does; the table compares the two p50s (target:
-at most 1.5x from 100k to 10M, issue 12).
+The observations are seeded directly through the store in bulk (``seeding.py``: validated as the API
+validates them, the rows ``create_many`` writes, by ``COPY`` on PostgreSQL), not over HTTP, with a
+progress bar. At 100,000 stored observations and again at N, after ``ANALYZE``, the same searches
+(one patient, heart rate, six days: 12 hits) and reads by id are measured over HTTP with the full
+chain, as ``python -m benchmarks`` does; the table compares the two p50s (target: at most 1.5x from
+100k to 10M, issue 12), and ``EXPLAIN (ANALYZE, BUFFERS)`` of one search at each size shows the plan.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import click
 import orjson
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from benchmarks import report
@@ -33,96 +30,27 @@ from benchmarks.environment import (
     TENANT,
     Dataset,
     Server,
-    analyze,
     api_server,
     database_version,
     fresh_database,
     search_forms,
 )
 from benchmarks.load import Connection, LoadResult, run_load
-from benchmarks.parties import Credentials, form_patient, register
-from sharing_api.fhir.dates import LOCAL_ZONE
-from sharing_api.fhir.validation import validate_observation
-from sharing_api.seed import Patient, make_patient, series
+from benchmarks.parties import AGREEMENT_CATEGORIES, AGREEMENT_START, Credentials, form_patient, register
+from benchmarks.seeding import Seeder
+from sharing_api.fhir.dates import to_micros
+from sharing_api.fhir.search import parse_search
 from sharing_api.store.engine import make_engine
-from sharing_api.store.observations import ObservationStore
-from sharing_api.store.tenants import TenantDirectory
+from sharing_api.store.observations import ObservationStore, ReadScope
 
 console = Console(stderr=True)
 REFERENCE = 100_000
 """The size the growth is measured from (the default run of ``python -m benchmarks``)."""
 GROWTH_TARGET = 1.5
-SEED_BATCH = 2_000
 SEARCH_MIX = 256
 HITS = 12
 PER_CLIENT_SECOND = 400
 """Requests signed in advance per client and second of the measurement (proofs are single-use)."""
-
-
-@dataclass
-class Seeder:
-    """Streams synthetic patients' series into the store; remembers whose series are complete."""
-
-    url: str
-    days: int
-    seed: int
-    end: datetime = field(default_factory=lambda: datetime.now(UTC))
-    stored: int = 0
-    seconds: float = 0.0
-    whole: list[Patient] = field(default_factory=list)
-    patient_count: int = 0
-
-    def __post_init__(self) -> None:
-        self.rng = random.Random(self.seed)
-        self.engine = make_engine(self.url)
-        self.store = ObservationStore(self.engine, lambda: time.time_ns() // 1000)
-        record = TenantDirectory(self.engine).get(TENANT)
-        assert record is not None
-        self.tenant = record.validation
-        self.stream = self._resources()
-
-    def _resources(self) -> Iterator[dict[str, Any]]:
-        seen: set[str] = set()
-        while True:
-            person = make_patient(self.rng)
-            if person.fnr in seen:
-                continue
-            seen.add(person.fnr)
-            self.patient_count += 1
-            yield from series(person, TENANT, self.days, self.rng, self.end)
-            self.whole.append(person)
-
-    def fill(self, target: int) -> None:
-        """Store observations until ``target`` are stored, in transactions of ``SEED_BATCH``."""
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]} obs/s"),
-            TimeRemainingColumn(),
-        )
-        began, start = time.monotonic(), self.stored
-        with Progress(*columns, console=console) as progress:
-            task = progress.add_task("seeding", total=target, completed=self.stored, rate="-")
-            while self.stored < target:
-                batch = [next(self.stream) for _ in range(min(SEED_BATCH, target - self.stored))]
-                valid = [validate_observation(r, self.tenant) for r in batch]
-                with self.store.writing() as conn:
-                    self.store.create_many(conn, TENANT, valid)
-                self.stored += len(batch)
-                rate = (self.stored - start) / max(time.monotonic() - began, 1e-9)
-                progress.update(task, advance=len(batch), rate=f"{rate:,.0f}")
-        self.seconds += time.monotonic() - began
-
-    def dataset(self) -> Dataset:
-        first_day = (
-            (self.end - timedelta(days=self.days))
-            .astimezone(LOCAL_ZONE)
-            .replace(hour=0, minute=0, second=0, microsecond=0)
-        )
-        return Dataset(
-            [], self.stored, list(self.whole), self.patient_count, first_day, self.days, self.seed, 0
-        )
 
 
 @dataclass(frozen=True)
@@ -235,6 +163,23 @@ def table_rows(points: list[Point]) -> list[list[str]]:
     return out
 
 
+def explain(url: str, form: bytes) -> str:
+    """``EXPLAIN (ANALYZE, BUFFERS)`` of one search of the mix, as the store builds it for the benchmark's
+    reader (the agreement's categories and start in the read scope, as ``access.scope_of`` makes them)."""
+    query = parse_search(parse_qsl(form.decode()), strict=True, default_count=50, max_count=1000)
+    scope = ReadScope(categories=AGREEMENT_CATEGORIES, start=to_micros(AGREEMENT_START))
+    engine = make_engine(url)
+    store = ObservationStore(engine, lambda: 0)
+    stmt = store.search_statement(TENANT, query, scope=scope)
+    sql = str(stmt.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+    try:
+        with engine.connect() as conn:
+            lines = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, BUFFERS) {sql}").scalars().all()
+    finally:
+        engine.dispose()
+    return "\n".join(str(line) for line in lines)
+
+
 def run(
     database: str,
     postgres_url: str,
@@ -249,32 +194,44 @@ def run(
     load_before = os.getloadavg()[0]
     checkpoints = sorted({min(REFERENCE, observations), observations})
     points: list[Point] = []
+    plans: list[tuple[int, str]] = []
+    processes, rebuild = int(options["seed_processes"]), options["seed_indexes"] == "rebuild"
     with (
         tempfile.TemporaryDirectory(prefix="dho-bench-") as tmp,
         fresh_database(database, Path(tmp), postgres_url) as url,
     ):
         db_version = database_version(url)
-        seeder = Seeder(url, days, seed)
+        seeder = Seeder(url, days, seed, processes, rebuild)
         with api_server(url, workers, Path(tmp) / "server.log") as server:
             probe = CpuProbe(server.pid, url.rsplit("/", 1)[1] if database == "postgresql" else None)
             creds = Credentials(f"http://127.0.0.1:{server.port}", register(url, TENANT))
             for target in checkpoints:
                 before = seeder.seconds
                 seeder.fill(target)
-                console.print(f"seeded {seeder.stored:,} in {seeder.seconds - before:.0f} s; analyze ...")
-                analyze(url)
-                search, read = measure(server, creds, seeder.dataset(), probe, options)
+                console.print(f"seeded {seeder.stored:,} in {seeder.seconds - before:.0f} s")
+                if database == "postgresql":
+                    console.print(f"database size: {database_size(url)}")
+                data = seeder.dataset()
+                search, read = measure(server, creds, data, probe, options)
                 points.append(Point(seeder.stored, seeder.seconds, search, read))
-        seeder.engine.dispose()
+                if database == "postgresql":
+                    plans.append((seeder.stored, explain(url, search_forms(data, 1, data.seed)[0])))
+                    console.print(plans[-1][1], markup=False, highlight=False)
+        if database == "postgresql":
+            size = database_size(url)
+        seeder.dispose()
     context = [
         f"- {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {report.machine()}, {db_version}; "
         f"load average before the run {load_before:.2f}",
         f"- command: `{' '.join(['python -m benchmarks', *sys.argv[1:]])}`; code: {report.revision()}",
-        f"- seeding through the store (validated, create_many in transactions of {SEED_BATCH:,}, no HTTP): "
-        + "; ".join(f"{p.stored:,} after {p.seed_seconds:.0f} s" for p in points)
-        + f" ({seeder.patient_count:,} patients x {days} days)",
+        f"- seeding straight into the store ({'COPY' if database == 'postgresql' else 'create_many'}, "
+        f"{seeder.processes} processes, indexes {'rebuilt after' if rebuild else 'kept during'} each load, "
+        "then ANALYZE; no HTTP): "
+        + "; ".join(f"{n:,} after {s:.0f} s (indexes and ANALYZE {i:.0f} s)" for n, s, i in seeder.loads)
+        + f" ({seeder.patient_count:,} patients x {days} days)"
+        + (f"; database size at the end {size}" if database == "postgresql" else ""),
         f"- search and read by id: {int(options['clients'])} closed-loop clients, {options['warmup']:g} s "
-        f"warm-up, {options['duration']:g} s measured, full chain, {workers} gunicorn workers, after ANALYZE",
+        f"warm-up, {options['duration']:g} s measured, full chain, {workers} gunicorn workers",
     ]
     rows = table_rows(points)
     table = Table(*COLUMNS, title="dho-share scale run")
@@ -285,6 +242,20 @@ def run(
         Console().print(line, markup=False, highlight=False)
     if markdown_path:
         lines = [*context, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-        markdown_path.write_text("\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n")
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        for stored, plan in plans:
+            lines += ["", f"EXPLAIN (ANALYZE, BUFFERS) of one search at {stored:,}:", "", "```", plan, "```"]
+        markdown_path.write_text("\n".join(lines) + "\n")
     if any(r.errors for p in points for r in (p.search, p.read)):
         raise SystemExit("some requests failed: see the table")
+
+
+def database_size(url: str) -> str:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return str(
+                conn.exec_driver_sql("SELECT pg_size_pretty(pg_database_size(current_database()))").scalar()
+            )
+    finally:
+        engine.dispose()

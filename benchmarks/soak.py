@@ -1,11 +1,11 @@
 """``python -m benchmarks --soak [SECONDS]``: mixed load for a while, and each worker's memory over time.
 
-A fresh database is seeded through the store (``--observations``, as ``--scale`` does), then clients
-send a mix for SECONDS (default 1,800): searches (6 in 10), reads by id (3 in 10) and batch Bundles
-of new measurements (1 in 10), every request signed when it is sent (the full chain, as in the
-standard run). Every gunicorn worker's resident set size is read from ``/proc/<pid>/status`` every
-``SAMPLE_SECONDS``; the table shows it after the warm-up (a fifth of the run, at most 5 minutes) and at
-the end, and the growth between them (target: at most 5 %, issue 12).
+A fresh database is seeded straight into the store (``--observations``, ``seeding.py``, as ``--scale``
+does), then clients send a mix for SECONDS (default 1,800): searches (6 in 10), reads by id (3 in
+10) and batch Bundles of new measurements (1 in 10), every request signed when it is sent (the full
+chain, as in the standard run). Every gunicorn worker's resident set size is read from
+``/proc/<pid>/status`` every ``SAMPLE_SECONDS``; the table shows it after the warm-up (a fifth of the
+run, at most 5 minutes) and at the end, and the growth between them (target: at most 5 %, issue 12).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from benchmarks.cpu import CpuProbe
 from benchmarks.environment import TENANT, analyze, api_server, database_version, fresh_database, search_forms
 from benchmarks.load import LoadResult, request_bytes, run_load
 from benchmarks.parties import Credentials, form_patient, register
-from benchmarks.scale import SEARCH_MIX, Seeder, _found
+from benchmarks.scale import SEARCH_MIX, _found
+from benchmarks.seeding import Seeder
 from sharing_api.seed import batches, make_patient, series
 
 console = Console(stderr=True)
@@ -150,9 +151,9 @@ def run(
         fresh_database(database, Path(tmp), postgres_url) as url,
     ):
         db_version = database_version(url)
-        seeder = Seeder(url, days, seed)
+        seeder = Seeder(url, days, seed, int(options["seed_processes"]), options["seed_indexes"] == "rebuild")
         seeder.fill(observations)
-        seeder.engine.dispose()
+        seeder.dispose()
         analyze(url)
         with api_server(url, workers, Path(tmp) / "server.log") as server:
             port, base = server.port, f"http://127.0.0.1:{server.port}"

@@ -71,6 +71,17 @@ class Stored:
 
 
 @dataclass(frozen=True, slots=True)
+class NewRows:
+    """What creating one observation writes: the stored JSON and the row of each table."""
+
+    data: bytes
+    observation: dict[str, Any]
+    history: dict[str, Any]
+    tokens: list[dict[str, Any]]
+    identifiers: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
 class Anchor:
     """A keyset position: the sort value and id of the row a page starts after (or before)."""
 
@@ -187,18 +198,32 @@ class ObservationStore:
             {**common, "param": "category", "system": s, "code": c} for s, c in valid.categories
         ]
 
+    @staticmethod
+    def _identifier_rows(tenant: str, obs_id: str, valid: ValidObservation) -> list[dict[str, Any]]:
+        return [
+            {"tenant": tenant, "system": s, "value": v, "observation_id": obs_id}
+            for s, v in valid.identifiers
+        ]
+
     def _index(self, conn: Connection, tenant: str, obs_id: str, valid: ValidObservation) -> None:
         rows = self._token_rows(tenant, obs_id, valid)
         if rows:
             conn.execute(insert(observation_tokens), rows)
         if valid.identifiers:
-            conn.execute(
-                insert(observation_identifiers),
-                [
-                    {"tenant": tenant, "system": s, "value": v, "observation_id": obs_id}
-                    for s, v in valid.identifiers
-                ],
-            )
+            conn.execute(insert(observation_identifiers), self._identifier_rows(tenant, obs_id, valid))
+
+    def new_rows(self, tenant: str, obs_id: str, valid: ValidObservation, now: int) -> NewRows:
+        """The rows ``create_many`` writes for ``valid`` created as ``obs_id`` at ``now`` (bulk loads
+        write the same rows with ``sharing_api.store.bulk.copy_observations``)."""
+        data = render("Observation", valid.resource, obs_id, 1, now)
+        first = {"tenant": tenant, "id": obs_id, "version_id": 1, "last_updated": now}
+        return NewRows(
+            data,
+            {**first, "data": data, **self._columns(valid)},
+            {**first, "data": data},
+            self._token_rows(tenant, obs_id, valid),
+            self._identifier_rows(tenant, obs_id, valid),
+        )
 
     def _columns(self, valid: ValidObservation) -> dict[str, Any]:
         return {
@@ -329,9 +354,7 @@ class ObservationStore:
                 known.update(dict.fromkeys(valid.identifiers, owner))
             plan.append(owner)
         claims = [
-            {"tenant": tenant, "system": s, "value": v, "observation_id": obs_id}
-            for obs_id, n in fresh.items()
-            for s, v in valids[n].identifiers
+            row for obs_id, n in fresh.items() for row in self._identifier_rows(tenant, obs_id, valids[n])
         ]
         won = self._claim(conn, tenant, claims) if claims else set()
         lost = {
@@ -348,27 +371,13 @@ class ObservationStore:
                 n = fresh.pop(obs_id)
                 remap[obs_id] = next(winners[x] for x in valids[n].identifiers if x in winners)
             plan = [remap.get(p, p) for p in plan]
-        data = {
-            obs_id: render("Observation", valids[n].resource, obs_id, 1, now) for obs_id, n in fresh.items()
-        }
-        obs_rows = [
-            {
-                "tenant": tenant,
-                "id": obs_id,
-                "version_id": 1,
-                "last_updated": now,
-                "data": data[obs_id],
-                **self._columns(valids[n]),
-            }
-            for obs_id, n in fresh.items()
-        ]
-        history = [
-            {"tenant": tenant, "id": obs_id, "version_id": 1, "last_updated": now, "data": data[obs_id]}
-            for obs_id in fresh
-        ]
-        tokens = [row for obs_id, n in fresh.items() for row in self._token_rows(tenant, obs_id, valids[n])]
-        for table, rows in ((o, obs_rows), (observation_history, history), (observation_tokens, tokens)):
-            bulk.insert_rows(conn, table, rows)  # one statement per table (unnest on PostgreSQL)
+        new = {obs_id: self.new_rows(tenant, obs_id, valids[n], now) for obs_id, n in fresh.items()}
+        data = {obs_id: rows.data for obs_id, rows in new.items()}
+        obs_rows = [rows.observation for rows in new.values()]
+        history = [rows.history for rows in new.values()]
+        tokens = [row for rows in new.values() for row in rows.tokens]
+        for table, rows_ in ((o, obs_rows), (observation_history, history), (observation_tokens, tokens)):
+            bulk.insert_rows(conn, table, rows_)  # one statement per table (unnest on PostgreSQL)
         existing = self._currents(conn, tenant, [p for p in plan if p not in fresh])
         out: list[tuple[Stored, bool]] = []
         for n, obs_id in enumerate(plan):

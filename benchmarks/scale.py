@@ -230,12 +230,13 @@ def run(
         if database == "postgresql":
             size = database_size(url)
         seeder.dispose()
+    rebuilt = seeder.rebuild_indexes and database == "postgresql"
     context = [
         f"- {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {report.machine()}, {db_version}; "
         f"load average before the run {load_before:.2f}",
         f"- command: `{' '.join(['python -m benchmarks', *sys.argv[1:]])}`; code: {report.revision()}",
         f"- seeding straight into the store ({'COPY' if database == 'postgresql' else 'create_many'}, "
-        f"{seeder.processes} processes, indexes {'rebuilt after' if rebuild else 'kept during'} each load, "
+        f"{seeder.processes} processes, indexes {'rebuilt after' if rebuilt else 'kept during'} each load, "
         "then ANALYZE; no HTTP): "
         + "; ".join(f"{n:,} after {s:.0f} s (indexes and ANALYZE {i:.0f} s)" for n, s, i in seeder.loads)
         + f" ({seeder.patient_count:,} patients x {days} days)"

@@ -178,8 +178,7 @@ class Seeder:
             loaded = self._run(jobs, out, ctx, target)
             rebuild = time.monotonic()
             console.print(f"loaded {todo:,} in {rebuild - began:.0f} s; building indexes, ANALYZE ...")
-        if self.postgres:
-            bulk.analyze(self.engine)
+        bulk.analyze(self.engine)
         done = time.monotonic()
         self.stored += loaded
         self.seconds += done - began

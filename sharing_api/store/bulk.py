@@ -144,4 +144,8 @@ def analyze(engine: Engine, tables: Sequence[Table] = OBSERVATION_TABLES) -> Non
     """Refresh the planner's statistics of ``tables`` after a bulk load (autovacuum would, later)."""
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         quote = conn.dialect.identifier_preparer
-        conn.exec_driver_sql("ANALYZE " + ", ".join(quote.format_table(t) for t in tables))
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("ANALYZE " + ", ".join(quote.format_table(t) for t in tables))
+        else:  # SQLite's ANALYZE takes one table at a time
+            for table in tables:
+                conn.exec_driver_sql(f"ANALYZE {quote.format_table(table)}")

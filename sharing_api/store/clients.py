@@ -69,7 +69,7 @@ class ClientRegistry:
 
     def __init__(self, engine: Engine, *, clock: Callable[[], float] = time.monotonic):
         self.engine = engine
-        self._clock = clock
+        self.clock = clock
         # client id -> (when it was read, the record): registered clients only, so bounded by the
         # registry; unknown ids are never remembered (anyone can send one).
         self._recent: dict[str, tuple[float, ClientRecord]] = {}
@@ -92,9 +92,9 @@ class ClientRegistry:
         process read it less than ``max_age`` seconds ago with no local change since."""
         if max_age > 0:
             recent = self._recent.get(client_id)
-            if recent is not None and self._clock() - recent[0] < max_age:
+            if recent is not None and self.clock() - recent[0] < max_age:
                 return recent[1]
-        changes, read_at = self._changes, self._clock()
+        changes, read_at = self._changes, self.clock()
         with self.engine.connect() as conn:
             row = conn.execute(_BY_ID, {"client_id": client_id}).first()
         if row is None:

@@ -56,7 +56,13 @@ class HeadLockedLog(AuditLog):
         return super().sequence(tenant, max_batch, wait=True)
 
     def _store_leaves(
-        self, conn: Connection, tenant: str, ids: list[int], leaves: list[bytes], first: int
+        self,
+        conn: Connection,
+        tenant: str,
+        ids: list[int],
+        recorded: list[int],
+        leaves: list[bytes],
+        first: int,
     ) -> None:
         e = audit_entries
         stmt = (

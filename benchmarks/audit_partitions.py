@@ -94,7 +94,7 @@ def main(appends: int, rounds: int, postgres_url: str) -> None:
         urls = {"one table (0005_subs)": flat, "partitioned (0006_audit_parts)": parts}
         engines = {name: make_engine(url, pool_size=1) for name, url in urls.items()}
         try:
-            for name, engine in engines.items():  # warm up: connections, caches, prepared statements
+            for engine in engines.values():  # warm up: connections, caches, prepared statements
                 _measure(engine, AuditLog(engine), events[:200])
             for _ in range(rounds):
                 for name, engine in engines.items():
@@ -103,7 +103,9 @@ def main(appends: int, rounds: int, postgres_url: str) -> None:
             for engine in engines.values():
                 engine.dispose()
     load = os.getloadavg()
-    table = Table(title=f"{appends} appends per round, {rounds} rounds per schema (median; load {load[0]:.1f})")
+    table = Table(
+        title=f"{appends} appends per round, {rounds} rounds per schema (median; load {load[0]:.1f})"
+    )
     for col in (
         "schema",
         "append CPU µs/event (client + db)",

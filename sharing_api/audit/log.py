@@ -318,7 +318,8 @@ class AuditLog:
             result = conn.execute(_INSERT, entry_row(tenant, event))
         except IntegrityError as exc:
             if _missing_partition(exc):  # the parameters stay out of the error: they name a patient
-                raise MissingPartition(str(_INSERT), None, exc.orig, hide_parameters=True) from None
+                cause = exc.orig if exc.orig is not None else exc
+                raise MissingPartition(str(_INSERT), None, cause, hide_parameters=True) from None
             raise
         row_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
         if not isinstance(row_id, int):
@@ -508,7 +509,9 @@ class AuditLog:
         (``store.audit_partitions.ensure``); returns the months created (none on SQLite)."""
         return audit_partitions.ensure(self.engine, now=self._clock_time(), ahead=ahead)
 
-    def partition_status(self, ahead: int = audit_partitions.AHEAD) -> audit_partitions.PartitionStatus | None:
+    def partition_status(
+        self, ahead: int = audit_partitions.AHEAD
+    ) -> audit_partitions.PartitionStatus | None:
         """Which months from this one to ``ahead`` on lack a partition (``None`` on SQLite)."""
         return audit_partitions.status(self.engine, now=self._clock_time(), ahead=ahead)
 

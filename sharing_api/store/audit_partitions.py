@@ -39,8 +39,8 @@ __all__ = [
     "ensure",
     "existing",
     "is_partition_name",
-    "not_a_partition",
     "missing",
+    "not_a_partition",
     "partitioned",
     "status",
 ]
@@ -124,7 +124,9 @@ def partitioned(conn: Connection) -> bool:
     """``audit_entries`` is partitioned here (PostgreSQL from migration 0006 on)."""
     if conn.dialect.name != "postgresql":
         return False
-    kind = conn.execute(text("SELECT relkind FROM pg_class WHERE oid = to_regclass('audit_entries')")).scalar()
+    kind = conn.execute(
+        text("SELECT relkind FROM pg_class WHERE oid = to_regclass('audit_entries')")
+    ).scalar()
     return kind == "p"
 
 
@@ -192,7 +194,9 @@ def status(engine: Engine, *, now: datetime, ahead: int = AHEAD) -> PartitionSta
             return None
         have = existing(conn)
     current = Month.of(now)
-    return PartitionStatus(current, tuple(m for m in (current.plus(i) for i in range(ahead + 1)) if m not in have))
+    return PartitionStatus(
+        current, tuple(m for m in (current.plus(i) for i in range(ahead + 1)) if m not in have)
+    )
 
 
 def missing(engine: Engine, *, now: datetime, ahead: int = AHEAD) -> list[Month]:

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 from alembic import command
-from flask import Flask
 from click.testing import CliRunner
-from sqlalchemy import Engine, event, inspect, select, text
+from flask import Flask
+from sqlalchemy import Engine, event, inspect, select
 from sqlalchemy.exc import DBAPIError
 
 from sharing_api.audit.checkpoints import AuditSigner

@@ -11,8 +11,9 @@ fail with a unique violation whatever the application does (docs/audit-store.md)
   copied into it in this migration's transaction (appends wait for it): partitions for every month
   that has entries and for ``AHEAD`` months from now are created first, every row is copied, the copy is
   compared with the original (row count and the sum of a hash of every row) and the claims with the
-  sequenced entries, then the original is dropped. The append-only trigger (0004) moves to the partitioned table
-  (PostgreSQL clones it to every partition, present and future) and now also claims the index.
+  sequenced entries, then the original is dropped. The append-only trigger (0004) moves to the
+  partitioned table (PostgreSQL clones it to every partition, present and future) and now also claims
+  the index.
 * SQLite: one table as before; the unique index becomes a plain one and ``AFTER`` triggers claim when
   an entry gets its index (a pending entry's update, or an insert with one), as on PostgreSQL. SQLite
   has no append-only trigger: editing a sequenced entry there is what ``audit verify --database`` finds.
@@ -111,6 +112,9 @@ _SQLITE_CLAIMS = (
 )
 
 
+_CLAIM_ALL = "INSERT INTO audit_seq_claims (tenant, seq) SELECT tenant, seq FROM {} WHERE seq IS NOT NULL"
+
+
 def _create_claims() -> None:
     op.create_table(
         "audit_seq_claims",
@@ -129,12 +133,14 @@ def _same_rows(a: str, b: str) -> None:
         "concat_ws('|', id, tenant, seq, recorded, action, outcome, purpose, patient_system, patient_value,"
         " agent_hpr, organisation, client_id, md5(event), md5(leaf))"  # md5 of bytea: no hex text
     )
-    digest = f"SELECT count(*), coalesce(sum(hashtextextended({row}, 0)::numeric), 0) FROM {{}}"
+    digest = f"SELECT count(*), coalesce(sum(hashtextextended({row}, 0)::numeric), 0) FROM {{}}"  # noqa: S608
     conn = op.get_bind()
     before = tuple(conn.execute(sa.text(digest.format(a))).one())
     after = tuple(conn.execute(sa.text(digest.format(b))).one())
     if before != after:
-        raise RuntimeError(f"copying the audit log: {a} and {b} differ ({before} != {after}); nothing changed")
+        raise RuntimeError(
+            f"copying the audit log: {a} and {b} differ ({before} != {after}); nothing changed"
+        )
 
 
 def _claims_match(entries: str) -> None:
@@ -150,7 +156,7 @@ def upgrade() -> None:
         op.drop_index(UNIQUE_BEFORE[0], table_name="audit_entries")
         op.create_index(SEQ_INDEX[0], "audit_entries", ["tenant", "seq"])
         _create_claims()
-        op.execute("INSERT INTO audit_seq_claims (tenant, seq) SELECT tenant, seq FROM audit_entries WHERE seq IS NOT NULL")
+        op.execute(_CLAIM_ALL.format("audit_entries"))
         for statement in _SQLITE_CLAIMS:
             op.execute(statement)
         return
@@ -158,10 +164,15 @@ def upgrade() -> None:
     op.execute("LOCK TABLE audit_entries IN ACCESS EXCLUSIVE MODE")
     op.execute("DROP TRIGGER IF EXISTS audit_entries_append_only ON audit_entries")
     op.execute("ALTER TABLE audit_entries RENAME TO audit_entries_flat")
-    op.execute("ALTER TABLE audit_entries_flat RENAME CONSTRAINT audit_entries_pkey TO audit_entries_flat_pkey")
+    op.execute(
+        "ALTER TABLE audit_entries_flat RENAME CONSTRAINT audit_entries_pkey TO audit_entries_flat_pkey"
+    )
     for name in (UNIQUE_BEFORE[0], *INDEXES):
         op.execute(f"DROP INDEX {name}")
-    op.execute("CREATE TABLE audit_entries (LIKE audit_entries_flat INCLUDING DEFAULTS) PARTITION BY RANGE (recorded)")
+    op.execute(
+        "CREATE TABLE audit_entries (LIKE audit_entries_flat INCLUDING DEFAULTS)"
+        " PARTITION BY RANGE (recorded)"
+    )
     op.execute("ALTER TABLE audit_entries ADD CONSTRAINT audit_entries_pkey PRIMARY KEY (id, recorded)")
     op.execute("ALTER SEQUENCE audit_entries_id_seq OWNED BY audit_entries.id")
     now = Month.of(datetime.now(UTC))
@@ -173,7 +184,7 @@ def upgrade() -> None:
     ensure_in(conn, months)
     _create_claims()
     op.execute("INSERT INTO audit_entries SELECT * FROM audit_entries_flat")
-    op.execute("INSERT INTO audit_seq_claims (tenant, seq) SELECT tenant, seq FROM audit_entries_flat WHERE seq IS NOT NULL")
+    op.execute(_CLAIM_ALL.format("audit_entries_flat"))
     _same_rows("audit_entries_flat", "audit_entries")
     _claims_match("audit_entries")
     op.execute("DROP TABLE audit_entries_flat")
@@ -207,7 +218,9 @@ def downgrade() -> None:
         return
     op.execute("LOCK TABLE audit_entries IN ACCESS EXCLUSIVE MODE")
     op.execute("ALTER TABLE audit_entries RENAME TO audit_entries_parts")
-    op.execute("ALTER TABLE audit_entries_parts RENAME CONSTRAINT audit_entries_pkey TO audit_entries_parts_pkey")
+    op.execute(
+        "ALTER TABLE audit_entries_parts RENAME CONSTRAINT audit_entries_pkey TO audit_entries_parts_pkey"
+    )
     for name in (SEQ_INDEX[0], *INDEXES):
         op.execute(f"DROP INDEX {name}")
     op.execute("CREATE TABLE audit_entries (LIKE audit_entries_parts INCLUDING DEFAULTS)")

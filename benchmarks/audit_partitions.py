@@ -9,6 +9,8 @@ own transaction as the request path commits it (``AuditLog.append``), then seque
 sequencer (``drain``). Rounds alternate between the schemas (``--rounds`` each), so that a change in
 the machine's load hits both alike.
 
+``--migrate N`` first times migration 0006 up and down over a table of N entries.
+
 CPU is what counts on a shared 2-core machine: this process's CPU (``time.process_time``) plus the
 CPU of its one PostgreSQL backend (``/proc/<pid>/stat``; the database runs on this machine), per
 event. Wall time is printed too, but it moves with everybody else's load.
@@ -80,12 +82,54 @@ def _measure(engine: Engine, log: AuditLog, events: list[dict[str, Any]]) -> dic
     return out
 
 
+def _migration(admin_url: str, entries: int) -> str:
+    """How long 0006 takes up and down over ``entries`` entries spread over a year (copies of one real
+    event, each with its own index; enough to time the copy, not a log that verifies)."""
+    with _database(admin_url, "0005_subs") as url:
+        engine = make_engine(url)
+        log = AuditLog(engine)
+        with engine.connect().execution_options(write=True) as conn, conn.begin():
+            log.append(conn, TENANT, build_audit_event(facts(0, recorded=datetime.now(UTC))))
+        log.drain(TENANT)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("SET LOCAL session_replication_role = replica")  # past the triggers
+            conn.execute(
+                text(
+                    "INSERT INTO audit_entries (tenant, seq, leaf, recorded, action, outcome, purpose,"
+                    " patient_system, patient_value, agent_hpr, organisation, client_id, event)"
+                    " SELECT tenant, g, leaf, recorded - g::bigint * 31536000000000 / :n, action, outcome,"
+                    " purpose, patient_system, patient_value, agent_hpr, organisation, client_id, event"
+                    " FROM audit_entries, generate_series(1, :n) g"
+                ),
+                {"n": entries},
+            )
+            size = conn.execute(
+                text("SELECT pg_size_pretty(pg_total_relation_size('audit_entries'))")
+            ).scalar()
+        engine.dispose()
+        t0 = time.perf_counter()
+        upgrade(url)
+        up = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        command.downgrade(alembic_config(url), "0005_subs")
+        down = time.perf_counter() - t0
+    return (
+        f"0006 over {entries + 1} entries ({size}, 13 months): upgrade {up:.1f} s, downgrade {down:.1f} s"
+        f" (load {os.getloadavg()[0]:.1f})"
+    )
+
+
 @click.command()
 @click.option("--appends", default=5000, show_default=True, help="Appends per round")
 @click.option("--rounds", default=3, show_default=True, help="Rounds per schema (alternating)")
+@click.option(
+    "--migrate", default=0, show_default=True, help="Also time migration 0006 over this many entries"
+)
 @click.option("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres", show_default=True)
-def main(appends: int, rounds: int, postgres_url: str) -> None:
+def main(appends: int, rounds: int, migrate: int, postgres_url: str) -> None:
     """Append and sequencing CPU per event, one table (0005) against monthly partitions (0006)."""
+    if migrate:
+        Console().print(_migration(postgres_url, migrate))
     now = datetime.now(UTC)
     events = [build_audit_event(facts(n, recorded=now + timedelta(microseconds=n))) for n in range(appends)]
     schemas = {"one table (0005_subs)": "0005_subs", "partitioned (0006_audit_parts)": "head"}

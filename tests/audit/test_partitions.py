@@ -18,7 +18,7 @@ import pytest
 from alembic import command
 from click.testing import CliRunner
 from flask import Flask
-from sqlalchemy import Engine, event, inspect, select
+from sqlalchemy import Engine, event, inspect, select, text
 from sqlalchemy.exc import DBAPIError
 
 from sharing_api.audit.checkpoints import AuditSigner
@@ -147,6 +147,11 @@ def cli(database_url: str, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
 def test_db_upgrade_makes_the_months_ahead(months: Engine) -> None:
     current = Month.of(datetime.now(UTC))
     assert {current.plus(i).name for i in range(audit_partitions.AHEAD + 1)} <= partition_names(months)
+    with months.connect() as conn:  # each month is analysed sooner than by default (deploy/README.md)
+        options = conn.execute(
+            text("SELECT reloptions FROM pg_class WHERE relname = :name"), {"name": current.name}
+        ).scalar()
+    assert sorted(options) == sorted(audit_partitions.PARTITION_STORAGE.replace(" ", "").split(","))
 
 
 def test_a_missing_next_month_is_reported_before_it_is_an_outage(

@@ -15,8 +15,10 @@ It works as Trillian does, in two steps:
    one batch happens in one transaction holding the tenant's head row lock (``SELECT ... FOR UPDATE``
    on PostgreSQL; on SQLite ``BEGIN IMMEDIATE`` holds the database's write lock). Several sequencers
    in several processes may run at once; a sequencer killed at any moment leaves the previous batch's
-   state, and the next run goes on from there (AUD-09). A unique index on (tenant, seq) refuses a
-   duplicate index whatever happens. Every ``checkpoint_every`` entries, and ``checkpoint_interval``
+   state, and the next run goes on from there (AUD-09). The database refuses an index given twice
+   whatever the sequencers do: a trigger claims each index given in ``audit_seq_claims``, whose primary
+   key is (tenant, seq), across the monthly partitions of PostgreSQL (migration 0006_audit_parts;
+   ``store.audit_partitions``). Every ``checkpoint_every`` entries, and ``checkpoint_interval``
    seconds after the last checkpoint if the tree has grown, the sequencer signs a checkpoint
    (``checkpoints``).
 
@@ -37,7 +39,9 @@ so an edited column can neither show a reader something the signed event does no
 event unnoticed by ``dho-share audit verify --database``.
 
 **Failure.** Every error propagates (fail closed): a failed append raises inside the caller's
-transaction, which must then roll back and answer 503 (product.md §4 step 5, AUD-05).
+transaction, which must then roll back and answer 503 (product.md §4 step 5, AUD-05). An append whose
+month has no partition (PostgreSQL) raises ``MissingPartition``, an ``OperationalError``, so it is
+answered as a database outage is.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import cProfile
 import io
 import os
 import pstats
+import subprocess
 import sys
 import tempfile
 import time
@@ -87,20 +88,30 @@ def _run(
     count: int,
     probe: CpuProbe,
     profile: int,
+    callgrind: bool,
 ) -> tuple[str, float, float]:
-    for i in range(min(50, count)):
+    for i in range(min(10 if callgrind else 50, count)):
         status, body = _call(app, make(i))
         if not status.startswith(("200", "201")):
             raise click.ClickException(f"{name} answered {status}: {body[:300]!r}")
-    prepared = [make(50 + i) for i in range(count)]
+    # Under valgrind signing is slow too: sign in chunks, so that no proof is too old when it is used.
+    chunk = 10 if callgrind else count
     before = probe.sample()
     cpu = 0.0
-    for environ in prepared:
-        started = time.thread_time()
-        status, body = _call(app, environ)
-        cpu += time.thread_time() - started
-        if not status.startswith(("200", "201")):
-            raise click.ClickException(f"{name} answered {status}: {body[:300]!r}")
+    for first in range(0, count, chunk):
+        prepared = [make(50 + i) for i in range(first, min(count, first + chunk))]
+        if callgrind:  # count instructions of the measured requests only (valgrind --instr-atstart=no)
+            subprocess.run(["callgrind_control", "--instr=on", str(os.getpid())], check=True)
+        for environ in prepared:
+            started = time.thread_time()
+            status, body = _call(app, environ)
+            cpu += time.thread_time() - started
+            if not status.startswith(("200", "201")):
+                raise click.ClickException(f"{name} answered {status}: {body[:300]!r}")
+        if callgrind:
+            subprocess.run(["callgrind_control", "--instr=off", str(os.getpid())], check=True)
+    if callgrind:
+        subprocess.run(["callgrind_control", "--dump=" + name, str(os.getpid())], check=True)
     after = probe.sample()
     storage = 0.0
     if before is not None and after is not None:
@@ -126,7 +137,14 @@ def _run(
 @click.option("--requests", "count", default=400, show_default=True, type=click.IntRange(10))
 @click.option("--profile", default=0, show_default=True, help="print this many cProfile lines per scenario")
 @click.option("--only", multiple=True, help="healthz, search, read (default: all)")
-def main(postgres_url: str, observations: int, count: int, profile: int, only: tuple[str, ...]) -> None:
+@click.option(
+    "--callgrind",
+    is_flag=True,
+    help="run under `valgrind --tool=callgrind --instr-atstart=no`: instructions of the measured requests",
+)
+def main(
+    postgres_url: str, observations: int, count: int, profile: int, only: tuple[str, ...], callgrind: bool
+) -> None:
     """CPU ms per request of the app in this process (one thread) and of the database and Redis."""
     data = make_dataset(observations, 500, 60, 1)
     results = []
@@ -155,6 +173,9 @@ def main(postgres_url: str, observations: int, count: int, profile: int, only: t
                     "DHO_SIGNING_KEYS_PATH": str(Path(tmp) / "signing-keys.json"),
                     "DHO_AUDIT_KEY_PATH": str(Path(tmp) / "audit-key.pem"),
                     "DHO_RATE_LIMIT": "100000000",
+                    # The gunicorn server sequences the audit log; no background threads here.
+                    "DHO_AUDIT_SEQUENCER_INTERVAL": "0",
+                    "DHO_SUBSCRIPTION_DELIVERY_INTERVAL": "0",
                 }
             )
             from sharing_api.app import create_app
@@ -197,7 +218,7 @@ def main(postgres_url: str, observations: int, count: int, profile: int, only: t
                     for name, make in scenarios.items():
                         if only and name not in only:
                             continue
-                        results.append(_run(name, app, make, count, probe, profile))
+                        results.append(_run(name, app, make, count, probe, profile, callgrind))
                 finally:
                     sys.stderr = saved_stderr
     load = os.getloadavg()[0]

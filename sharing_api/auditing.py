@@ -18,7 +18,7 @@ from sqlalchemy import Connection
 from auth.caller import Caller
 from consent.policy import Decision
 from sharing_api.audit.actions import AuditAction, Outcome
-from sharing_api.audit.events import AuditFacts, Coded, DecisionRef, SharingDecision
+from sharing_api.audit.events import AuditFacts, Coded, DecisionRef, SharingDecision, build_audit_events
 from sharing_api.audit.log import AuditLog
 
 
@@ -122,6 +122,20 @@ class Auditor:
             self.log.record(conn, facts)
 
     def record(self, facts: AuditFacts) -> None:
-        """Record and commit now (before the response that it records is sent)."""
-        with self.timer(), self.log.engine.connect().execution_options(write=True) as conn, conn.begin():
-            self.log.record(conn, facts)
+        """Record and commit now (before the response that it records is sent).
+
+        On PostgreSQL the append runs in autocommit (issue 12): a request records one event
+        (``events.build_audit_events``) and ``AuditLog.append`` writes it with one INSERT, so that
+        statement is the whole transaction, and PostgreSQL commits it (durably, ``synchronous_commit``
+        on) before it answers; the BEGIN and COMMIT round trips are saved. Any error still propagates
+        before a byte of the response is sent. More than one event falls back to one transaction.
+        """
+        engine = self.log.engine
+        with self.timer():
+            events = build_audit_events(facts)  # what AuditLog.record appends, built once here
+            options: dict[str, object] = {"write": True}
+            if engine.dialect.name == "postgresql" and len(events) == 1:
+                options["isolation_level"] = "AUTOCOMMIT"
+            with engine.connect().execution_options(**options) as conn, conn.begin():
+                for event in events:
+                    self.log.append(conn, facts.tenant, event)

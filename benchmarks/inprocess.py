@@ -125,7 +125,7 @@ def _run(
         profiler.disable()
         out = io.StringIO()
         stats = pstats.Stats(profiler, stream=out)
-        stats.sort_stats("cumulative").print_stats(profile)
+        stats.sort_stats(os.environ.get("DHO_PROFILE_SORT", "cumulative")).print_stats(profile)
         print(f"--- {name}: cProfile (thread CPU clock), {count} requests ---")
         print(out.getvalue())
     return name, 1000 * cpu / count, 1000 * storage / count

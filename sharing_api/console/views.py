@@ -573,7 +573,7 @@ REVIEW_PAGE = 100
 def review() -> str:
     tenant = session().tenant
     start, end = _period()
-    result = rules.run(services(), tenant, start, end)
+    result = rules.run(services(), tenant, start, end, explain_all=False)
     triage = rules.triage_states(services().engine, tenant)
     pages = max(1, -(-len(result.flags) // REVIEW_PAGE))
     try:
@@ -581,6 +581,7 @@ def review() -> str:
     except ValueError:
         abort(400, "page: a page number")
     shown = result.flags[(page - 1) * REVIEW_PAGE : page * REVIEW_PAGE]
+    rules.explain_shown(services(), tenant, shown)
     return render_template(
         "console/review.html",
         result=result,

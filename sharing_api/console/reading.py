@@ -20,6 +20,8 @@ from sharing_api.audit.pseudonym import PID_HASH_SYSTEM
 
 __all__ = ["EntryView", "view_of"]
 
+_SUCCESS: str = Outcome.SUCCESS.value  # read once: the rules ask every access (an Enum lookup each time)
+
 
 @dataclass(frozen=True, slots=True)
 class EntryView:
@@ -51,7 +53,7 @@ class EntryView:
 
     @property
     def permitted(self) -> bool:
-        return self.outcome == Outcome.SUCCESS.value
+        return self.outcome == _SUCCESS
 
     @property
     def emergency(self) -> bool:

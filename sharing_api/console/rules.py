@@ -24,6 +24,7 @@ the audit log by the console (``AuditAction.AUDIT_TRIAGE``).
 
 from __future__ import annotations
 
+import bisect
 import hmac
 import itertools
 import re
@@ -320,6 +321,12 @@ def explain_shown(services: Services, tenant: str, flags: list[Flag]) -> list[Fl
     return explain(flags, lambda v: full.get(v.seq, v) if v.seq is not None else v)
 
 
+def _window(items: list[EntryView], i: int, span: timedelta) -> list[EntryView]:
+    """``items[i]`` and the items after it within ``span`` of it (``items`` sorted by time)."""
+    until = items[i].recorded + span
+    return items[i : bisect.bisect_right(items, until, lo=i, key=lambda x: x.recorded)]
+
+
 def _results(view: EntryView) -> int | None:
     found = _RESULTS.search(view.description or "")
     return int(found.group(1)) if found else None
@@ -489,7 +496,7 @@ def run_views(
             refused = [v for v in items if not v.permitted]
             flagged_until = None
             for i, v in enumerate(refused):
-                window = [w for w in refused[i:] if w.recorded - v.recorded <= timedelta(hours=24)]
+                window = _window(refused, i, timedelta(hours=24))
                 if len(window) >= limit("R3") and (flagged_until is None or v.recorded > flagged_until):
                     count = len(window)
                     add(
@@ -544,8 +551,8 @@ def run_views(
             if len(clients) > 1:
                 add(("R13",), _same_jti, [first_of[jti]], "high")
     if "R11" in on or "R14" in on:
-        for v in accesses:
-            found = _results(v)
+        results = [(v, _results(v)) for v in accesses if v.description]
+        for v, found in results:
             if "R14" in on and found is not None and found >= limit("R14") and v.action in READ_ACTIONS:
                 add(
                     ("R14",),
@@ -556,14 +563,14 @@ def run_views(
                     "medium",
                 )
         empty: dict[str, list[EntryView]] = defaultdict(list)
-        for v in accesses:
-            if _results(v) == 0:
+        for v, found in results:
+            if found == 0:
                 empty[v.agent_hpr or v.client_id or "?"].append(v)
         if "R11" in on:
             for searcher, items in empty.items():
                 items.sort(key=lambda x: x.recorded)
-                for i, v in enumerate(items):
-                    window = [w for w in items[i:] if w.recorded - v.recorded <= timedelta(hours=1)]
+                for i in range(len(items)):
+                    window = _window(items, i, timedelta(hours=1))
                     if len({w.patient_value for w in window}) >= limit("R11"):
                         count = len(window)
                         add(

@@ -35,6 +35,7 @@ PAGES = (
     "/console/report",
     "/console/workers",
     "/console/organisations",
+    "/console/cases",
 )
 
 
@@ -120,6 +121,7 @@ def test_every_post_needs_the_csrf_token_and_nothing_happens_without_it(
         ("/console/patient", {"patient": f"{FNR}|01816900001"}),
         ("/console/integrity/verify", {}),
         ("/console/review/triage", {"flag": "R1:1", "state": "escalated"}),
+        ("/console/cases/1", {"state": "closed", "outcome": "breach", "note": "x"}),
         ("/console/logout", {}),
     ):
         assert console.post(path, data=data).status_code == 400, path

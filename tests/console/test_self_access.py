@@ -98,6 +98,10 @@ def test_r8_fires_for_the_self_access_only_and_never_shows_the_number(
     nurse_events = [view_of(e) for e in services.audit_log.entries(TENANT_A) if e.agent_hpr == "7654321"]
     assert len([v for v in nurse_events if v.pid_hash]) == 3
 
+    rules.set_rule(services.engine, TENANT_A, "R8", False, None)  # per tenant, like every rule
+    assert "R8" not in rules.run(services, TENANT_A, start, end).counts
+    rules.set_rule(services.engine, TENANT_A, "R8", True, None)
+
     login(console)
     page = console.get("/console/review").data.decode()
     assert "R8" in page

@@ -52,7 +52,7 @@ def _count(services: Services, tenant: str, action: AuditAction) -> int:
 
 def _every_console_route(console: FlaskClient) -> list[tuple[str, str]]:
     """Every (method, path) the console serves, from the app's own route map, with sample arguments."""
-    samples = {"seq": "1", "hpr": "9144900"}
+    samples = {"seq": "1", "hpr": "9144900", "case_id": "1"}
     routes = []
     for rule in console.application.url_map.iter_rules():
         if not rule.rule.startswith("/console/") or rule.endpoint.endswith("static"):

@@ -323,7 +323,7 @@ def _careplan(profile: Profile, tenant: str, patient: tuple[str, str], purpose: 
         latest = f"{value.get('value')} {value.get('unit', '')}".strip() if value else ""
         rows.append(
             [
-                part["measure"]["code"],
+                part["measure"].get("display") or part["measure"]["code"],
                 part["target"],
                 part["status"],
                 latest,

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from sharing_api.patient_log import WORDS
+from sharing_api.seed import Patient, goal_for
 from tests.conftest import REDIS_URL
 from tests.live_server import free_port, live_server
 
@@ -54,6 +55,10 @@ def test_demo_prints_queries_that_work(tmp_path: Path) -> None:
     # The seeded plan and its thresholds, with the latest readings checked against them (issue 11).
     assert "Egenbehandlingsplan (active" in careplan
     assert "<= 160 mm[Hg]" in careplan
+    # Each threshold is named as the seeded Goal names its measure, not by its bare code.
+    seeded = goal_for(Patient("", 0, 0, 0, 0, 0, diabetic=False))
+    for target in seeded["target"]:
+        assert target["measure"]["coding"][0]["display"] in careplan
     assert ">= 92 %" in careplan
     assert "within" in careplan or "outside" in careplan
     # The reservation and the block look exactly like "no data" to the hospital's doctor.

@@ -54,6 +54,11 @@ def _quantity(value: float, unit: str) -> dict[str, Any]:
     return {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}
 
 
+def _measure(t: Target) -> dict[str, str]:
+    coding = {"system": t.measure[0], "code": t.measure[1]}
+    return coding | {"display": t.display} if t.display else coding
+
+
 def evaluation_parameters(results: Sequence[Result], plans: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The answer of ``$evaluate``: one ``evaluation`` parameter per threshold, and the plans used."""
     parameters: list[dict[str, Any]] = [
@@ -63,7 +68,7 @@ def evaluation_parameters(results: Sequence[Result], plans: Sequence[Mapping[str
         t = r.target
         part: list[dict[str, Any]] = [
             {"name": "goal", "valueReference": {"reference": f"Goal/{t.goal_id}"}},
-            {"name": "measure", "valueCoding": {"system": t.measure[0], "code": t.measure[1]}},
+            {"name": "measure", "valueCoding": _measure(t)},
             {"name": "target", "valueString": t.text()},
             {"name": "status", "valueCode": r.latest.status if r.latest else "no-data"},
         ]

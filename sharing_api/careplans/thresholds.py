@@ -50,6 +50,8 @@ class Target:
     low_inclusive: bool = True
     high_inclusive: bool = True
     description: str = ""
+    display: str = ""
+    """The Goal's own name for the measure (its ``measure.coding.display``), shown beside the code."""
 
     def accepts(self, value: float) -> bool:
         if self.low is not None and (value < self.low or (value == self.low and not self.low_inclusive)):
@@ -89,6 +91,16 @@ def _coding(concept: Any) -> list[tuple[str, str]]:
     ]
 
 
+def _display(concept: Any) -> str:
+    """The first ``display`` of the concept's codings (``""`` when none has one)."""
+    if not isinstance(concept, Mapping):
+        return ""
+    for c in concept.get("coding") or []:
+        if isinstance(c, Mapping) and isinstance(c.get("display"), str) and c["display"]:
+            return str(c["display"])
+    return ""
+
+
 def _value(quantity: Any) -> tuple[float, str] | None:
     if not isinstance(quantity, Mapping):
         return None
@@ -109,6 +121,7 @@ def targets(goal: Mapping[str, Any]) -> list[Target]:
         measures = _coding(target.get("measure"))
         if not measures:
             continue
+        display = _display(target.get("measure"))
         if "detailQuantity" in target:
             q = target["detailQuantity"]
             found = _value(q)
@@ -126,6 +139,7 @@ def targets(goal: Mapping[str, Any]) -> list[Target]:
                         value,
                         high_inclusive=comparator == "<=",
                         description=description,
+                        display=display,
                     )
                 )
             elif comparator in (">", ">="):
@@ -138,6 +152,7 @@ def targets(goal: Mapping[str, Any]) -> list[Target]:
                         None,
                         low_inclusive=comparator == ">=",
                         description=description,
+                        display=display,
                     )
                 )
         elif "detailRange" in target:
@@ -154,6 +169,7 @@ def targets(goal: Mapping[str, Any]) -> list[Target]:
                     _convert(low, unit) if low else None,
                     _convert(high, unit) if high else None,
                     description=description,
+                    display=display,
                 )
             )
     return out

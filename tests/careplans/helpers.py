@@ -24,7 +24,9 @@ NURSE_HPR = "7654321"
 GP_HPR = "2345678"
 
 
-def goal(patient: str, *, value: float = 180, comparator: str = "<=", code: str = "8480-6") -> dict[str, Any]:
+def goal(
+    patient: str, *, value: float = 180, comparator: str = "<=", code: str = "8480-6", display: str = ""
+) -> dict[str, Any]:
     """ "Call if systolic > 180": the target is systolic <= 180 mm[Hg]."""
     return {
         "resourceType": "Goal",
@@ -33,7 +35,9 @@ def goal(patient: str, *, value: float = 180, comparator: str = "<=", code: str 
         "subject": {"identifier": {"system": FNR, "value": patient}},
         "target": [
             {
-                "measure": {"coding": [{"system": LOINC, "code": code}]},
+                "measure": {
+                    "coding": [{"system": LOINC, "code": code} | ({"display": display} if display else {})]
+                },
                 "detailQuantity": {
                     "value": value,
                     "comparator": comparator,

@@ -71,6 +71,8 @@ def test_outside_since_the_first_reading_of_the_run(client: ApiClient, services:
     ]
     (evaluation,) = _evaluations(body)
     assert evaluation["goal"] == {"reference": f"Goal/{goal['id']}"}
+    # The measure as the Goal names it (code and system; no display in this Goal).
+    assert evaluation["measure"] == goal["target"][0]["measure"]["coding"][0]
     assert evaluation["status"] == "outside"
     assert evaluation["value"]["value"] == 192
     assert evaluation["target"] == "<= 180 mm[Hg]"

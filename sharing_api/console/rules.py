@@ -2,20 +2,21 @@
 
 An access is *explained*, and no rule looks at it, when all of these hold: it was permitted, its purpose
 is TREAT or COC, and it is the controller's own organisation or an agreement covers the consumer, the
-data categories and the purpose at that moment. The rest goes through the rules. R1, R2, R4, R8 and R13
+data categories and the purpose at that moment. The rest goes through the rules. R1, R2, R4 and R13
 fire on their own; R6, R7, R9 and R12 are *weak* signals that only surface together (two or more on
 one access), following the OUS weighted-score design and Hedda et al.'s finding that single weak rules
 over-fire. R10 fires on every unexplained access to a patient on the tenant's watch list
 (``console_watchlist``, kept with ``dho-share audit-rules watch``). Each rule can be switched off and
-its threshold changed per tenant (``console_rule_settings``). Two rules need data the log does not
-hold are listed as such, never silently "passing": R9 (the log holds no patient names), and R8 when no
-self-access key is given. R8 (self-access) runs on *every* access, explained or not: it compares the
-keyed hash of the health worker's identity number the event records (``audit.pseudonym``) with the
-same hash of the patient's identifier, and never shows either number; docs/console-rules.md.
+its threshold changed per tenant (``console_rule_settings``). A rule that lacks its data is listed as
+such (``RuleRun.needs``), never silently "passing": R9 (the log holds no patient names), and R8 when no
+self-access key is given. R8 (self-access) fires on its own on *every* access, explained or not: it
+compares the keyed hash of the health worker's identity number the event records (``audit.pseudonym``)
+with the same hash of the patient's identifier, and never shows either number (docs/console-rules.md);
+accesses hashed under another key are counted (``RuleRun.other_key``), not passed.
 
-``run`` reads the accesses as ``access_rows`` cuts them out of the events in SQL and builds sentences
-only for the hits shown (``explain_shown``); ``run_views`` is the same rules over any views (the tests
-feed it synthetic ones, and ``views_in``'s fully parsed ones as the reference).
+``run`` reads the accesses as ``access_rows`` cuts them out of the event bytes (no JSON parsing) and
+builds sentences only for the hits shown (``explain_shown``); ``run_views`` is the same rules over any
+views (the tests feed it synthetic ones, and ``views_in``'s fully parsed ones as the reference).
 
 A hit is a ``Flag`` with one sentence saying why it needs review ("krever vurdering": never proof).
 Triage (explained with a note, escalated, reopened) is stored in ``console_triage`` and recorded in
@@ -295,7 +296,7 @@ def run(
     services: Services, tenant: str, start: datetime, end: datetime, *, explain_all: bool = True
 ) -> RuleRun:
     """Every enabled rule over ``tenant``'s log in ``[start, end)``, on the accesses as
-    ``access_rows`` cuts them out in SQL. Without ``explain_all`` the hits have no sentence yet:
+    ``access_rows`` cuts them out of the event bytes. Without ``explain_all`` the hits have no sentence yet:
     ``explain_shown`` gives them to the hits a page shows (reading only those events whole)."""
     from sharing_api.console.access_rows import access_views
 

@@ -216,8 +216,10 @@ def test_the_demo_seeds_a_month_and_its_printed_login_works(app: Flask, services
     assert AuditorAccounts(services.engine).authenticate(username, new_password) is not None
 
 
-def test_the_rules_on_accesses_cut_out_in_sql_equal_the_rules_on_parsed_events(seeded: Services) -> None:
-    """``rules.run`` (accesses cut out of the events in SQL, sentences from the full events of the hits)
+def test_the_rules_on_accesses_cut_out_of_the_bytes_equal_the_rules_on_parsed_events(
+    seeded: Services,
+) -> None:
+    """``rules.run`` (accesses cut out of the event bytes, sentences from the full events of the hits)
     finds exactly the hits, with the same sentences, as the rules over every event parsed whole; also
     for events of a shape the SQL does not cut (read whole instead)."""
     odd = []

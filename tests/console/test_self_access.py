@@ -191,7 +191,7 @@ def _rule_facts(v: EntryView) -> tuple[object, ...]:
 
 
 def test_the_thin_reading_equals_the_parsed_one(services: Services, looked_up: dict[str, str]) -> None:
-    """What ``access_rows`` cuts out of the events in SQL is what ``reading.view_of`` parses."""
+    """What ``access_rows`` cuts out of the event bytes is what ``reading.view_of`` parses."""
     start, end = _period()
     thin = access_views(services, TENANT_A, start, end)
     full = [v for v in rules.views_in(services, TENANT_A, start, end) if v.action in ACCESS_ACTIONS]

@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,10 @@ from sharing_api.audit.checkpoints import AuditSigner
 from sharing_api.audit.events import build_audit_event
 from sharing_api.audit.log import AuditLog, entry_row
 from sharing_api.audit.verify import verify
+from sharing_api.store import audit_partitions
 from sharing_api.store.engine import make_engine
-from sharing_api.store.schema import audit_checkpoints, audit_entries, audit_heads
-from tests.audit.factories import facts
+from sharing_api.store.schema import audit_checkpoints, audit_entries, audit_heads, audit_seq_claims
+from tests.audit.factories import T0, facts
 
 console = Console(stderr=True)
 
@@ -56,7 +58,13 @@ class HeadLockedLog(AuditLog):
         return super().sequence(tenant, max_batch, wait=True)
 
     def _store_leaves(
-        self, conn: Connection, tenant: str, ids: list[int], leaves: list[bytes], first: int
+        self,
+        conn: Connection,
+        tenant: str,
+        ids: list[int],
+        recorded: list[int],
+        leaves: list[bytes],
+        first: int,
     ) -> None:
         e = audit_entries
         stmt = (
@@ -130,6 +138,16 @@ def _check(log: AuditLog, signer: AuditSigner, total: int) -> None:
         raise SystemExit(f"the log does not verify after the run: {report}")
 
 
+def _months_of_the_events(url: str) -> None:
+    """The events are recorded at ``tests.audit.factories.T0`` (2025): their months' partitions
+    (``db upgrade`` makes them from the current month on)."""
+    engine = make_engine(url)
+    try:
+        audit_partitions.ensure(engine, now=datetime.now(UTC), since=audit_partitions.Month.of(T0))
+    finally:
+        engine.dispose()
+
+
 def _design(
     url: str, make: Callable[..., AuditLog], signer: AuditSigner, args: dict[str, int]
 ) -> dict[str, float]:
@@ -137,7 +155,7 @@ def _design(
     log = make(engine, signer=signer, checkpoint_every=1000, checkpoint_interval=3600)
     with engine.begin() as conn:
         conn.exec_driver_sql("SET LOCAL session_replication_role = replica")  # a clean log per design
-        for table in (audit_checkpoints, audit_entries, audit_heads):
+        for table in (audit_checkpoints, audit_entries, audit_seq_claims, audit_heads):
             conn.execute(table.delete())
     log.drain(TENANT)  # the head row exists, as in a running deployment
     events = _events(args["appends"])
@@ -167,7 +185,7 @@ def _backlog(url: str, make: Callable[..., AuditLog], signer: AuditSigner, backl
     log = make(engine, signer=signer, checkpoint_every=1000, checkpoint_interval=3600)
     with engine.begin() as conn:
         conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
-        for table in (audit_checkpoints, audit_entries, audit_heads):
+        for table in (audit_checkpoints, audit_entries, audit_seq_claims, audit_heads):
             conn.execute(table.delete())
         rows = [entry_row(TENANT, ev) for ev in _events(backlog)]
         conn.execute(audit_entries.insert(), rows)
@@ -191,6 +209,7 @@ def main(threads: int, appends: int, sequencers: int, backlog: int, postgres_url
     args = {"threads": threads, "appends": appends, "sequencers": sequencers}
     designs: list[tuple[str, Callable[..., AuditLog]]] = [("head-lock", HeadLockedLog), ("pending", AuditLog)]
     with tempfile.TemporaryDirectory() as tmp, fresh_database("postgresql", Path(tmp), postgres_url) as url:
+        _months_of_the_events(url)
         table = Table(title=f"{appends} appends from {threads} threads, {sequencers} sequencers (PostgreSQL)")
         for col in ("design", "append p50 ms", "p99 ms", "max ms", "appends/s", "tree level after (ms)"):
             table.add_column(col, justify="right")

@@ -46,6 +46,7 @@ from sharing_api.console.accounts import AuditorAccounts
 from sharing_api.console.aggregates import OSLO
 from sharing_api.console.integrity import verify_now
 from sharing_api.settings import Settings
+from sharing_api.store import audit_partitions
 from sharing_api.store.engine import upgrade
 from sharing_api.store.schema import audit_entries, audit_heads
 
@@ -145,6 +146,8 @@ def _timed(call: object, repeat: int) -> tuple[float, float]:
 def _seed(svc: Any, url: str, events: int, jobs: int, seed: int) -> None:
     """``events`` sequenced entries, the tree head over them and one checkpoint (module docstring)."""
     end = datetime.now(UTC)
+    since = audit_partitions.Month.of(end - timedelta(days=31))  # the entries span the last 30 days
+    audit_partitions.ensure(svc.engine, now=end, since=since)
     patients, workers = max(events // 50, 10), max(events // 2000, 10)
     started = time.perf_counter()
     state = TreeState()

@@ -28,6 +28,7 @@ from consent.model import PurposeOfUse
 from sharing_api.app import create_app
 from sharing_api.services import Services
 from sharing_api.settings import Settings
+from sharing_api.store import audit_partitions
 from sharing_api.store.engine import make_engine, upgrade
 from sharing_api.store.schema import metadata
 from tests import construction_cache
@@ -82,6 +83,21 @@ def shared_dir() -> Path:
     return SHARED
 
 
+AUDIT_MONTHS_SINCE = audit_partitions.Month(2025, 1)
+"""The first month the tests record audit events in: ``tests/audit/factories.T0`` (2025-03) and the
+console's fixed periods (2025-01 to 2025-06). ``db upgrade`` creates partitions from the current month on."""
+
+
+def migrate(url: str) -> None:
+    """``db upgrade``, and on PostgreSQL the audit partitions of every month since ``AUDIT_MONTHS_SINCE``."""
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        audit_partitions.ensure(engine, now=datetime.now(UTC), since=AUDIT_MONTHS_SINCE)
+    finally:
+        engine.dispose()
+
+
 def _postgres_database() -> Iterator[str]:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")  # gw0, gw1, ... under pytest-xdist
     name = f"dho_test_{worker}_{uuid.uuid4().hex[:12]}"
@@ -105,12 +121,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     """A migrated, empty database of each backend, shared by the session (tables are emptied per test)."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'dho.sqlite3'}"
-        upgrade(url)
+        migrate(url)
         yield url
     else:
         gen = _postgres_database()
         url = next(gen)
-        upgrade(url)
+        migrate(url)
         yield url
         gen.close()
 

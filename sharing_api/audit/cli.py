@@ -111,6 +111,46 @@ def sequence(
     err.print(f"sequenced {done} entries")
 
 
+@audit.group()
+def partitions() -> None:
+    """The audit table's monthly partitions (PostgreSQL; SQLite has one table and nothing to do)."""
+
+
+@partitions.command(name="ensure")
+@click.option("--ahead", default=3, show_default=True, type=click.IntRange(0, 120), help="Months ahead")
+def partitions_ensure(ahead: int) -> None:
+    """Create the partitions of this month and of the next AHEAD months (cron or a deploy step; every
+    polling sequencer does this hourly too)."""
+    log = _log(None, "-")
+    try:
+        created = log.ensure_partitions(ahead)
+        status = log.partition_status(ahead)
+    finally:
+        log.engine.dispose()
+    if status is None:
+        err.print("audit_entries is not partitioned here (SQLite): nothing to do")
+        return
+    err.print(f"created {len(created)}: {', '.join(str(m) for m in created) or 'none'}; {status.detail}")
+
+
+@partitions.command(name="check")
+@click.option("--ahead", default=1, show_default=True, type=click.IntRange(0, 120), help="Months ahead")
+def partitions_check(ahead: int) -> None:
+    """Exit 1 when this month or one of the next AHEAD months has no partition (for monitoring: a
+    missing next month is an alarm a month before appends of that month would fail with 503)."""
+    log = _log(None, "-")
+    try:
+        status = log.partition_status(ahead)
+    finally:
+        log.engine.dispose()
+    if status is None:
+        click.echo("ok: audit_entries is not partitioned here (SQLite)")
+        return
+    click.echo(status.detail)
+    if status.missing:
+        sys.exit(1)
+
+
 @audit.command()
 @click.argument("tenant")
 @click.option("--from", "from_seq", default=0, type=click.IntRange(0), help="First index")

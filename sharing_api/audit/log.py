@@ -15,8 +15,10 @@ It works as Trillian does, in two steps:
    one batch happens in one transaction holding the tenant's head row lock (``SELECT ... FOR UPDATE``
    on PostgreSQL; on SQLite ``BEGIN IMMEDIATE`` holds the database's write lock). Several sequencers
    in several processes may run at once; a sequencer killed at any moment leaves the previous batch's
-   state, and the next run goes on from there (AUD-09). A unique index on (tenant, seq) refuses a
-   duplicate index whatever happens. Every ``checkpoint_every`` entries, and ``checkpoint_interval``
+   state, and the next run goes on from there (AUD-09). The database refuses an index given twice
+   whatever the sequencers do: a trigger claims each index given in ``audit_seq_claims``, whose primary
+   key is (tenant, seq), across the monthly partitions of PostgreSQL (migration 0006_audit_parts;
+   ``store.audit_partitions``). Every ``checkpoint_every`` entries, and ``checkpoint_interval``
    seconds after the last checkpoint if the tree has grown, the sequencer signs a checkpoint
    (``checkpoints``).
 
@@ -37,7 +39,9 @@ so an edited column can neither show a reader something the signed event does no
 event unnoticed by ``dho-share audit verify --database``.
 
 **Failure.** Every error propagates (fail closed): a failed append raises inside the caller's
-transaction, which must then roll back and answer 503 (product.md §4 step 5, AUD-05).
+transaction, which must then roll back and answer 503 (product.md §4 step 5, AUD-05). An append whose
+month has no partition (PostgreSQL) raises ``MissingPartition``, an ``OperationalError``, so it is
+answered as a database outage is.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
 from sharing_api.audit.actions import AuditAction, Outcome
@@ -63,6 +68,7 @@ from sharing_api.audit.export_format import checkpoint_line, entry_leaf, entry_l
 from sharing_api.audit.merkle import EMPTY_ROOT, consistency_proof, inclusion_proof, root_from_leaf_hashes
 from sharing_api.audit.terms import micros, search_terms
 from sharing_api.audit.tree import TreeState
+from sharing_api.store import audit_partitions
 from sharing_api.store.schema import audit_checkpoints, audit_entries, audit_heads
 
 __all__ = [
@@ -71,6 +77,7 @@ __all__ = [
     "AuditLog",
     "Entry",
     "LogCorrupted",
+    "MissingPartition",
     "TreeHead",
     "column_mismatch",
     "entry_row",
@@ -91,13 +98,25 @@ _SET_LEAF = (
 )
 _SET_LEAVES_PG = text(
     "UPDATE audit_entries AS e SET seq = u.seq, leaf = u.leaf"
-    " FROM unnest(CAST(:ids AS bigint[]), CAST(:seqs AS bigint[]), CAST(:leaves AS bytea[]))"
-    " AS u(id, seq, leaf) WHERE e.id = u.id AND e.seq IS NULL"
+    " FROM unnest(CAST(:ids AS bigint[]), CAST(:recorded AS bigint[]), CAST(:seqs AS bigint[]),"
+    " CAST(:leaves AS bytea[])) AS u(id, recorded, seq, leaf)"
+    " WHERE e.id = u.id AND e.recorded = u.recorded AND e.seq IS NULL"  # the primary key: (id, recorded)
 )
 
 
 class LogCorrupted(RuntimeError):
     """The stored log contradicts itself (a gap or an index beyond the head): stop, never paper over."""
+
+
+class MissingPartition(OperationalError):
+    """The event's month has no partition of ``audit_entries`` (PostgreSQL; ``store.audit_partitions``):
+    the maintenance that creates months ahead has not run. An operational fault of the database like an
+    outage, so the API answers 503 with ``Retry-After`` and no data (fail closed), never 500."""
+
+
+def _missing_partition(exc: IntegrityError) -> bool:
+    # PostgreSQL: ERROR 23514 no partition of relation "audit_entries" found for row
+    return getattr(exc.orig, "sqlstate", None) == "23514" and "no partition of relation" in str(exc.orig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +318,13 @@ class AuditLog:
             raise ValueError("on SQLite, append needs a write transaction (execution_options(write=True))")
         if not tenant or len(tenant) > 32:
             raise ValueError("tenant must be a non-empty string of at most 32 characters")
-        result = conn.execute(_INSERT, entry_row(tenant, event))
+        try:
+            result = conn.execute(_INSERT, entry_row(tenant, event))
+        except IntegrityError as exc:
+            if _missing_partition(exc):  # the parameters stay out of the error: they name a patient
+                cause = exc.orig if exc.orig is not None else exc
+                raise MissingPartition(str(_INSERT), None, cause, hide_parameters=True) from None
+            raise
         row_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
         if not isinstance(row_id, int):
             raise RuntimeError("the database returned no row id for the audit entry")
@@ -379,17 +404,26 @@ class AuditLog:
         return row
 
     def _store_leaves(
-        self, conn: Connection, tenant: str, ids: list[int], leaves: list[bytes], first: int
+        self,
+        conn: Connection,
+        tenant: str,
+        ids: list[int],
+        recorded: list[int],
+        leaves: list[bytes],
+        first: int,
     ) -> None:
-        """Give the pending entries ``ids`` the indexes ``first, first + 1, ...`` and their leaf hashes,
-        in one set-based statement on PostgreSQL (``UPDATE ... FROM unnest(...)``). Only a pending entry
-        may be updated (the append-only trigger of migration 0004 refuses anything else); a count that
-        does not match means the log changed under the lock: ``LogCorrupted``, the batch rolls back."""
+        """Give the pending entries ``ids`` (recorded at ``recorded``: the partition key, with ``id`` the
+        primary key) the indexes ``first, first + 1, ...`` and their leaf hashes, in one set-based
+        statement on PostgreSQL (``UPDATE ... FROM unnest(...)``). Only a pending entry may be updated
+        (the append-only trigger refuses anything else, and claims each index in ``audit_seq_claims``:
+        an index given twice is a unique violation, AUD-09); a count that does not match means the log
+        changed under the lock: ``LogCorrupted``, the batch rolls back."""
         if not ids:
             return
         seqs = list(range(first, first + len(ids)))
         if conn.dialect.name == "postgresql":
-            result = conn.execute(_SET_LEAVES_PG, {"ids": ids, "seqs": seqs, "leaves": leaves})
+            params = {"ids": ids, "recorded": recorded, "seqs": seqs, "leaves": leaves}
+            result = conn.execute(_SET_LEAVES_PG, params)
             done = result.rowcount
         else:
             rows = [
@@ -414,7 +448,7 @@ class AuditLog:
             if head is None:
                 return 0  # another sequencer holds this tenant's head
             rows = conn.execute(
-                select(e.c.id, e.c.event)
+                select(e.c.id, e.c.recorded, e.c.event)
                 .where(e.c.seq.is_(None), e.c.tenant == tenant)
                 .order_by(e.c.id)
                 .limit(max_batch)
@@ -423,17 +457,19 @@ class AuditLog:
             now = self._now()
             signed_size, signed_at = head.checkpoint_size, head.checkpoint_at
             ids: list[int] = []
+            recorded: list[int] = []
             leaves: list[bytes] = []
             first = state.size
             for row in rows:
                 leaf = entry_leaf(bytes(row.event), state.size)
                 state.append(leaf)
                 ids.append(row.id)
+                recorded.append(row.recorded)
                 leaves.append(leaf)
                 if self.signer is not None and state.size - signed_size >= self.checkpoint_every:
                     self._sign(conn, head, state, now)
                     signed_size, signed_at = state.size, now
-            self._store_leaves(conn, tenant, ids, leaves, first)
+            self._store_leaves(conn, tenant, ids, recorded, leaves, first)
             due = now - signed_at >= self.checkpoint_interval * 1_000_000
             if self.signer is not None and state.size > signed_size and due:
                 self._sign(conn, head, state, now)
@@ -469,6 +505,22 @@ class AuditLog:
                     .values(checkpoint_size=head.size, checkpoint_at=now, updated=now)
                 )
         return self.latest_checkpoint(tenant)
+
+    # -- monthly partitions (PostgreSQL) ------------------------------------------------------------
+
+    def ensure_partitions(self, ahead: int = audit_partitions.AHEAD) -> list[audit_partitions.Month]:
+        """Create ``audit_entries``' partitions from this month to ``ahead`` months on
+        (``store.audit_partitions.ensure``); returns the months created (none on SQLite)."""
+        return audit_partitions.ensure(self.engine, now=self._clock_time(), ahead=ahead)
+
+    def partition_status(
+        self, ahead: int = audit_partitions.AHEAD
+    ) -> audit_partitions.PartitionStatus | None:
+        """Which months from this one to ``ahead`` on lack a partition (``None`` on SQLite)."""
+        return audit_partitions.status(self.engine, now=self._clock_time(), ahead=ahead)
+
+    def _clock_time(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
 
     # -- proofs and checkpoints ---------------------------------------------------------------------
 

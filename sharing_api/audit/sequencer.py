@@ -6,6 +6,12 @@ runs one) does not queue behind another that holds a tenant's head (``FOR UPDATE
 one is doing the work, and each batch is one set-based UPDATE, so request-path appends never wait on
 sequencing. Killing one at any moment is safe (AUD-09): the batch it was writing rolls back and the
 next run sequences those entries again.
+
+A polling sequencer also keeps the audit table's monthly partitions ``AHEAD`` months ahead
+(PostgreSQL, ``store.audit_partitions``): when it starts and every ``PARTITION_CHECK`` seconds after. A
+failed attempt (the table was busy for longer than the lock timeout, or the database is down) is
+retried after ``PARTITION_RETRY`` seconds and never stops sequencing; ``/readyz`` and ``dho-share audit
+partitions check`` report a month that is still missing.
 """
 
 from __future__ import annotations
@@ -13,9 +19,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from sharing_api.audit.log import AuditLog
 
-__all__ = ["run"]
+__all__ = ["PARTITION_CHECK", "PARTITION_RETRY", "run"]
+
+PARTITION_CHECK = 3600.0
+PARTITION_RETRY = 60.0
 
 
 def run(
@@ -37,7 +48,14 @@ def run(
     """
     queue = not loop if wait is None else wait
     total = 0
+    partitions_due = time.monotonic()
     while not should_stop():
+        if loop and time.monotonic() >= partitions_due:
+            try:
+                log.ensure_partitions()
+                partitions_due = time.monotonic() + PARTITION_CHECK
+            except SQLAlchemyError:  # reported by /readyz; sequencing must go on
+                partitions_due = time.monotonic() + PARTITION_RETRY
         if observe is not None:
             observe("batch", 0)
         n = log.sequence(tenant, max_batch=max_batch, wait=queue)

@@ -29,6 +29,7 @@ from sharing_api.audit.actions import AuditAction, Outcome
 from sharing_api.audit.events import AuditFacts, Coded, DecisionRef, SharingDecision, build_audit_events
 from sharing_api.audit.log import AuditLog
 from sharing_api.console.aggregates import OSLO
+from sharing_api.store import audit_partitions
 
 __all__ = ["CONSUMERS", "SeedResult", "planted_flag", "seed_month"]
 
@@ -249,6 +250,9 @@ def seed_month(
     rng = random.Random(seed)  # noqa: S311 (reproducible synthetic data, not secrets)
     all_facts = list(_month(tenant, days, end or datetime.now(UTC), rng, pid_hash))
     engine: Engine = log.engine
+    if all_facts:  # PostgreSQL: the months of the period need their partitions (store.audit_partitions)
+        first = audit_partitions.Month.of(min(f.recorded for f in all_facts))
+        audit_partitions.ensure(engine, now=datetime.now(UTC), since=first)
     patients = sorted({f.patient[1] for f in all_facts if f.patient})
     events = 0
     for i in range(0, len(all_facts), 500):

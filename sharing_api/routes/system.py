@@ -32,13 +32,20 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """Ready to serve: the database answers, and Redis too when one is configured."""
+    """Ready to serve: the database answers, and Redis too when one is configured.
+
+    On PostgreSQL also the audit table's monthly partitions (``store.audit_partitions``): a missing
+    current month is ``unavailable`` (audited requests would get 503), a missing next month ``degraded``
+    (reported, still ready: an alarm before it is an outage)."""
     svc = services()
     checks: dict[str, str] = {}
     try:
         with svc.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         checks["database"] = "ok"
+        months = svc.audit_log.partition_status(ahead=1)
+        if months is not None:
+            checks["audit_partitions"] = months.detail
     except Exception as exc:  # readiness reports any failure; it must not raise
         checks["database"] = f"unavailable: {type(exc).__name__}"
     if svc.redis_url:
@@ -47,7 +54,7 @@ def readyz() -> Response:
             checks["redis"] = "ok"
         except redis.RedisError as exc:
             checks["redis"] = f"unavailable: {type(exc).__name__}"
-    ready = all(v == "ok" for v in checks.values())
+    ready = all(v == "ok" or v.startswith("degraded") for v in checks.values())
     return fhir_response(
         {"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -124,11 +125,15 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str) -> None:
-    """Apply every migration (``dho-share db upgrade``), then refresh the planner statistics."""
+    """Apply every migration (``dho-share db upgrade``), create the audit log's monthly partitions
+    ``audit_partitions.AHEAD`` months ahead (PostgreSQL), then refresh the planner statistics."""
+    from sharing_api.store import audit_partitions
+
     _ensure_sqlite_dir(normalise_url(url))
     command.upgrade(alembic_config(url), "head")
     engine = make_engine(url, pool_size=1)
     try:
+        audit_partitions.ensure(engine, now=datetime.now(UTC))
         analyze(engine)
     finally:
         engine.dispose()

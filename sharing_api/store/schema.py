@@ -224,6 +224,8 @@ clients = Table(
 # control. ``audit_heads`` is the per-tenant tree state the sequencer locks, and the log's stable name;
 # ``audit_checkpoints`` the signed checkpoints (C2SP signed notes). On PostgreSQL, entries and
 # checkpoints are append-only by trigger (migration 0004): only a pending entry's seq/leaf may be set.
+# On PostgreSQL ``audit_entries`` is partitioned by month of ``recorded`` (0006_audit_parts,
+# ``store/audit_partitions.py``), with primary key (id, recorded); the columns and indexes are as below.
 
 audit_entries = Table(
     "audit_entries",
@@ -242,8 +244,10 @@ audit_entries = Table(
     Column("organisation", String(16), nullable=True),
     Column("client_id", String(128), nullable=True),
     Column("event", LargeBinary, nullable=False),
-    # No index twice in one log, whatever the sequencers do (security-tests AUD-09).
-    Index("uq_audit_entries_tenant_seq", "tenant", "seq", unique=True),
+    # An entry by its index, and pages by index. Not unique: on PostgreSQL the table is partitioned by
+    # month (migration 0006_audit_parts), and a unique index there would have to include the month.
+    # ``audit_seq_claims`` below refuses an index given twice (security-tests AUD-09).
+    Index("ix_audit_entries_seq", "tenant", "seq"),
     # Pending entries (seq IS NULL) sort together: the sequencer finds them without a scan.
     Index("ix_audit_entries_pending", "seq", "tenant", "id"),
     Index("ix_audit_entries_patient", "tenant", "patient_value", "seq"),
@@ -261,6 +265,17 @@ audit_entries = Table(
         "agent_hpr",
         "organisation",
     ),
+)
+
+# Every index given in a tenant's log, claimed by a database trigger when an entry gets it (the
+# sequencer's update, or an insert of an entry that already has one): its primary key refuses an index
+# given twice, in whatever month the entries lie (security-tests AUD-09; migration 0006_audit_parts).
+audit_seq_claims = Table(
+    "audit_seq_claims",
+    metadata,
+    Column("tenant", String(32), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant", "seq"),
 )
 
 audit_heads = Table(

@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from sharing_api.audit.checkpoints import AuditSigner
 from sharing_api.audit.log import AuditLog
 from sharing_api.store.engine import make_engine
-from sharing_api.store.schema import audit_checkpoints, audit_entries, audit_heads
+from sharing_api.store.schema import audit_checkpoints, audit_entries, audit_heads, audit_seq_claims
 from tests.audit.factories import tampering
 
 
@@ -23,7 +23,7 @@ from tests.audit.factories import tampering
 def engine(database_url: str) -> Iterator[Engine]:
     eng = make_engine(database_url)
     with tampering(eng) as conn:  # past the append-only triggers
-        for table in (audit_entries, audit_heads, audit_checkpoints):
+        for table in (audit_entries, audit_seq_claims, audit_heads, audit_checkpoints):
             conn.execute(table.delete())
     yield eng
     eng.dispose()

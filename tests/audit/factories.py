@@ -94,8 +94,20 @@ def bulk_pending(log: AuditLog, count: int, tenant: str = TENANT, start: int = 0
 @contextmanager
 def tampering(engine: Engine) -> Iterator[Connection]:
     """A transaction that edits the stored log as an attacker with the database superuser's rights can:
-    on PostgreSQL past the append-only triggers (``session_replication_role = replica`` skips them)."""
+    on PostgreSQL past the append-only and index-claiming triggers (``session_replication_role =
+    replica`` skips them); on SQLite the claiming triggers are dropped for the transaction (anyone who
+    can write the file can do that) and made again after it."""
     with engine.begin() as conn:
+        triggers: list[str] = []
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
+        else:
+            found = conn.exec_driver_sql(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_entries'"
+            ).all()
+            for name, sql in found:
+                conn.exec_driver_sql(f"DROP TRIGGER {name}")
+                triggers.append(sql)
         yield conn
+        for sql in triggers:
+            conn.exec_driver_sql(sql)

@@ -19,7 +19,7 @@ from sharing_api.audit.verify import verify
 from sharing_api.store.engine import alembic_config, make_engine, upgrade
 from sharing_api.store.schema import audit_checkpoints, audit_entries, audit_heads
 from tests.audit.factories import TENANT, fill
-from tests.conftest import _postgres_database
+from tests.conftest import _postgres_database, migrate
 
 e = audit_entries
 
@@ -113,7 +113,7 @@ def fresh_url(tmp_path: Path, database_url: str) -> Iterator[str]:
 
 
 def test_the_migration_keeps_the_name_existing_checkpoints_carry(fresh_url: str, signer: AuditSigner) -> None:
-    upgrade(fresh_url)
+    migrate(fresh_url)
     engine = make_engine(fresh_url)
     try:
         old = AuditLog(engine, signer=signer, origin="https://old-url.example/audit")  # the name before 0004

@@ -321,11 +321,38 @@ def test_the_sequencer_refuses_an_inconsistent_head(log: AuditLog) -> None:
         log.leaf_hashes(TENANT, 5)
 
 
-def test_a_duplicate_index_is_refused_by_the_database(log: AuditLog) -> None:
+@pytest.mark.parametrize("days", [0, 40], ids=["same month", "another month"])
+def test_a_duplicate_index_is_refused_by_the_database(log: AuditLog, days: int) -> None:
+    """AUD-09: whatever a sequencer does, the database refuses to give an index that an entry of the
+    tenant already has, also to an entry of another month (another partition on PostgreSQL): the
+    trigger that lets a pending entry get its index claims it in ``audit_seq_claims`` (0006)."""
     fill(log, 3)
     log.drain()
-    with pytest.raises(IntegrityError), tampering(log.engine) as conn:
-        conn.execute(update(e).where(e.c.seq == 2).values(seq=1))
+    with log.engine.connect().execution_options(write=True) as conn, conn.begin():
+        late = build_audit_event(facts(3, recorded=T0 + timedelta(days=days)))
+        log.append(conn, TENANT, late)
+    with pytest.raises(IntegrityError, match="audit_seq_claims"), log.engine.begin() as conn:
+        conn.execute(update(e).where(e.c.seq.is_(None)).values(seq=1, leaf=b"\0" * 32))
+    assert log.drain() == 1  # the sequencer's own update still works
+    assert [x.seq for x in log.search(TENANT)] == [0, 1, 2, 3]
+
+
+def test_an_index_given_twice_past_the_triggers_is_found_by_the_stored_check(
+    log: AuditLog, signer: AuditSigner
+) -> None:
+    """A database superuser can switch triggers off (or edit SQLite's file): ``audit verify --database``
+    still finds an index given twice."""
+    from sharing_api.audit.stored_check import check_stored_log
+
+    fill(log, 3)
+    log.drain()
+    log.checkpoint(TENANT)
+    fill(log, 1, start=3)
+    with tampering(log.engine) as conn:
+        conn.execute(update(e).where(e.c.seq.is_(None)).values(seq=1, leaf=b"\0" * 32))
+    report = check_stored_log(log, TENANT, signer.verifier)
+    assert not report.ok
+    assert report.index == 1, report.detail
 
 
 def test_export_from_the_middle_verifies(log: AuditLog) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from sharing_api.store.audit_partitions import not_a_partition
 from sharing_api.store.engine import is_current, make_engine
 from sharing_api.store.schema import metadata
 
@@ -14,7 +15,9 @@ def test_migrated_database_matches_the_schema(database_url: str) -> None:
     try:
         assert is_current(engine)
         with engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn), metadata)
+            # the audit log's monthly partitions (PostgreSQL) are made at run time, each like its parent
+            context = MigrationContext.configure(conn, opts={"include_name": not_a_partition})
+            diff = compare_metadata(context, metadata)
         assert diff == []
     finally:
         engine.dispose()

@@ -3,14 +3,14 @@ outcome, attached events) and ``console_case_notes`` (the case's notes and state
 sharing_api/console/cases.py.
 
 Revision ID: 0006_console_r8
-Revises: 0005_subs
+Revises: 0006_audit_parts (re-chained after main merged audit-parts; it was 0005_subs)
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0006_console_r8"
-down_revision = "0005_subs"
+down_revision = "0006_audit_parts"
 branch_labels = None
 depends_on = None
 

@@ -49,7 +49,7 @@ from sharing_api.services import Services
 from sharing_api.sessions import LocalSessions, RedisSessions, SearchSessions
 from sharing_api.settings import Settings
 from sharing_api.store.careplans import PlanStore
-from sharing_api.store.clients import ClientRegistry
+from sharing_api.store.clients import CLIENT_RECORD_MAX_AGE, ClientRegistry
 from sharing_api.store.engine import is_current, make_engine
 from sharing_api.store.observations import ObservationStore
 from sharing_api.store.policy import PolicyStore
@@ -73,7 +73,7 @@ def _clock() -> int:
 
 def _registered(registry: ClientRegistry) -> Callable[[str], RegisteredClient | None]:
     def lookup(client_id: str) -> RegisteredClient | None:
-        record = registry.get(client_id)
+        record = registry.get(client_id, max_age=CLIENT_RECORD_MAX_AGE)
         if record is None:
             return None
         return RegisteredClient(

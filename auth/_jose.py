@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import orjson
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwa import EdDSAAlgorithm, JWSAlgModel
-from joserfc.jwk import Key
+from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 
 # A compact JWS is three non-empty base64url segments. This single regular expression rejects JWS JSON
@@ -145,6 +146,32 @@ def registry(algorithms: tuple[str, ...], max_header_length: int = 512) -> JWSRe
     reg = _Registry(algorithms=check_allowlist(algorithms), strict_check_header=False)
     reg.max_header_length = max_header_length
     return reg
+
+
+def import_public_key(jwk: Mapping[str, Any]) -> ECKey | OKPKey | RSAKey:
+    """``jwk`` (a public EC, OKP or RSA JWK, already checked by the caller) imported by joserfc.
+
+    Importing costs more than verifying a signature with the key, and a client signs with the same
+    registered key on every request (issue 12), so imports are remembered by the JWK's every member
+    (canonical JSON): a changed or rotated key is a different entry and never served for another; a
+    key no longer registered is simply not asked for. Failures are not remembered.
+
+    :raise JoseError | ValueError | TypeError: joserfc cannot import it.
+    """
+    return _imported(orjson.dumps(jwk, option=orjson.OPT_SORT_KEYS))
+
+
+@lru_cache(maxsize=1024)
+def _imported(canonical: bytes) -> ECKey | OKPKey | RSAKey:
+    members = orjson.loads(canonical)
+    kty = members.get("kty")
+    if kty == "EC":
+        return ECKey.import_key(members)
+    if kty == "OKP":
+        return OKPKey.import_key(members)
+    if kty == "RSA":
+        return RSAKey.import_key(members)
+    raise ValueError("not an EC, OKP or RSA key")
 
 
 def b64url_decode(segment: str) -> bytes:

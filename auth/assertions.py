@@ -48,7 +48,7 @@ from auth._jose import (
     JoseFormatError,
     check_allowlist,
     check_forbidden_headers,
-    loads_object,
+    import_public_key,
     numeric_date,
     rsa_modulus_bits,
     split_compact,
@@ -121,12 +121,10 @@ def _candidate_keys(jwks: Mapping[str, Any], alg: str, kid: str | None) -> list[
             if kty in ("EC", "OKP"):
                 if public.get("crv") != ALG_CRV[alg]:
                     continue
-                keys.append(ECKey.import_key(public) if kty == "EC" else OKPKey.import_key(public))
-            else:
-                # Checked before import: joserfc only warns about short RSA keys.
-                if rsa_modulus_bits(public) < MIN_RSA_BITS:
-                    continue
-                keys.append(RSAKey.import_key(public))
+            # Checked before import: joserfc only warns about short RSA keys.
+            elif rsa_modulus_bits(public) < MIN_RSA_BITS:
+                continue
+            keys.append(import_public_key(public))
         except (JoseError, JoseFormatError, ValueError, TypeError):
             continue  # a broken registered key is unusable, not a reason to accept
         if len(keys) >= MAX_CANDIDATE_KEYS:
@@ -193,16 +191,19 @@ def verify_client_assertion(
     if jwks is None:
         raise InvalidClient("unknown client")
 
-    payload: bytes | None = None
+    verified = False
     for key in _candidate_keys(jwks, alg, kid):
         try:
-            payload = verify_signature(compact, key, (alg,))
-            break
+            verify_signature(compact, key, (alg,))
         except JoseFormatError:
             continue
-    if payload is None:
+        verified = True
+        break
+    if not verified:
         raise InvalidClient("client assertion not signed by a registered key")
-    claims = loads_object(payload)  # same bytes as `unverified`, now authenticated
+    # The signature covers the payload segment `unverified` was parsed from: those claims, now
+    # authenticated (verify_signature returns that segment's bytes; parsing them again gives the same).
+    claims = unverified
 
     if claims.get("iss") != claimed_client or claims.get("sub") != claimed_client:
         raise InvalidClient("client assertion iss and sub must both be the client id")

@@ -22,7 +22,7 @@ from authlib.oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import ClientCredentialsGrant, OAuth2Payload, OAuth2Request
 
 from auth.assertions import CLIENT_ASSERTION_ALGS, verify_client_assertion
-from auth.attestation import ATTESTATION_TYPE, find_attestation, parse_attestation
+from auth.attestation import ATTESTATION_TYPE, attestation_from_model, find_attestation
 from auth.dpop import DPOP_ALGS, single_proof, verify_proof
 from auth.errors import (
     AuthError,
@@ -296,7 +296,7 @@ class TokenService(AuthorizationServer):  # type: ignore[misc]
         found = find_attestation(assertion_details, "assertion_details")
         if found is None:
             return None, None, None
-        attestation = parse_attestation(assertion_details, "assertion_details")
+        attestation = attestation_from_model(*found)  # parse_attestation without finding it again
         if attestation.legal_entity.id != client.orgnr:
             raise InvalidAuthorizationDetails(
                 "the attestation's legal entity is not the client's organisation",

@@ -63,3 +63,16 @@ def test_redis_down_is_a_clear_503() -> None:
         store.put({"n": 1})
     with pytest.raises(ServiceUnavailable):
         store.get("x")
+
+
+def test_put_many_stores_each_record_under_its_own_cursor(store: SearchSessions) -> None:
+    records = [{"n": 1, "anchor": None}, {"n": 2, "anchor": ["a", "b", False]}, {"n": 3}]
+    cursors = store.put_many(records)
+    assert len(set(cursors)) == 3
+    assert [store.get(c) for c in cursors] == records
+
+
+def test_put_many_with_redis_down_is_a_clear_503() -> None:
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    with pytest.raises(ServiceUnavailable):
+        RedisSessions(dead, ttl=30).put_many([{"n": 1}, {"n": 2}])

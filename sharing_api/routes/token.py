@@ -46,10 +46,13 @@ OAUTH_ERRORS = frozenset(
 def _request(path: str) -> TokenRequest:
     """The plain request the token service sees: the form body only (never the query string)."""
     is_form = (request.mimetype or "") == FORM
+    headers: dict[str, list[str]] = {}
+    for name, value in request.headers.items():  # one pass (getlist per name would rescan them all)
+        headers.setdefault(name, []).append(value)
     return TokenRequest(
         url=services().settings.issuer_url + path,
         form=request.form.to_dict(flat=False) if is_form else {},
-        headers={name: request.headers.getlist(name) for name in {k for k, _ in request.headers.items()}},
+        headers=headers,
     )
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,12 +50,31 @@ def check_public_jwks(jwks: Any) -> dict[str, Any]:
 _BY_ID = select(clients).where(clients.c.client_id == bindparam("client_id"))
 """A client by id, built once: every token request looks its client up (issue 12)."""
 
+CLIENT_RECORD_MAX_AGE = 1.0
+"""Seconds the token endpoint may use a client record this process read earlier (issue 12).
+
+A change made through this process's registry (``add``, ``set_enabled``) takes effect at once; one
+made elsewhere (the ``dho-share clients`` command, another worker or node) within this many seconds:
+for up to one second after ``clients disable`` or a key rotation, a worker that read the client just
+before may still issue a token to it. Tokens already issued stay valid until they expire or are
+revoked anyway, so a second changes nothing an operator can rely on; it saves a database round trip
+on every token a busy client requests (a hospital asks for one per patient)."""
+
 
 class ClientRegistry:
-    """Client systems in SQL; lookups are what the token service's client authentication needs."""
+    """Client systems in SQL; lookups are what the token service's client authentication needs.
 
-    def __init__(self, engine: Engine):
+    :param clock: monotonic seconds, for the age of records read by ``get(..., max_age=...)``.
+    """
+
+    def __init__(self, engine: Engine, *, clock: Callable[[], float] = time.monotonic):
         self.engine = engine
+        self.clock = clock
+        # client id -> (when it was read, the record): registered clients only, so bounded by the
+        # registry; unknown ids are never remembered (anyone can send one).
+        self._recent: dict[str, tuple[float, ClientRecord]] = {}
+        self._changes = 0  # bumped by every local change, so a read that raced one is not kept
+        self._lock = threading.Lock()
 
     def _record(self, row: Any) -> ClientRecord:
         return ClientRecord(
@@ -66,10 +87,28 @@ class ClientRegistry:
             enabled=bool(row.enabled),
         )
 
-    def get(self, client_id: str) -> ClientRecord | None:
+    def get(self, client_id: str, *, max_age: float = 0.0) -> ClientRecord | None:
+        """The client ``client_id``, or ``None``; read from the database unless ``max_age`` > 0 and this
+        process read it less than ``max_age`` seconds ago with no local change since."""
+        if max_age > 0:
+            recent = self._recent.get(client_id)
+            if recent is not None and self.clock() - recent[0] < max_age:
+                return recent[1]
+        changes, read_at = self._changes, self.clock()
         with self.engine.connect() as conn:
             row = conn.execute(_BY_ID, {"client_id": client_id}).first()
-        return self._record(row) if row else None
+        if row is None:
+            return None
+        record = self._record(row)
+        with self._lock:
+            if changes == self._changes:  # else a local change may have landed after the read
+                self._recent[client_id] = (read_at, record)
+        return record
+
+    def _changed(self, client_id: str) -> None:
+        with self._lock:
+            self._changes += 1
+            self._recent.pop(client_id, None)
 
     def all(self) -> list[ClientRecord]:
         with self.engine.connect() as conn:
@@ -109,6 +148,7 @@ class ClientRegistry:
                 conn.execute(
                     insert(clients).values(client_id=client_id, created=int(time.time() * 1e6), **values)
                 )
+        self._changed(client_id)
         return exists is None
 
     def set_enabled(self, client_id: str, enabled: bool) -> bool:
@@ -117,4 +157,5 @@ class ClientRegistry:
             result = conn.execute(
                 update(clients).where(clients.c.client_id == client_id).values(enabled=enabled)
             )
+        self._changed(client_id)
         return bool(result.rowcount)

@@ -106,6 +106,23 @@ def test_key_selected_by_kid_among_several(client_key: ECKey) -> None:
         verify(make_assertion(client_key, kid="old"), clients)
 
 
+def test_a_key_replaced_under_the_same_kid_no_longer_verifies(client_key: ECKey) -> None:
+    """Imported keys are remembered by their JWK (issue 12): new key material under the old ``kid`` is
+    another key, so the old key's signatures are refused from the first request after the change."""
+    verify(make_assertion(client_key, kid="k1"), {CLIENT_ID: jwks_of(client_key, kid="k1")})
+    replacement = ec_key("P-384")
+    rotated = {CLIENT_ID: jwks_of(replacement, kid="k1")}
+    with pytest.raises(InvalidClient, match="registered key"):
+        verify(make_assertion(client_key, kid="k1"), rotated)
+    verify(make_assertion(replacement, kid="k1"), rotated)
+
+
+def test_a_key_dropped_from_the_registration_no_longer_verifies(client_key: ECKey) -> None:
+    verify(make_assertion(client_key), registry_of(client_key))
+    with pytest.raises(InvalidClient, match="registered key"):
+        verify(make_assertion(client_key), registry_of(ec_key("P-384")))
+
+
 def test_without_kid_every_matching_key_is_tried(client_key: ECKey) -> None:
     """HelseID's sample JWKs have no kid."""
     clients = {CLIENT_ID: {"keys": [public_jwk(ec_key("P-384")), public_jwk(client_key)]}}

@@ -34,6 +34,7 @@ from sharing_api.app import create_app
 from sharing_api.fhir.identifiers import FNR
 from sharing_api.services import Services
 from sharing_api.settings import Settings
+from sharing_api.store.clients import CLIENT_RECORD_MAX_AGE, ClientRegistry
 from sharing_api.store.schema import clients
 from tests.api_client import HOSPITAL, READ, ApiClient, Party
 from tests.auth import factories
@@ -216,6 +217,49 @@ def test_cla_02_disabled_client_is_invalid_client(te: TokenEndpoint, services: S
     services.clients.set_enabled("other-hospital", False)
     te.assert_refused(te.request_token(te.assertion("other-hospital")), 401, "invalid_client")
     te.assert_still_works("hospital")
+
+
+def _one_max_age_later(services: Services) -> None:
+    """The token worker's clock, moved on by the time its client records may be reused."""
+    started = services.clients.clock()
+    services.clients.clock = lambda: started + CLIENT_RECORD_MAX_AGE
+
+
+def test_cla_02_client_disabled_elsewhere_is_refused_within_the_records_max_age(
+    te: TokenEndpoint, services: Services
+) -> None:
+    """``dho-share clients disable`` runs in another process: the worker, which has just issued this
+    client a token, refuses it once its record is CLIENT_RECORD_MAX_AGE old (issue 12)."""
+    te.assert_still_works("other-hospital")
+    assert ClientRegistry(services.engine).set_enabled("other-hospital", False)
+    _one_max_age_later(services)
+    te.assert_refused(te.request_token(te.assertion("other-hospital")), 401, "invalid_client")
+    te.assert_still_works("hospital")
+
+
+def test_cla_01_rotated_client_key_is_refused_at_once(te: TokenEndpoint, client: ApiClient) -> None:
+    """A client re-registered with a new key through this process: the old key is refused from the
+    next request (the cached record and the imported key are both dropped or keyed by the key)."""
+    party = client.parties["hospital"]
+    old_key = party.key
+    te.assert_still_works("hospital")
+    party.key = ECKey.generate_key("P-256", private=True)
+    client.add_party(party)
+    refused_client(te, te.assertion("hospital", key=old_key))
+
+
+def test_cla_01_client_key_rotated_elsewhere_is_refused_within_the_records_max_age(
+    te: TokenEndpoint, client: ApiClient, services: Services
+) -> None:
+    party = client.parties["hospital"]
+    old_key = party.key
+    te.assert_still_works("hospital")
+    party.key = ECKey.generate_key("P-256", private=True)
+    ClientRegistry(services.engine).add(
+        party.client_id, orgnr=party.orgnr, jwks=party.jwks(), scopes=party.scopes
+    )
+    _one_max_age_later(services)
+    refused_client(te, te.assertion("hospital", key=old_key))
 
 
 # --- CLA-03 ----------------------------------------------------------------------------------------

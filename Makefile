@@ -5,6 +5,10 @@ BIN     = $(VENV)/bin
 # pytest-xdist workers for `make test` (auto: one per CPU). Each worker is its own pytest session, with
 # its own databases, Redis keys and servers (tests/conftest.py says how).
 TEST_WORKERS ?= auto
+# `make test` writes bytecode (to the ignored __pycache__ folders) even where the environment sets
+# PYTHONDONTWRITEBYTECODE: otherwise each worker re-rewrites the assertions of every test module and
+# pytest plugin (about 7 s of CPU per worker) and every server and command-line process the tests start
+# compiles the project again.
 
 .PHONY: help demo test lint bench clean
 
@@ -37,7 +41,7 @@ test: $(BIN)/dho-share tests/fhirjs/node_modules/.package-lock.json node_modules
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal --durations=10
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal --durations=10
 
 lint: $(BIN)/dho-share  ## ruff, mypy and the import contracts only
 	$(BIN)/ruff check .

@@ -191,11 +191,14 @@ def _remove_dot_segments(path: str) -> str:
     return "/" + "/".join(segments)
 
 
+@lru_cache(maxsize=4096)
 def normalise_htu(url: str) -> str:
     """An HTTP(S) URI reduced to what RFC 9449 §4.3 step 9 compares.
 
     Scheme and host lower-cased, default port (80/443) dropped, query and fragment dropped, empty path as
-    ``/``, dot segments removed, percent-encoding normalised (RFC 3986 §6.2.2, §6.2.3).
+    ``/``, dot segments removed, percent-encoding normalised (RFC 3986 §6.2.2, §6.2.3). A pure function
+    of the string, so answers are kept (bounded, least recently used dropped; a ``ValueError`` is
+    never kept): a request's URL and its proof's ``htu`` are usually the same few strings (issue 12).
 
     :raise ValueError: not an absolute http(s) URI with a host, or with user information.
     """

@@ -133,7 +133,8 @@ class ResourceGuard:
             nonce=self.nonce,
             allowed_algs=self.dpop_algs,
         )
-        caller = caller_from_claims(verified.claims)
+        # Built once per cached token: the Caller is a pure function of the verified claims (issue 12).
+        caller = self.verified_tokens.derived(token, verified, caller_from_claims)
         if self.state is None:
             return Admission(caller, None)
         rate = None

@@ -28,7 +28,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from joserfc import jwt
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
@@ -102,6 +102,7 @@ CLAIM_ORGNR_CHILD = "helseid://claims/client/claims/orgnr_child"  # point of car
 CLAIM_PID = "helseid://claims/identity/pid"
 CLAIM_HPR_NUMBER = "helseid://claims/hpr/hpr_number"
 CLAIM_SECURITY_LEVEL = "helseid://claims/identity/security_level"
+T = TypeVar("T")
 _STRING_CLAIMS = (CLAIM_ORGNR_PARENT, CLAIM_ORGNR_CHILD, CLAIM_PID, CLAIM_HPR_NUMBER, CLAIM_SECURITY_LEVEL)
 
 #: The verification key for a ``kid``, or ``None`` if unknown (our key set, or a cached external JWKS).
@@ -170,11 +171,15 @@ class VerifiedAccessToken:
         return parse_scope(self.claims.get("scope"))
 
 
+_NOT_DERIVED: Any = object()
+
+
 class VerifiedTokenCache:
     """Access tokens that passed :func:`verify_access_token`, by the SHA-256 of the token, until they
     expire (issue 12: the signature check and claim checks run once per token, not per request).
 
-    Only the token's own verification is remembered: revocation, the DPoP proof, its ``ath`` and the
+    Only the token's own verification is remembered, and what :meth:`derived` derives from its
+    claims alone (the :class:`~auth.caller.Caller`): revocation, the DPoP proof, its ``ath`` and the
     replay claim are still checked on every request by the caller. A hit is served only while
     ``exp + leeway > now``, exactly as :func:`verify_access_token` would decide; ``nbf``/``iat`` in
     the future never reach the cache (they fail verification). Bounded: when full, expired entries
@@ -183,24 +188,46 @@ class VerifiedTokenCache:
 
     def __init__(self, max_entries: int = 10_000):
         self.max_entries = max_entries
-        self._entries: dict[bytes, tuple[VerifiedAccessToken, float]] = {}
+        self._entries: dict[bytes, list[Any]] = {}
 
     @staticmethod
     def _key(token: str) -> bytes:
         return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
-    def verify(self, token: str, *, policy: TokenPolicy, keys: KeyLookup, now: float) -> VerifiedAccessToken:
-        """:func:`verify_access_token`, answered from the cache while the token is unexpired."""
+    def _entry(self, token: str, policy: TokenPolicy, keys: KeyLookup, now: float) -> list[Any]:
         key = self._key(token)
         hit = self._entries.get(key)
         if hit is not None and hit[0].claims.get("iss") == policy.issuer and now < hit[1]:
-            return hit[0]
+            return hit
         verified = verify_access_token(token, policy=policy, keys=keys, now=now)
         if len(self._entries) >= self.max_entries:
             live = {k: v for k, v in list(self._entries.items()) if v[1] > now}
             self._entries = live if len(live) < self.max_entries else {}
-        self._entries[key] = (verified, verified.expires_at + policy.leeway)
+        entry = [verified, verified.expires_at + policy.leeway, _NOT_DERIVED]
+        self._entries[key] = entry
+        return entry
+
+    def verify(self, token: str, *, policy: TokenPolicy, keys: KeyLookup, now: float) -> VerifiedAccessToken:
+        """:func:`verify_access_token`, answered from the cache while the token is unexpired."""
+        verified: VerifiedAccessToken = self._entry(token, policy, keys, now)[0]
         return verified
+
+    def derived(
+        self, token: str, verified: VerifiedAccessToken, derive: Callable[[Mapping[str, Any]], T]
+    ) -> T:
+        """``derive(verified.claims)`` for ``token`` as :meth:`verify` just answered it, computed once
+        per cached token (``derive`` must be a pure function of the verified claims; pass the same one
+        on every call). When ``derive`` raises, nothing is remembered and the next request derives
+        again; a token no longer cached is derived afresh."""
+        entry = self._entries.get(self._key(token))
+        if entry is None or entry[0] is not verified:
+            return derive(verified.claims)
+        found = entry[2]
+        if found is _NOT_DERIVED:
+            found = derive(verified.claims)
+            entry[2] = found
+        result: T = found
+        return result
 
 
 @dataclass(frozen=True, slots=True)

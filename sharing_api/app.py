@@ -32,6 +32,7 @@ from sharing_api.audit import sequencer
 from sharing_api.audit.actions import AuditAction, Outcome
 from sharing_api.audit.checkpoints import AuditSigner
 from sharing_api.audit.log import AuditLog
+from sharing_api.audit.pseudonym import PidHasher
 from sharing_api.auditing import Auditor, audit_facts
 from sharing_api.body_limit import BodyLimit
 from sharing_api.careplans.thresholds import breaches
@@ -185,7 +186,10 @@ def build_services(settings: Settings) -> Services:
     publisher = Publisher(observations, max_entries=settings.max_bundle_entries)
     tenants = TenantDirectory(engine, clock_skew_seconds=settings.clock_skew)
     access = AccessPolicy(policy)
-    auditor = Auditor(audit_log)
+    # R8 (self-access) compares keyed hashes of identity numbers; the key is the deployment's, so every
+    # worker and the console derive the same one (docs/console-rules.md).
+    self_access = KeysetFile(settings.signing_keys_path).derived_secret("audit-self-access")
+    auditor = Auditor(audit_log, PidHasher(self_access))
     subscriptions = SubscriptionStore(engine, _clock)
     notifications = Notifications(subscriptions)
     publisher.after_write = notifications.observations_written
@@ -486,5 +490,6 @@ def record_refusal(exc: FhirError) -> None:
         request=request_info(with_body=False),
         decision=decision,
         description=f"{exc.status}: {exc.issues[0].diagnostics}"[:200],
+        pid_hash=svc.auditor.pid_hash,
     )
     svc.auditor.record(facts)

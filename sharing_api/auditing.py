@@ -18,8 +18,9 @@ from sqlalchemy import Connection
 from auth.caller import Caller
 from consent.policy import Decision
 from sharing_api.audit.actions import AuditAction, Outcome
-from sharing_api.audit.events import AuditFacts, Coded, DecisionRef, SharingDecision
+from sharing_api.audit.events import AuditFacts, Coded, DecisionRef, SharingDecision, build_audit_events
 from sharing_api.audit.log import AuditLog
+from sharing_api.audit.pseudonym import PidHasher
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +70,11 @@ def audit_facts(
     decision: Decision | None = None,
     categories: Sequence[str] = (),
     description: str | None = None,
+    pid_hash: Callable[[str], str] | None = None,
 ) -> AuditFacts:
+    """The facts of one request. ``pid_hash`` (``Auditor.pid_hash``) turns the health worker's national
+    identity number into the keyed hash the event records for rule R8; the number itself never goes
+    into the facts."""
     attestation = caller.attestation if caller else None
     decision_ref = None
     if attestation is not None and attestation.decision_ref is not None:
@@ -86,6 +91,7 @@ def audit_facts(
         point_of_care=caller.point_of_care if caller else None,
         point_of_care_name=_name(attestation.point_of_care if attestation else None, caller, of_care=True),
         practitioner_hpr=caller.practitioner_hpr if caller else None,
+        practitioner_pid_hash=pid_hash(caller.pid) if pid_hash and caller and caller.pid else None,
         practitioner_authorization=_coded(attestation.authorization) if attestation else None,
         purpose_of_use=str(caller.purpose_of_use) if caller and caller.purpose_of_use else None,
         purpose_of_use_details=_coded(attestation.purpose_of_use_details) if attestation else None,
@@ -110,10 +116,14 @@ def audit_facts(
 
 
 class Auditor:
-    """Records facts in the tenant's log, inside a given transaction or in one of its own."""
+    """Records facts in the tenant's log, inside a given transaction or in one of its own.
 
-    def __init__(self, log: AuditLog):
+    ``pid_hash`` is the deployment's :class:`PidHasher` (the keyed hash of health workers' national
+    identity numbers, for rule R8); without one, events carry no such hash and R8 finds nothing."""
+
+    def __init__(self, log: AuditLog, pid_hash: PidHasher | None = None):
         self.log = log
+        self.pid_hash = pid_hash
         #: times each append (the ``/metrics`` histogram); set by ``create_app``
         self.timer: Callable[[], AbstractContextManager[None]] = nullcontext
 
@@ -122,6 +132,20 @@ class Auditor:
             self.log.record(conn, facts)
 
     def record(self, facts: AuditFacts) -> None:
-        """Record and commit now (before the response that it records is sent)."""
-        with self.timer(), self.log.engine.connect().execution_options(write=True) as conn, conn.begin():
-            self.log.record(conn, facts)
+        """Record and commit now (before the response that it records is sent).
+
+        On PostgreSQL the append runs in autocommit (issue 12): a request records one event
+        (``events.build_audit_events``) and ``AuditLog.append`` writes it with one INSERT, so that
+        statement is the whole transaction, and PostgreSQL commits it (durably, ``synchronous_commit``
+        on) before it answers; the BEGIN and COMMIT round trips are saved. Any error still propagates
+        before a byte of the response is sent. More than one event falls back to one transaction.
+        """
+        engine = self.log.engine
+        with self.timer():
+            events = build_audit_events(facts)  # what AuditLog.record appends, built once here
+            options: dict[str, object] = {"write": True}
+            if engine.dialect.name == "postgresql" and len(events) == 1:
+                options["isolation_level"] = "AUTOCOMMIT"
+            with engine.connect().execution_options(**options) as conn, conn.begin():
+                for event in events:
+                    self.log.append(conn, facts.tenant, event)

@@ -131,9 +131,10 @@ class Searcher:
             first = page.rows[0]
             records.append(self._cursor_record(ctx, query, Anchor(first[1], first[0], backwards=True)))
             relations.append("previous")
+        cursors = self.sessions.put_many(records)  # self, next and previous in one round trip
         links = [
-            {"relation": rel, "url": f"{ctx.base}/Observation?_cursor={self.sessions.put(rec)}"}
-            for rel, rec in zip(relations, records, strict=True)
+            {"relation": rel, "url": f"{ctx.base}/Observation?_cursor={cursor}"}
+            for rel, cursor in zip(relations, cursors, strict=True)
         ]
         resources = [subset(r[2], query.summary, query.elements) for r in page.rows]
         body = searchset(ctx.base, resources, total=total, links=links, ids=[r[0] for r in page.rows])

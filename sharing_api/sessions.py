@@ -24,6 +24,10 @@ from sharing_api.errors import ServiceUnavailable
 class SearchSessions(Protocol):
     def put(self, record: dict[str, Any]) -> str: ...
 
+    def put_many(self, records: list[dict[str, Any]]) -> list[str]:
+        """``put`` each record (a page's ``self``, ``next`` and ``previous``), in one round trip."""
+        ...
+
     def get(self, cursor: str) -> dict[str, Any] | None: ...
 
 
@@ -47,6 +51,9 @@ class LocalSessions:
             while len(self._data) > self.max_entries:
                 self._data.popitem(last=False)
         return cursor
+
+    def put_many(self, records: list[dict[str, Any]]) -> list[str]:
+        return [self.put(record) for record in records]
 
     def get(self, cursor: str) -> dict[str, Any] | None:
         with self._lock:
@@ -75,6 +82,22 @@ class RedisSessions:
         except redis.RedisError as exc:
             raise ServiceUnavailable("the search-session store is unavailable; retry shortly") from exc
         return cursor
+
+    def put_many(self, records: list[dict[str, Any]]) -> list[str]:
+        """One pipelined round trip for all the records (issue 12); any failure is the same 503."""
+        if len(records) == 1:
+            return [self.put(records[0])]
+        cursors = [new_cursor() for _ in records]
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for cursor, record in zip(cursors, records, strict=True):
+                pipe.set(self.prefix + cursor, orjson.dumps(record), ex=self.ttl)
+            stored = pipe.execute()
+        except redis.RedisError as exc:
+            raise ServiceUnavailable("the search-session store is unavailable; retry shortly") from exc
+        if not all(stored):
+            raise ServiceUnavailable("the search-session store did not keep a paging cursor; retry shortly")
+        return cursors
 
     def get(self, cursor: str) -> dict[str, Any] | None:
         try:

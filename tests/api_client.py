@@ -41,6 +41,8 @@ class Party:
     scopes: frozenset[str]
     point_of_care: str | None = None
     hpr: str | None = HPR
+    pid: str | None = None
+    """The health worker's national identity number in the attestation (``practitioner.identifier``)."""
     key: ECKey = field(default_factory=lambda: ECKey.generate_key("P-256", private=True))
 
     def jwks(self) -> dict[str, Any]:
@@ -94,6 +96,7 @@ class ApiClient:
                 point_of_care=party.point_of_care or party.orgnr,
                 patient=patient,
                 hpr_number=party.hpr,
+                practitioner_pid=party.pid,
                 purpose_of_use=purpose,
             )
         form = {

@@ -122,23 +122,38 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'dho.sqlite3'}"
         migrate(url)
+        construction_cache.share(url)
         yield url
+        construction_cache.dispose(url)
     else:
         gen = _postgres_database()
         url = next(gen)
         migrate(url)
+        construction_cache.share(url)
         yield url
+        construction_cache.dispose(url)
         gen.close()
 
 
+_DELETES: dict[str, str] = {}
+
+
 def empty_tables(url: str) -> None:
-    engine = make_engine(url)
-    with engine.begin() as conn:
+    """Delete every row of every table in one round trip (27 statements sent as one), on a pooled
+    connection of the session database's shared engine (tests/construction_cache.py)."""
+    with construction_cache.engine_for(url).connect() as conn:
+        deletes = _DELETES.get(conn.dialect.name)
+        if deletes is None:
+            tables = reversed(metadata.sorted_tables)
+            deletes = _DELETES[conn.dialect.name] = " ".join(f"{t.delete().compile(conn)};" for t in tables)
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None
         if conn.dialect.name == "postgresql":  # past the audit tables' append-only triggers (0004)
-            conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
-        for table in reversed(metadata.sorted_tables):
-            conn.execute(table.delete())
-    engine.dispose()
+            with dbapi.cursor() as cur:  # statements without parameters: one simple query
+                cur.execute(f"SET LOCAL session_replication_role = replica; {deletes}")
+            dbapi.commit()
+        else:
+            dbapi.executescript(f"BEGIN IMMEDIATE; {deletes} COMMIT;")  # type: ignore[attr-defined]
 
 
 def empty_observations(services: Services) -> None:
@@ -196,7 +211,8 @@ def app(settings: Settings) -> Iterator[Flask]:
                 valid_from=datetime(2020, 1, 1, tzinfo=UTC),
             )
     yield app
-    svc.engine.dispose()
+    if not construction_cache.is_shared(svc.engine):
+        svc.engine.dispose()
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from sharing_api import redis_connection
 from sharing_api.errors import ServiceUnavailable
 from sharing_api.sessions import LocalSessions, RedisSessions, SearchSessions
 from tests.conftest import REDIS_URL
@@ -54,9 +55,24 @@ def test_redis_records_expire() -> None:
 
 
 def test_redis_down_is_a_clear_503() -> None:
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    # The client the app makes (its timeouts and retries): redis-py's default retries a refused
+    # connection ten times with backoff, 8 s of sleeping in this test.
+    dead = redis_connection.connect("redis://127.0.0.1:1/0")
     store = RedisSessions(dead, ttl=30)
     with pytest.raises(ServiceUnavailable):
         store.put({"n": 1})
     with pytest.raises(ServiceUnavailable):
         store.get("x")
+
+
+def test_put_many_stores_each_record_under_its_own_cursor(store: SearchSessions) -> None:
+    records = [{"n": 1, "anchor": None}, {"n": 2, "anchor": ["a", "b", False]}, {"n": 3}]
+    cursors = store.put_many(records)
+    assert len(set(cursors)) == 3
+    assert [store.get(c) for c in cursors] == records
+
+
+def test_put_many_with_redis_down_is_a_clear_503() -> None:
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    with pytest.raises(ServiceUnavailable):
+        RedisSessions(dead, ttl=30).put_many([{"n": 1}, {"n": 2}])

@@ -66,6 +66,7 @@ from sharing_api.audit.actions import (
     Outcome,
     interaction_of,
 )
+from sharing_api.audit.pseudonym import PID_HASH_SYSTEM
 
 __all__ = [
     "ACTION_SYSTEM",
@@ -209,6 +210,8 @@ class AuditFacts:
     ``Observation/<id>``. ``server`` is how the API names itself (its public base URL), recorded as the
     server agent and ``source.site``. ``attested_at`` is the attestation's ``toa``;
     ``practitioner_authorization`` its ``practitioner.authorization`` (Volven 9060).
+    ``practitioner_pid_hash`` is the keyed hash of the health worker's national identity number
+    (``audit.pseudonym.PidHasher``), never the number: a value of any other shape is refused.
 
     Raises ``TypeError`` or ``ValueError`` for a value of the wrong kind, a naive ``recorded``, an
     unknown purpose of use, or any string that looks like a JWT.
@@ -224,6 +227,7 @@ class AuditFacts:
     point_of_care: str | None = None
     point_of_care_name: str | None = None
     practitioner_hpr: str | None = None
+    practitioner_pid_hash: str | None = None
     practitioner_name: str | None = None
     practitioner_authorization: Coded | None = None
     purpose_of_use: str | None = None
@@ -259,6 +263,8 @@ class AuditFacts:
             len(self.patient) != 2 or not all(isinstance(p, str) and p for p in self.patient)
         ):
             raise ValueError("patient must be (system, value), both non-empty strings")
+        if self.practitioner_pid_hash is not None and not _PID_HASH.fullmatch(self.practitioner_pid_hash):
+            raise ValueError("practitioner_pid_hash must be a PidHasher value, never the number itself")
         if self.query is not None and not isinstance(self.query, bytes):
             raise TypeError("query must be bytes, the request exactly as received")
         for name in ("data_categories", "resources"):
@@ -276,6 +282,8 @@ class AuditFacts:
                 raise ValueError("a reference looks like a token; tokens are never recorded (AUD-04)")
 
 
+_PID_HASH = re.compile(r"[0-9a-f]{8}\.[0-9a-f]{64}")
+
 _TEXT_FIELDS = (
     "client_id",
     "organisation",
@@ -283,6 +291,7 @@ _TEXT_FIELDS = (
     "point_of_care",
     "point_of_care_name",
     "practitioner_hpr",
+    "practitioner_pid_hash",
     "practitioner_name",
     "token_jti",
     "correlation_id",
@@ -372,6 +381,9 @@ def _contained(facts: AuditFacts) -> tuple[list[dict[str, Any]], dict[str, Any] 
         "id": "practitioner",
         "identifier": [{"system": HPR_SYSTEM, "value": facts.practitioner_hpr}],
     }
+    if facts.practitioner_pid_hash is not None:
+        # Never the national identity number itself: its keyed hash, for log-control rule R8 (self-access).
+        practitioner["identifier"].append({"system": PID_HASH_SYSTEM, "value": facts.practitioner_pid_hash})
     if facts.practitioner_name:
         practitioner["name"] = [{"text": facts.practitioner_name}]
     if facts.practitioner_authorization is not None:

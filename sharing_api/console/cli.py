@@ -111,7 +111,10 @@ def seed_and_measure(settings: Settings, tenant: str, days: int, seed: int) -> d
             def advance(done: int, total: int) -> None:
                 progress.update(task, completed=done, total=total)
 
-            result = seed_month(svc.audit_log, tenant, days, seed=seed, end=end, progress=advance)
+            hasher = svc.auditor.pid_hash
+            result = seed_month(
+                svc.audit_log, tenant, days, seed=seed, end=end, progress=advance, pid_hash=hasher
+            )
         run = rules.run(svc, tenant, end - timedelta(days=days + 1), end + timedelta(days=1))
         false = [f for f in run.flags if not any(planted_flag(v) for v in _tags(svc, tenant, f.seqs))]
         detected = {t for f in run.flags for t in _tags(svc, tenant, f.seqs) if planted_flag(t)}

@@ -16,8 +16,11 @@ import orjson
 
 from sharing_api.audit.actions import EMERGENCY_PURPOSES, Outcome
 from sharing_api.audit.log import Entry
+from sharing_api.audit.pseudonym import PID_HASH_SYSTEM
 
 __all__ = ["EntryView", "view_of"]
+
+_SUCCESS: str = Outcome.SUCCESS.value  # read once: the rules ask every access (an Enum lookup each time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +47,13 @@ class EntryView:
     jti: str | None
     description: str | None
     correlation_id: str | None = None
+    pid_hash: str | None = None
+    """The keyed hash of the health worker's national identity number (``audit.pseudonym``), never
+    the number; rule R8 compares it with the same hash of ``patient_value``."""
 
     @property
     def permitted(self) -> bool:
-        return self.outcome == Outcome.SUCCESS.value
+        return self.outcome == _SUCCESS
 
     @property
     def emergency(self) -> bool:
@@ -104,6 +110,10 @@ def view_of(entry: Entry) -> EntryView:
     location = _resolve(event, (role.get("location") or [{}])[0])
     place = _resolve(event, location.get("managingOrganization")) if location else {}
     service = ((role.get("code") or [{}])[0].get("coding") or [{}])[0]
+    pid_hash = None
+    for ident in practitioner.get("identifier") or []:
+        if isinstance(ident, dict) and ident.get("system") == PID_HASH_SYSTEM:
+            pid_hash = _text(ident.get("value"))
     details = None
     for purpose in event.get("purposeOfEvent", []):
         for coding in purpose.get("coding", [])[1:]:
@@ -157,4 +167,5 @@ def view_of(entry: Entry) -> EntryView:
         jti=jti,
         description=_text(event.get("outcomeDesc")),
         correlation_id=correlation,
+        pid_hash=pid_hash,
     )

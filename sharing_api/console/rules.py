@@ -2,14 +2,21 @@
 
 An access is *explained*, and no rule looks at it, when all of these hold: it was permitted, its purpose
 is TREAT or COC, and it is the controller's own organisation or an agreement covers the consumer, the
-data categories and the purpose at that moment. The rest goes through the rules. R1, R2, R4, R8 and R13
+data categories and the purpose at that moment. The rest goes through the rules. R1, R2, R4 and R13
 fire on their own; R6, R7, R9 and R12 are *weak* signals that only surface together (two or more on
 one access), following the OUS weighted-score design and Hedda et al.'s finding that single weak rules
 over-fire. R10 fires on every unexplained access to a patient on the tenant's watch list
 (``console_watchlist``, kept with ``dho-share audit-rules watch``). Each rule can be switched off and
-its threshold changed per tenant (``console_rule_settings``). Two rules need data the log does not
-hold and are listed as such, never silently "passing": R8 (the health worker's own identity number is
-not recorded) and R9 (the log holds no patient names); docs/console-rules.md says what each would need.
+its threshold changed per tenant (``console_rule_settings``). A rule that lacks its data is listed as
+such (``RuleRun.needs``), never silently "passing": R9 (the log holds no patient names), and R8 when no
+self-access key is given. R8 (self-access) fires on its own on *every* access, explained or not: it
+compares the keyed hash of the health worker's identity number the event records (``audit.pseudonym``)
+with the same hash of the patient's identifier, and never shows either number (docs/console-rules.md);
+accesses hashed under another key are counted (``RuleRun.other_key``), not passed.
+
+``run`` reads the accesses as ``access_rows`` cuts them out of the event bytes (no JSON parsing) and
+builds sentences only for the hits shown (``explain_shown``); ``run_views`` is the same rules over any
+views (the tests feed it synthetic ones, and ``views_in``'s fully parsed ones as the reference).
 
 A hit is a ``Flag`` with one sentence saying why it needs review ("krever vurdering": never proof).
 Triage (explained with a note, escalated, reopened) is stored in ``console_triage`` and recorded in
@@ -18,11 +25,13 @@ the audit log by the console (``AuditAction.AUDIT_TRIAGE``).
 
 from __future__ import annotations
 
+import bisect
+import hmac
 import itertools
 import re
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -31,6 +40,7 @@ from sqlalchemy import Engine, delete, insert, select
 
 from sharing_api.audit.actions import READ_ACTIONS, AuditAction
 from sharing_api.audit.control import AgreementPeriod
+from sharing_api.audit.pseudonym import PidHasher, key_tag_of
 from sharing_api.console.aggregates import OSLO
 from sharing_api.console.reading import EntryView, view_of
 from sharing_api.store.schema import console_rule_settings, console_triage, console_watchlist
@@ -65,13 +75,7 @@ RULES: dict[str, Rule] = {
         Rule("R5", "Uvanlig mange pasienter per dag", "medium", 20),
         Rule("R6", "Første kontakt uten tidligere relasjon", "low", None, weak=True),
         Rule("R7", "Utenfor arbeidstid (23-06, helg)", "low", None, weak=True),
-        Rule(
-            "R8",
-            "Oppslag på seg selv",
-            "high",
-            None,
-            needs="the health worker's identity number (not in the token or the log; docs/console-rules.md)",
-        ),
+        Rule("R8", "Oppslag på seg selv", "high", None),
         Rule(
             "R9",
             "Samme etternavn",
@@ -87,6 +91,12 @@ RULES: dict[str, Rule] = {
         Rule("R14", "Masseuttrekk (søk med mange treff)", "medium", 50),
     )
 }
+
+NEEDS: dict[str, str] = {
+    **{rid: r.needs for rid, r in RULES.items() if r.needs},
+    "R8": "the deployment's self-access key (no PidHasher given; docs/console-rules.md)",
+}
+"""Rules that cannot run, and what they lack; R8 runs whenever the deployment's key is given."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +115,9 @@ class Flag:
     hpr: str | None
     organisation: str | None
     seqs: list[int] = field(default_factory=list)
+    say: Callable[[EntryView], str] | None = field(default=None, repr=False, compare=False)
+    """Builds ``sentence`` from the full view of ``named`` (``explain``): names only for hits shown."""
+    named: EntryView | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(slots=True)
@@ -114,6 +127,10 @@ class RuleRun:
     flags: list[Flag]
     counts: dict[str, int]
     settings: dict[str, Setting]
+    needs: dict[str, str] = field(default_factory=dict)
+    """Rules that could not run on this log, and what they lack."""
+    other_key: int = 0
+    """Accesses whose identity-number hash was made under another key than today's (R8 cannot compare)."""
 
     @property
     def per_thousand(self) -> float:
@@ -275,15 +292,40 @@ def views_in(services: Services, tenant: str, start: datetime, end: datetime) ->
         after = page[-1].seq
 
 
-def run(services: Services, tenant: str, start: datetime, end: datetime) -> RuleRun:
-    """Every enabled rule over ``tenant``'s log in ``[start, end)``."""
-    return run_views(
-        list(views_in(services, tenant, start, end)),
+def run(
+    services: Services, tenant: str, start: datetime, end: datetime, *, explain_all: bool = True
+) -> RuleRun:
+    """Every enabled rule over ``tenant``'s log in ``[start, end)``, on the accesses as
+    ``access_rows`` cuts them out of the event bytes. Without ``explain_all`` the hits have no sentence yet:
+    ``explain_shown`` gives them to the hits a page shows (reading only those events whole)."""
+    from sharing_api.console.access_rows import access_views
+
+    result = run_views(
+        access_views(services, tenant, start, end),
         tenant,
         covers(services, tenant),
         settings_of(services.engine, tenant),
         watched(services.engine, tenant),
+        services.auditor.pid_hash,
+        explain_all=False,
     )
+    if explain_all:
+        explain_shown(services, tenant, result.flags)
+    return result
+
+
+def explain_shown(services: Services, tenant: str, flags: list[Flag]) -> list[Flag]:
+    """Sentences for ``flags``, naming health workers and organisations from their full events."""
+    from sharing_api.console.access_rows import full_views
+
+    full = full_views(services, tenant, [f.named.seq for f in flags if f.named and f.named.seq is not None])
+    return explain(flags, lambda v: full.get(v.seq, v) if v.seq is not None else v)
+
+
+def _window(items: list[EntryView], i: int, span: timedelta) -> list[EntryView]:
+    """``items[i]`` and the items after it within ``span`` of it (``items`` sorted by time)."""
+    until = items[i].recorded + span
+    return items[i : bisect.bisect_right(items, until, lo=i, key=lambda x: x.recorded)]
 
 
 def _results(view: EntryView) -> int | None:
@@ -297,9 +339,15 @@ def run_views(
     agreements: list[Cover],
     settings: dict[str, Setting],
     watch_list: dict[str, str] | None = None,
+    pid_hash: PidHasher | None = None,
+    *,
+    explain_all: bool = True,
 ) -> RuleRun:
-    """The rules over already read entries (pure: tests feed synthetic entries)."""
-    on = {rid for rid, s in settings.items() if s.enabled and not RULES[rid].needs}
+    """The rules over already read entries (pure: tests feed synthetic entries). With ``explain_all``
+    every hit gets its sentence now; without, ``explain`` gives them for the hits shown (the views may
+    then be the thin ones of ``access_rows``, without names)."""
+    needs = dict(NEEDS) if pid_hash is None else {k: v for k, v in NEEDS.items() if k != "R8"}
+    on = {rid for rid, s in settings.items() if s.enabled and rid not in needs}
 
     def limit(rid: str) -> int:
         return settings[rid].threshold or RULES[rid].threshold or 1
@@ -315,7 +363,12 @@ def run_views(
     per_event: dict[int, list[str]] = defaultdict(list)
     flags: list[Flag] = []
 
-    def add(rids: tuple[str, ...], sentence: str, evidence: list[EntryView], severity: str) -> None:
+    def add(
+        rids: tuple[str, ...],
+        say: Callable[[EntryView], str],
+        evidence: list[EntryView],
+        severity: str,
+    ) -> None:
         first = evidence[0]
         key = f"{'+'.join(rids)}:{first.seq if first.seq is not None else int(first.recorded.timestamp())}"
         flags.append(
@@ -323,36 +376,70 @@ def run_views(
                 key,
                 rids,
                 severity,
-                sentence,
+                "",
                 first.recorded,
                 first.agent_hpr,
                 first.organisation,
                 [v.seq for v in evidence if v.seq is not None],
+                say=say,
+                named=first,
             )
         )
 
+    def who(n: EntryView) -> str:
+        return n.practitioner_name or n.agent_hpr or n.client_id or "ukjent"
+
+    def org(n: EntryView) -> str:
+        return n.organisation_name or n.organisation or "ukjent virksomhet"
+
+    other_key = 0
+    if "R8" in on and pid_hash is not None:
+        # Every access, explained or not: an agreement and a treatment purpose are exactly what a health
+        # worker looking themself up would claim. The identity number is never in the sentence.
+        hashed: dict[str, str] = {}
+        for v in accesses:
+            if not (v.pid_hash and v.patient_value):
+                continue
+            if key_tag_of(v.pid_hash) != pid_hash.key_tag:
+                other_key += 1
+                continue
+            mine = hashed.get(v.patient_value)
+            if mine is None:
+                mine = hashed[v.patient_value] = pid_hash(v.patient_value)
+            if hmac.compare_digest(v.pid_hash, mine):
+                add(
+                    ("R8",),
+                    lambda n: f"{who(n)} ({org(n)}) slo opp seg selv: samme fødselsnummer som pasienten.",
+                    [v],
+                    "high",
+                )
     for v in rest:
-        who = v.practitioner_name or v.agent_hpr or v.client_id or "ukjent"
-        org = v.organisation_name or v.organisation or "ukjent virksomhet"
         if "R1" in on and v.emergency:
             add(
                 ("R1",),
-                f"{who} ({org}) brukte nødrett ({v.purpose}); krever vurdering innen 7 dager.",
+                lambda n: (
+                    f"{who(n)} ({org(n)}) brukte nødrett ({n.purpose}); krever vurdering innen 7 dager."
+                ),
                 [v],
                 "high",
             )
         if "R2" in on and not v.permitted and "blocked-practitioner" in v.reasons:
             add(
                 ("R2",),
-                f"{who} ({org}) ble stoppet av pasientens sperre mot navngitt helsepersonell.",
+                lambda n: (
+                    f"{who(n)} ({org(n)}) ble stoppet av pasientens sperre mot navngitt helsepersonell."
+                ),
                 [v],
                 "high",
             )
         if "R10" in on and v.patient_value and v.patient_value in (watch_list or {}):
+            reason = (watch_list or {})[v.patient_value]
             add(
                 ("R10",),
-                f"{who} ({org}) slo opp en pasient på overvåkingslisten"
-                f" ({(watch_list or {})[v.patient_value]}) uten at avtale og formål forklarer det.",
+                lambda n, reason=reason: (
+                    f"{who(n)} ({org(n)}) slo opp en pasient på overvåkingslisten"  # type: ignore[misc]
+                    f" ({reason}) uten at avtale og formål forklarer det."
+                ),
                 [v],
                 "medium",
             )
@@ -363,7 +450,9 @@ def run_views(
             what = "fikk data" if v.permitted else "prøvde å hente data"
             add(
                 ("R4",),
-                f"{org} {what} uten en gyldig avtale som dekker formål og datakategori.",
+                lambda n, what=what: (  # type: ignore[misc]
+                    f"{org(n)} {what} uten en gyldig avtale som dekker formål og datakategori."
+                ),
                 [v],
                 severity,
             )
@@ -383,16 +472,14 @@ def run_views(
             seen.add(key)
 
     by_id = {id(v): v for v in rest}
+    words = {"R6": "første kontakt", "R7": "utenfor arbeidstid", "R12": "selvautorisert"}
     for vid, weak in per_event.items():
         if len(weak) >= 2 and vid in by_id:
-            v = by_id[vid]
-            words = {"R6": "første kontakt", "R7": "utenfor arbeidstid", "R12": "selvautorisert"}
+            said = " og ".join(words[w] for w in sorted(weak))
             add(
                 tuple(sorted(weak)),
-                f"{v.practitioner_name or v.agent_hpr}: "
-                + " og ".join(words[w] for w in sorted(weak))
-                + " i samme oppslag.",
-                [v],
+                lambda n, said=said: f"{n.practitioner_name or n.agent_hpr}: {said} i samme oppslag.",  # type: ignore[misc]
+                [by_id[vid]],
                 "medium",
             )
 
@@ -402,14 +489,25 @@ def run_views(
             by_hpr[v.agent_hpr].append(v)
     for hpr, items in by_hpr.items():
         items.sort(key=lambda x: x.recorded)
-        name = items[0].practitioner_name or hpr
+
+        def name(n: EntryView, hpr: str = hpr) -> str:
+            return n.practitioner_name or hpr
+
         if "R3" in on:
             refused = [v for v in items if not v.permitted]
             flagged_until = None
             for i, v in enumerate(refused):
-                window = [w for w in refused[i:] if w.recorded - v.recorded <= timedelta(hours=24)]
+                window = _window(refused, i, timedelta(hours=24))
                 if len(window) >= limit("R3") and (flagged_until is None or v.recorded > flagged_until):
-                    add(("R3",), f"{name} ble avvist {len(window)} ganger innen 24 timer.", window, "medium")
+                    count = len(window)
+                    add(
+                        ("R3",),
+                        lambda n, count=count, name=name: (  # type: ignore[misc]
+                            f"{name(n)} ble avvist {count} ganger innen 24 timer."
+                        ),
+                        window,
+                        "medium",
+                    )
                     flagged_until = window[-1].recorded
         if "R5" in on:
             per_day: dict[object, list[EntryView]] = defaultdict(list)
@@ -419,9 +517,12 @@ def run_views(
             for day, day_items in sorted(per_day.items(), key=lambda kv: str(kv[0])):
                 patients = {v.patient_value for v in day_items if v.patient_value}
                 if len(patients) > limit("R5"):
+                    seen_n, most = len(patients), limit("R5")
                     add(
                         ("R5",),
-                        f"{name} så {len(patients)} ulike pasienter {day} (grense {limit('R5')}).",
+                        lambda n, seen_n=seen_n, day=day, most=most, name=name: (  # type: ignore[misc]
+                            f"{name(n)} så {seen_n} ulike pasienter {day} (grense {most})."
+                        ),
                         day_items,
                         "medium",
                     )
@@ -433,7 +534,12 @@ def run_views(
                     and a.organisation != b.organisation
                     and b.recorded - a.recorded <= timedelta(minutes=10)
                 ):
-                    add(("R13",), f"{name} var aktiv fra to virksomheter innen 10 minutter.", [a, b], "high")
+                    add(
+                        ("R13",),
+                        lambda n, name=name: f"{name(n)} var aktiv fra to virksomheter innen 10 minutter.",  # type: ignore[misc]
+                        [a, b],
+                        "high",
+                    )
                     break
     if "R13" in on:
         clients_of: dict[str, set[str]] = defaultdict(set)
@@ -444,30 +550,35 @@ def run_views(
                 first_of.setdefault(v.jti, v)
         for jti, clients in clients_of.items():
             if len(clients) > 1:
-                add(("R13",), "Samme token (jti) ble brukt av to klienter.", [first_of[jti]], "high")
+                add(("R13",), _same_jti, [first_of[jti]], "high")
     if "R11" in on or "R14" in on:
-        for v in accesses:
-            n = _results(v)
-            if "R14" in on and n is not None and n >= limit("R14") and v.action in READ_ACTIONS:
+        results = [(v, _results(v)) for v in accesses if v.description]
+        for v, found in results:
+            if "R14" in on and found is not None and found >= limit("R14") and v.action in READ_ACTIONS:
                 add(
                     ("R14",),
-                    f"Et søk fra {v.organisation_name or v.organisation} ga {n} treff.",
+                    lambda n, found=found: (  # type: ignore[misc]
+                        f"Et søk fra {n.organisation_name or n.organisation} ga {found} treff."
+                    ),
                     [v],
                     "medium",
                 )
         empty: dict[str, list[EntryView]] = defaultdict(list)
-        for v in accesses:
-            if _results(v) == 0:
+        for v, found in results:
+            if found == 0:
                 empty[v.agent_hpr or v.client_id or "?"].append(v)
         if "R11" in on:
-            for who, items in empty.items():
+            for searcher, items in empty.items():
                 items.sort(key=lambda x: x.recorded)
-                for i, v in enumerate(items):
-                    window = [w for w in items[i:] if w.recorded - v.recorded <= timedelta(hours=1)]
+                for i in range(len(items)):
+                    window = _window(items, i, timedelta(hours=1))
                     if len({w.patient_value for w in window}) >= limit("R11"):
+                        count = len(window)
                         add(
                             ("R11",),
-                            f"{who} søkte på {len(window)} pasienter uten treff innen en time.",
+                            lambda n, searcher=searcher, count=count: (  # type: ignore[misc]
+                                f"{searcher} søkte på {count} pasienter uten treff innen en time."
+                            ),
                             window,
                             "medium",
                         )
@@ -477,4 +588,18 @@ def run_views(
         for r in f.rules:
             counts[r] += 1
     flags.sort(key=lambda f: ({"critical": 0, "high": 1, "medium": 2, "low": 3}[f.severity], f.when))
-    return RuleRun(len(accesses), len(explained), flags, dict(counts), settings)
+    if explain_all:
+        explain(flags, lambda v: v)
+    return RuleRun(len(accesses), len(explained), flags, dict(counts), settings, needs, other_key)
+
+
+def _same_jti(_: EntryView) -> str:
+    return "Samme token (jti) ble brukt av to klienter."
+
+
+def explain(flags: list[Flag], look: Callable[[EntryView], EntryView]) -> list[Flag]:
+    """Give ``flags`` their sentences, naming through ``look`` (a thin view -> the full view)."""
+    for f in flags:
+        if f.say is not None and f.named is not None:
+            f.sentence = f.say(look(f.named))
+    return flags

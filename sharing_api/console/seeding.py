@@ -8,12 +8,16 @@ few look-ups in the evening, a few self-selected care relations, now and then a 
 inappropriate accesses (each with ``correlation_id`` ``planted-<rule>-<n>``, so the measurement can tell
 them apart; the rules never read it): an emergency access (R1), a hit on a patient's block (R2),
 repeated refusals (R3), a read by an organisation without an agreement (R4), a night of snooping on
-many patients (R5, R7), two legal entities within minutes (R13), and a search with many results (R14).
-All identity numbers are synthetic (month + 80, as the project's other synthetic data).
+many patients (R5, R7), two legal entities within minutes (R13), a search with many results (R14),
+and a health worker looking up themself (R8: the patient's identifier is the worker's own identity
+number; the event records only the keyed hash ``pid_hash`` makes of it). All identity numbers are
+synthetic (month + 80, as the project's other synthetic data); the health workers' own numbers come
+from a range no seeded patient uses, so only the planted look-up is a self-access.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -58,6 +62,7 @@ class _Worker:
     consumer: tuple[str, str, str, str, str]
     panel: list[str]
     client: str
+    pid: str = ""
 
 
 def planted_flag(correlation_id: str | None) -> bool:
@@ -78,6 +83,7 @@ def _facts(
     results: int = 1,
     tag: str,
     n: int,
+    pid_hash: Callable[[str], str] | None = None,
 ) -> AuditFacts:
     org, org_name, unit, service, service_name = consumer or worker.consumer
     return AuditFacts(
@@ -90,6 +96,7 @@ def _facts(
         organisation_name=org_name,
         point_of_care=unit,
         practitioner_hpr=worker.hpr,
+        practitioner_pid_hash=pid_hash(worker.pid) if pid_hash and worker.pid else None,
         practitioner_name=worker.name,
         purpose_of_use=purpose,
         healthcare_service=Coded(
@@ -109,7 +116,9 @@ def _facts(
     )
 
 
-def _month(tenant: str, days: int, end: datetime, rng: random.Random) -> Iterator[AuditFacts]:
+def _month(
+    tenant: str, days: int, end: datetime, rng: random.Random, pid_hash: Callable[[str], str] | None
+) -> Iterator[AuditFacts]:
     workers = []
     n_patient = 0
     for i in range(12):
@@ -117,7 +126,8 @@ def _month(tenant: str, days: int, end: datetime, rng: random.Random) -> Iterato
         panel = [_fnr(n_patient + k) for k in range(25)]
         n_patient += 25
         name = f"{FIRST[i]} {LAST[i % len(LAST)]}"
-        workers.append(_Worker(f"9{100000 + i * 7919:06d}", name, consumer, panel, f"{consumer[0]}-epj"))
+        hpr = f"9{100000 + i * 7919:06d}"
+        workers.append(_Worker(hpr, name, consumer, panel, f"{consumer[0]}-epj", _fnr(50_000 + i)))
     n = 0
     start_day = (end - timedelta(days=days)).astimezone(OSLO).date()
     for d in range(days):
@@ -134,7 +144,15 @@ def _month(tenant: str, days: int, end: datetime, rng: random.Random) -> Iterato
                 n += 1
                 if rng.random() < 0.01:
                     yield _facts(
-                        tenant, when, w, patient, permit=False, reasons=("no-consent",), tag=f"n-{n}", n=n
+                        tenant,
+                        when,
+                        w,
+                        patient,
+                        permit=False,
+                        reasons=("no-consent",),
+                        tag=f"n-{n}",
+                        n=n,
+                        pid_hash=pid_hash,
                     )
                     continue
                 yield _facts(
@@ -147,13 +165,19 @@ def _month(tenant: str, days: int, end: datetime, rng: random.Random) -> Iterato
                     results=rng.randint(1, 12),
                     tag=f"n-{n}",
                     n=n,
+                    pid_hash=pid_hash,
                 )
     if days >= 7:  # the planted accesses fall in the last week of the period
-        yield from _planted(tenant, workers, start_day, days, n)
+        yield from _planted(tenant, workers, start_day, days, n, pid_hash)
 
 
 def _planted(
-    tenant: str, workers: list[_Worker], start_day: object, days: int, n: int
+    tenant: str,
+    workers: list[_Worker],
+    start_day: object,
+    days: int,
+    n: int,
+    pid_hash: Callable[[str], str] | None,
 ) -> Iterator[AuditFacts]:
     assert isinstance(start_day, type(datetime.now().date()))
     mid = start_day + timedelta(days=days - 7)
@@ -161,11 +185,12 @@ def _planted(
     def at(day_offset: int, hour: int, minute: int = 0) -> datetime:
         return datetime.combine(mid + timedelta(days=day_offset), time(hour, minute), OSLO)
 
+    facts = functools.partial(_facts, pid_hash=pid_hash)
     w0, w1, w2, w3 = workers[0], workers[1], workers[2], workers[3]
     n += 1
-    yield _facts(tenant, at(0, 10), w0, w0.panel[20], purpose="ETREAT", tag="planted-R1-1", n=n)
+    yield facts(tenant, at(0, 10), w0, w0.panel[20], purpose="ETREAT", tag="planted-R1-1", n=n)
     n += 1
-    yield _facts(
+    yield facts(
         tenant,
         at(1, 11),
         w1,
@@ -177,7 +202,7 @@ def _planted(
     )
     for k in range(4):
         n += 1
-        yield _facts(
+        yield facts(
             tenant,
             at(2, 9, 10 * k),
             w2,
@@ -188,20 +213,24 @@ def _planted(
             n=n,
         )
     n += 1
-    yield _facts(tenant, at(3, 13), w3, w3.panel[1], consumer=NO_AGREEMENT, tag="planted-R4-1", n=n)
+    yield facts(tenant, at(3, 13), w3, w3.panel[1], consumer=NO_AGREEMENT, tag="planted-R4-1", n=n)
     snoop = workers[4]
     others = [p for w in workers[5:] for p in w.panel]
     for k in range(25):
         n += 1
-        yield _facts(
+        yield facts(
             tenant, at(4, 23, 2 * k) - timedelta(hours=1), snoop, others[k], tag=f"planted-R5-{k}", n=n
         )
     n += 1
-    yield _facts(tenant, at(5, 10, 0), w1, w1.panel[2], tag="planted-R13-a", n=n)
+    yield facts(tenant, at(5, 10, 0), w1, w1.panel[2], tag="planted-R13-a", n=n)
     n += 1
-    yield _facts(tenant, at(5, 10, 5), w1, w1.panel[2], consumer=CONSUMERS[2], tag="planted-R13-b", n=n)
+    yield facts(tenant, at(5, 10, 5), w1, w1.panel[2], consumer=CONSUMERS[2], tag="planted-R13-b", n=n)
     n += 1
-    yield _facts(tenant, at(6, 14), w2, w2.panel[0], results=80, tag="planted-R14-1", n=n)
+    yield facts(tenant, at(6, 14), w2, w2.panel[0], results=80, tag="planted-R14-1", n=n)
+    if pid_hash is not None:  # a nurse looks up her own measurements, in working hours, for "treatment"
+        me = workers[6]
+        n += 1
+        yield facts(tenant, at(2, 13, 30), me, me.pid, tag="planted-R8-1", n=n)
 
 
 def seed_month(
@@ -212,12 +241,14 @@ def seed_month(
     seed: int = 1,
     end: datetime | None = None,
     progress: Callable[[int, int], None] | None = None,
+    pid_hash: Callable[[str], str] | None = None,
 ) -> SeedResult:
     """Append a synthetic ``days`` of look-ups (module docstring) to ``tenant``'s log, ending at ``end``
     (default now), in batches of 500 events per transaction; then sequence them. ``progress(done,
-    total)`` is called after each batch."""
+    total)`` is called after each batch. ``pid_hash`` (the deployment's ``Auditor.pid_hash``) records
+    the health workers' identity numbers as the API does, and plants the self-access (R8)."""
     rng = random.Random(seed)  # noqa: S311 (reproducible synthetic data, not secrets)
-    all_facts = list(_month(tenant, days, end or datetime.now(UTC), rng))
+    all_facts = list(_month(tenant, days, end or datetime.now(UTC), rng, pid_hash))
     engine: Engine = log.engine
     if all_facts:  # PostgreSQL: the months of the period need their partitions (store.audit_partitions)
         first = audit_partitions.Month.of(min(f.recorded for f in all_facts))

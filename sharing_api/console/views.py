@@ -40,7 +40,7 @@ from flask import (
 from sharing_api.audit.actions import PURPOSES_OF_USE, AuditAction, Outcome
 from sharing_api.audit.events import AuditFacts
 from sharing_api.audit.log import Entry
-from sharing_api.console import actors, aggregates, charts, flows, integrity, rules, workforce
+from sharing_api.console import actors, aggregates, cases, charts, flows, integrity, rules, workforce
 from sharing_api.console.accounts import Auditor, AuditorAccounts
 from sharing_api.console.disclosure import DISCLOSED_ACTIONS, episodes
 from sharing_api.console.lockout import Lock, LoginGuard, LoginGuardUnavailable
@@ -573,7 +573,7 @@ REVIEW_PAGE = 100
 def review() -> str:
     tenant = session().tenant
     start, end = _period()
-    result = rules.run(services(), tenant, start, end)
+    result = rules.run(services(), tenant, start, end, explain_all=False)
     triage = rules.triage_states(services().engine, tenant)
     pages = max(1, -(-len(result.flags) // REVIEW_PAGE))
     try:
@@ -581,6 +581,7 @@ def review() -> str:
     except ValueError:
         abort(400, "page: a page number")
     shown = result.flags[(page - 1) * REVIEW_PAGE : page * REVIEW_PAGE]
+    rules.explain_shown(services(), tenant, shown)
     return render_template(
         "console/review.html",
         result=result,
@@ -606,7 +607,58 @@ def review_triage() -> Any:
         abort(400, "note: an explanation is required to mark a hit explained")
     rules.set_triage(services().engine, session().tenant, flag, state, note, session().username)
     _record(AuditAction.AUDIT_TRIAGE, f"triage {flag} -> {state}: {note}")
+    if state == "escalated":  # "Opprett sak": the hit becomes a case with its events attached
+        try:
+            seqs = [int(s) for s in request.form.get("seqs", "").split()]
+            case_id = cases.open_case(
+                services().engine, session().tenant, flag, seqs, note or "sak opprettet", session().username
+            )
+        except (ValueError, cases.CaseError) as exc:
+            abort(400, str(exc) if isinstance(exc, cases.CaseError) else "seqs: event indexes")
+        _record(AuditAction.AUDIT_TRIAGE, f"case {case_id} opened from {flag}")
+        return redirect(url_for("console.case_page", case_id=case_id), code=303)
     return redirect(url_for("console.review"), code=303)
+
+
+@bp.get("/cases")
+@login_required
+def cases_page() -> str:
+    found = cases.cases(services().engine, session().tenant)
+    return render_template(
+        "console/cases.html", cases=found, states=cases.STATES, outcomes=cases.OUTCOMES, at=_at
+    )
+
+
+@bp.get("/cases/<int:case_id>")
+@login_required
+def case_page(case_id: int) -> str:
+    found = cases.case(services().engine, session().tenant, case_id)
+    if found is None:
+        abort(404, "no such case in your log control")
+    return render_template(
+        "console/case.html", case=found, states=cases.STATES, outcomes=cases.OUTCOMES, at=_at
+    )
+
+
+@bp.post("/cases/<int:case_id>")
+@login_required
+def case_change(case_id: int) -> Any:
+    state = request.form.get("state", "")
+    outcome = request.form.get("outcome") or None
+    note = request.form.get("note", "")
+    try:
+        cases.change(services().engine, session().tenant, case_id, state, outcome, note, session().username)
+    except cases.CaseError as exc:
+        abort(400, str(exc))
+    except LookupError:
+        abort(404, "no such case in your log control")
+    closed = f" ({outcome})" if outcome and state == "closed" else ""
+    _record(AuditAction.AUDIT_TRIAGE, f"case {case_id} -> {state}{closed}: {note}")
+    return redirect(url_for("console.case_page", case_id=case_id), code=303)
+
+
+def _at(micros: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
 
 
 @bp.get("/report")

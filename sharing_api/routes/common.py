@@ -126,6 +126,7 @@ def audit(
         decision=decision,
         categories=sorted(decision.categories) if decision is not None and decision.categories else (),
         description=description,
+        pid_hash=services().auditor.pid_hash,
     )
     auditor = services().auditor
     if conn is not None:

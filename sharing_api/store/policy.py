@@ -17,7 +17,19 @@ from typing import Any
 import orjson
 from fhir.resources.R4B.consent import Consent as FhirConsent
 from pydantic import ValidationError
-from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    LargeBinary,
+    bindparam,
+    insert,
+    literal_column,
+    null,
+    select,
+    type_coerce,
+    union_all,
+    update,
+)
 
 from consent.fhir_consent import ConsentFormatError, directive_from_fhir, directive_to_fhir
 from consent.model import (
@@ -82,22 +94,54 @@ def _agreement(row: Any) -> SharingAgreement:
     )
 
 
-# What every sharing decision reads, built once (building the expressions per request cost more CPU
-# than running them, issue 12); the values are bound per execution.
-_DECISION_AGREEMENTS = (
-    select(agreements)
-    .where(agreements.c.controller == bindparam("controller"), agreements.c.consumer == bindparam("consumer"))
-    .order_by(agreements.c.created)
+# What every sharing decision reads, in ONE statement (issue 12): the agreements controller ->
+# consumer and the patient's directives, told apart by ``part`` (0: agreement, 1: directive) and each in
+# its own order. Compiled once per dialect and run with the values (building and compiling the
+# expressions per request cost more CPU than running them); read afresh on every request.
+_AGREEMENT_COLUMNS = (
+    *("id", "controller", "consumer", "categories", "purposes"),
+    *("valid_from", "valid_to", "data_from", "data_to", "write_categories"),
 )
-_DECISION_DIRECTIVES = (
-    select(directives.c.data)
-    .where(
-        directives.c.tenant == bindparam("tenant"),
+
+
+def _decision_statement(with_agreements: bool) -> Any:
+    none = [null().label(name) for name in _AGREEMENT_COLUMNS]
+    directive_rows = select(
+        literal_column("1").label("part"),
+        directives.c.last_updated.label("ordering"),
+        *none,
+        directives.c.data.label("data"),
+    ).where(
+        directives.c.tenant == bindparam("controller"),
         directives.c.patient_value == bindparam("value"),
         directives.c.patient_system == bindparam("system"),
     )
-    .order_by(directives.c.last_updated)
-)
+    if not with_agreements:
+        return directive_rows.order_by(literal_column("ordering"))
+    agreement_rows = select(
+        literal_column("0").label("part"),
+        agreements.c.created.label("ordering"),
+        *(agreements.c[name] for name in _AGREEMENT_COLUMNS),
+        type_coerce(null(), LargeBinary).label("data"),
+    ).where(
+        agreements.c.controller == bindparam("controller"), agreements.c.consumer == bindparam("consumer")
+    )
+    both = union_all(agreement_rows, directive_rows).subquery("decision")
+    return select(both).order_by(both.c.part, both.c.ordering)
+
+
+_DECISION_SQL: dict[tuple[str, bool], tuple[str, tuple[str, ...] | None]] = {}
+
+
+def _decision_sql(dialect: Any, with_agreements: bool) -> tuple[str, tuple[str, ...] | None]:
+    """The decision statement's SQL for ``dialect`` and the order of its positional parameters (SQLite)."""
+    key = (dialect.name, with_agreements)
+    found = _DECISION_SQL.get(key)
+    if found is None:
+        compiled: Any = _decision_statement(with_agreements).compile(dialect=dialect)
+        found = (str(compiled), tuple(compiled.positiontup) if compiled.positional else None)
+        _DECISION_SQL[key] = found
+    return found
 
 
 class PolicyStore:
@@ -324,18 +368,17 @@ class PolicyStore:
     ) -> tuple[list[SharingAgreement], list[PatientDirective]]:
         """What one sharing decision reads, fresh from the store (no cache across requests): the
         agreements controller -> consumer (none when they are the same organisation) and the patient's
-        directives, on one connection in one transaction (one pool checkout, one snapshot)."""
-        between = {"controller": controller, "consumer": consumer}
-        with self.engine.connect() as conn, conn.begin():
-            found = (
-                []
-                if consumer == controller
-                else [_agreement(r) for r in conn.execute(_DECISION_AGREEMENTS, between)]
-            )
-            rows = conn.execute(
-                _DECISION_DIRECTIVES, {"tenant": controller, "system": patient[0], "value": patient[1]}
-            ).all()
-        return found, [directive_from_fhir(orjson.loads(r.data)) for r in rows]
+        directives, in one statement (one snapshot). On PostgreSQL the statement runs in autocommit: it
+        is its own transaction, without the BEGIN and COMMIT round trips."""
+        values = {"controller": controller, "consumer": consumer, "system": patient[0], "value": patient[1]}
+        postgres = self.engine.dialect.name == "postgresql"
+        options = {"isolation_level": "AUTOCOMMIT"} if postgres else {}
+        with self.engine.connect().execution_options(**options) as conn:
+            sql, positional = _decision_sql(conn.dialect, consumer != controller)
+            args: Any = tuple(values[n] for n in positional) if positional is not None else values
+            rows = conn.exec_driver_sql(sql, args).all()
+        found = [_agreement(r) for r in rows if r.part == 0]
+        return found, [directive_from_fhir(orjson.loads(r.data)) for r in rows if r.part == 1]
 
     def directives_for(self, tenant: str, patient: tuple[str, str]) -> list[PatientDirective]:
         """The policy model of every directive of ``patient`` at ``tenant`` (active or not)."""

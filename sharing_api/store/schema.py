@@ -357,6 +357,35 @@ console_triage = Table(
     PrimaryKeyConstraint("tenant", "flag"),
 )
 
+# Cases (saker) opened from rule hits of the review queue (console/cases.py, console.md §5.1 page 4):
+# a case's state, outcome and attached events, and its notes in order. Migration 0006_console_r8.
+console_cases = Table(
+    "console_cases",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("tenant", String(32), nullable=False),
+    Column("flag", String(128), nullable=False),  # the rule hit it was opened from (console_triage.flag)
+    Column("seqs", Text, nullable=False),  # JSON list of the attached events' indexes
+    Column("state", String(16), nullable=False),  # open | waiting | review | closed
+    Column("outcome", String(16), nullable=True),  # legitimate | breach | unresolved, once closed
+    Column("opened_by", String(64), nullable=False),
+    Column("opened", BigInteger, nullable=False),
+    Column("updated", BigInteger, nullable=False),
+    Index("uq_console_cases_flag", "tenant", "flag", unique=True),
+)
+
+console_case_notes = Table(
+    "console_case_notes",
+    metadata,
+    Column("tenant", String(32), nullable=False),
+    Column("case_id", BigInteger, nullable=False),
+    Column("at", BigInteger, nullable=False),
+    Column("auditor", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # the case's state after this note
+    Column("note", Text, nullable=False),
+    Index("ix_console_case_notes_case", "tenant", "case_id", "at"),
+)
+
 console_verifications = Table(
     "console_verifications",
     metadata,

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,19 +13,19 @@ from sqlalchemy import Engine
 
 from sharing_api.audit.checkpoints import AuditSigner
 from sharing_api.audit.log import AuditLog
-from sharing_api.store.engine import make_engine
 from sharing_api.store.schema import audit_checkpoints, audit_entries, audit_heads, audit_seq_claims
+from tests import construction_cache
 from tests.audit.factories import tampering
 
 
 @pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    eng = make_engine(database_url)
+def engine(database_url: str) -> Engine:
+    """The session database's shared engine (tests/construction_cache.py), audit tables emptied."""
+    eng = construction_cache.engine_for(database_url)
     with tampering(eng) as conn:  # past the append-only triggers
         for table in (audit_entries, audit_seq_claims, audit_heads, audit_checkpoints):
             conn.execute(table.delete())
-    yield eng
-    eng.dispose()
+    return eng
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,7 @@ from tests.audit.test_log import assert_dense_and_hashed
 KILLS = 50  # per backend: 100 in all
 CLI_KILLS = 3  # per backend
 e = audit_entries
+pytestmark = pytest.mark.slow  # each test starts and kills processes for seconds: scheduled first
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from auth.errors import StateUnavailable
 from auth.replay import InMemoryReplayCache, NonceSource, RedisReplayCache, ReplayCache
@@ -105,7 +107,9 @@ def test_redis_key_has_prefix_hashed_key_and_ttl(redis_client: redis.Redis, redi
 
 def test_redis_unreachable_fails_closed() -> None:
     """REL-01: no Redis, no acceptance: StateUnavailable (503)."""
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
+    dead = redis.Redis(  # no retries: redis-py's default ten, with backoff, only add seconds of sleep
+        host="127.0.0.1", port=1, socket_connect_timeout=0.2, socket_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
     cache = RedisReplayCache(dead)
     with pytest.raises(StateUnavailable) as caught:
         cache.claim("dpop", "jti", 60)

@@ -4,6 +4,9 @@ fails verification is never remembered."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import pytest
 from joserfc.jwk import ECKey, Key
 
@@ -58,3 +61,37 @@ def test_a_full_cache_keeps_verifying(as_key: ECKey) -> None:
     assert [v.jti for v in verified] == [
         cache.verify(t, policy=policy, keys=keys, now=NOW).jti for t in tokens
     ]
+
+
+def test_the_caller_is_built_once_per_cached_token_and_a_failure_is_not_remembered(as_key: ECKey) -> None:
+    cache, policy = VerifiedTokenCache(), TokenPolicy.own(ISSUER)
+    keys = {as_key.kid: _public(as_key)}.get
+    token = make_token(as_key, jkt=ec_key().thumbprint())
+    built: list[str] = []
+
+    def derive(claims: Mapping[str, Any]) -> str:
+        built.append(claims["jti"])
+        if len(built) == 1:
+            raise InvalidToken("the first build fails")
+        return f"caller of {claims['jti']}"
+
+    verified = cache.verify(token, policy=policy, keys=keys, now=NOW)
+    with pytest.raises(InvalidToken, match="first build"):
+        cache.derived(token, verified, derive)
+    first = cache.derived(token, cache.verify(token, policy=policy, keys=keys, now=NOW + 1), derive)
+    again = cache.derived(token, cache.verify(token, policy=policy, keys=keys, now=NOW + 2), derive)
+    assert first == again == f"caller of {verified.jti}"
+    assert len(built) == 2  # the failure, then one build for every later request
+
+
+def test_a_derived_caller_ends_with_its_token(as_key: ECKey) -> None:
+    cache, policy = VerifiedTokenCache(), TokenPolicy.own(ISSUER)
+    keys = {as_key.kid: _public(as_key)}.get
+    token = make_token(as_key, jkt=ec_key().thumbprint())
+    verified = cache.verify(token, policy=policy, keys=keys, now=NOW)
+    assert cache.derived(token, verified, lambda c: c["jti"]) == verified.jti
+    with pytest.raises(InvalidToken, match="expired"):
+        cache.verify(token, policy=policy, keys=keys, now=verified.expires_at + policy.leeway)
+    other = make_token(as_key, jkt=ec_key().thumbprint())
+    # A token the cache does not hold (here: another one) is derived afresh from its own claims.
+    assert cache.derived(other, verified, lambda c: "fresh") == "fresh"

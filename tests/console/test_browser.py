@@ -270,6 +270,8 @@ def test_every_page_passes_axe_and_the_chart_matches_its_table(
             ("patient", f"{live.base}/console/patient", None),
             ("integrity", f"{live.base}/console/integrity", "#verify-now"),
             ("review", f"{live.base}/console/review?to=2025-03-31", None),
+            ("case", f"{live.base}/console/review?to=2025-03-31", "#flags button[value=escalated] >> nth=0"),
+            ("cases", f"{live.base}/console/cases", None),
             ("report", f"{live.base}/console/report?to=2025-03-31", None),
             ("workers", f"{live.base}/console/workers?to=2025-03-31", None),
             ("worker", f"{live.base}/console/workers/9144897?to=2025-03-31", None),
@@ -282,6 +284,8 @@ def test_every_page_passes_axe_and_the_chart_matches_its_table(
                 page.click("form.filters button[type=submit] >> nth=0")
             if click:
                 page.click(click)
+            if name == "case":  # "Opprett sak" opened the hit as a case
+                page.wait_for_url("**/console/cases/*")
             page.add_script_tag(path=str(AXE))
             result = page.evaluate("async () => await axe.run(document, {resultTypes: ['violations']})")
             serious = [

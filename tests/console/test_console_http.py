@@ -35,6 +35,7 @@ PAGES = (
     "/console/report",
     "/console/workers",
     "/console/organisations",
+    "/console/cases",
 )
 
 
@@ -51,7 +52,7 @@ def _count(services: Services, tenant: str, action: AuditAction) -> int:
 
 def _every_console_route(console: FlaskClient) -> list[tuple[str, str]]:
     """Every (method, path) the console serves, from the app's own route map, with sample arguments."""
-    samples = {"seq": "1", "hpr": "9144900"}
+    samples = {"seq": "1", "hpr": "9144900", "case_id": "1"}
     routes = []
     for rule in console.application.url_map.iter_rules():
         if not rule.rule.startswith("/console/") or rule.endpoint.endswith("static"):
@@ -120,6 +121,7 @@ def test_every_post_needs_the_csrf_token_and_nothing_happens_without_it(
         ("/console/patient", {"patient": f"{FNR}|01816900001"}),
         ("/console/integrity/verify", {}),
         ("/console/review/triage", {"flag": "R1:1", "state": "escalated"}),
+        ("/console/cases/1", {"state": "closed", "outcome": "breach", "note": "x"}),
         ("/console/logout", {}),
     ):
         assert console.post(path, data=data).status_code == 400, path

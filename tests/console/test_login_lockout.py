@@ -18,6 +18,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
+from sharing_api import redis_connection
 from sharing_api.audit.actions import AuditAction, Outcome
 from sharing_api.console.accounts import AuditorAccounts
 from sharing_api.console.lockout import LoginGuard
@@ -138,7 +139,8 @@ def test_without_its_counters_the_login_fails_closed(
     app: Flask, console: FlaskClient, services: Services, account: str, address: str
 ) -> None:
     guard = _guard(app)
-    guard.client = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    # The app's own client settings (timeouts, short retries): nothing listens on port 1.
+    guard.client = redis_connection.connect("redis://127.0.0.1:1/0")
     status, headers = _post(console, account, PASSWORD, address)
     assert status == 503
     assert "dho_console" not in headers.get("Set-Cookie", "")

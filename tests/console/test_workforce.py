@@ -134,6 +134,7 @@ def test_the_flows_are_what_every_parsed_event_gives(console: FlaskClient, servi
         assert escape(f.category) in html
 
 
+@pytest.mark.long  # every page runs the rules over the seeded month: seconds per page, scheduled first
 def test_the_review_queue_pages_through_every_rule_hit(
     console: FlaskClient, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,0 +1,232 @@
+"""``python -m benchmarks.inprocess``: a request's CPU inside one process, and where it goes.
+
+``benchmarks.hotpath`` reads a gunicorn worker's CPU from /proc; this tool answers "which function"
+with a deterministic profile. A gunicorn server (one worker) holds the data and issues the tokens, as
+in ``hotpath``; a second copy of the app is then built in this process with the same settings (same
+database, Redis, signing keys and public URL, so the tokens and proofs are valid for it) and each
+scenario's requests are handed to it as WSGI environs, one at a time, signed beforehand. Reported per
+request: this thread's CPU (``time.thread_time``, so neither the audit sequencer thread nor the
+signing counts), and the database's and Redis's CPU from /proc. ``--profile`` adds a cProfile run on
+the same thread clock and prints the functions with the largest cumulative share.
+
+As under gunicorn, the request log goes to a file (``configure_json_logging`` writes to stderr) and the
+metrics to a Prometheus multiprocess directory.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import os
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from werkzeug.test import EnvironBuilder
+
+from benchmarks.cpu import CpuProbe
+from benchmarks.environment import (
+    REDIS_URL,
+    TENANT,
+    analyze,
+    api_server,
+    fresh_database,
+    make_dataset,
+    search_forms,
+)
+from benchmarks.load import Connection, count_created, request_bytes
+from benchmarks.parties import FORM_URLENCODED, Credentials, form_patient, register
+
+Environ = dict[str, Any]
+
+
+def _environ(method: str, path: str, base: str, headers: list[str], body: bytes = b"") -> Environ:
+    pairs = [tuple(h.split(": ", 1)) for h in headers]
+    pairs.append(("Accept", "application/fhir+json"))
+    builder = EnvironBuilder(
+        path=path,
+        base_url=base,
+        method=method,
+        headers=pairs,
+        data=body if body else None,
+        content_type=FORM_URLENCODED if body else None,
+    )
+    try:
+        return builder.get_environ()
+    finally:
+        builder.close()
+
+
+def _call(app: Any, environ: Environ) -> tuple[str, bytes]:
+    status: list[str] = []
+
+    def start_response(s: str, _headers: Any, _exc: Any = None) -> Any:
+        status.append(s)
+        return lambda _data: None
+
+    result = app(environ, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return status[0], body
+
+
+def _run(
+    name: str,
+    app: Any,
+    make: Callable[[int], Environ],
+    count: int,
+    probe: CpuProbe,
+    profile: int,
+    callgrind: bool,
+) -> tuple[str, float, float]:
+    for i in range(min(10 if callgrind else 50, count)):
+        status, body = _call(app, make(i))
+        if not status.startswith(("200", "201")):
+            raise click.ClickException(f"{name} answered {status}: {body[:300]!r}")
+    # Under valgrind signing is slow too: sign in chunks, so that no proof is too old when it is used.
+    chunk = 10 if callgrind else count
+    before = probe.sample()
+    cpu = 0.0
+    for first in range(0, count, chunk):
+        prepared = [make(50 + i) for i in range(first, min(count, first + chunk))]
+        if callgrind:  # count instructions of the measured requests only (valgrind --instr-atstart=no)
+            subprocess.run(["callgrind_control", "--instr=on", str(os.getpid())], check=True)
+        for environ in prepared:
+            started = time.thread_time()
+            status, body = _call(app, environ)
+            cpu += time.thread_time() - started
+            if not status.startswith(("200", "201")):
+                raise click.ClickException(f"{name} answered {status}: {body[:300]!r}")
+        if callgrind:
+            subprocess.run(["callgrind_control", "--instr=off", str(os.getpid())], check=True)
+    if callgrind:
+        subprocess.run(["callgrind_control", "--dump=" + name, str(os.getpid())], check=True)
+    after = probe.sample()
+    storage = 0.0
+    if before is not None and after is not None:
+        storage = probe.share(before, after).get("storage", 0.0) * (after.total - before.total)
+    if profile:
+        prepared = [make(50 + count + i) for i in range(count)]
+        profiler = cProfile.Profile(time.thread_time)
+        profiler.enable()
+        for environ in prepared:
+            _call(app, environ)
+        profiler.disable()
+        out = io.StringIO()
+        stats = pstats.Stats(profiler, stream=out)
+        stats.sort_stats(os.environ.get("DHO_PROFILE_SORT", "cumulative")).print_stats(profile)
+        print(f"--- {name}: cProfile (thread CPU clock), {count} requests ---")
+        print(out.getvalue())
+    return name, 1000 * cpu / count, 1000 * storage / count
+
+
+@click.command()
+@click.option("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres", show_default=True)
+@click.option("--observations", default=5_000, show_default=True, type=click.IntRange(500))
+@click.option("--requests", "count", default=400, show_default=True, type=click.IntRange(10))
+@click.option("--profile", default=0, show_default=True, help="print this many cProfile lines per scenario")
+@click.option("--only", multiple=True, help="healthz, search, read (default: all)")
+@click.option(
+    "--callgrind",
+    is_flag=True,
+    help="run under `valgrind --tool=callgrind --instr-atstart=no`: instructions of the measured requests",
+)
+def main(
+    postgres_url: str, observations: int, count: int, profile: int, only: tuple[str, ...], callgrind: bool
+) -> None:
+    """CPU ms per request of the app in this process (one thread) and of the database and Redis."""
+    data = make_dataset(observations, 500, 60, 1)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="dho-inproc-") as tmp:
+        log = Path(tmp) / "server.log"
+        with fresh_database("postgresql", Path(tmp), postgres_url) as url, api_server(url, 1, log) as server:
+            port, base = server.port, f"http://127.0.0.1:{server.port}"
+            creds = Credentials(base, register(url, TENANT))
+            conn = Connection(port, timeout=300)
+            ingest_url = f"{base}/{TENANT}/fhir"
+            for body in data.bundles:
+                headers = creds.headers(creds.publisher, "POST", ingest_url)
+                status, answer = conn.roundtrip(
+                    request_bytes("POST", f"/{TENANT}/fhir", port, body, "application/fhir+json", headers)
+                )
+                if status != 200 or count_created(answer) == 0:
+                    raise click.ClickException(f"ingest answered {status}")
+            conn.close()
+            analyze(url)
+            os.environ.update(
+                {
+                    "DHO_DATABASE_URL": url,
+                    "DHO_REDIS_URL": REDIS_URL,
+                    "DHO_PUBLIC_URL": base,
+                    "DHO_SEARCH_SESSION_TTL": "60",
+                    "DHO_SIGNING_KEYS_PATH": str(Path(tmp) / "signing-keys.json"),
+                    "DHO_AUDIT_KEY_PATH": str(Path(tmp) / "audit-key.pem"),
+                    "DHO_RATE_LIMIT": "100000000",
+                    # The gunicorn server sequences the audit log; no background threads here.
+                    "DHO_AUDIT_SEQUENCER_INTERVAL": "0",
+                    "DHO_SUBSCRIPTION_DELIVERY_INTERVAL": "0",
+                }
+            )
+            from sharing_api.app import create_app
+            from sharing_api.metrics import use_multiprocess_dir
+            from sharing_api.request_log import configure_json_logging
+
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(Path(tmp) / "metrics")
+            os.mkdir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+            use_multiprocess_dir()  # as under gunicorn (deploy/gunicorn.conf.py)
+
+            saved_stderr = sys.stderr
+            with open(Path(tmp) / "inprocess.log", "w") as log_file:
+                sys.stderr = log_file
+                try:
+                    configure_json_logging()
+                    app = create_app()
+                    probe = CpuProbe(os.getpid(), url.rsplit("/", 1)[1])
+                    path = f"/{TENANT}/fhir/Observation/_search"
+                    forms = search_forms(data, 256, data.seed)
+
+                    def search(i: int) -> Environ:
+                        form = forms[i % len(forms)]
+                        headers = creds.search_headers(form, base + path)
+                        return _environ("POST", path, base, headers, form)
+
+                    status, answer = _call(app, search(0))
+                    ids = [e["resource"]["id"] for e in orjson.loads(answer)["entry"]]
+                    fnr = form_patient(forms[0])
+
+                    def read(i: int) -> Environ:
+                        target = f"/{TENANT}/fhir/Observation/{ids[i % len(ids)]}"
+                        headers = creds.headers(creds.reader(fnr), "GET", base + target)
+                        return _environ("GET", target, base, headers)
+
+                    scenarios: dict[str, Callable[[int], Environ]] = {
+                        "healthz": lambda _: _environ("GET", "/healthz", base, []),
+                        "search": search,
+                        "read": read,
+                    }
+                    for name, make in scenarios.items():
+                        if only and name not in only:
+                            continue
+                        results.append(_run(name, app, make, count, probe, profile, callgrind))
+                finally:
+                    sys.stderr = saved_stderr
+    load = os.getloadavg()[0]
+    print(f"load average {load:.2f}; {count} requests per scenario, one at a time, in process")
+    print(f"{'scenario':10} {'app CPU ms':>11} {'storage CPU ms':>15}")
+    for name, app_ms, storage_ms in results:
+        print(f"{name:10} {app_ms:11.3f} {storage_ms:15.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -71,6 +71,9 @@ ROUTES = {
     # The auditor console (tests/console/: every page but login and static files needs a session).
     ("GET", "/console/"),
     ("GET", "/console/api/daily"),
+    ("GET", "/console/cases"),
+    ("GET", "/console/cases/<int:case_id>"),
+    ("POST", "/console/cases/<int:case_id>"),
     ("GET", "/console/events"),
     ("POST", "/console/events"),
     ("POST", "/console/events.csv"),

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from sharing_api.audit.log import AuditLog
 from sharing_api.store.schema import audit_checkpoints, audit_entries, audit_heads, audit_seq_claims
 from tests import construction_cache
 from tests.audit.factories import tampering
+from tests.conftest import _postgres_database
 
 
 @pytest.fixture
@@ -43,3 +45,14 @@ def key_file(tmp_path: Path, signer: AuditSigner) -> Path:
 @pytest.fixture
 def log(engine: Engine, signer: AuditSigner) -> AuditLog:
     return AuditLog(engine, signer=signer, checkpoint_every=10, checkpoint_interval=3600)
+
+
+@pytest.fixture
+def fresh_url(tmp_path: Path, database_url: str) -> Iterator[str]:
+    """A database of its own, of the backend of ``database_url`` (this test migrates up and down)."""
+    if not database_url.startswith("postgres"):
+        yield f"sqlite:///{tmp_path / 'migrated.sqlite3'}"
+        return
+    gen = _postgres_database()
+    yield next(gen)
+    gen.close()

@@ -4,8 +4,6 @@ database (issues 12 and 13), and the migration that keeps existing logs' names."
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +17,7 @@ from sharing_api.audit.verify import verify
 from sharing_api.store.engine import alembic_config, make_engine, upgrade
 from sharing_api.store.schema import audit_checkpoints, audit_entries, audit_heads
 from tests.audit.factories import TENANT, fill
-from tests.conftest import _postgres_database, migrate
+from tests.conftest import migrate
 
 e = audit_entries
 
@@ -99,17 +97,6 @@ def test_the_database_refuses_to_change_the_log(what: str, statement: Any, log: 
     assert log.checkpoint(TENANT) is not None
     report = verify(log.export(TENANT), log.signer.verifier)  # type: ignore[union-attr]
     assert (report.ok, report.entries) == (True, 14), what
-
-
-@pytest.fixture
-def fresh_url(tmp_path: Path, database_url: str) -> Iterator[str]:
-    """A database of its own, of the backend of ``database_url`` (this test migrates up and down)."""
-    if not database_url.startswith("postgres"):
-        yield f"sqlite:///{tmp_path / 'migrated.sqlite3'}"
-        return
-    gen = _postgres_database()
-    yield next(gen)
-    gen.close()
 
 
 def test_the_migration_keeps_the_name_existing_checkpoints_carry(fresh_url: str, signer: AuditSigner) -> None:

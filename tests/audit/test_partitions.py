@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,7 +34,7 @@ from sharing_api.store.engine import alembic_config, make_engine, upgrade
 from sharing_api.store.schema import audit_entries, audit_seq_claims
 from tests.api_client import ApiClient
 from tests.audit.factories import T0, TENANT, facts
-from tests.conftest import AUDIT_MONTHS_SINCE, TENANT_A, _postgres_database
+from tests.conftest import AUDIT_MONTHS_SINCE, TENANT_A
 from tests.factories import fnr, heart_rate, search_form
 
 e = audit_entries
@@ -61,17 +60,6 @@ def partition_names(engine: Engine) -> set[str]:
 
 
 # -- the migration -----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def fresh_url(tmp_path: Path, database_url: str) -> Iterator[str]:
-    """A database of its own, of the backend of ``database_url`` (this test migrates up and down)."""
-    if not database_url.startswith("postgres"):
-        yield f"sqlite:///{tmp_path / 'migrated.sqlite3'}"
-        return
-    gen = _postgres_database()
-    yield next(gen)
-    gen.close()
 
 
 def test_the_migration_keeps_existing_logs_verifiable_and_can_be_undone(

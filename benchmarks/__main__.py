@@ -11,10 +11,8 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import overload
 
 import click
 import orjson
@@ -33,7 +31,7 @@ from benchmarks.environment import (
     make_dataset,
     search_forms,
 )
-from benchmarks.load import Connection, count_created, request_bytes, run_load
+from benchmarks.load import Connection, OnDemand, count_created, request_bytes, run_load
 from benchmarks.parties import FORM_URLENCODED, Credentials, form_patient, register
 
 console = Console(stderr=True)
@@ -79,26 +77,6 @@ def _verify_once(port: int, request: bytes, what: str) -> None:
         raise click.ClickException(f"a {what} answered {status}: {body[:300]!r}")
 
 
-class OnDemand(Sequence[bytes]):
-    """Requests encoded (and their DPoP proofs signed) when the load generator takes them."""
-
-    def __init__(self, bodies: list[bytes], encode: Callable[[bytes], bytes], indices: range | None = None):
-        self.bodies, self.encode = bodies, encode
-        self.indices = indices if indices is not None else range(len(bodies))
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    @overload
-    def __getitem__(self, i: int) -> bytes: ...
-    @overload
-    def __getitem__(self, i: slice) -> OnDemand: ...
-    def __getitem__(self, i: int | slice) -> bytes | OnDemand:
-        if isinstance(i, slice):
-            return OnDemand(self.bodies, self.encode, self.indices[i])
-        return self.encode(self.bodies[self.indices[i]])
-
-
 SEARCHES_PER_CLIENT_SECOND = 400
 """Requests signed in advance per search client and second: more than one client can send."""
 READS_PER_CLIENT_SECOND = 500
@@ -115,15 +93,13 @@ def _measure(
     base = f"http://127.0.0.1:{port}"
     creds = Credentials(base, register(url, TENANT))
     console.print(f"ingest: {len(data.bundles)} Bundles over {ingest_clients} connections ...")
-    ingest_url = f"{base}/{TENANT}/fhir"
     creds.publisher.access_token()  # fetched once here; the client processes inherit it
 
-    def signed_bundle(body: bytes) -> bytes:
+    def signed_bundle(n: int) -> bytes:
         # Signed when sent: a long ingest outlives a proof's 60 s iat window.
-        headers = creds.headers(creds.publisher, "POST", ingest_url)
-        return request_bytes("POST", f"/{TENANT}/fhir", port, body, "application/fhir+json", headers)
+        return creds.bundle_request(port, f"/{TENANT}/fhir", data.bundles[n])
 
-    bundles = OnDemand(data.bundles, signed_bundle)
+    bundles = OnDemand(signed_bundle, range(len(data.bundles)))
     ingest = run_load(
         port,
         [bundles[i::ingest_clients] for i in range(ingest_clients)],
@@ -198,18 +174,18 @@ def _measure(
     token_path = "/" + endpoint.split("/", 3)[3]
     reader = creds.reader(data.patients[0].fnr)
 
-    def token_request(_: bytes) -> bytes:
+    def token_request(_: int) -> bytes:
         # Signed when sent: a client assertion lives 30 s, less than signing a run's worth in advance
         # takes on a busy machine. The signing shows in the loadgen column, not in the server's.
         body, headers = creds.token_request(reader, endpoint)
         return request_bytes("POST", token_path, port, body, FORM_URLENCODED, headers)
 
-    _verify_once(port, token_request(b""), "token request")
+    _verify_once(port, token_request(0), "token request")
     console.print(f"token endpoint: {clients} clients, {warmup:g} s warm-up + {duration:g} s ...")
     per_client = int(TOKENS_PER_CLIENT_SECOND * (warmup + duration))
     token = run_load(
         port,
-        [OnDemand([b""] * per_client, token_request) for _ in range(clients)],
+        [OnDemand(token_request, range(per_client)) for _ in range(clients)],
         repeat=False,
         warmup=warmup,
         duration=duration,

@@ -34,8 +34,8 @@ from benchmarks.environment import (
     make_dataset,
     search_forms,
 )
-from benchmarks.load import Connection, count_created, request_bytes
-from benchmarks.parties import FORM_URLENCODED, Credentials, form_patient, register
+from benchmarks.load import Connection, request_bytes
+from benchmarks.parties import FORM_URLENCODED, Credentials, form_patient, publish_all, register
 
 console = Console(stderr=True)
 
@@ -117,14 +117,7 @@ def main(
             creds = Credentials(base, register(url, TENANT))
             conn = Connection(port, timeout=300)
             console.print(f"ingest: {len(data.bundles)} Bundles ...")
-            ingest_url = f"{base}/{TENANT}/fhir"
-            for body in data.bundles:
-                headers = creds.headers(creds.publisher, "POST", ingest_url)
-                status, answer = conn.roundtrip(
-                    request_bytes("POST", f"/{TENANT}/fhir", port, body, "application/fhir+json", headers)
-                )
-                if status != 200 or count_created(answer) == 0:
-                    raise click.ClickException(f"ingest answered {status}")
+            publish_all(conn, creds, f"/{TENANT}/fhir", data.bundles)
             analyze(url)
             path = f"/{TENANT}/fhir/Observation/_search"
             forms = search_forms(data, 256, data.seed)
@@ -133,7 +126,7 @@ def main(
                 f = forms[i % len(forms)]
                 return creds.search_request(port, path, f)
 
-            status, answer = conn.roundtrip(search(0))
+            _, answer = conn.roundtrip(search(0))
             ids = [e["resource"]["id"] for e in orjson.loads(answer)["entry"]]
             fnr = form_patient(forms[0])
 

@@ -41,8 +41,8 @@ from benchmarks.environment import (
     make_dataset,
     search_forms,
 )
-from benchmarks.load import Connection, count_created, request_bytes
-from benchmarks.parties import FORM_URLENCODED, Credentials, form_patient, register
+from benchmarks.load import Connection
+from benchmarks.parties import FORM_URLENCODED, Credentials, form_patient, publish_all, register
 
 Environ = dict[str, Any]
 
@@ -154,14 +154,7 @@ def main(
             port, base = server.port, f"http://127.0.0.1:{server.port}"
             creds = Credentials(base, register(url, TENANT))
             conn = Connection(port, timeout=300)
-            ingest_url = f"{base}/{TENANT}/fhir"
-            for body in data.bundles:
-                headers = creds.headers(creds.publisher, "POST", ingest_url)
-                status, answer = conn.roundtrip(
-                    request_bytes("POST", f"/{TENANT}/fhir", port, body, "application/fhir+json", headers)
-                )
-                if status != 200 or count_created(answer) == 0:
-                    raise click.ClickException(f"ingest answered {status}")
+            publish_all(conn, creds, f"/{TENANT}/fhir", data.bundles)
             conn.close()
             analyze(url)
             os.environ.update(
@@ -201,7 +194,7 @@ def main(
                         headers = creds.search_headers(form, base + path)
                         return _environ("POST", path, base, headers, form)
 
-                    status, answer = _call(app, search(0))
+                    _, answer = _call(app, search(0))
                     ids = [e["resource"]["id"] for e in orjson.loads(answer)["entry"]]
                     fnr = form_patient(forms[0])
 

@@ -7,13 +7,15 @@ DPoP proof (proofs are single-use, so they are signed before the clock starts: o
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlencode
 
+import click
 from joserfc.jwk import ECKey
 
 from auth.client import ASSERTION_TYPE, DhoClient, attestation, client_assertion, dpop_proof
-from benchmarks.load import request_bytes
+from benchmarks.load import Connection, count_created, request_bytes
 from consent.model import PurposeOfUse
 from sharing_api.fhir.identifiers import FNR
 from sharing_api.store.clients import ClientRegistry
@@ -57,6 +59,7 @@ def register(database_url: str, tenant: str) -> dict[str, ECKey]:
 
 
 FORM_URLENCODED = "application/x-www-form-urlencoded"
+FHIR_JSON = "application/fhir+json"
 
 
 class Credentials:
@@ -114,10 +117,23 @@ class Credentials:
         headers = self.search_headers(form, self.base + path)
         return request_bytes("POST", path, port, form, FORM_URLENCODED, headers)
 
+    def bundle_request(self, port: int, path: str, body: bytes) -> bytes:
+        """``POST path`` with a Bundle (or an Observation), by the publisher (a fresh proof)."""
+        headers = self.headers(self.publisher, "POST", self.base + path)
+        return request_bytes("POST", path, port, body, FHIR_JSON, headers)
+
     def read_request(self, port: int, path: str, fnr: str) -> bytes:
         """``GET path`` by the doctor attested for patient ``fnr`` (a fresh proof)."""
         headers = self.headers(self.reader(fnr), "GET", self.base + path)
         return request_bytes("GET", path, port, headers=headers)
+
+
+def publish_all(conn: Connection, creds: Credentials, path: str, bundles: Sequence[bytes]) -> None:
+    """POST each Bundle to ``path`` over ``conn``, one at a time; stop at one that created nothing."""
+    for body in bundles:
+        status, answer = conn.roundtrip(creds.bundle_request(conn.port, path, body))
+        if status != 200 or count_created(answer) == 0:
+            raise click.ClickException(f"ingest answered {status}")
 
 
 def form_patient(form: bytes) -> str:

@@ -13,11 +13,10 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 from urllib.parse import parse_qsl
 
 import click
@@ -36,7 +35,7 @@ from benchmarks.environment import (
     fresh_database,
     search_forms,
 )
-from benchmarks.load import Connection, LoadResult, run_load
+from benchmarks.load import ENDLESS, Connection, LoadResult, OnDemand, run_load
 from benchmarks.parties import AGREEMENT_CATEGORIES, AGREEMENT_START, Credentials, form_patient, register
 from benchmarks.seeding import Seeder
 from sharing_api.fhir.dates import to_micros
@@ -78,27 +77,6 @@ def _found(port: int, requests: list[bytes]) -> list[list[str]]:
         conn.close()
 
 
-class Signed(Sequence[bytes]):
-    """A client's requests, each signed (a fresh DPoP proof) when the client takes it: proofs signed in
-    advance could be older than the server accepts (60 s) by the time they are sent on a busy machine
-    (the 100k point of the first 1M run lost 62 of 91 searches to that)."""
-
-    def __init__(self, make: Callable[[int], bytes], offset: int):
-        self.make, self.offset = make, offset
-
-    def __len__(self) -> int:
-        return 10**9
-
-    @overload
-    def __getitem__(self, i: int) -> bytes: ...
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[bytes]: ...
-    def __getitem__(self, i: int | slice) -> bytes | Sequence[bytes]:
-        if isinstance(i, slice):
-            raise TypeError("requests are taken one at a time")
-        return self.make(self.offset + i)
-
-
 def measure(
     server: Server, creds: Credentials, data: Dataset, probe: CpuProbe, options: dict[str, Any]
 ) -> tuple[LoadResult, LoadResult]:
@@ -123,7 +101,7 @@ def measure(
         results.append(
             run_load(
                 port,
-                [Signed(make, i * items // clients) for i in range(clients)],
+                [OnDemand(make, ENDLESS[i * items // clients :]) for i in range(clients)],
                 repeat=False,
                 warmup=warmup,
                 duration=duration,

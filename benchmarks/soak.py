@@ -16,11 +16,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 import orjson
 from rich.console import Console
@@ -29,7 +29,7 @@ from rich.table import Table
 from benchmarks import report
 from benchmarks.cpu import CpuProbe
 from benchmarks.environment import TENANT, analyze, api_server, database_version, fresh_database, search_forms
-from benchmarks.load import LoadResult, request_bytes, run_load
+from benchmarks.load import LoadResult, OnDemand, run_load
 from benchmarks.parties import Credentials, form_patient, register
 from benchmarks.scale import SEARCH_MIX, _found
 from benchmarks.seeding import Seeder
@@ -88,25 +88,6 @@ class Sampler(threading.Thread):
                 if kib is not None:
                     self.samples.append((at, pid, kib))
             self.stopped.wait(SAMPLE_SECONDS)
-
-
-class Mixed(Sequence[bytes]):
-    """A client's endless mix of requests, each signed (fresh DPoP proof) when the client takes it."""
-
-    def __init__(self, kinds: Mapping[str, Callable[[int], bytes]], offset: int):
-        self.kinds, self.offset = kinds, offset
-
-    def __len__(self) -> int:
-        return 10**9
-
-    @overload
-    def __getitem__(self, i: int) -> bytes: ...
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[bytes]: ...
-    def __getitem__(self, i: int | slice) -> bytes | Sequence[bytes]:
-        if isinstance(i, slice):
-            raise TypeError("a mix is taken one request at a time")
-        return self.kinds[MIX[(i + self.offset) % len(MIX)]](i * 7919 + self.offset)
 
 
 @dataclass(frozen=True)
@@ -180,17 +161,21 @@ def run(
                 rng = random.Random(f"{seed}-{os.getpid()}-{n}")
                 resources = series(make_patient(rng), TENANT, 2, rng, datetime.now(UTC))
                 body = orjson.dumps(next(batches(resources, BUNDLE)))
-                headers = creds.headers(creds.publisher, "POST", f"{base}/{TENANT}/fhir")
-                return request_bytes("POST", f"/{TENANT}/fhir", port, body, "application/fhir+json", headers)
+                return creds.bundle_request(port, f"/{TENANT}/fhir", body)
 
             kinds = {"search": search, "read": read, "ingest": ingest}
+
+            def mixed(offset: int) -> Callable[[int], bytes]:
+                """Client ``offset``'s mix: the kinds in ``MIX`` order, each with its own item."""
+                return lambda i: kinds[MIX[(i + offset) % len(MIX)]](i * 7919 + offset)
+
             sampler = Sampler(server.pid)
             sampler.start()
             console.print(f"soak: {clients} clients, {seconds:g} s of mixed load (warm-up {warmup:g} s) ...")
             try:
                 load = run_load(
                     port,
-                    [Mixed(kinds, i * 3) for i in range(clients)],
+                    [OnDemand(mixed(i * 3)) for i in range(clients)],
                     repeat=False,
                     warmup=warmup,
                     duration=seconds - warmup,

@@ -43,6 +43,7 @@ from consent.model import (
 )
 from sharing_api.errors import InvalidResource, NotFound, UnprocessableResource
 from sharing_api.fhir.dates import from_micros, to_micros
+from sharing_api.store.compiled import CompiledStatement
 from sharing_api.store.observations import render
 from sharing_api.store.schema import agreements, directive_history, directives
 
@@ -130,17 +131,15 @@ def _decision_statement(with_agreements: bool) -> Any:
     return select(both).order_by(both.c.part, both.c.ordering)
 
 
-_DECISION_SQL: dict[tuple[str, bool], tuple[str, tuple[str, ...] | None]] = {}
+_DECISION_SQL: dict[tuple[str, bool], CompiledStatement] = {}
 
 
-def _decision_sql(dialect: Any, with_agreements: bool) -> tuple[str, tuple[str, ...] | None]:
-    """The decision statement's SQL for ``dialect`` and the order of its positional parameters (SQLite)."""
+def _decision_sql(dialect: Any, with_agreements: bool) -> CompiledStatement:
+    """The decision statement compiled for ``dialect`` (once per dialect and shape)."""
     key = (dialect.name, with_agreements)
     found = _DECISION_SQL.get(key)
     if found is None:
-        compiled: Any = _decision_statement(with_agreements).compile(dialect=dialect)
-        found = (str(compiled), tuple(compiled.positiontup) if compiled.positional else None)
-        _DECISION_SQL[key] = found
+        found = _DECISION_SQL[key] = CompiledStatement.of(_decision_statement(with_agreements), dialect)
     return found
 
 
@@ -374,9 +373,7 @@ class PolicyStore:
         postgres = self.engine.dialect.name == "postgresql"
         options = {"isolation_level": "AUTOCOMMIT"} if postgres else {}
         with self.engine.connect().execution_options(**options) as conn:
-            sql, positional = _decision_sql(conn.dialect, consumer != controller)
-            args: Any = tuple(values[n] for n in positional) if positional is not None else values
-            rows = conn.exec_driver_sql(sql, args).all()
+            rows = _decision_sql(conn.dialect, consumer != controller).execute(conn, values).all()
         found = [_agreement(r) for r in rows if r.part == 0]
         return found, [directive_from_fhir(orjson.loads(r.data)) for r in rows if r.part == 1]
 

@@ -27,6 +27,7 @@ from sqlalchemy import Connection, bindparam
 from sqlalchemy.sql import ClauseElement
 
 from sharing_api.fhir.search import DateBound, SearchQuery, Token
+from sharing_api.store.compiled import CompiledStatement
 
 __all__ = ["ShapeCache", "Template", "templated"]
 
@@ -119,18 +120,11 @@ def templated(
     return Template(shape, template, cats, bounds[0], bounds[1], at, b.values)
 
 
-@dataclass(frozen=True, slots=True)
-class _Compiled:
-    sql: str
-    compiled: Any
-    positional: tuple[str, ...] | None
-
-
 class ShapeCache:
     """Compiled statements by (what, dialect, shape); built by ``build(template)`` on first use."""
 
     def __init__(self, max_shapes: int = MAX_SHAPES) -> None:
-        self._compiled: dict[Hashable, _Compiled] = {}
+        self._compiled: dict[Hashable, CompiledStatement] = {}
         self._lock = threading.Lock()
         self.max_shapes = max_shapes
 
@@ -152,17 +146,9 @@ class ShapeCache:
         entry = self._compiled.get(key)
         if entry is None:
             stmt = build(bindparam("tenant", type_=None), template)
-            compiled: Any = stmt.compile(dialect=conn.dialect)
-            sql = str(compiled)
-            if "POSTCOMPILE" in sql:  # an expanding parameter would need the values: never cache it
-                raise RuntimeError(f"the {what} statement of this shape cannot be compiled once")
-            positional = tuple(compiled.positiontup) if compiled.positional else None
-            entry = _Compiled(sql, compiled, positional)
+            entry = CompiledStatement.of(stmt, conn.dialect, f"{what} statement of this shape")
             with self._lock:
                 if len(self._compiled) >= self.max_shapes:
                     self._compiled.clear()
                 self._compiled[key] = entry
-        values = {**template.values, **(extra or {}), "tenant": tenant}
-        params = entry.compiled.construct_params(values, _check=True)
-        args: Any = tuple(params[n] for n in entry.positional) if entry.positional is not None else params
-        return conn.exec_driver_sql(entry.sql, args)
+        return entry.execute(conn, {**template.values, **(extra or {}), "tenant": tenant})

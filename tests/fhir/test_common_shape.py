@@ -75,7 +75,8 @@ def _same(resource: Any) -> None:
         assert model_issues(resource) == [], "the fast path passed what the model refuses"
 
 
-def test_the_corpus_is_there_and_mostly_takes_the_fast_path() -> None:
+def test_the_corpus_is_there_and_mostly_takes_the_fast_path(shared_dir: Path) -> None:
+    """(Skipped with its reason where the reference pack is not beside the checkout; CI fails instead.)"""
     references = [o for o in CORPUS if o.get("id")]
     assert len(references) >= 10, "the VKP reference examples were not found"
     fast = [o for o in CORPUS if common_shape.plainly_valid(o)]

@@ -134,18 +134,17 @@ class Auditor:
     def record(self, facts: AuditFacts) -> None:
         """Record and commit now (before the response that it records is sent).
 
-        On PostgreSQL the append runs in autocommit (issue 12): a request records one event
-        (``events.build_audit_events``) and ``AuditLog.append`` writes it with one INSERT, so that
-        statement is the whole transaction, and PostgreSQL commits it (durably, ``synchronous_commit``
-        on) before it answers; the BEGIN and COMMIT round trips are saved. Any error still propagates
-        before a byte of the response is sent. More than one event falls back to one transaction.
+        A request records one event (``events.build_audit_events``), which ``AuditLog.append`` writes
+        as its own transaction (``conn=None``): on PostgreSQL one INSERT in autocommit straight through
+        the driver (issue 12), which PostgreSQL commits (durably, ``synchronous_commit`` on) before it
+        answers; no BEGIN and COMMIT round trips. Any error still propagates before a byte of the
+        response is sent. More than one event is written in one transaction.
         """
-        engine = self.log.engine
         with self.timer():
             events = build_audit_events(facts)  # what AuditLog.record appends, built once here
-            options: dict[str, object] = {"write": True}
-            if engine.dialect.name == "postgresql" and len(events) == 1:
-                options["isolation_level"] = "AUTOCOMMIT"
-            with engine.connect().execution_options(**options) as conn, conn.begin():
+            if len(events) == 1:
+                self.log.append(None, facts.tenant, events[0])
+                return
+            with self.log.engine.connect().execution_options(write=True) as conn, conn.begin():
                 for event in events:
                     self.log.append(conn, facts.tenant, event)

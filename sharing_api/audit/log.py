@@ -68,7 +68,8 @@ from sharing_api.audit.export_format import checkpoint_line, entry_leaf, entry_l
 from sharing_api.audit.merkle import EMPTY_ROOT, consistency_proof, inclusion_proof, root_from_leaf_hashes
 from sharing_api.audit.terms import micros, search_terms
 from sharing_api.audit.tree import TreeState
-from sharing_api.store import audit_partitions
+from sharing_api.store import audit_partitions, one_statement
+from sharing_api.store.compiled import CompiledStatement
 from sharing_api.store.schema import audit_checkpoints, audit_entries, audit_heads
 
 __all__ = [
@@ -91,6 +92,21 @@ e = audit_entries
 h = audit_heads
 c = audit_checkpoints
 _INSERT = insert(e)  # built once: ``.values()`` per call costs more than the INSERT itself
+_INSERT_COLUMNS: tuple[str, ...] = ("tenant", "recorded", "action", "outcome", "purpose", "patient_system")
+_INSERT_COLUMNS += ("patient_value", "agent_hpr", "organisation", "client_id", "event")
+_INSERT_RETURNING: dict[str, CompiledStatement] = {}
+
+
+def _insert_returning(dialect: Any) -> CompiledStatement:
+    """One pending entry's INSERT returning its row id, compiled once per dialect (``entry_row``'s keys
+    are its parameters)."""
+    found = _INSERT_RETURNING.get(dialect.name)
+    if found is None:
+        stmt = insert(e).values({name: bindparam(name) for name in _INSERT_COLUMNS}).returning(e.c.id)
+        found = _INSERT_RETURNING[dialect.name] = CompiledStatement.of(stmt, dialect, "audit INSERT")
+    return found
+
+
 _SET_LEAF = (
     update(e)
     .where(e.c.id == bindparam("b_id"), e.c.seq.is_(None))
@@ -303,29 +319,45 @@ class AuditLog:
 
     # -- the request path ---------------------------------------------------------------------------
 
-    def append(self, conn: Connection, tenant: str, event: Mapping[str, Any]) -> int:
+    def append(self, conn: Connection | None, tenant: str, event: Mapping[str, Any]) -> int:
         """Add ``event`` (AuditEvent JSON built by ``events``) to ``tenant``'s log as a pending entry.
 
         Runs in ``conn``'s open transaction, which must be a write transaction on SQLite
         (``execution_options(write=True)``, so ``BEGIN IMMEDIATE``) and which the caller commits
-        before sending any data the event records. Returns the entry's row id. Raises ``ValueError``
-        for an event that is not one this package builds or has no canonical form, and lets every
-        database error through (the caller answers 503).
+        before sending any data the event records. With ``conn=None`` the INSERT is its own
+        transaction, committed when ``append`` returns: on PostgreSQL one statement in autocommit
+        straight through the driver (``store.one_statement``; PostgreSQL commits it, durably with
+        ``synchronous_commit`` on, before it answers), on SQLite a write transaction of its own.
+        Returns the entry's row id. Raises ``ValueError`` for an event that is not one this package
+        builds or has no canonical form, and lets every database error through (the caller answers 503).
         """
-        if not conn.in_transaction():
+        if conn is None and self.engine.dialect.name != "postgresql":
+            with self._writing() as own:
+                return self.append(own, tenant, event)
+        if conn is not None and not conn.in_transaction():
             raise ValueError("append runs inside the caller's open transaction")
-        if conn.dialect.name == "sqlite" and not conn.get_execution_options().get("write"):
+        if (
+            conn is not None
+            and conn.dialect.name == "sqlite"
+            and not conn.get_execution_options().get("write")
+        ):
             raise ValueError("on SQLite, append needs a write transaction (execution_options(write=True))")
         if not tenant or len(tenant) > 32:
             raise ValueError("tenant must be a non-empty string of at most 32 characters")
         try:
-            result = conn.execute(_INSERT, entry_row(tenant, event))
+            if conn is None:
+                rows = one_statement.run(
+                    self.engine, _insert_returning(self.engine.dialect), entry_row(tenant, event), write=True
+                )
+                row_id = rows[0].id if rows else None
+            else:
+                result = conn.execute(_INSERT, entry_row(tenant, event))
+                row_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
         except IntegrityError as exc:
             if _missing_partition(exc):  # the parameters stay out of the error: they name a patient
                 cause = exc.orig if exc.orig is not None else exc
                 raise MissingPartition(str(_INSERT), None, cause, hide_parameters=True) from None
             raise
-        row_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
         if not isinstance(row_id, int):
             raise RuntimeError("the database returned no row id for the audit entry")
         return row_id
@@ -398,7 +430,10 @@ class AuditLog:
         if not row.origin:  # a log from before migration 0004 without a checkpoint: name it now
             conn.execute(update(h).where(h.c.tenant == tenant).values(origin=self.default_name(tenant)))
             row = conn.execute(stmt).one()
-        top = conn.execute(select(func.max(e.c.seq)).where(e.c.tenant == tenant)).scalar()
+        # max() ignores NULLs; saying so lets SQLite use the partial ix_audit_entries_seq (0007)
+        top = conn.execute(
+            select(func.max(e.c.seq)).where(e.c.tenant == tenant, e.c.seq.is_not(None))
+        ).scalar()
         if (top if top is not None else -1) != row.size - 1:
             raise LogCorrupted(f"audit log of {tenant}: head says {row.size} entries, highest index is {top}")
         return row

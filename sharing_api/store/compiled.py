@@ -35,8 +35,11 @@ class CompiledStatement:
             raise RuntimeError(f"the {what} cannot be compiled once")
         return cls(sql, compiled, tuple(compiled.positiontup) if compiled.positional else None)
 
+    def arguments(self, values: dict[str, Any]) -> Any:
+        """The driver's arguments for ``values`` (every parameter the statement has), bind-processed."""
+        params = self.compiled.construct_params(values, _check=True)
+        return tuple(params[n] for n in self.positional) if self.positional is not None else params
+
     def execute(self, conn: Connection, values: dict[str, Any]) -> Any:
         """Run the statement on ``conn`` with ``values`` (every parameter it has)."""
-        params = self.compiled.construct_params(values, _check=True)
-        args: Any = tuple(params[n] for n in self.positional) if self.positional is not None else params
-        return conn.exec_driver_sql(self.sql, args)
+        return conn.exec_driver_sql(self.sql, self.arguments(values))

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
+import weakref
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import URL, Engine, QueuePool, create_engine, event, inspect
 from sqlalchemy.exc import DisconnectionError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -79,12 +81,17 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
 
         return engine
+    return _postgresql_engine(url, pool_size)
+
+
+def _postgresql_engine(url: str | URL, pool_size: int, **options: Any) -> Engine:
     # A generic plan cached for a prepared statement can turn a primary-key lookup into a scan of the
     # tenant (BENCHMARKS.md, ingest hotspot 1): plan every execution with its values. connect_timeout
     # bounds each host libpq tries (multi-host URL), so a dead primary costs seconds, not the OS's TCP
     # timeout; after a promotion new connections find the new primary (target_session_attrs).
     connect_args: dict[str, Any] = {"options": "-c plan_cache_mode=force_custom_plan"}
-    if "connect_timeout=" not in url:
+    text = url if isinstance(url, str) else url.render_as_string(hide_password=False)
+    if "connect_timeout=" not in text:
         connect_args["connect_timeout"] = 3
     engine = create_engine(
         url,
@@ -92,6 +99,7 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         max_overflow=pool_size,
         pool_recycle=RECYCLE_SECONDS,
         connect_args=connect_args,
+        **options,
     )
 
     # Instead of pool_pre_ping (a SELECT 1 on every checkout, 16-20 % of the waiting under load):
@@ -115,6 +123,33 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             raise DisconnectionError("a pooled connection was dead") from exc
 
     return engine
+
+
+_AUTOCOMMIT: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+_AUTOCOMMIT_LOCK = threading.Lock()
+
+
+def autocommit_engine(engine: Engine) -> Engine:
+    """A PostgreSQL ``engine``'s sibling whose pooled connections are opened in autocommit once, for
+    statements that are their own transaction (``store.one_statement``): no switch of a connection to
+    autocommit and back per statement. Same URL, pool size, idle ping and recycling as ``make_engine``;
+    made on first use, and disposed with ``engine``."""
+    found = _AUTOCOMMIT.get(engine)
+    if found is not None:
+        return found
+    with _AUTOCOMMIT_LOCK:
+        found = _AUTOCOMMIT.get(engine)
+        if found is None:
+            size = engine.pool.size() if isinstance(engine.pool, QueuePool) else 5
+            found = _AUTOCOMMIT[engine] = _postgresql_engine(engine.url, size, isolation_level="AUTOCOMMIT")
+
+            @event.listens_for(engine, "engine_disposed")
+            def _disposed(_engine: Any) -> None:
+                sibling = _AUTOCOMMIT.pop(engine, None)
+                if sibling is not None:
+                    sibling.dispose()
+
+    return found
 
 
 def alembic_config(url: str) -> Config:

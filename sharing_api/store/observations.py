@@ -39,7 +39,7 @@ from sharing_api.errors import Conflict, NotFound, PreconditionFailed, Unprocess
 from sharing_api.fhir.dates import format_instant
 from sharing_api.fhir.search import DateBound, SearchQuery, Token
 from sharing_api.fhir.validation import ValidObservation
-from sharing_api.store import bulk
+from sharing_api.store import bulk, one_statement
 from sharing_api.store.schema import (
     observation_history,
     observation_identifiers,
@@ -463,15 +463,15 @@ class ObservationStore:
 
     def read(self, tenant: str, obs_id: str, scope: ReadScope | None = None) -> Stored | None:
         """The current version; with ``scope``, only if the sharing decision lets it be seen."""
-        with self.statement() as conn:
-            if scope is None:
+        if scope is None:
+            with self.statement() as conn:
                 return self._current(conn, tenant, obs_id)
-            if scope.nothing:
-                return None
-            template = self._template(SearchQuery(), scope)
-            extra = {"obs_id": obs_id}
-            row = self._shapes.execute(conn, "read", template, tenant, self._read_statement, extra).first()
-            return self._stored(obs_id, row)
+        if scope.nothing:
+            return None
+        template = self._template(SearchQuery(), scope)
+        stmt = self._shapes.statement(self.engine.dialect, "read", template, self._read_statement)
+        rows = one_statement.run(self.engine, stmt, self._shapes.values(template, tenant, {"obs_id": obs_id}))
+        return self._stored(obs_id, rows[0] if rows else None)
 
     def _read_statement(self, tenant: Any, t: Template) -> Select[Any]:
         """The current version of ``obs_id`` if it is within the read scope (one statement)."""
@@ -702,9 +702,9 @@ class ObservationStore:
         if scope.nothing:
             return 0
         template = self._template(query, scope)
-        with self.statement() as conn:
-            result = self._shapes.execute(conn, "count", template, tenant, self._count_statement)
-            return int(result.scalar() or 0)
+        stmt = self._shapes.statement(self.engine.dialect, "count", template, self._count_statement)
+        rows = one_statement.run(self.engine, stmt, self._shapes.values(template, tenant))
+        return int(rows[0][0] or 0)
 
     def search(
         self,
@@ -723,9 +723,9 @@ class ObservationStore:
             return Page([], more_after=False, more_before=False)
         template = self._template(query, scope, anchor)
         backwards = bool(anchor and anchor.backwards)
-        with self.statement() as conn:
-            result = self._shapes.execute(conn, "page", template, tenant, self._page_statement)
-            rows = [(r[0], r[1], bytes(r[2]), r[3]) for r in result]
+        stmt = self._shapes.statement(self.engine.dialect, "page", template, self._page_statement)
+        found = one_statement.run(self.engine, stmt, self._shapes.values(template, tenant))
+        rows = [(r[0], r[1], bytes(r[2]), r[3]) for r in found]
         more = len(rows) > query.count
         rows = rows[: query.count]
         if backwards:

@@ -43,6 +43,7 @@ from consent.model import (
 )
 from sharing_api.errors import InvalidResource, NotFound, UnprocessableResource
 from sharing_api.fhir.dates import from_micros, to_micros
+from sharing_api.store import one_statement
 from sharing_api.store.compiled import CompiledStatement
 from sharing_api.store.observations import render
 from sharing_api.store.schema import agreements, directive_history, directives
@@ -370,10 +371,9 @@ class PolicyStore:
         directives, in one statement (one snapshot). On PostgreSQL the statement runs in autocommit: it
         is its own transaction, without the BEGIN and COMMIT round trips."""
         values = {"controller": controller, "consumer": consumer, "system": patient[0], "value": patient[1]}
-        postgres = self.engine.dialect.name == "postgresql"
-        options = {"isolation_level": "AUTOCOMMIT"} if postgres else {}
-        with self.engine.connect().execution_options(**options) as conn:
-            rows = _decision_sql(conn.dialect, consumer != controller).execute(conn, values).all()
+        rows = one_statement.run(
+            self.engine, _decision_sql(self.engine.dialect, consumer != controller), values
+        )
         found = [_agreement(r) for r in rows if r.part == 0]
         return found, [directive_from_fhir(orjson.loads(r.data)) for r in rows if r.part == 1]
 

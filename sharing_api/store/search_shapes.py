@@ -131,6 +131,28 @@ class ShapeCache:
     def __len__(self) -> int:
         return len(self._compiled)
 
+    def statement(
+        self, dialect: Any, what: str, template: Template, build: Callable[[Any, Template], ClauseElement]
+    ) -> CompiledStatement:
+        """The statement ``build(tenant_parameter, template)`` builds, compiled for ``dialect`` once per
+        shape."""
+        key = (what, dialect.name, template.shape)
+        entry = self._compiled.get(key)
+        if entry is None:
+            stmt = build(bindparam("tenant", type_=None), template)
+            entry = CompiledStatement.of(stmt, dialect, f"{what} statement of this shape")
+            with self._lock:
+                if len(self._compiled) >= self.max_shapes:
+                    self._compiled.clear()
+                self._compiled[key] = entry
+        return entry
+
+    @staticmethod
+    def values(template: Template, tenant: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The values to run a statement of ``template`` with (and the ``extra`` named parameters the
+        statement has besides)."""
+        return {**template.values, **(extra or {}), "tenant": tenant}
+
     def execute(
         self,
         conn: Connection,
@@ -142,13 +164,5 @@ class ShapeCache:
     ) -> Any:
         """Run the statement ``build(tenant_parameter, template)`` builds, with ``template``'s values
         (and the values of the ``extra`` named parameters the statement has besides)."""
-        key = (what, conn.dialect.name, template.shape)
-        entry = self._compiled.get(key)
-        if entry is None:
-            stmt = build(bindparam("tenant", type_=None), template)
-            entry = CompiledStatement.of(stmt, conn.dialect, f"{what} statement of this shape")
-            with self._lock:
-                if len(self._compiled) >= self.max_shapes:
-                    self._compiled.clear()
-                self._compiled[key] = entry
-        return entry.execute(conn, {**template.values, **(extra or {}), "tenant": tenant})
+        entry = self.statement(conn.dialect, what, template, build)
+        return entry.execute(conn, self.values(template, tenant, extra))

@@ -30,6 +30,7 @@ from sharing_api.audit.merkle import (
     verify_inclusion,
 )
 from sharing_api.audit.verify import verify
+from sharing_api.store.compiled import CompiledStatement
 from sharing_api.store.schema import audit_entries, audit_heads
 from tests.audit.factories import HOSPITAL, OTHER_TENANT, T0, TENANT, facts, fill, tampering
 from tests.audit.test_events import MALICIOUS
@@ -128,6 +129,37 @@ def test_a_database_error_in_append_reaches_the_caller(
 
     with pytest.raises(DBAPIError):
         request()
+    assert stored(log.engine) == []
+
+
+def test_an_append_without_a_connection_is_committed_when_it_returns(log: AuditLog) -> None:
+    """``append(None, ...)`` (a read's event, ``Auditor.record``) is its own transaction: another
+    connection sees the entry as soon as append returns, before any data it records is sent."""
+    event = build_audit_event(facts(3))
+    row_id = log.append(None, TENANT, event)
+    with log.engine.connect() as conn:  # a connection of the engine's own pool, a new transaction
+        row = conn.execute(select(e.c.id, e.c.seq, e.c.event).where(e.c.tenant == TENANT)).one()
+    assert (row.id, row.seq) == (row_id, None)
+    assert orjson.loads(row.event) == event
+    assert log.drain(TENANT) == 1
+    assert_dense_and_hashed(log, TENANT, 1)
+
+
+def test_an_append_without_a_connection_fails_closed(log: AuditLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AUD-05 on the autocommit path: a database error reaches the caller, and nothing is stored."""
+    from sqlalchemy import Column, Integer, MetaData, Table, insert
+
+    missing = Table("audit_store_that_is_down", MetaData(), Column("x", Integer))
+    monkeypatch.setattr("sharing_api.audit.log._INSERT", insert(missing))  # SQLite: a write transaction
+    down = insert(missing).values(x=1).returning(missing.c.x)
+    dialect = log.engine.dialect
+    monkeypatch.setattr(
+        "sharing_api.audit.log._INSERT_RETURNING", {dialect.name: CompiledStatement.of(down, dialect)}
+    )
+    with pytest.raises(DBAPIError):
+        log.append(None, TENANT, build_audit_event(facts()))
+    with pytest.raises(ValueError, match="AuditEvent"):
+        log.append(None, TENANT, {"resourceType": "Observation"})
     assert stored(log.engine) == []
 
 

@@ -1,0 +1,97 @@
+"""One statement that is its own transaction, run straight through the driver (issue 12).
+
+The hot reads (the sharing decision, a search page, a read by id) and a read's audit INSERT are one
+statement each. On PostgreSQL such a statement runs in autocommit: it is its own transaction, with the
+snapshot a one-statement transaction would have, and an INSERT is committed (durably, with
+``synchronous_commit`` on) before the server answers. Through SQLAlchemy's ``Connection`` that cost a
+switch of the pooled connection to autocommit and back (isolation-level bookkeeping on every checkout
+and return) and its execution layer (context, cursor result, row processing): more Python than the
+statement. ``run`` takes a connection from the engine's autocommit sibling (``engine.autocommit_engine``:
+its connections are opened in autocommit once; the same idle ping, recycling and reset on return as
+the engine's own pool) and runs the compiled SQL with a psycopg cursor.
+
+A dead connection (the server restarted, an idle connection cut) is taken out of the pool
+(``invalidate``). A read is then retried once on a fresh connection: a read that failed changed
+nothing. A write is never retried, because an error after the server committed cannot be told from
+one before; the error goes to the caller, which answers 503 (fail closed). Driver errors are raised as
+SQLAlchemy's ``DBAPIError`` subclasses (``OperationalError``, ``IntegrityError``, ...), as the
+``Connection`` path raises them, without the parameters (they can name a patient).
+
+SQLite keeps the ``Connection`` path: a read transaction, or a write transaction (``BEGIN IMMEDIATE``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg.rows import namedtuple_row
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, StatementError
+
+from sharing_api.store.compiled import CompiledStatement
+from sharing_api.store.engine import autocommit_engine
+
+__all__ = ["run"]
+
+
+def run(
+    engine: Engine, statement: CompiledStatement, values: dict[str, Any], *, write: bool = False
+) -> list[Any]:
+    """The rows of ``statement`` run with ``values`` as its own transaction, committed when this returns
+    (rows with attribute access by column name; none for a statement that returns none).
+
+    ``write``: the statement changes data (never retried; on SQLite a write transaction)."""
+    if engine.dialect.name != "postgresql":
+        with engine.connect().execution_options(write=write) as conn, conn.begin():
+            result = statement.execute(conn, values)
+            return result.all() if result.returns_rows else []
+    args = statement.arguments(values)
+    retries = 0 if write else 1
+    while True:
+        try:
+            return _run_postgresql(engine, statement.sql, args)
+        except _Dead as dead:
+            if retries == 0:
+                raise dead.error from dead.error.orig
+            retries -= 1
+
+
+class _Dead(Exception):
+    """The connection died under the statement; ``error`` is what the caller gets if it is not retried."""
+
+    def __init__(self, error: StatementError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _run_postgresql(engine: Engine, sql: str, args: Any) -> list[Any]:
+    dbapi = engine.dialect.loaded_dbapi
+    try:
+        pooled = autocommit_engine(engine).raw_connection()  # a checkout: idle ones pinged, old ones recycled
+    except dbapi.Error as exc:  # no connection to be had (the server is down): as Engine.connect raises it
+        raise DBAPIError.instance(
+            None, None, exc, dbapi.Error, hide_parameters=True, dialect=engine.dialect
+        ) from exc
+    conn: Any = pooled.driver_connection
+    try:
+        with conn.cursor(row_factory=namedtuple_row) as cursor:
+            cursor.execute(sql, args)
+            return cursor.fetchall() if cursor.description is not None else []
+    except dbapi.Error as exc:
+        dead = bool(conn.closed or conn.broken)
+        if dead:
+            pooled.invalidate(exc)  # the pool opens a new connection in its place
+        error = DBAPIError.instance(
+            sql,
+            None,
+            exc,
+            dbapi.Error,
+            hide_parameters=True,
+            connection_invalidated=dead,
+            dialect=engine.dialect,
+        )
+        if dead:
+            raise _Dead(error) from exc
+        raise error from exc
+    finally:
+        pooled.close()  # back to the pool (its reset is a rollback with nothing open: no round trip)

@@ -1,0 +1,116 @@
+"""``store.one_statement``: a statement that is its own transaction, through the driver on PostgreSQL.
+
+What a caller notices: the rows, a database error as SQLAlchemy's exception class (the routes answer
+those with 503), a read that survives a connection the server cut, a write that is never sent twice,
+and the autocommit connections closed with the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from sqlalchemy import Engine, Integer, bindparam, cast, func, literal, select
+from sqlalchemy.exc import DataError, OperationalError
+
+from sharing_api.store import one_statement
+from sharing_api.store.compiled import CompiledStatement
+from sharing_api.store.engine import autocommit_engine, make_engine, normalise_url
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    made = make_engine(database_url, pool_size=2)
+    yield made
+    made.dispose()
+
+
+@pytest.fixture
+def pg_engine(engine: Engine) -> Engine:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("the driver path and its autocommit pool are PostgreSQL's")
+    return engine
+
+
+def _statement(engine: Engine, stmt: object) -> CompiledStatement:
+    return CompiledStatement.of(stmt, engine.dialect)  # type: ignore[arg-type]
+
+
+def _backend_pid(engine: Engine) -> int:
+    rows = one_statement.run(engine, _statement(engine, select(func.pg_backend_pid().label("pid"))), {})
+    return int(rows[0].pid)
+
+
+def _terminate(database_url: str, pid: int) -> None:
+    url = normalise_url(database_url).replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url, autocommit=True) as conn:
+        # with a timeout, pg_terminate_backend returns once the backend has exited
+        assert conn.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,)).fetchone() == (True,)
+
+
+def test_rows_come_back_by_column_name(engine: Engine) -> None:
+    stmt = _statement(engine, select(bindparam("n", type_=Integer).label("n"), literal("x").label("s")))
+    rows = one_statement.run(engine, stmt, {"n": 7})
+    assert [(r.n, r.s) for r in rows] == [(7, "x")]
+
+
+def test_a_database_error_arrives_as_sqlalchemys(engine: Engine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite casts any text to an integer")
+    stmt = _statement(engine, select(cast(bindparam("v"), Integer).label("v")))
+    with pytest.raises(DataError):
+        one_statement.run(engine, stmt, {"v": "not a number"})
+    assert one_statement.run(engine, stmt, {"v": "12"})[0].v == 12  # the connection is still usable
+
+
+def test_the_statement_runs_in_autocommit_on_postgresql(pg_engine: Engine) -> None:
+    stmt = _statement(pg_engine, select(func.txid_current_if_assigned().label("tx")))
+    # in autocommit each statement is its own transaction: no transaction id is held open between them
+    assert one_statement.run(pg_engine, stmt, {})[0].tx is None
+    with pg_engine.connect() as conn:  # the engine's own connections keep their transactions
+        assert conn.exec_driver_sql("SHOW transaction_isolation").scalar() == "read committed"
+        assert conn.in_transaction()
+
+
+def test_a_read_on_a_connection_the_server_cut_is_retried_on_a_fresh_one(
+    pg_engine: Engine, database_url: str
+) -> None:
+    first = _backend_pid(pg_engine)
+    _terminate(database_url, first)
+    second = _backend_pid(pg_engine)  # the pooled connection is dead: retried on a new one
+    assert second != first
+    assert _backend_pid(pg_engine) == second  # and the new one is pooled
+
+
+def test_a_write_on_a_connection_the_server_cut_is_not_sent_again(
+    pg_engine: Engine, database_url: str
+) -> None:
+    pid = _backend_pid(pg_engine)
+    _terminate(database_url, pid)
+    stmt = _statement(pg_engine, select(func.pg_backend_pid().label("pid")))
+    with pytest.raises(OperationalError) as raised:
+        one_statement.run(pg_engine, stmt, {}, write=True)
+    assert raised.value.connection_invalidated
+    assert _backend_pid(pg_engine) != pid  # the dead connection left the pool
+
+
+def test_disposing_the_engine_closes_its_autocommit_connections(pg_engine: Engine) -> None:
+    _backend_pid(pg_engine)
+    sibling = autocommit_engine(pg_engine)
+    assert sibling.pool.checkedin() == 1
+    pg_engine.dispose()
+    assert sibling.pool.checkedin() == 0
+    assert autocommit_engine(pg_engine) is not sibling  # a new sibling, if the engine is used again
+
+
+def test_no_server_to_connect_to_is_sqlalchemys_operational_error() -> None:
+    """The routes answer ``sqlalchemy.exc.OperationalError`` with 503 (a raw driver error would be 500)."""
+    engine = make_engine(
+        "postgresql://postgres@127.0.0.1:1/nowhere", pool_size=1
+    )  # nothing listens on port 1
+    try:
+        with pytest.raises(OperationalError):
+            one_statement.run(engine, _statement(engine, select(literal(1).label("one"))), {})
+    finally:
+        engine.dispose()

@@ -517,8 +517,8 @@ def run_views(
             answers = same_surname(asked) if asked else []
         except RegisterUnavailable as exc:
             needs["R9"] = f"the person register did not answer ({exc})"
-            answers = []
-        for v, same in zip(asked, answers, strict=False):
+            asked, answers = [], []
+        for v, same in zip(asked, answers, strict=True):
             if same:
                 per_event[id(v)].append("R9")
             elif same is None:

@@ -39,8 +39,10 @@ def from_micros(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
 
+@lru_cache(maxsize=1024)
 def format_instant(micros: int) -> str:
-    """An ``instant`` in UTC with millisecond precision, as ``meta.lastUpdated`` carries it."""
+    """An ``instant`` in UTC with millisecond precision, as ``meta.lastUpdated`` carries it (kept: a
+    Bundle's entries share one time, formatted for each stored resource and response entry)."""
     return from_micros(micros).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

@@ -366,8 +366,9 @@ class ObservationStore:
         Returns per item the stored observation and whether it already existed: an item whose business
         identifier is known (stored before, earlier in ``valids``, or committed meanwhile by another
         transaction) is not written; the existing observation is returned for the caller to compare.
-        One SELECT of the known identifiers, then multi-row INSERTs; the identifiers' primary key
-        stays the idempotency guarantee (``_claim``).
+        One SELECT of the known identifiers, the identifiers' INSERT (``_claim``: their primary key
+        stays the idempotency guarantee), then the other tables' rows (``bulk.insert_rows``: binary
+        ``COPY`` on PostgreSQL, multi-row INSERTs elsewhere).
         """
         known = self._owners(conn, tenant, [x for v in valids for x in v.identifiers])
         now = self.clock()
@@ -404,7 +405,7 @@ class ObservationStore:
         history = [rows.history for rows in new.values()]
         tokens = [row for rows in new.values() for row in rows.tokens]
         for table, rows_ in ((o, obs_rows), (observation_history, history), (observation_tokens, tokens)):
-            bulk.insert_rows(conn, table, rows_)  # one statement per table (unnest on PostgreSQL)
+            bulk.insert_rows(conn, table, rows_)  # one binary COPY per table on PostgreSQL
         existing = self._currents(conn, tenant, [p for p in plan if p not in fresh])
         out: list[tuple[Stored, bool]] = []
         for n, obs_id in enumerate(plan):

@@ -136,7 +136,7 @@ def _run(
 @click.option("--observations", default=5_000, show_default=True, type=click.IntRange(500))
 @click.option("--requests", "count", default=400, show_default=True, type=click.IntRange(10))
 @click.option("--profile", default=0, show_default=True, help="print this many cProfile lines per scenario")
-@click.option("--only", multiple=True, help="healthz, search, read (default: all)")
+@click.option("--only", multiple=True, help="healthz, search, read, token (default: all)")
 @click.option(
     "--callgrind",
     is_flag=True,
@@ -203,10 +203,19 @@ def main(
                         headers = creds.headers(creds.reader(fnr), "GET", base + target)
                         return _environ("GET", target, base, headers)
 
+                    endpoint = creds.publisher.token_endpoint()
+                    token_path = "/" + endpoint.split("/", 3)[3]
+
+                    def token(_: int) -> Environ:
+                        # The hospital's client assertion (with the attestation) and a fresh DPoP proof.
+                        body, headers = creds.token_request(creds.reader(fnr), endpoint)
+                        return _environ("POST", token_path, base, headers, body)
+
                     scenarios: dict[str, Callable[[int], Environ]] = {
                         "healthz": lambda _: _environ("GET", "/healthz", base, []),
                         "search": search,
                         "read": read,
+                        "token": token,
                     }
                     for name, make in scenarios.items():
                         if only and name not in only:

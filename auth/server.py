@@ -108,10 +108,12 @@ class TokenResponse:
 class _FormPayload(OAuth2Payload):  # type: ignore[misc]
     def __init__(self, form: Mapping[str, Sequence[str]]):
         self._form = form
+        # authlib reads `data` for every parameter it looks at: built once (issue 12).
+        self._data = {k: v[0] for k, v in form.items() if v}
 
     @property
     def data(self) -> dict[str, str]:
-        return {k: v[0] for k, v in self._form.items() if v}
+        return self._data
 
     @property
     def datalist(self) -> defaultdict[str, list[str]]:

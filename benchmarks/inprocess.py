@@ -191,7 +191,7 @@ def _ingest(
     type=click.IntRange(1),
     help="ingest: measured batch Bundles of 500 new observations (CPU reported per observation)",
 )
-@click.option("--only", multiple=True, help="healthz, search, read, ingest (default: all)")
+@click.option("--only", multiple=True, help="healthz, search, read, token, ingest (default: all)")
 @click.option(
     "--callgrind",
     is_flag=True,
@@ -264,10 +264,19 @@ def main(
                         headers = creds.headers(creds.reader(fnr), "GET", base + target)
                         return _environ("GET", target, base, headers)
 
+                    endpoint = creds.publisher.token_endpoint()
+                    token_path = "/" + endpoint.split("/", 3)[3]
+
+                    def token(_: int) -> Environ:
+                        # The hospital's client assertion (with the attestation) and a fresh DPoP proof.
+                        body, headers = creds.token_request(creds.reader(fnr), endpoint)
+                        return _environ("POST", token_path, base, headers, body)
+
                     scenarios: dict[str, Callable[[int], Environ]] = {
                         "healthz": lambda _: _environ("GET", "/healthz", base, []),
                         "search": search,
                         "read": read,
+                        "token": token,
                     }
                     for name, make in scenarios.items():
                         if only and name not in only:

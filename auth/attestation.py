@@ -170,16 +170,18 @@ def _object(value: Any, path: str) -> Mapping[str, Any]:
     return value
 
 
-def _check_text(value: str, path: str) -> str:
+def _check_text(value: str, path: str, name: str) -> str:
+    """``value`` (member ``name`` of the element at ``path``) if it is bounded, printable Unicode
+    text; the path of a failure is only formatted when there is one (issue 12)."""
     if len(value) > MAX_TEXT:
-        raise _fail(f"must be at most {MAX_TEXT} characters", path)
+        raise _fail(f"must be at most {MAX_TEXT} characters", f"{path}.{name}")
     # These strings end up in AuditEvents and access logs: no control characters, no lone surrogates.
     if _CONTROL.search(value):
-        raise _fail("must not contain control characters", path)
+        raise _fail("must not contain control characters", f"{path}.{name}")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise _fail("must be valid Unicode text", path) from None
+        raise _fail("must be valid Unicode text", f"{path}.{name}") from None
     return value
 
 
@@ -187,7 +189,7 @@ def _text(obj: Mapping[str, Any], name: str, path: str) -> str:
     value = obj.get(name)
     if not isinstance(value, str) or not value.strip():
         raise _fail("must be a non-empty string", f"{path}.{name}")
-    return _check_text(value, f"{path}.{name}")
+    return _check_text(value, path, name)
 
 
 def _optional_text(obj: Mapping[str, Any], name: str, path: str) -> str | None:
@@ -197,7 +199,7 @@ def _optional_text(obj: Mapping[str, Any], name: str, path: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise _fail("must be a string", f"{path}.{name}")
-    return _check_text(value, f"{path}.{name}") or None
+    return _check_text(value, path, name) or None
 
 
 def _identifier(

@@ -4,6 +4,14 @@
 multi-worker implementation and :class:`InMemoryReplayCache` the single-process one. The same contract
 tests run against both (``tests/auth/test_replay.py``).
 
+**Several values at once.** The token endpoint claims two values per request, the client assertion's
+``jti`` and then the DPoP proof's. The verifiers record their claim in :class:`DeferredClaims` instead
+of making it, and :func:`claim_all` then makes them in one step (one Redis round trip, issue 12) with
+the meaning of claiming them one after the other: **in order, up to the first value claimed before**.
+That one and the ones after it are not recorded, the ones before it are. So a replayed assertion does
+not burn the fresh proof sent with it, and a fresh assertion sent with a replayed proof is spent, as
+when the two claims were two round trips.
+
 Failure policy: **closed**. If the replay cache cannot answer, :class:`~auth.errors.StateUnavailable`
 is raised and the request is refused with 503; a proof or assertion is never accepted unchecked (REL-01).
 """
@@ -17,7 +25,8 @@ import hmac
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import redis
@@ -26,11 +35,14 @@ import redis.exceptions
 from auth.errors import StateUnavailable
 
 __all__ = [
+    "Claim",
+    "DeferredClaims",
     "InMemoryReplayCache",
     "NoncePolicy",
     "NonceSource",
     "RedisReplayCache",
     "ReplayCache",
+    "claim_all",
 ]
 
 _NAMESPACE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -57,20 +69,84 @@ class ReplayCache(Protocol):
         ...
 
 
-def _storage_key(namespace: str, key: str, ttl_seconds: int) -> str:
-    """Validate the arguments and return the stored name: ``<namespace>:<sha256(key)>``.
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A one-time value to claim: ``key`` in ``namespace`` for ``ttl`` seconds.
 
-    Hashing bounds the stored size whatever the caller passes (DPOP-14: no growth from a 10 KB ``jti``)
-    and keeps raw identifiers out of the store.
+    :param acceptable_from: the earliest time the value could have been accepted (see
+        :meth:`ReplayCache.claim`); ``None`` skips the epoch rule (only for values that cannot outlive
+        a reset).
     """
+
+    namespace: str
+    key: str
+    ttl: int
+    acceptable_from: float | None
+
+
+def check_claim(namespace: str, ttl_seconds: int) -> None:
+    """``ValueError``/``TypeError`` for a namespace or ``ttl_seconds`` no cache would store."""
     if not _NAMESPACE.fullmatch(namespace):
         raise ValueError("namespace must be 1-64 characters of [a-z0-9._-]")
     if not isinstance(ttl_seconds, int) or isinstance(ttl_seconds, bool):
         raise TypeError("ttl_seconds must be an int")
     if not 1 <= ttl_seconds <= MAX_TTL_SECONDS:
         raise ValueError(f"ttl_seconds must be within 1..{MAX_TTL_SECONDS}")
+
+
+def _storage_key(namespace: str, key: str, ttl_seconds: int) -> str:
+    """Validate the arguments and return the stored name: ``<namespace>:<sha256(key)>``.
+
+    Hashing bounds the stored size whatever the caller passes (DPOP-14: no growth from a 10 KB ``jti``)
+    and keeps raw identifiers out of the store.
+    """
+    check_claim(namespace, ttl_seconds)
     digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
     return f"{namespace}:{digest}"
+
+
+class DeferredClaims:
+    """A :class:`ReplayCache` that records the claims a verifier asks for and answers ``True``, so the
+    caller can make them later, together with others, through :func:`claim_all`.
+
+    The arguments are checked as a real cache checks them, so a bad namespace or TTL fails where it
+    is made. A verifier given this cache has **not** claimed anything: the caller must pass
+    :attr:`claims` to :func:`claim_all` before it acts on the verified value.
+    """
+
+    def __init__(self) -> None:
+        self.claims: list[Claim] = []
+
+    def claim(
+        self, namespace: str, key: str, ttl_seconds: int, *, acceptable_from: float | None = None
+    ) -> bool:
+        check_claim(namespace, ttl_seconds)
+        self.claims.append(Claim(namespace, key, ttl_seconds, acceptable_from))
+        return True
+
+
+def claim_all(replay: ReplayCache, claims: Sequence[Claim]) -> int | None:
+    """Claim ``claims`` in ``replay`` in order, as consecutive :meth:`ReplayCache.claim` calls would,
+    stopping at the first value claimed before.
+
+    :return: ``None`` when every value was new (all are recorded now); else the index of the first one
+        claimed before: it and the ones after it are not recorded, the ones before it are. The caches
+        of this package (:class:`InMemoryReplayCache`, :class:`RedisReplayCache`,
+        :class:`auth.replaystate.EpochReplayCache`) answer in one step (one Redis round trip); any
+        other :class:`ReplayCache` is asked one claim at a time.
+    :raise StateUnavailable: the cache cannot answer (fail closed); claims before the failure may be
+        recorded.
+    """
+    if not claims:
+        return None
+    batch = getattr(replay, "claim_all", None)
+    if batch is not None:
+        found: int | None = batch(claims)
+        return found
+    for index, c in enumerate(claims):
+        if not replay.claim(c.namespace, c.key, c.ttl, acceptable_from=c.acceptable_from):
+            return index
+    return None
 
 
 class RedisReplayCache:
@@ -91,6 +167,7 @@ class RedisReplayCache:
     def __init__(self, client: redis.Redis, *, prefix: str = "dho:replay:") -> None:
         self._client = client
         self._prefix = prefix
+        self._claim_all = client.register_script(_CLAIM_ALL)
 
     def claim(
         self, namespace: str, key: str, ttl_seconds: int, *, acceptable_from: float | None = None
@@ -103,6 +180,25 @@ class RedisReplayCache:
         except redis.exceptions.RedisError as err:
             raise StateUnavailable("replay cache unavailable") from err
         return stored is True
+
+    def claim_all(self, claims: Sequence[Claim]) -> int | None:
+        """:func:`claim_all` in one script (one ``SET NX EX`` per claim, in order)."""
+        names = [self._prefix + _storage_key(c.namespace, c.key, c.ttl) for c in claims]
+        try:
+            found = int(self._claim_all(keys=names, args=[c.ttl for c in claims]))
+        except redis.exceptions.RedisError as err:
+            raise StateUnavailable("replay cache unavailable") from err
+        return None if found == 0 else found - 1
+
+
+# KEYS: the claims; ARGV: their ttls. 0 when all were new (all set now), else the 1-based index of the
+# first key already there (the keys before it are set, it and the ones after are not touched).
+_CLAIM_ALL = """
+for i = 1, #KEYS do
+  if not redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[i]) then return i end
+end
+return 0
+"""
 
 
 class InMemoryReplayCache:
@@ -134,6 +230,19 @@ class InMemoryReplayCache:
             self._expiry[name] = expires
             heapq.heappush(self._heap, (expires, name))
             return True
+
+    def claim_all(self, claims: Sequence[Claim]) -> int | None:
+        """:func:`claim_all` under one hold of the cache's lock."""
+        names = [_storage_key(c.namespace, c.key, c.ttl) for c in claims]
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            for index, (name, c) in enumerate(zip(names, claims, strict=True)):
+                if name in self._expiry:
+                    return index
+                self._expiry[name] = now + c.ttl
+                heapq.heappush(self._heap, (now + c.ttl, name))
+        return None
 
     def _expire(self, now: float) -> None:
         # Entries are inserted once and never refreshed, so the heap top is always the oldest live entry.

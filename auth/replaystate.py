@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -57,6 +56,7 @@ import redis
 import redis.exceptions
 
 from auth.errors import StateUnavailable
+from auth.replay import Claim, check_claim
 
 __all__ = [
     "ADMITTED",
@@ -77,14 +77,21 @@ REPLAYED = "replayed"
 STALE = "stale"
 _RESET = "reset"
 
-# KEYS: 1 epoch, 2 revocation, 3 claim, 4 rate counter (unused ones repeat the epoch key).
-# ARGV: 1 acceptable_from ('' = none), 2 claim ttl, 3 attempt id, 4 rate window, 5 parts ('r','c','l').
-_ADMIT = """
+# The epoch check every admission starts with (KEYS[1] is the epoch key): {'reset', run_id} when the
+# epoch is missing or was begun by another server process; else `epoch` and `began` are set.
+_EPOCH = """
 local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then return {'reset', run_id} end
 local began, owner = string.match(epoch, '^(%S+) (%w+)$')
 if owner ~= run_id then return {'reset', run_id} end
+"""
+
+# KEYS: 1 epoch, 2 revocation, 3 claim, 4 rate counter (unused ones repeat the epoch key).
+# ARGV: 1 acceptable_from ('' = none), 2 claim ttl, 3 attempt id, 4 rate window, 5 parts ('r','c','l').
+_ADMIT = (
+    _EPOCH
+    + """
 local parts = ARGV[5]
 if ARGV[1] ~= '' and tonumber(ARGV[1]) < tonumber(began) then return {'stale', epoch} end
 if string.find(parts, 'r', 1, true) and redis.call('EXISTS', KEYS[2]) == 1 then
@@ -101,6 +108,25 @@ if string.find(parts, 'l', 1, true) then
 end
 return {'ok', epoch, count}
 """
+)
+
+# Several claims in order (auth.replay.claim_all), each as _ADMIT makes one. KEYS: 1 epoch, 2.. the
+# claims. ARGV: 1 attempt id, then per claim its acceptable_from ('' = none) and its ttl. The first stale
+# or replayed claim stops the script (the claims before it stay made); the third element is its 1-based
+# index. A key holding this attempt's own value for it is not a replay (a retry after a lost reply).
+_CLAIM_ALL = (
+    _EPOCH
+    + """
+for i = 1, #KEYS - 1 do
+  local from = ARGV[2 * i]
+  if from ~= '' and tonumber(from) < tonumber(began) then return {'stale', epoch, i} end
+  local mine = ARGV[1] .. ':' .. i
+  local prev = redis.call('SET', KEYS[i + 1], mine, 'NX', 'EX', ARGV[2 * i + 1], 'GET')
+  if prev and prev ~= mine then return {'replayed', epoch, i} end
+end
+return {'ok', epoch, 0}
+"""
+)
 
 # KEYS: 1 epoch, 2.. revocation keys. ARGV: 1 began, 2.. their ttls.
 _BEGIN = """
@@ -154,20 +180,6 @@ def revocation_digest(jti: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Claim:
-    """A one-time value to claim: stored as ``<namespace>:<sha256(key)>`` for ``ttl`` seconds.
-
-    :param acceptable_from: the earliest time the value could have been accepted (see module doc);
-        ``None`` skips the epoch rule (only for values that cannot outlive a reset).
-    """
-
-    namespace: str
-    key: str
-    ttl: int
-    acceptable_from: float | None
-
-
-@dataclass(frozen=True, slots=True)
 class Verdict:
     """The answer of one admission: :data:`ADMITTED`, :data:`REVOKED`, :data:`REPLAYED` or :data:`STALE`,
     and the rate counter after this hit (0 when no rate limit was counted)."""
@@ -215,6 +227,7 @@ class RedisState:
         self._wait_ms = wait_ms
         self._clock = clock
         self._admit = client.register_script(_ADMIT)
+        self._claim_all = client.register_script(_CLAIM_ALL)
         self._begin = client.register_script(_BEGIN)
         self._run_id = client.register_script(_RUN_ID)
         self.generation = ""
@@ -263,12 +276,33 @@ class RedisState:
             parts,
         ]
         for _ in range(3):
-            reply = self._run(keys=[epoch, *keys], args=args, writes=claim is not None)
+            reply = self._run(self._admit, keys=[epoch, *keys], args=args, writes=claim is not None)
             status = _text(reply[0])
             if status != _RESET:
                 self.generation = _text(reply[1])
                 count = int(reply[2]) if len(reply) > 2 else 0
                 return Verdict(status, count)
+            self._start_epoch(_text(reply[1]))
+        raise StateUnavailable("the replay state keeps being reset")
+
+    def claim_all(self, claims: Sequence[Claim]) -> tuple[str, int]:
+        """One round trip: the epoch, then ``claims`` in order (:func:`auth.replay.claim_all`).
+        Returns :data:`ADMITTED` (all recorded), or :data:`STALE` / :data:`REPLAYED` with the index of
+        the first such claim (the ones before it are recorded, it and the ones after are not).
+
+        :raise StateUnavailable: Redis, the ledger or the replica acknowledgement failed.
+        """
+        epoch = self.epoch_key
+        keys = [epoch, *(self.claim_key(c) for c in claims)]
+        args: list[Any] = [uuid.uuid4().hex]
+        for c in claims:
+            args += ["" if c.acceptable_from is None else repr(float(c.acceptable_from)), c.ttl]
+        for _ in range(3):
+            reply = self._run(self._claim_all, keys=keys, args=args, writes=True)
+            status = _text(reply[0])
+            if status != _RESET:
+                self.generation = _text(reply[1])
+                return status, int(reply[2]) - 1
             self._start_epoch(_text(reply[1]))
         raise StateUnavailable("the replay state keeps being reset")
 
@@ -305,12 +339,12 @@ class RedisState:
         if self._acks and int(replies[-1]) < self._acks:
             raise StateUnavailable("the revocation was not acknowledged by a replica")
 
-    def _run(self, *, keys: list[str], args: list[Any], writes: bool) -> list[Any]:
+    def _run(self, script: Any, *, keys: list[str], args: list[Any], writes: bool) -> list[Any]:
         try:
             if not (writes and self._acks):
-                return list(self._admit(keys=keys, args=args))
+                return list(script(keys=keys, args=args))
             pipe = self._client.pipeline(transaction=False)
-            self._admit(keys=keys, args=args, client=pipe)
+            script(keys=keys, args=args, client=pipe)
             pipe.execute_command("WAIT", self._acks, self._wait_ms)
             reply, acked = pipe.execute()
         except redis.exceptions.RedisError as err:
@@ -360,11 +394,21 @@ class EpochReplayCache:
     def claim(
         self, namespace: str, key: str, ttl_seconds: int, *, acceptable_from: float | None = None
     ) -> bool:
-        _check_claim(namespace, ttl_seconds)
+        check_claim(namespace, ttl_seconds)
         verdict = self._state.admit(claim=Claim(namespace, key, ttl_seconds, acceptable_from))
         if verdict.status == STALE:
             raise StateUnavailable("the replay state was reset after this value could have been used")
         return verdict.status == ADMITTED
+
+    def claim_all(self, claims: Sequence[Claim]) -> int | None:
+        """:func:`auth.replay.claim_all` in one round trip; a claim that could have been accepted before
+        the epoch began raises :class:`StateUnavailable` (the claims before it are recorded)."""
+        for c in claims:
+            check_claim(c.namespace, c.ttl)
+        status, index = self._state.claim_all(claims)
+        if status == STALE:
+            raise StateUnavailable("the replay state was reset after this value could have been used")
+        return index if status == REPLAYED else None
 
 
 class CachedRevocationList:
@@ -384,15 +428,3 @@ class CachedRevocationList:
 
     def is_revoked(self, jti: str) -> bool:
         return self._state.admit(revoked_jti=jti).status == REVOKED
-
-
-def _check_claim(namespace: str, ttl_seconds: int) -> None:
-    if not _NAMESPACE.fullmatch(namespace):
-        raise ValueError("namespace must be 1-64 characters of [a-z0-9._-]")
-    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int):
-        raise TypeError("ttl_seconds must be an int")
-    if not 1 <= ttl_seconds <= 24 * 3600:
-        raise ValueError("ttl_seconds must be within 1..86400")
-
-
-_NAMESPACE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")

@@ -28,13 +28,14 @@ from auth.errors import (
     AuthError,
     InvalidAuthorizationDetails,
     InvalidClient,
+    InvalidDPoPProof,
     InvalidRequest,
     InvalidScope,
     Surface,
     UnauthorizedClient,
 )
 from auth.keys import SigningKeySet
-from auth.replay import NoncePolicy, ReplayCache
+from auth.replay import DeferredClaims, NoncePolicy, ReplayCache, claim_all
 from auth.revocation import RevocationList
 from auth.tokens import (
     DEFAULT_LIFETIME,
@@ -107,10 +108,12 @@ class TokenResponse:
 class _FormPayload(OAuth2Payload):  # type: ignore[misc]
     def __init__(self, form: Mapping[str, Sequence[str]]):
         self._form = form
+        # authlib reads `data` for every parameter it looks at: built once (issue 12).
+        self._data = {k: v[0] for k, v in form.items() if v}
 
     @property
     def data(self) -> dict[str, str]:
-        return {k: v[0] for k, v in self._form.items() if v}
+        return self._data
 
     @property
     def datalist(self) -> defaultdict[str, list[str]]:
@@ -124,6 +127,11 @@ class _Request(OAuth2Request):  # type: ignore[misc]
         self.token_request = request
         self.assertion_details: Any = None
         self.dpop_jkt: str | None = None
+        #: The ``jti`` claims of the client assertion and of the DPoP proof, recorded by the verifiers
+        #: and made together by :meth:`TokenService.claim_verified` (token endpoint only; ``None``
+        #: elsewhere: the assertion is claimed at once).
+        self.assertion_claim: DeferredClaims | None = None
+        self.proof_claim: DeferredClaims | None = None
 
     @property
     def form(self) -> dict[str, str]:
@@ -136,24 +144,32 @@ class DPoPClientCredentialsGrant(ClientCredentialsGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = ["private_key_jwt"]  # noqa: RUF012 (authlib's class attribute)
 
     def validate_token_request(self) -> None:
-        super().validate_token_request()
-        service: TokenService = self.server
+        """authlib's checks with client authentication, then the DPoP proof; the assertion's and the
+        proof's ``jti`` are claimed at the end in one round trip (:meth:`TokenService.claim_verified`).
+        When a check fails after the assertion was verified, the assertion's ``jti`` is claimed all the
+        same before the refusal (a verified assertion is spent by the request that carried it)."""
         request: _Request = self.request
-        proofs = request.token_request.header("DPoP")
-        if not proofs:
-            from auth.errors import InvalidDPoPProof
-
-            raise InvalidDPoPProof("a DPoP proof is required at the token endpoint (RFC 9449 §5)")
-        proof = verify_proof(
-            single_proof(proofs),
-            method="POST",
-            url=service.token_url,
-            replay=service.replay,
-            now=service.clock(),
-            nonce=service.nonce,
-            allowed_algs=service.dpop_algs,
-            replay_namespace="dpop-as",
-        )
+        service: TokenService = self.server
+        request.assertion_claim, request.proof_claim = DeferredClaims(), DeferredClaims()
+        try:
+            super().validate_token_request()
+            proofs = request.token_request.header("DPoP")
+            if not proofs:
+                raise InvalidDPoPProof("a DPoP proof is required at the token endpoint (RFC 9449 §5)")
+            proof = verify_proof(
+                single_proof(proofs),
+                method="POST",
+                url=service.token_url,
+                replay=request.proof_claim,
+                now=service.clock(),
+                nonce=service.nonce,
+                allowed_algs=service.dpop_algs,
+                replay_namespace="dpop-as",
+            )
+        except Exception:
+            service.claim_verified(request)
+            raise
+        service.claim_verified(request)
         request.dpop_jkt = proof.jkt
 
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
@@ -255,6 +271,26 @@ class TokenService(AuthorizationServer):  # type: ignore[misc]
     def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
         """authlib's signals are not used."""
 
+    def claim_verified(self, request: _Request) -> None:
+        """Claim the ``jti`` of what the token request has verified so far, the client assertion's and
+        then the DPoP proof's, in one round trip (:func:`auth.replay.claim_all`; issue 12) with the
+        meaning of two claims in turn: a replayed assertion does not spend the proof, a replayed proof
+        does spend the fresh assertion.
+
+        :raise InvalidClient: the assertion was used before.
+        :raise InvalidDPoPProof: the proof was used before.
+        :raise StateUnavailable: the replay cache cannot answer, or the epoch rule refuses (503).
+        """
+        assertion = request.assertion_claim.claims if request.assertion_claim is not None else []
+        proof = request.proof_claim.claims if request.proof_claim is not None else []
+        request.assertion_claim = request.proof_claim = None  # claimed once, whatever happens next
+        replayed = claim_all(self.replay, [*assertion, *proof])
+        if replayed is None:
+            return
+        if replayed < len(assertion):
+            raise InvalidClient("client assertion replayed")
+        raise InvalidDPoPProof("DPoP proof replayed")
+
     def _authenticate_private_key_jwt(self, query_client: Any, request: _Request) -> RegisteredClient:
         form = request.payload.data
         if form.get("client_assertion_type") != ASSERTION_TYPE or not form.get("client_assertion"):
@@ -269,7 +305,8 @@ class TokenService(AuthorizationServer):  # type: ignore[misc]
             form["client_assertion"],
             issuer=self.issuer,
             client_jwks=client_jwks,
-            replay=self.replay,
+            # At the token endpoint the claim is made later, with the proof's (claim_once).
+            replay=self.replay if request.assertion_claim is None else request.assertion_claim,
             now=self.clock(),
             client_id=form.get("client_id") or None,
             allowed_algs=CLIENT_ASSERTION_ALGS,

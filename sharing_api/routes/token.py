@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from flask import Blueprint, Response, current_app, g, request
@@ -43,6 +44,20 @@ OAUTH_ERRORS = frozenset(
 )
 
 
+def _form() -> dict[str, list[str]]:
+    """The ``application/x-www-form-urlencoded`` body as werkzeug's ``request.form`` parses it (the same
+    ``parse_qsl`` call; a body that is not UTF-8 is an empty form), without building its MultiDict and
+    form parser for one request (issue 12)."""
+    try:
+        pairs = parse_qsl(request.get_data().decode(), keep_blank_values=True, errors="werkzeug.url_quote")
+    except ValueError:
+        return {}
+    form: dict[str, list[str]] = {}
+    for name, value in pairs:
+        form.setdefault(name, []).append(value)
+    return form
+
+
 def _request(path: str) -> TokenRequest:
     """The plain request the token service sees: the form body only (never the query string)."""
     is_form = (request.mimetype or "") == FORM
@@ -51,7 +66,7 @@ def _request(path: str) -> TokenRequest:
         headers.setdefault(name, []).append(value)
     return TokenRequest(
         url=services().settings.issuer_url + path,
-        form=request.form.to_dict(flat=False) if is_form else {},
+        form=_form() if is_form else {},
         headers=headers,
     )
 

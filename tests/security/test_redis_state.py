@@ -89,6 +89,21 @@ def test_one_redis_round_trip_per_request(
     assert reader.send(headers).status_code == 401  # and that one trip did claim the proof
 
 
+def test_one_redis_round_trip_per_token(
+    settings: Settings, app: Flask, nodes: list[Node], tmp_path: Path
+) -> None:
+    """Issue 12: the client assertion's and the DPoP proof's ``jti`` are claimed in one round trip."""
+    node = Node(tmp_path, [])
+    nodes.append(node)
+    _, scene = app_on(settings, f"redis://127.0.0.1:{node.port}/0")
+    hospital = scene.client.parties["hospital"]
+    assert scene.client.token_response(hospital).status_code == 200  # warms the pool and the scripts
+    before = reads_processed(node)
+    assert scene.client.token_response(hospital).status_code == 200
+    after = reads_processed(node)
+    assert after - before - 1 == 1  # one for the token; one for our own INFO call
+
+
 def test_claim_without_replica_acknowledgement_is_refused(
     settings: Settings, app: Flask, nodes: list[Node], tmp_path: Path
 ) -> None:

@@ -461,6 +461,54 @@ def test_cla_08_reused_proof_jti_at_the_token_endpoint_is_invalid_dpop_proof(te:
     te.assert_still_works()
 
 
+# --- CLA-05 and CLA-08 together: both jti claimed in one round trip (issue 12) ------------------------
+
+
+def test_a_replayed_assertion_does_not_spend_the_fresh_proof_sent_with_it(te: TokenEndpoint) -> None:
+    assertion = te.assertion("hospital")
+    assert te.request_token(assertion).status_code == 200
+    proof = te.proof()
+    te.assert_refused(te.request_token(assertion, proof=proof), 401, "invalid_client")
+    assert te.request_token(te.assertion("hospital"), proof=proof).status_code == 200
+
+
+def test_a_replayed_proof_spends_the_fresh_assertion_sent_with_it(te: TokenEndpoint) -> None:
+    """As when the two were claimed in turn: the assertion is claimed first, then the proof."""
+    proof = te.proof()
+    assert te.request_token(te.assertion("hospital"), proof=proof).status_code == 200
+    assertion = te.assertion("hospital")
+    te.assert_refused(te.request_token(assertion, proof=proof), 400, "invalid_dpop_proof")
+    again = te.request_token(assertion)  # with a fresh proof
+    te.assert_refused(again, 401, "invalid_client")
+    assert "replay" in again.get_json()["error_description"]
+    te.assert_still_works()
+
+
+@pytest.mark.parametrize("refusal", ["proof-for-another-url", "no-proof", "scope-not-registered"])
+def test_an_assertion_verified_in_a_refused_request_is_spent(te: TokenEndpoint, refusal: str) -> None:
+    """A request refused after its assertion was verified spends the assertion all the same."""
+    assertion = te.assertion("hospital")
+    if refusal == "proof-for-another-url":
+        proof = te.proof(url=te.issuer + INTROSPECTION_PATH)
+        te.assert_refused(te.request_token(assertion, proof=proof), 400, "invalid_dpop_proof")
+    elif refusal == "no-proof":
+        te.assert_refused(te.post(te.token_form(assertion), dpop=False), 400, "invalid_dpop_proof")
+    else:
+        refused = te.request_token(assertion, scope="dho-share/audit.read")
+        te.assert_refused(refused, 400, "invalid_scope")
+    again = te.request_token(assertion)
+    te.assert_refused(again, 401, "invalid_client")
+    assert "replay" in again.get_json()["error_description"]
+    te.assert_still_works()
+
+
+def test_a_proof_sent_with_a_refused_assertion_is_not_spent(te: TokenEndpoint) -> None:
+    proof = te.proof()
+    refused_assertion = te.assertion("hospital", aud="https://other-as.example.test")
+    te.assert_refused(te.request_token(refused_assertion, proof=proof), 401, "invalid_client")
+    assert te.request_token(te.assertion("hospital"), proof=proof).status_code == 200
+
+
 # --- AS-01 -----------------------------------------------------------------------------------------
 
 

@@ -31,7 +31,7 @@ import click
 import orjson
 from werkzeug.test import EnvironBuilder
 
-from benchmarks.cpu import CpuProbe
+from benchmarks.cpu import CpuProbe, Sample
 from benchmarks.environment import (
     REDIS_URL,
     TENANT,
@@ -42,12 +42,19 @@ from benchmarks.environment import (
     search_forms,
 )
 from benchmarks.load import Connection
-from benchmarks.parties import FORM_URLENCODED, Credentials, form_patient, publish_all, register
+from benchmarks.parties import FHIR_JSON, FORM_URLENCODED, Credentials, form_patient, publish_all, register
 
 Environ = dict[str, Any]
 
 
-def _environ(method: str, path: str, base: str, headers: list[str], body: bytes = b"") -> Environ:
+def _environ(
+    method: str,
+    path: str,
+    base: str,
+    headers: list[str],
+    body: bytes = b"",
+    content_type: str = FORM_URLENCODED,
+) -> Environ:
     pairs = [tuple(h.split(": ", 1)) for h in headers]
     pairs.append(("Accept", "application/fhir+json"))
     builder = EnvironBuilder(
@@ -56,7 +63,7 @@ def _environ(method: str, path: str, base: str, headers: list[str], body: bytes 
         method=method,
         headers=pairs,
         data=body if body else None,
-        content_type=FORM_URLENCODED if body else None,
+        content_type=content_type if body else None,
     )
     try:
         return builder.get_environ()
@@ -81,6 +88,21 @@ def _call(app: Any, environ: Environ) -> tuple[str, bytes]:
     return status[0], body
 
 
+def _backend_cpu(probe: CpuProbe, before: Sample, after: Sample) -> float:
+    """CPU seconds of this database's own PostgreSQL backends between the samples: the part of
+    ``storage`` that is this work's alone (the cluster's shared processes, such as the WAL writer,
+    checkpointer and autovacuum, also serve other databases on a shared machine)."""
+    used = 0.0
+    for pid, (_, command, cpu, started) in after.per_process.items():
+        if not command.startswith("postgres") or probe.database is None:
+            continue
+        if "(" not in command or not probe.database.search(command):
+            continue
+        earlier = before.per_process.get(pid)
+        used += max(0.0, cpu - earlier[2] if earlier and earlier[3] == started else cpu)
+    return used
+
+
 def _run(
     name: str,
     app: Any,
@@ -89,8 +111,9 @@ def _run(
     probe: CpuProbe,
     profile: int,
     callgrind: bool,
-) -> tuple[str, float, float]:
-    for i in range(min(10 if callgrind else 50, count)):
+    warmup: int = 50,
+) -> tuple[str, float, float, float]:
+    for i in range(min(min(warmup, 10) if callgrind else warmup, count)):
         status, body = _call(app, make(i))
         if not status.startswith(("200", "201")):
             raise click.ClickException(f"{name} answered {status}: {body[:300]!r}")
@@ -99,7 +122,7 @@ def _run(
     before = probe.sample()
     cpu = 0.0
     for first in range(0, count, chunk):
-        prepared = [make(50 + i) for i in range(first, min(count, first + chunk))]
+        prepared = [make(warmup + i) for i in range(first, min(count, first + chunk))]
         if callgrind:  # count instructions of the measured requests only (valgrind --instr-atstart=no)
             subprocess.run(["callgrind_control", "--instr=on", str(os.getpid())], check=True)
         for environ in prepared:
@@ -113,11 +136,12 @@ def _run(
     if callgrind:
         subprocess.run(["callgrind_control", "--dump=" + name, str(os.getpid())], check=True)
     after = probe.sample()
-    storage = 0.0
+    storage = backends = 0.0
     if before is not None and after is not None:
         storage = probe.share(before, after).get("storage", 0.0) * (after.total - before.total)
+        backends = _backend_cpu(probe, before, after)
     if profile:
-        prepared = [make(50 + count + i) for i in range(count)]
+        prepared = [make(warmup + count + i) for i in range(count)]
         profiler = cProfile.Profile(time.thread_time)
         profiler.enable()
         for environ in prepared:
@@ -128,7 +152,31 @@ def _run(
         stats.sort_stats(os.environ.get("DHO_PROFILE_SORT", "cumulative")).print_stats(profile)
         print(f"--- {name}: cProfile (thread CPU clock), {count} requests ---")
         print(out.getvalue())
-    return name, 1000 * cpu / count, 1000 * storage / count
+    return name, 1000 * cpu / count, 1000 * storage / count, 1000 * backends / count
+
+
+INGEST_WARMUP = 2
+INGEST_SIZE = 500
+
+
+def _ingest(
+    app: Any, creds: Credentials, base: str, bundles: int, probe: CpuProbe, profile: int, callgrind: bool
+) -> tuple[str, float, float, float]:
+    """Batch Bundles of 500 new observations (new patients: every entry is created), one at a time;
+    the CPU is reported per observation."""
+    extra = 2 if callgrind else INGEST_WARMUP
+    needed = extra + bundles * (2 if profile else 1)
+    fresh = make_dataset(needed * INGEST_SIZE, INGEST_SIZE, 60, 7_919)
+    path = f"/{TENANT}/fhir"
+
+    def ingest(i: int) -> Environ:
+        headers = creds.headers(creds.publisher, "POST", base + path)
+        return _environ("POST", path, base, headers, fresh.bundles[i], FHIR_JSON)
+
+    _, app_ms, storage_ms, backend_ms = _run(
+        "ingest", app, ingest, bundles, probe, profile, callgrind, warmup=extra
+    )
+    return "ingest/obs", app_ms / INGEST_SIZE, storage_ms / INGEST_SIZE, backend_ms / INGEST_SIZE
 
 
 @click.command()
@@ -136,14 +184,27 @@ def _run(
 @click.option("--observations", default=5_000, show_default=True, type=click.IntRange(500))
 @click.option("--requests", "count", default=400, show_default=True, type=click.IntRange(10))
 @click.option("--profile", default=0, show_default=True, help="print this many cProfile lines per scenario")
-@click.option("--only", multiple=True, help="healthz, search, read (default: all)")
+@click.option(
+    "--bundles",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1),
+    help="ingest: measured batch Bundles of 500 new observations (CPU reported per observation)",
+)
+@click.option("--only", multiple=True, help="healthz, search, read, ingest (default: all)")
 @click.option(
     "--callgrind",
     is_flag=True,
     help="run under `valgrind --tool=callgrind --instr-atstart=no`: instructions of the measured requests",
 )
 def main(
-    postgres_url: str, observations: int, count: int, profile: int, only: tuple[str, ...], callgrind: bool
+    postgres_url: str,
+    observations: int,
+    count: int,
+    bundles: int,
+    profile: int,
+    only: tuple[str, ...],
+    callgrind: bool,
 ) -> None:
     """CPU ms per request of the app in this process (one thread) and of the database and Redis."""
     data = make_dataset(observations, 500, 60, 1)
@@ -212,13 +273,15 @@ def main(
                         if only and name not in only:
                             continue
                         results.append(_run(name, app, make, count, probe, profile, callgrind))
+                    if not only or "ingest" in only:
+                        results.append(_ingest(app, creds, base, bundles, probe, profile, callgrind))
                 finally:
                     sys.stderr = saved_stderr
     load = os.getloadavg()[0]
     print(f"load average {load:.2f}; {count} requests per scenario, one at a time, in process")
-    print(f"{'scenario':10} {'app CPU ms':>11} {'storage CPU ms':>15}")
-    for name, app_ms, storage_ms in results:
-        print(f"{name:10} {app_ms:11.3f} {storage_ms:15.3f}")
+    print(f"{'scenario':10} {'app CPU ms':>11} {'storage CPU ms':>15} {'of it, our backends':>20}")
+    for name, app_ms, storage_ms, backend_ms in results:
+        print(f"{name:10} {app_ms:11.3f} {storage_ms:15.3f} {backend_ms:20.3f}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import partial
+from itertools import chain, compress
+from operator import is_
 from typing import Any
 
 import orjson
@@ -11,17 +14,32 @@ from sharing_api.errors import InvalidResource, UnsupportedMediaType
 JSON_TYPES = ("application/fhir+json", "application/json")
 
 
+_CONTAINER = frozenset({dict, list}).__contains__
+_IS_DICT = partial(is_, dict)
+_IS_LIST = partial(is_, list)
+
+
 def check_depth(value: Any, limit: int) -> None:
-    """Refuse nesting deeper than ``limit`` (iterative: a hostile body cannot exhaust the stack)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
+    """Refuse nesting deeper than ``limit`` (iterative: a hostile body cannot exhaust the stack).
+
+    One level at a time: the objects and arrays at depth 1 (the value itself), then those inside them
+    at depth 2, and so on; the first level beyond ``limit`` that holds any is refused. Each level is
+    gathered with ``itertools`` over the parsed value's own ``dict`` and ``list`` (what ``orjson``
+    returns), without a Python step per value."""
+    level: list[Any] = [value]
+    depth = 1
+    while level:
         if depth > limit:
             raise InvalidResource(f"the JSON is nested deeper than {limit} levels", "Bundle")
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
+        types = list(map(type, level))
+        values = list(
+            chain(
+                chain.from_iterable(map(dict.values, compress(level, map(_IS_DICT, types)))),
+                chain.from_iterable(compress(level, map(_IS_LIST, types))),
+            )
+        )
+        level = list(compress(values, map(_CONTAINER, map(type, values))))
+        depth += 1
 
 
 def parse_json(raw: bytes, content_type: str | None, *, max_depth: int) -> Any:

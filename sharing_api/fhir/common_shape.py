@@ -87,59 +87,95 @@ def _object(value: Any, fields: dict[str, Callable[[Any], bool]], required: tupl
         check = fields.get(key)
         if check is None or not check(item):
             return False
-    return all(key in value for key in required)
+    return all(map(value.__contains__, required))
 
 
 def _list(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
     def valid(value: Any) -> bool:
-        return type(value) is list and 0 < len(value) <= 1000 and all(check(item) for item in value)
+        return type(value) is list and 0 < len(value) <= 1000 and all(map(check, value))
 
     return valid
 
 
+# Each element's fields and their checks, built once (not on every call).
+_CODING: dict[str, Callable[[Any], bool]] = {
+    "system": _uri,
+    "code": _code,
+    "display": _string,
+    "version": _string,
+}
+
+
 def _coding(value: Any) -> bool:
-    return _object(value, {"system": _uri, "code": _code, "display": _string, "version": _string})
+    return _object(value, _CODING)
+
+
+_CONCEPT: dict[str, Callable[[Any], bool]] = {"coding": _list(_coding), "text": _string}
 
 
 def _concept(value: Any) -> bool:
-    return _object(value, {"coding": _list(_coding), "text": _string})
+    return _object(value, _CONCEPT)
+
+
+_IDENTIFIER: dict[str, Callable[[Any], bool]] = {"system": _uri, "value": _string}
 
 
 def _identifier(value: Any) -> bool:
-    return _object(value, {"system": _uri, "value": _string})
+    return _object(value, _IDENTIFIER)
+
+
+_BY_IDENTIFIER: dict[str, Callable[[Any], bool]] = {"identifier": _identifier, "display": _string}
 
 
 def _by_identifier(value: Any) -> bool:
-    return _object(value, {"identifier": _identifier, "display": _string}, ("identifier",))
+    return _object(value, _BY_IDENTIFIER, ("identifier",))
+
+
+_QUANTITY: dict[str, Callable[[Any], bool]] = {
+    "value": _number,
+    "unit": _string,
+    "system": _uri,
+    "code": _code,
+}
 
 
 def _quantity(value: Any) -> bool:
-    return _object(value, {"value": _number, "unit": _string, "system": _uri, "code": _code})
+    return _object(value, _QUANTITY)
+
+
+_COMPONENT: dict[str, Callable[[Any], bool]] = {"code": _concept, "valueQuantity": _quantity}
 
 
 def _component(value: Any) -> bool:
-    return _object(value, {"code": _concept, "valueQuantity": _quantity}, ("code",))
+    return _object(value, _COMPONENT, ("code",))
+
+
+def _fhir_id(value: Any) -> bool:
+    return type(value) is str and _ID.fullmatch(value) is not None
+
+
+_META: dict[str, Callable[[Any], bool]] = {
+    "profile": _list(_uri),
+    "versionId": _fhir_id,
+    "lastUpdated": _instant,
+    "source": _uri,
+}
 
 
 def _meta(value: Any) -> bool:
-    return _object(
-        value,
-        {
-            "profile": _list(_uri),
-            "versionId": lambda v: type(v) is str and _ID.fullmatch(v) is not None,
-            "lastUpdated": _instant,
-            "source": _uri,
-        },
-    )
+    return _object(value, _META)
+
+
+_NOTE: dict[str, Callable[[Any], bool]] = {"text": _string}
 
 
 def _note(value: Any) -> bool:
-    return _object(value, {"text": _string}, ("text",))
+    return _object(value, _NOTE, ("text",))
 
 
 _OBSERVATION: dict[str, Callable[[Any], bool]] = {
     "resourceType": lambda v: v == "Observation",
-    "id": lambda v: type(v) is str and _ID.fullmatch(v) is not None,
+    "id": _fhir_id,
     "meta": _meta,
     "identifier": _list(_identifier),
     "status": _code,

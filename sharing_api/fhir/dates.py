@@ -8,7 +8,8 @@ FHIR search compares *ranges*: ``2021-05-10`` stands for the whole day, ``2021-0
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 LOCAL_ZONE = ZoneInfo("Europe/Oslo")
@@ -38,13 +39,22 @@ def from_micros(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
 
+@lru_cache(maxsize=1024)
 def format_instant(micros: int) -> str:
-    """An ``instant`` in UTC with millisecond precision, as ``meta.lastUpdated`` carries it."""
+    """An ``instant`` in UTC with millisecond precision, as ``meta.lastUpdated`` carries it (kept: a
+    Bundle's entries share one time, formatted for each stored resource and response entry)."""
     return from_micros(micros).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _next_month(year: int, month: int) -> tuple[int, int]:
     return (year + 1, 1) if month == 12 else (year, month + 1)
+
+
+@lru_cache(maxsize=256)
+def _offset_zone(tz: str) -> tzinfo | None:
+    """The zone of an offset such as ``+01:00`` (kept: a data set carries a handful; a bad one raises
+    ``ValueError`` each time, as ``strptime`` does)."""
+    return datetime.strptime(tz.replace(":", ""), "%z").tzinfo
 
 
 def parse_range(value: str, *, require_zone_with_time: bool = True) -> tuple[int, int]:
@@ -79,7 +89,7 @@ def parse_range(value: str, *, require_zone_with_time: bool = True) -> tuple[int
                 raise DateFormatError(f"{value!r} has a time but no time zone")
             zone = LOCAL_ZONE
         else:
-            zone = UTC if tz == "Z" else datetime.strptime(tz.replace(":", ""), "%z").tzinfo  # type: ignore[assignment]
+            zone = UTC if tz == "Z" else _offset_zone(tz)  # type: ignore[assignment]
         fraction = g["fraction"] or ""
         micro = int((fraction + "000000")[:6]) if fraction else 0
         start = datetime(

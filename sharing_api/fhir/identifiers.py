@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 from datetime import date
+from operator import mul
 
 FNR = "urn:oid:2.16.578.1.12.4.1.4.1"
 DNR = "urn:oid:2.16.578.1.12.4.1.4.2"
@@ -29,7 +30,9 @@ _ORG_W = (3, 2, 7, 6, 5, 4, 3, 2)
 
 def _mod11(digits: str, weights: tuple[int, ...]) -> int | None:
     """The mod-11 control digit for ``digits``; ``None`` when the remainder makes no valid digit."""
-    rest = 11 - sum(int(d) * w for d, w in zip(digits, weights, strict=True)) % 11
+    if len(digits) != len(weights):
+        raise ValueError(f"{len(digits)} digits for {len(weights)} weights")
+    rest = 11 - sum(map(mul, map(int, digits), weights)) % 11
     if rest == 11:
         return 0
     return None if rest == 10 else rest

@@ -1,9 +1,11 @@
 """Many rows at once: multi-row INSERTs of fixed text, and PostgreSQL ``COPY`` for bulk loads.
 
-``insert_rows``: on PostgreSQL the rows go as one array per column (``INSERT ... SELECT * FROM
-unnest(...)``): one short statement that psycopg and the server parse once, however many rows, instead
-of SQLAlchemy's "insertmanyvalues" (a long VALUES list rebuilt, with every row's parameters processed,
-per batch). Other databases use the executemany of the cached ``INSERT``.
+``insert_rows``: on PostgreSQL the rows go by binary ``COPY`` (``copy_rows``) inside the caller's
+transaction: psycopg formats each row in C and the server inserts them in batches, without a statement
+to parse or an array per column to build (the ``INSERT ... SELECT * FROM unnest(...)`` this replaced
+quoted every element of a text array in Python, the stored JSON hex-escaped as ``bytea``: a fifth of an
+ingest's instructions). For tables written without ``ON CONFLICT`` (new ids only). Other databases use
+the executemany of the cached ``INSERT``.
 
 ``copy_observations``: new observations written with ``COPY ... FROM STDIN`` (psycopg 3), the rows
 built by ``ObservationStore.new_rows`` (the rows ``create_many`` writes). A bulk load, not an ingest
@@ -22,6 +24,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Dialect, Engine, Table, insert
+from sqlalchemy.exc import DBAPIError
 
 from sharing_api.store.schema import (
     observation_history,
@@ -38,26 +41,14 @@ OBSERVATION_TABLES = (observations, observation_history, observation_tokens, obs
 """The tables creating an observation writes."""
 
 
-@lru_cache(maxsize=64)
-def _unnest_sql(table: Table, columns: tuple[str, ...], dialect: Dialect) -> str:
-    quote = dialect.identifier_preparer
-    arrays = ", ".join(f"%s::{table.c[c].type.compile(dialect=dialect)}[]" for c in columns)
-    names = ", ".join(quote.quote(c) for c in columns)
-    # Table, column and type names from the schema (quoted), never from input; the rows are parameters.
-    return f"INSERT INTO {quote.format_table(table)} ({names}) SELECT * FROM unnest({arrays})"  # noqa: S608
-
-
 def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert ``rows`` (dicts of column values, all with the same columns) into ``table``."""
+    """Insert ``rows`` (dicts with every column of ``table``) into ``table``, in ``conn``'s transaction."""
     if not rows:
         return
-    columns = tuple(rows[0])
-    if conn.dialect.name != "postgresql" or any(tuple(r) != columns for r in rows):
+    if conn.dialect.name == "postgresql":
+        copy_rows(conn, table, rows)
+    else:
         conn.execute(insert(table), list(rows))
-        return
-    conn.exec_driver_sql(
-        _unnest_sql(table, columns, conn.dialect), tuple([r[c] for r in rows] for c in columns)
-    )
 
 
 def _require_postgresql(conn: Connection) -> None:
@@ -65,21 +56,42 @@ def _require_postgresql(conn: Connection) -> None:
         raise ValueError(f"COPY is PostgreSQL's; this database is {conn.dialect.name}")
 
 
+@lru_cache(maxsize=64)
+def _copy_sql(table: Table, dialect: Dialect) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """The ``COPY ... FROM STDIN (FORMAT BINARY)`` of every column of ``table``, the column names, and
+    the PostgreSQL type of each (a binary row must say its types: ``varchar``, ``integer``, ...)."""
+    quote = dialect.identifier_preparer
+    columns = tuple(c.name for c in table.columns)
+    types = tuple(c.type.compile(dialect=dialect).split("(", 1)[0].lower() for c in table.columns)
+    names = ", ".join(quote.quote(c) for c in columns)
+    # Table and column names from the schema (quoted), never from input; the rows are data.
+    return f"COPY {quote.format_table(table)} ({names}) FROM STDIN (FORMAT BINARY)", columns, types
+
+
 def copy_rows(conn: Connection, table: Table, rows: Iterable[dict[str, Any]]) -> int:
     """``COPY`` ``rows`` (dicts with every column of ``table``) into ``table`` inside ``conn``'s
-    transaction (PostgreSQL only); returns how many rows were written."""
+    transaction (PostgreSQL only, binary format); returns how many rows were written."""
     _require_postgresql(conn)
-    quote = conn.dialect.identifier_preparer
-    columns = [c.name for c in table.columns]
-    names = ", ".join(quote.quote(c) for c in columns)
-    sql = f"COPY {quote.format_table(table)} ({names}) FROM STDIN"
+    sql, columns, types = _copy_sql(table, conn.dialect)
     written = 0
     raw = conn.connection.driver_connection
     assert raw is not None
-    with raw.cursor() as cur, cur.copy(sql) as copy:
-        for row in rows:
-            copy.write_row([row[c] for c in columns])
-            written += 1
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    try:
+        with raw.cursor() as cur, cur.copy(sql) as copy:
+            copy.set_types(list(types))
+            for row in rows:
+                copy.write_row([row[c] for c in columns])
+                written += 1
+    except dbapi_error as exc:
+        # As SQLAlchemy would for its own statements: the driver's error as SQLAlchemy's (a lost
+        # connection is an OperationalError, answered 503), and a dead connection not pooled again.
+        lost = conn.dialect.is_disconnect(exc, raw, None)
+        if lost:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            sql, None, exc, dbapi_error, connection_invalidated=lost, dialect=conn.dialect
+        ) from exc
     return written
 
 

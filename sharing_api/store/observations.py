@@ -30,7 +30,6 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
@@ -56,6 +55,23 @@ CHUNK = 500
 _CURRENT_COLUMNS = (o.c.version_id, o.c.last_updated, o.c.data, o.c.patient_system, o.c.patient_value)
 _CURRENT = select(*_CURRENT_COLUMNS).where(o.c.tenant == bindparam("tenant"), o.c.id == bindparam("obs_id"))
 """The current version of one observation, built once (every read and write looks it up)."""
+
+
+_CLAIM_SQL = (
+    "INSERT INTO observation_identifiers (tenant, system, value, observation_id) "
+    "SELECT %s, c->>0, c->>1, c->>2 FROM json_array_elements(%s::json) AS c "
+    "ON CONFLICT DO NOTHING RETURNING system, value, observation_id"
+)
+"""``ObservationStore._claim`` on PostgreSQL: business identifiers as a JSON array of
+``[system, value, observation_id]``, inserted unless claimed already (the primary key decides)."""
+
+
+_OWNERS_SQL = (
+    "SELECT value, observation_id FROM observation_identifiers WHERE tenant = %s AND system = %s "
+    "AND value = ANY(ARRAY(SELECT json_array_elements_text(%s::json)))"
+)
+"""``ObservationStore._owners`` on PostgreSQL, per identifier system: the values as one JSON array,
+made an array once (an InitPlan), so the lookup is the primary key's index scan with ``= ANY``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +295,14 @@ class ObservationStore:
         i = observation_identifiers
         out: dict[tuple[str, str], str] = {}
         unique = sorted(set(idents))
+        if conn.dialect.name == "postgresql":
+            by_system_all: dict[str, list[str]] = {}
+            for system, value in unique:
+                by_system_all.setdefault(system, []).append(value)
+            for system, values in by_system_all.items():
+                found = conn.exec_driver_sql(_OWNERS_SQL, (tenant, system, orjson.dumps(values).decode()))
+                out.update(((system, value), obs_id) for value, obs_id in found)
+            return out
         for at in range(0, len(unique), CHUNK):
             by_system: dict[str, list[str]] = {}
             for system, value in unique[at : at + CHUNK]:
@@ -323,13 +347,16 @@ class ObservationStore:
         ``ON CONFLICT DO NOTHING RETURNING``: a row another transaction committed first is not
         returned, and nothing fails, so no savepoint is needed (the primary key decides, as before)."""
         table = observation_identifiers
-        won: set[tuple[str, str, str]] = set()
-        dialect = conn.dialect.name
-        stmt: Any = (pg_insert if dialect == "postgresql" else sqlite_insert)(table).on_conflict_do_nothing()
+        if conn.dialect.name == "postgresql":
+            # The rows as one JSON parameter (serialised in C): a short fixed statement, where
+            # "insertmanyvalues" had psycopg rewrite a 2,000-placeholder statement on every Bundle.
+            sent = orjson.dumps([[c["system"], c["value"], c["observation_id"]] for c in claims]).decode()
+            found = conn.exec_driver_sql(_CLAIM_SQL, (tenant, sent))
+            return {(system, value, obs_id) for system, value, obs_id in found}
+        stmt: Any = sqlite_insert(table).on_conflict_do_nothing()
         # executemany with RETURNING: SQLAlchemy sends multi-row INSERTs ("insertmanyvalues").
         rows = conn.execute(stmt.returning(table.c.system, table.c.value, table.c.observation_id), claims)
-        won.update((r.system, r.value, r.observation_id) for r in rows)
-        return won
+        return {(r.system, r.value, r.observation_id) for r in rows}
 
     def create_many(
         self, conn: Connection, tenant: str, valids: Sequence[ValidObservation]
@@ -339,8 +366,9 @@ class ObservationStore:
         Returns per item the stored observation and whether it already existed: an item whose business
         identifier is known (stored before, earlier in ``valids``, or committed meanwhile by another
         transaction) is not written; the existing observation is returned for the caller to compare.
-        One SELECT of the known identifiers, then multi-row INSERTs; the identifiers' primary key
-        stays the idempotency guarantee (``_claim``).
+        One SELECT of the known identifiers, the identifiers' INSERT (``_claim``: their primary key
+        stays the idempotency guarantee), then the other tables' rows (``bulk.insert_rows``: binary
+        ``COPY`` on PostgreSQL, multi-row INSERTs elsewhere).
         """
         known = self._owners(conn, tenant, [x for v in valids for x in v.identifiers])
         now = self.clock()
@@ -377,7 +405,7 @@ class ObservationStore:
         history = [rows.history for rows in new.values()]
         tokens = [row for rows in new.values() for row in rows.tokens]
         for table, rows_ in ((o, obs_rows), (observation_history, history), (observation_tokens, tokens)):
-            bulk.insert_rows(conn, table, rows_)  # one statement per table (unnest on PostgreSQL)
+            bulk.insert_rows(conn, table, rows_)  # one binary COPY per table on PostgreSQL
         existing = self._currents(conn, tenant, [p for p in plan if p not in fresh])
         out: list[tuple[Stored, bool]] = []
         for n, obs_id in enumerate(plan):

@@ -158,3 +158,23 @@ def test_a_known_identifier_loaded_with_deferred_indexes_fails_the_rebuild(postg
             for statement in rebuild if not index_definitions(postgres) else []:
                 conn.exec_driver_sql(statement)
     assert index_definitions(postgres) == before
+
+
+def test_a_copy_that_fails_raises_sqlalchemys_error_and_stores_nothing(postgres: Services) -> None:
+    """``insert_rows`` (the batch create's ``COPY``) fails as an ``INSERT`` would: the driver's error as
+    SQLAlchemy's ``IntegrityError`` (so the API's handlers see what they know), the transaction rolled
+    back, nothing of it stored."""
+    tenant = postgres.tenants.get(TENANT_A)
+    assert tenant is not None
+    store = postgres.observations
+    valid = validate_observation(heart_rate(fnr(), identifier="copied-twice"), tenant.validation)
+    rows = store.new_rows(TENANT_A, "copied-twice", valid, 1)
+
+    def write_twice() -> None:
+        with store.writing() as conn:
+            bulk.insert_rows(conn, bulk.OBSERVATION_TABLES[1], [rows.history])
+            bulk.insert_rows(conn, bulk.OBSERVATION_TABLES[0], [rows.observation, rows.observation])
+
+    with pytest.raises(IntegrityError, match="observations_pkey"):
+        write_twice()
+    assert not any(rows_of(postgres, "copied-twice").values())

@@ -14,7 +14,7 @@ import json
 import math
 import re
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -228,15 +228,17 @@ def loads_object(data: bytes) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Compact:
-    """A compact JWS split but not yet verified: header parsed, payload and signature still encoded."""
+    """A compact JWS split but not yet verified: header parsed, payload decoded once (the signature
+    check and the claims read the bytes :func:`split_compact` already decoded)."""
 
     value: str
     header: dict[str, Any]
     payload_segment: str
+    payload: bytes = field(repr=False)
 
     def unverified_claims(self) -> dict[str, Any]:
         """The payload, parsed. Use only to find the verification key (e.g. a client's ``iss``)."""
-        return loads_object(b64url_decode(self.payload_segment))
+        return loads_object(self.payload)
 
 
 def split_compact(value: str, *, max_bytes: int, max_header_bytes: int = 512) -> Compact:
@@ -254,10 +256,17 @@ def split_compact(value: str, *, max_bytes: int, max_header_bytes: int = 512) ->
         raise JoseFormatError("JOSE header too large")
     # Only canonical base64url (unused trailing bits zero): otherwise several strings carry the same
     # signature and a token or proof would not be identified by its text.
-    for segment in (header_segment, payload_segment, signature_segment):
-        if _b64url_encode(b64url_decode(segment)) != segment:
-            raise JoseFormatError("non-canonical base64url segment")
-    return Compact(value, loads_object(b64url_decode(header_segment)), payload_segment)
+    header = _canonical_b64url(header_segment)
+    payload = _canonical_b64url(payload_segment)
+    _canonical_b64url(signature_segment)
+    return Compact(value, loads_object(header), payload_segment, payload)
+
+
+def _canonical_b64url(segment: str) -> bytes:
+    decoded = b64url_decode(segment)
+    if _b64url_encode(decoded) != segment:
+        raise JoseFormatError("non-canonical base64url segment")
+    return decoded
 
 
 def numeric_date(value: Any) -> float | None:
@@ -276,21 +285,32 @@ def verify_signature(
 ) -> bytes:
     """Verify the signature of ``compact`` with ``key`` under ``algorithms``; return the payload bytes.
 
+    joserfc checks the header against its registry, the algorithm against ``algorithms``, the key
+    against the algorithm (type, curve, ``use``, ``alg``) and verifies the signature
+    (``jws.validate_compact``); the JWS is not split and decoded a second time: :func:`split_compact`
+    did that, more strictly (canonical base64url, no duplicate JSON members). Unencoded payloads
+    (RFC 7797 ``b64``) are refused, as every caller forbids that header.
+
     :raise JoseFormatError: bad signature, algorithm not allowed, key of the wrong type or curve.
     """
+    if "b64" in compact.header:
+        raise JoseFormatError("signature not verified")
+    header_segment, payload_segment, signature_segment = compact.value.encode("ascii").split(b".")
+    reg = registry(algorithms, max_header_length)
+    obj = jws.CompactSignature(compact.header, compact.payload)
+    obj.segments["header"] = header_segment
+    obj.segments["payload"] = payload_segment
+    obj.segments["signature"] = signature_segment
     try:
-        obj = jws.deserialize_compact(
-            compact.value,
-            key,
-            algorithms=algorithms,
-            registry=registry(algorithms, max_header_length),
-        )
+        reg.validate_header_size(header_segment)
+        reg.validate_signature_size(signature_segment)
+        reg.validate_payload_size(payload_segment)
+        verified = jws.validate_compact(obj, key, algorithms=algorithms, registry=reg)
     except (JoseError, ValueError, TypeError) as err:
         raise JoseFormatError("signature not verified") from err
-    payload = obj.payload
-    if payload is None:  # pragma: no cover - joserfc always sets it for compact JWS
+    if not verified:
         raise JoseFormatError("signature not verified")
-    return payload
+    return compact.payload
 
 
 def check_forbidden_headers(header: Mapping[str, Any], *, allow: frozenset[str] = frozenset()) -> None:

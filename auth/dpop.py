@@ -218,10 +218,11 @@ def normalise_htu(url: str) -> str:
     return f"{scheme}://{host}{path}"
 
 
-def _proof_key(jwk: Any, alg: str) -> ECKey | OKPKey | RSAKey:
-    """The proof's public key, checked: public only, of the key type ``alg`` requires; EC/OKP on the
-    curve ``alg`` names, RSA of at least :data:`~auth._jose.MIN_RSA_BITS` bits; ``jwk.alg``, when
-    present, the same as the header's (RFC 7517 §4.4)."""
+def _proof_key(jwk: Any, alg: str) -> tuple[ECKey | OKPKey | RSAKey, str]:
+    """The proof's public key, checked, and its RFC 7638 thumbprint: public only, of the key type
+    ``alg`` requires; EC/OKP on the curve ``alg`` names, RSA of at least
+    :data:`~auth._jose.MIN_RSA_BITS` bits; ``jwk.alg``, when present, the same as the header's
+    (RFC 7517 §4.4)."""
     if not isinstance(jwk, dict):
         raise InvalidDPoPProof("jwk header missing or not an object")
     if PRIVATE_JWK_MEMBERS & jwk.keys():
@@ -244,14 +245,24 @@ def _proof_key(jwk: Any, alg: str) -> ECKey | OKPKey | RSAKey:
 
 
 @lru_cache(maxsize=4096)
-def _imported_key(kty: str, jwk: bytes) -> ECKey | OKPKey | RSAKey:
-    """The imported public key for one exact JWK (canonical JSON): a client proves with the same key
-    on every request, and importing it costs more than verifying the signature (issue 12). Keyed by
-    every member of the JWK, so a different key is never served; failures are not cached."""
+def _imported_key(kty: str, jwk: bytes) -> tuple[ECKey | OKPKey | RSAKey, str]:
+    """The imported public key for one exact JWK (canonical JSON) and its thumbprint: a client proves
+    with the same key on every request, and importing it costs more than verifying the signature
+    (issue 12). Keyed by every member of the JWK, so a different key is never served; failures are
+    not cached."""
     members = orjson.loads(jwk)
+    key: ECKey | OKPKey | RSAKey
     if kty == "RSA":
-        return RSAKey.import_key(members)
-    return ECKey.import_key(members) if kty == "EC" else OKPKey.import_key(members)
+        key = RSAKey.import_key(members)
+    else:
+        key = ECKey.import_key(members) if kty == "EC" else OKPKey.import_key(members)
+    return key, key.thumbprint()
+
+
+@lru_cache(maxsize=32)
+def _allowlist(algorithms: tuple[str, ...]) -> tuple[str, ...]:
+    """:func:`~auth._jose.check_allowlist` of a tuple, checked once (a refusal is not remembered)."""
+    return check_allowlist(algorithms)
 
 
 def _string_claim(claims: Mapping[str, Any], name: str) -> str:
@@ -294,7 +305,7 @@ def verify_proof(
     :raise StateUnavailable: the replay cache cannot answer (fail closed).
     :raise ValueError: a bad argument from the caller (``url`` not absolute, allowlist with HS/none).
     """
-    algs = check_allowlist(allowed_algs)
+    algs = _allowlist(allowed_algs) if isinstance(allowed_algs, tuple) else check_allowlist(allowed_algs)
     expected_htu = normalise_htu(url)
 
     try:
@@ -313,7 +324,7 @@ def verify_proof(
         check_forbidden_headers(header, allow=frozenset({"jwk"}))
     except JoseFormatError as err:
         raise InvalidDPoPProof("forbidden JOSE header parameter") from err
-    key = _proof_key(header.get("jwk"), alg)
+    key, jkt = _proof_key(header.get("jwk"), alg)
 
     try:
         payload = verify_signature(compact, key, (alg,), max_header_length=MAX_PROOF_HEADER_BYTES)
@@ -345,7 +356,6 @@ def verify_proof(
         if not hmac.compare_digest(ath.encode("utf-8", "surrogatepass"), expected_ath):
             raise InvalidDPoPProof("ath does not match the access token")
 
-    jkt = key.thumbprint()
     if expected_jkt is not None and not hmac.compare_digest(
         jkt.encode("ascii"), expected_jkt.encode("utf-8", "surrogatepass")
     ):

@@ -31,6 +31,7 @@ from auth.tokens import (
     MAX_TOKEN_HEADER_BYTES,
     KeyLookup,
     TokenPolicy,
+    VerifiedAccessToken,
     VerifiedTokenCache,
 )
 
@@ -105,20 +106,12 @@ class ResourceGuard:
             have been used (fail closed, 503: retry with a fresh proof).
         """
         token = self._token(authorization)
-        try:
-            unverified_iss = (
-                split_compact(token, max_bytes=MAX_TOKEN_BYTES, max_header_bytes=MAX_TOKEN_HEADER_BYTES)
-                .unverified_claims()
-                .get("iss")
-            )
-        except (JoseFormatError, ValueError) as exc:
-            raise InvalidToken("the access token is malformed") from exc
-        selected = self.issuers(unverified_iss) if isinstance(unverified_iss, str) else None
-        if selected is None:
-            raise InvalidToken("the access token is not from a trusted issuer")
-        policy, keys = selected
         now = self.clock()
-        verified = self.verified_tokens.verify(token, policy=policy, keys=keys, now=now)
+        # A token verified before (same bytes, so the same ``iss``) is answered without parsing it
+        # again, while its issuer is still one we trust; anything else takes the full path.
+        verified = self.verified_tokens.live(token, now)
+        if verified is None or self.issuers(str(verified.claims["iss"])) is None:
+            verified = self._verified(token, now)
         if self.state is None and self.is_revoked(verified.jti):
             raise InvalidToken("the access token has been revoked")
         deferred = _DeferredClaim()
@@ -152,6 +145,22 @@ class ResourceGuard:
             decide(verdict.count, self.rate_limit[0], retry_after) if rate and self.rate_limit else None
         )
         return Admission(caller, decision)
+
+    def _verified(self, token: str, now: float) -> VerifiedAccessToken:
+        """``token`` verified by the policy and keys its (unverified) ``iss`` selects."""
+        try:
+            unverified_iss = (
+                split_compact(token, max_bytes=MAX_TOKEN_BYTES, max_header_bytes=MAX_TOKEN_HEADER_BYTES)
+                .unverified_claims()
+                .get("iss")
+            )
+        except (JoseFormatError, ValueError) as exc:
+            raise InvalidToken("the access token is malformed") from exc
+        selected = self.issuers(unverified_iss) if isinstance(unverified_iss, str) else None
+        if selected is None:
+            raise InvalidToken("the access token is not from a trusted issuer")
+        policy, keys = selected
+        return self.verified_tokens.verify(token, policy=policy, keys=keys, now=now)
 
     @staticmethod
     def _token(authorization: Sequence[str]) -> str:

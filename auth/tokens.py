@@ -207,6 +207,16 @@ class VerifiedTokenCache:
         self._entries[key] = entry
         return entry
 
+    def live(self, token: str, now: float) -> VerifiedAccessToken | None:
+        """``token`` as :meth:`verify` verified it, while that answer holds (``now < exp + leeway``);
+        ``None`` when it was never verified here or has expired. The entry was verified for the
+        issuer its own ``iss`` names, which is the ``iss`` the same token's bytes carry."""
+        hit = self._entries.get(self._key(token))
+        if hit is not None and now < hit[1]:
+            verified: VerifiedAccessToken = hit[0]
+            return verified
+        return None
+
     def verify(self, token: str, *, policy: TokenPolicy, keys: KeyLookup, now: float) -> VerifiedAccessToken:
         """:func:`verify_access_token`, answered from the cache while the token is unexpired."""
         verified: VerifiedAccessToken = self._entry(token, policy, keys, now)[0]

@@ -7,7 +7,6 @@ import re
 import threading
 import time
 import traceback
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -43,7 +42,7 @@ from sharing_api.forwarded import TrustedProxies
 from sharing_api.keyfiles import KeysetFile, derive_secret
 from sharing_api.metrics import CONTENT_TYPE, Metrics, authorised
 from sharing_api.publishing import Publisher
-from sharing_api.request_log import install_request_log, route_of_request
+from sharing_api.request_log import RequestStart, log_request, route_of, start_request, tenant_of
 from sharing_api.routes.common import fhir_response, json_response, request_info
 from sharing_api.searching import Searcher
 from sharing_api.services import Services
@@ -64,8 +63,13 @@ from sharing_api.subscriptions.store import SubscriptionStore
 log = logging.getLogger("dho_share")
 #: ``Retry-After`` seconds when the database cannot be reached (a failover takes about 1-5 s).
 DATABASE_RETRY_AFTER = 2
-_CORRELATION = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _LONG_NUMBER = re.compile(r"\d{10,}")  # national identity numbers have 11 digits; org.nr 9
+SECURITY_HEADERS = (
+    ("Cache-Control", "no-store"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Strict-Transport-Security", "max-age=31536000"),
+)
+"""Sent with every answer of the app (after its ``X-Request-ID``), replacing any value a route set."""
 
 
 def _clock() -> int:
@@ -316,7 +320,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     services: Services = app.extensions["dho"]
     services.access.observer = metrics.observe_decision
     services.auditor.timer = metrics.timing_audit_append
-    install_request_log(app)
 
     # audit_api and consents register their routes on the FHIR blueprint when imported.
     from sharing_api.routes import (  # noqa: F401
@@ -348,18 +351,17 @@ def create_app(settings: Settings | None = None) -> Flask:
             return json_response(body, 401, {"WWW-Authenticate": 'Bearer realm="metrics"'})
         return Response(metrics.exposition(), 200, content_type=CONTENT_TYPE)
 
-    @app.after_request
-    def _count(response: Response) -> Response:
-        started = g.get("request_started")
-        if started is not None:
-            elapsed = time.perf_counter() - started
-            metrics.observe_request(route_of_request(), request.method, response.status_code, elapsed)
-        return response
-
     @app.before_request
-    def _correlation() -> None:
-        given = request.headers.get("X-Request-ID", "")
-        g.correlation_id = given if _CORRELATION.fullmatch(given) else str(uuid.uuid4())
+    def _begin() -> None:
+        # One hook for what every request is given: its start time, id and trace context (read from
+        # the WSGI environ: the same values as request.headers.get, without the header lookups).
+        environ = request.environ
+        state = g._get_current_object()
+        state.request_started = time.perf_counter()
+        start = start_request(environ.get("HTTP_X_REQUEST_ID"), environ.get("HTTP_TRACEPARENT"))
+        state.request_start = start
+        state.correlation_id = start.correlation_id
+        state.trace = start.trace
 
     @app.errorhandler(FhirError)
     def _fhir_error(exc: FhirError) -> Response:
@@ -419,11 +421,33 @@ def create_app(settings: Settings | None = None) -> Flask:
         return fhir_response(operation_outcome([issue]), 500)
 
     @app.after_request
-    def _security_headers(response: Response) -> Response:
-        response.headers["X-Request-ID"] = g.get("correlation_id", "")
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Strict-Transport-Security"] = "max-age=31536000"
+    def _end(response: Response) -> Response:
+        # One hook for what every answer gets: its id, the security headers, its span (traceparent),
+        # its count and latency in the metrics, and its log line (sharing_api/request_log.py).
+        state = g._get_current_object()
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        headers = response.headers
+        headers["X-Request-ID"] = state.get("correlation_id", "")
+        for name, value in SECURITY_HEADERS:
+            headers[name] = value
+        start: RequestStart | None = state.get("request_start")
+        if start is not None:
+            headers["traceparent"] = start.trace.traceparent
+        started = state.get("request_started")
+        elapsed = time.perf_counter() - started if started is not None else None
+        route, status = route_of(req.url_rule), response.status_code
+        if elapsed is not None:
+            metrics.observe_request(route, req.method, status, elapsed)
+        caller = state.get("caller")
+        log_request(
+            start,
+            req.method,
+            route,
+            status,
+            round(elapsed * 1000, 3) if elapsed is not None else None,
+            getattr(caller, "client_id", None) or state.get("token_client_id"),
+            tenant_of(state.get("tenant"), state.get("orgnr")),
+        )
         return response
 
     if settings.audit_sequencer_interval > 0:

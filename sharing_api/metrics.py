@@ -81,10 +81,20 @@ class Metrics:
         self.backend_errors = Counter(
             "dho_backend_errors", "requests failed by an unavailable backend", ["backend"], registry=reg
         )
+        self._request_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route, method, str(status)).observe(seconds)
+        series = self._request_series.get((route, method, status))
+        if series is None:
+            # The label children of one (route, method, status), looked up once: ``labels()`` takes
+            # a lock and builds its key on every call. Routes are URL rules, so the set is bounded.
+            series = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route, method, str(status)),
+            )
+            self._request_series[(route, method, status)] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     def observe_decision(self, decision: Decision) -> None:
         """``AccessPolicy``'s observer: one count per reason of the decision (policy.Reason names)."""

@@ -14,20 +14,30 @@ trace.
 from __future__ import annotations
 
 import logging
+import os
 import re
-import secrets
 import sys
-import time
+import uuid
 from dataclasses import dataclass
+from typing import Any
 
-from flask import Flask, Response, g, request
 from pythonjsonlogger.orjson import OrjsonFormatter
 
-__all__ = ["REQUEST_LOG", "TraceContext", "configure_json_logging", "install_request_log", "json_formatter"]
+__all__ = [
+    "REQUEST_LOG",
+    "RequestStart",
+    "TraceContext",
+    "configure_json_logging",
+    "json_formatter",
+    "log_request",
+    "route_of",
+    "start_request",
+]
 
 REQUEST_LOG = logging.getLogger("dho_share.requests")
 _ORGNR = re.compile(r"[0-9]{9}")
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_CORRELATION = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +53,12 @@ class TraceContext:
         return f"00-{self.trace_id}-{self.span_id}-{self.flags}"
 
     @classmethod
-    def continue_from(cls, header: str | None) -> TraceContext:
+    def continue_from(cls, header: str | None, random: bytes | None = None) -> TraceContext:
         """A new span under a valid ``traceparent``; a fresh trace when it is absent or invalid (§3.2.2:
-        version ``ff`` and all-zero trace or parent ids are invalid; version 00 has exactly 55 chars)."""
-        span = secrets.token_hex(8)
+        version ``ff`` and all-zero trace or parent ids are invalid; version 00 has exactly 55 chars).
+        ``random``: 24 fresh random bytes to take the span id (8) and a new trace id (16) from."""
+        random = random if random is not None else os.urandom(24)
+        span = random[:8].hex()
         found = _TRACEPARENT.fullmatch((header or "").strip())
         if found:
             version, trace_id, parent_id, flags = found.groups()
@@ -58,56 +70,69 @@ class TraceContext:
             )
             if valid:
                 return cls(trace_id, span, "01" if int(flags, 16) & 1 else "00")
-        return cls(secrets.token_hex(16), span, "00")
+        return cls(random[8:24].hex(), span, "00")
 
 
-def install_request_log(app: Flask) -> None:
-    """Hooks that start the trace context and write the request's log line when it is answered."""
+@dataclass(frozen=True, slots=True)
+class RequestStart:
+    """What a request is given when it starts: its id (``X-Request-ID``) and its trace context."""
 
-    @app.before_request
-    def _start() -> None:
-        g.request_started = time.perf_counter()
-        g.trace = TraceContext.continue_from(request.headers.get("traceparent"))
-
-    @app.after_request
-    def _finish(response: Response) -> Response:
-        trace: TraceContext | None = g.get("trace")
-        if trace is not None:
-            response.headers["traceparent"] = trace.traceparent
-        caller = g.get("caller")
-        started = g.get("request_started")
-        REQUEST_LOG.info(
-            "request",
-            extra={
-                "request_id": g.get("correlation_id", ""),
-                "trace_id": trace.trace_id if trace else None,
-                "span_id": trace.span_id if trace else None,
-                "method": request.method,
-                "route": route_of_request(),
-                "status": response.status_code,
-                "latency_ms": round((time.perf_counter() - started) * 1000, 3) if started else None,
-                "client_id": getattr(caller, "client_id", None) or g.get("token_client_id"),
-                "tenant": tenant_of_request(),
-            },
-        )
-        return response
+    correlation_id: str
+    trace: TraceContext
 
 
-def tenant_of_request() -> str | None:
+def start_request(request_id: str | None, traceparent: str | None) -> RequestStart:
+    """The request id (the client's ``X-Request-ID`` when it is 1-64 characters of ``[A-Za-z0-9._-]``,
+    else a fresh UUID 4) and the trace context: the random parts drawn from the OS in one call."""
+    random = os.urandom(40)
+    given = request_id or ""
+    correlation = given if _CORRELATION.fullmatch(given) else str(uuid.UUID(bytes=random[24:], version=4))
+    return RequestStart(correlation, TraceContext.continue_from(traceparent, random[:24]))
+
+
+def log_request(
+    started: RequestStart | None,
+    method: str,
+    route: str,
+    status: int,
+    latency_ms: float | None,
+    client_id: str | None,
+    tenant: str | None,
+) -> None:
+    """The request's one log line (the module doc's fields), handed to the handlers directly: the
+    same record ``REQUEST_LOG.info`` would make, without looking up the caller's source line."""
+    if not REQUEST_LOG.isEnabledFor(logging.INFO):
+        return
+    trace = started.trace if started is not None else None
+    extra = {
+        "request_id": started.correlation_id if started is not None else "",
+        "trace_id": trace.trace_id if trace else None,
+        "span_id": trace.span_id if trace else None,
+        "method": method,
+        "route": route,
+        "status": status,
+        "latency_ms": latency_ms,
+        "client_id": client_id,
+        "tenant": tenant,
+    }
+    record = REQUEST_LOG.makeRecord(
+        REQUEST_LOG.name, logging.INFO, __file__, 0, "request", (), None, "log_request", extra
+    )
+    REQUEST_LOG.handle(record)
+
+
+def tenant_of(tenant: Any, orgnr: Any) -> str | None:
     """The tenant addressed: the resolved one, else the URL's ``<orgnr>`` only if it has an org.nr's
     nine digits (an 11-digit identity number put there is not logged)."""
-    tenant = g.get("tenant")
     if tenant is not None and getattr(tenant, "orgnr", None):
         return str(tenant.orgnr)
-    orgnr = g.get("orgnr")
     return orgnr if isinstance(orgnr, str) and _ORGNR.fullmatch(orgnr) else None
 
 
-def route_of_request() -> str:
+def route_of(rule: Any) -> str:
     """The URL rule that matched (``/<orgnr>/fhir/Observation/<obs_id>``), or ``unmatched``: never the
     raw path, which may hold an identity number."""
-    rule = request.url_rule
-    return rule.rule if rule is not None else "unmatched"
+    return str(rule.rule) if rule is not None else "unmatched"
 
 
 def json_formatter() -> OrjsonFormatter:

@@ -30,12 +30,12 @@ Failures of the shared state (Redis) surface as 503 and never let a request thro
 
 from __future__ import annotations
 
-from flask import g, request
+from flask import g
 
 from auth.dpop import DPOP_ALGS
 from auth.errors import AuthError, InsufficientScope, InvalidRequest, Surface
 from sharing_api.errors import AccessRefused, Forbidden
-from sharing_api.routes.common import resolve_tenant, services
+from sharing_api.routes.common import current_request, resolve_tenant, services
 
 READ = "dho-share/observation.read"
 WRITE = "dho-share/observation.write"
@@ -104,21 +104,24 @@ def refused(exc: AuthError) -> AccessRefused:
 
 def protect() -> None:
     """``before_request`` of the FHIR and admin routes: authenticate, limit, authorise, bind the tenant."""
-    endpoint = request.endpoint or ""
-    if request.mimetype == "application/x-www-form-urlencoded":
-        request.get_data(cache=True)  # keep the raw form for the audit record (entity.query, AUD-03)
+    req = current_request()
+    state = g._get_current_object()
+    endpoint = req.endpoint or ""
+    if req.mimetype == "application/x-www-form-urlencoded":
+        req.get_data(cache=True)  # keep the raw form for the audit record (entity.query, AUD-03)
     if endpoint in PUBLIC:
-        g.tenant = resolve_tenant(g.orgnr)
+        state.tenant = resolve_tenant(state.orgnr)
         return
     svc = services()
     try:
-        if "access_token" in request.args or "access_token" in request.form:
+        if "access_token" in req.args or "access_token" in req.form:
             raise InvalidRequest("access tokens are accepted in the Authorization header only")
+        headers = req.headers
         admission = svc.guard.admit(
-            authorization=request.headers.getlist("Authorization"),
-            dpop=request.headers.getlist("DPoP"),
-            method=request.method,
-            url=svc.settings.base_url + request.path,
+            authorization=headers.getlist("Authorization"),
+            dpop=headers.getlist("DPoP"),
+            method=req.method,
+            url=svc.settings.base_url + req.path,
         )
         who = admission.caller
         # With Redis the guard counted the rate limit in its one round trip (issue 12).
@@ -135,10 +138,10 @@ def protect() -> None:
             raise InsufficientScope(lacking, scope=scope or None)
     except AuthError as exc:
         raise refused(exc) from exc
-    g.caller = who
-    g.tenant = resolve_tenant(g.orgnr)
-    own = who.organisation == g.tenant.orgnr
-    if rule == PUBLISHER and not own and who.organisation not in g.tenant.processors:
+    state.caller = who
+    tenant = state.tenant = resolve_tenant(state.orgnr)
+    own = who.organisation == tenant.orgnr
+    if rule == PUBLISHER and not own and who.organisation not in tenant.processors:
         raise Forbidden(
             "a client publishes only into its own organisation's data (or as its registered processor)"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
 from flask import Blueprint, Response, g, request
@@ -35,6 +36,7 @@ from sharing_api.publishing import WriteAudit
 from sharing_api.routes.common import (
     audit,
     caller,
+    current_request,
     fhir_response,
     json_body,
     prefers_strict,
@@ -86,38 +88,54 @@ def search_input() -> None:
     """Refuse a search beyond the caps, or with a body that is not a form, before anything else runs:
     no token check, no SQL, no Redis, no audit write for it (issue 8, "Bad input never gives a 500").
     ``POST _search`` takes ``application/x-www-form-urlencoded`` only (FHIR R4 "Search", 3.1.1.0.2)."""
-    if request.endpoint not in SEARCH_ENDPOINTS:
+    req = current_request()
+    if req.endpoint not in SEARCH_ENDPOINTS:
         return
-    has_body = (request.content_length or 0) > 0 or request.mimetype in JSON_TYPES
-    if request.method == "POST" and request.mimetype != FORM and has_body:
-        got = request.mimetype or "no Content-Type"
-        hint = " (a JSON body is not a search)" if request.mimetype in JSON_TYPES else ""
+    mimetype = req.mimetype
+    has_body = (req.content_length or 0) > 0 or mimetype in JSON_TYPES
+    if req.method == "POST" and mimetype != FORM and has_body:
+        got = mimetype or "no Content-Type"
+        hint = " (a JSON body is not a search)" if mimetype in JSON_TYPES else ""
         raise UnsupportedMediaType(f"POST _search takes a form body ({FORM}); got {got}{hint}")
-    params = list(request.args.items(multi=True))
-    if request.mimetype == FORM:
-        request.get_data(cache=True)  # the raw form stays readable for the audit record (AUD-03)
-        params += list(request.form.items(multi=True))
+    params = list(req.args.items(multi=True))
+    if mimetype == FORM:
+        req.get_data(cache=True)  # the raw form stays readable for the audit record (AUD-03)
+        params += list(req.form.items(multi=True))
     if any(name == "access_token" for name, _ in params):
         return  # a token outside the header: the guard refuses it and audits the attempt (AUTH-02)
     check_limits(params, services().settings.search_limits())
 
 
-bp.before_request(search_input)
-bp.before_request(protect)
-
-
 def _negotiate() -> None:
     """JSON (FHIR R4) only: another ``_format``, ``Accept`` or ``fhirVersion`` is refused (406/415)."""
-    declared = DECLARED.get(request.endpoint or "")
+    req = current_request()
+    declared = DECLARED.get(req.endpoint or "")
     answers = NDJSON_RANGES if declared is not None and declared.answer == "ndjson" else JSON_RANGES
-    fmt = request.args.get("_format")
-    if fmt is None and request.mimetype == "application/x-www-form-urlencoded":
-        fmt = request.form.get("_format")
-    negotiate(request.headers.get("Accept"), fmt, answers=answers)
-    check_content_version(request.headers.get("Content-Type"))
+    fmt = req.args.get("_format")
+    if fmt is None and req.mimetype == FORM:
+        fmt = req.form.get("_format")
+    headers = req.headers
+    _acceptable(headers.get("Accept"), fmt, answers, headers.get("Content-Type"))
 
 
-bp.before_request(_negotiate)
+@lru_cache(maxsize=256)
+def _acceptable(
+    accept: str | None, fmt: str | None, answers: frozenset[str], content_type: str | None
+) -> None:
+    """:func:`negotiate` then :func:`check_content_version`: pure functions of these strings, so an
+    acceptable combination is remembered (bounded; a refusal raises and is never remembered)."""
+    negotiate(accept, fmt, answers=answers)
+    check_content_version(content_type)
+
+
+def _before() -> None:
+    """The FHIR routes' one ``before_request``: the search caps, then the guard, then the formats."""
+    search_input()
+    protect()
+    _negotiate()
+
+
+bp.before_request(_before)
 
 
 def attested_patient() -> tuple[str, str]:

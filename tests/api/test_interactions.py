@@ -94,6 +94,17 @@ def test_other_formats_and_fhir_versions_get_406(
     assert body["issue"][0]["expression"] == ["_format" if query else "Accept"]
 
 
+def test_a_refused_format_stays_refused_after_an_accepted_one(client: ApiClient) -> None:
+    """Acceptable format combinations are remembered; a refusal never is, nor taken for its neighbour."""
+    created = client.post(f"{BASE}/Observation", json=heart_rate(fnr())).get_json()
+    path = f"{BASE}/Observation/{created['id']}"
+    answers = [
+        client.get(path, headers={"Accept": accept}).status_code
+        for accept in ("text/html", "application/fhir+json", "text/html", "application/fhir+json")
+    ]
+    assert answers == [406, 200, 406, 200]
+
+
 @pytest.mark.parametrize(
     "accept",
     [

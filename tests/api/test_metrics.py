@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from consent.policy import Reason
 from sharing_api.app import create_app
 from sharing_api.fhir.identifiers import FNR
+from sharing_api.metrics import Metrics
 from sharing_api.services import Services
 from sharing_api.settings import Settings
 from tests.api_client import ApiClient
@@ -124,6 +125,20 @@ def test_counters_move_with_requests(metered: tuple[Flask, ApiClient]) -> None:
     text = client.flask.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).get_data(as_text=True)
     assert patient not in text
     assert "77.0" not in text
+
+
+def test_each_series_counts_every_request_it_is_given() -> None:
+    """The label children of a (route, method, status) are kept: the second observation of a series
+    still counts, and another status is a series of its own."""
+    metrics = Metrics()
+    for status, seconds in ((200, 0.01), (200, 0.02), (404, 0.03)):
+        metrics.observe_request("/<orgnr>/fhir/Observation", "GET", status, seconds)
+    samples = parse(metrics.exposition().decode())
+    ok = {"route": "/<orgnr>/fhir/Observation", "method": "GET", "status": "200"}
+    assert value(samples, "dho_http_requests_total", **ok) == 2
+    assert value(samples, "dho_http_request_duration_seconds_count", **ok) == 2
+    assert value(samples, "dho_http_request_duration_seconds_sum", **ok) == pytest.approx(0.03)
+    assert value(samples, "dho_http_requests_total", **{**ok, "status": "404"}) == 1
 
 
 def test_sequencer_runs_are_counted(metered: tuple[Flask, ApiClient]) -> None:

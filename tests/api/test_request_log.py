@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import uuid
 
 import pytest
 from flask import Flask
 
+from sharing_api.app import SECURITY_HEADERS
 from sharing_api.fhir.identifiers import FNR
 from sharing_api.request_log import REQUEST_LOG, configure_json_logging, json_formatter
 from tests.api_client import ApiClient
@@ -132,3 +134,27 @@ def test_json_logging_writes_one_json_line(capsys: pytest.CaptureFixture[str]) -
         )
     finally:
         logger.handlers[:], logger.level, logger.propagate = before
+
+
+def test_a_valid_request_id_is_kept_and_any_other_replaced_by_a_fresh_uuid(client: ApiClient) -> None:
+    kept = client.flask.get("/healthz", headers={"X-Request-ID": "abc.DEF-123_x"})
+    assert kept.headers["X-Request-ID"] == "abc.DEF-123_x"
+    given = ["a b", "x" * 65, "ü", ""]
+    returned = [
+        client.flask.get("/healthz", headers={"X-Request-ID": g}).headers["X-Request-ID"] for g in given
+    ]
+    assert [uuid.UUID(r).version for r in returned] == [4] * len(given)
+    assert len(set(returned)) == len(given)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/healthz"), ("GET", "/nowhere"), ("GET", f"{BASE}/Observation/x")]
+)
+def test_every_answer_carries_the_security_headers(client: ApiClient, method: str, path: str) -> None:
+    """Answered, not found, refused (no token): each with its id, span and the constant headers."""
+    response = client.flask.open(path, method=method)
+    assert response.status_code in (200, 401, 404)
+    for name, expected in SECURITY_HEADERS:
+        assert response.headers.get_all(name) == [expected]
+    assert len(response.headers.get_all("X-Request-ID")) == 1
+    assert len(response.headers["traceparent"]) == 55

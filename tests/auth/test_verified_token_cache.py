@@ -95,3 +95,15 @@ def test_a_derived_caller_ends_with_its_token(as_key: ECKey) -> None:
     other = make_token(as_key, jkt=ec_key().thumbprint())
     # A token the cache does not hold (here: another one) is derived afresh from its own claims.
     assert cache.derived(other, verified, lambda c: "fresh") == "fresh"
+
+
+def test_live_answers_only_a_verified_unexpired_token(as_key: ECKey) -> None:
+    """What the resource guard asks before parsing a token: the earlier verification, while it holds."""
+    cache, policy = VerifiedTokenCache(), TokenPolicy.own(ISSUER)
+    token = make_token(as_key, jkt=ec_key().thumbprint())
+    keys = {as_key.kid: _public(as_key)}.get
+    assert cache.live(token, NOW) is None  # never verified here
+    verified = cache.verify(token, policy=policy, keys=keys, now=NOW)
+    assert cache.live(token, NOW + 1) is verified
+    assert cache.live(token + "x", NOW + 1) is None  # other bytes, another token
+    assert cache.live(token, verified.expires_at + policy.leeway) is None

@@ -32,14 +32,15 @@ from sharing_api.audit import sequencer
 from sharing_api.audit.actions import AuditAction, Outcome
 from sharing_api.audit.checkpoints import AuditSigner
 from sharing_api.audit.log import AuditLog
-from sharing_api.audit.pseudonym import PidHasher
+from sharing_api.audit.pseudonym import PidHasher, load_or_create_secret
 from sharing_api.auditing import Auditor, audit_facts
 from sharing_api.body_limit import BodyLimit
 from sharing_api.careplans.thresholds import breaches
 from sharing_api.console import install_console
+from sharing_api.console.persons import FileRegister, PersonRegister, RegisterError
 from sharing_api.errors import AccessRefused, FhirError, Issue, ServiceUnavailable, operation_outcome
 from sharing_api.forwarded import TrustedProxies
-from sharing_api.keyfiles import KeysetFile
+from sharing_api.keyfiles import KeysetFile, derive_secret
 from sharing_api.metrics import CONTENT_TYPE, Metrics, authorised
 from sharing_api.publishing import Publisher
 from sharing_api.request_log import install_request_log, route_of_request
@@ -163,6 +164,18 @@ def _token_protection(
     return {"token_service": tokens, "guard": guard, "rate_limiter": limiter}
 
 
+def person_register_of(settings: Settings) -> PersonRegister | None:
+    """Where rule R9 gets patients' family names: the file register ``DHO_PERSON_REGISTER`` names, read
+    once here (a wrong mode or shape stops the start, naming the file). A Folkeregister adapter
+    (Persontjenesten; sharing_api.console.persons) would be chosen here instead."""
+    if settings.person_register is None:
+        return None
+    try:
+        return FileRegister.load(settings.person_register)
+    except RegisterError as exc:
+        raise RuntimeError(str(exc)) from exc
+
+
 def build_services(settings: Settings) -> Services:
     engine = make_engine(settings.database_url)
     if not is_current(engine):
@@ -182,13 +195,20 @@ def build_services(settings: Settings) -> Services:
         signer=AuditSigner.load_or_create(settings.audit_key_path),
         origin=settings.audit_log_origin,
     )
+    # R8 (self-access) compares keyed hashes of identity numbers under the deployment's own secret: every
+    # worker and the console read the same file, and rotating the signing keys leaves it alone. Before it
+    # had a file, the secret was derived from the signing-key file; a deployment upgraded from then adopts
+    # that secret (read before the token service makes a key file), so its earlier events keep matching
+    # (docs/console-rules.md).
+    keys = settings.signing_keys_path
+    self_access = load_or_create_secret(
+        settings.audit_self_access_key_path,
+        adopt=lambda: derive_secret(keys, "audit-self-access") if keys.exists() else None,
+    )
     protection = _token_protection(settings, client, registry, engine)
     publisher = Publisher(observations, max_entries=settings.max_bundle_entries)
     tenants = TenantDirectory(engine, clock_skew_seconds=settings.clock_skew)
     access = AccessPolicy(policy)
-    # R8 (self-access) compares keyed hashes of identity numbers; the key is the deployment's, so every
-    # worker and the console derive the same one (docs/console-rules.md).
-    self_access = KeysetFile(settings.signing_keys_path).derived_secret("audit-self-access")
     auditor = Auditor(audit_log, PidHasher(self_access))
     subscriptions = SubscriptionStore(engine, _clock)
     notifications = Notifications(subscriptions)
@@ -241,6 +261,7 @@ def build_services(settings: Settings) -> Services:
         ),
         redis_url=settings.redis_url,
         redis_client=client,
+        person_register=person_register_of(settings),
         clients=registry,
         clock=time.time,
         policy=policy,

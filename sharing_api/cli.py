@@ -594,7 +594,13 @@ def demo(port: int, patients: int, days: int, no_serve: bool) -> None:
     overrides: dict[str, object] = {"public_url": f"http://127.0.0.1:{port}"}
     if "DHO_REDIS_URL" not in os.environ:
         overrides["redis_url"] = _redis_if_reachable()
+    if "DHO_PERSON_REGISTER" not in os.environ:  # the demo's stand-in register, for rule R9
+        overrides["person_register"] = Settings().signing_keys_path.parent / "demo" / "person-register.json"
     settings = Settings(**overrides)  # type: ignore[arg-type]
+    if settings.person_register is not None and not settings.person_register.exists():
+        from sharing_api.console.persons import write_register
+
+        write_register(settings.person_register, {})  # filled with the seeded patients' names below
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     orgnr, name = DEMO_TENANT

@@ -55,5 +55,11 @@ class KeysetFile:
         return self._keyset
 
     def derived_secret(self, purpose: str) -> bytes:
-        """A secret every worker derives alike from the key file (e.g. for DPoP nonces)."""
-        return hashlib.sha256(purpose.encode() + b"\x00" + self.path.read_bytes()).digest()
+        """A secret every worker derives alike from the key file (e.g. for DPoP nonces); it changes with
+        every rotation."""
+        return derive_secret(self.path, purpose)
+
+
+def derive_secret(path: Path, purpose: str) -> bytes:
+    """``KeysetFile(path).derived_secret(purpose)`` without making a key file."""
+    return hashlib.sha256(purpose.encode() + b"\x00" + path.read_bytes()).digest()

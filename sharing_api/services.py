@@ -14,6 +14,7 @@ from auth.server import TokenService
 from sharing_api.access import AccessPolicy
 from sharing_api.audit.log import AuditLog
 from sharing_api.auditing import Auditor
+from sharing_api.console.persons import PersonRegister
 from sharing_api.publishing import Publisher
 from sharing_api.searching import Searcher
 from sharing_api.sessions import SearchSessions
@@ -51,4 +52,7 @@ class Services:
     notifications: Notifications
     delivery: DeliveryWorker
     plans: PlanStore
+    person_register: PersonRegister | None = None
+    """Patients' family names for log-control rule R9 (``DHO_PERSON_REGISTER``), read once; None: R9
+    needs data (docs/console-rules.md)."""
     redis_client: Any = None  # the one client (standalone, Sentinel master or Cluster) every Redis use shares

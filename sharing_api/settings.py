@@ -89,6 +89,16 @@ class Settings(BaseSettings):
         default=DEFAULT_DATA_DIR / "audit-signing-key.pem",
         description="Ed25519 key that signs audit checkpoints (made on first start; never in the repo)",
     )
+    audit_self_access_key_path: Path = Field(
+        default=DEFAULT_DATA_DIR / "audit-self-access.key",
+        description="Secret of the keyed hash of health workers' identity numbers in the audit log (rule"
+        " R8; made on first start, never rotated with the signing keys; never in the repo)",
+    )
+    person_register: Path | None = Field(
+        default=None,
+        description="JSON file of patient identifier -> family name for console rule R9 (mode 0600; read"
+        " once at start). Unset: R9 is reported as needing data",
+    )
     audit_origin: str | None = Field(
         default=None,
         description="Prefix of new audit logs' names (<origin>/<tenant>, C2SP, no scheme);"
@@ -151,10 +161,11 @@ class Settings(BaseSettings):
         description="Bearer token a Prometheus scrape of /metrics presents (unset: /metrics answers 404)",
     )
 
-    @field_validator("metrics_token", mode="before")
+    @field_validator("metrics_token", "person_register", mode="before")
     @classmethod
     def _unset_when_empty(cls, value: object) -> object:
-        """``DHO_METRICS_TOKEN=`` (empty, as compose passes an unset variable) means no metrics."""
+        """``DHO_METRICS_TOKEN=`` (empty, as compose passes an unset variable) means no metrics;
+        ``DHO_PERSON_REGISTER=`` no person register."""
         return None if value == "" else value
 
     @field_validator("trusted_proxies", "subscription_allowed_networks", mode="before")

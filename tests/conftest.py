@@ -202,6 +202,7 @@ def settings(database_url: str, redis_url: str, signing_keys: Path) -> Settings:
         signing_keys_path=signing_keys,
         rate_limit=100_000,  # the rate limiter has its own tests; the suite must not trip it
         audit_key_path=signing_keys.parent / "audit-key.pem",
+        audit_self_access_key_path=signing_keys.parent / "audit-self-access.key",
         audit_sequencer_interval=0,  # tests sequence explicitly (services.audit_log.drain())
         subscription_delivery_interval=0,  # tests deliver explicitly (services.delivery.step(now))
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,13 @@ def test_demo_prints_queries_that_work(tmp_path: Path) -> None:
         check=True,
     )
     printed = [line for line in setup.stdout.splitlines() if line.startswith("dho-share ")]
+    # The console's rule R9 gets the seeded patients' family names from the demo's stand-in register,
+    # readable by its owner only; the self-access secret of R8 is made 0600 beside the signing keys.
+    register = tmp_path / "var" / "demo" / "person-register.json"
+    assert stat.S_IMODE(register.stat().st_mode) == 0o600
+    assert len(json.loads(register.read_text(encoding="utf-8"))) >= 2
+    assert f"R9 (same surname) on the person register {register.relative_to(tmp_path)}" in setup.stderr
+    assert stat.S_IMODE((tmp_path / "var" / "audit-self-access.key").stat().st_mode) == 0o600
     assert [line.split()[1] for line in printed] == ["query"] * 5 + ["publish", "access-log"], setup.stdout
     outputs = []
     with live_server({"DHO_REDIS_URL": REDIS_URL}, workers=2, cwd=tmp_path, port=port):

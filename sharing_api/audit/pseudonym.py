@@ -2,12 +2,14 @@
 the number, so that log-control rule R8 (self-access: the health worker looked up themself,
 console.md §5.2) can run without the log ever holding the number (docs/console-rules.md).
 
-``PidHasher(secret)(pid)`` is ``<key tag>.<HMAC-SHA256(secret, pid) in hex>``. The secret is derived
-from the deployment's key file (``KeysetFile.derived_secret("audit-self-access")``), so anyone who
-reads the log without the key cannot confirm a guessed number (the 11-digit fnr space is small enough
-to try exhaustively against a plain hash). The key tag (8 hex digits of a hash of the secret, not of
-any number) says under which key a value was made: after the key file changes, R8 can tell the events
-it cannot compare from those that do not match, instead of passing them silently.
+``PidHasher(secret)(pid)`` is ``<key tag>.<HMAC-SHA256(secret, pid) in hex>``. The secret is the
+deployment's own, in its own file (``DHO_AUDIT_SELF_ACCESS_KEY_PATH``, made 0600 on first start by
+``load_or_create_secret``, never rotated with the token service's signing keys), so anyone who reads the
+log without it cannot confirm a guessed number (the 11-digit fnr space is small enough to try
+exhaustively against a plain hash), and rotating the signing keys changes nothing for R8. The key tag
+(8 hex digits of a hash of the secret, not of any number) is the secret's key id in every value: if the
+secret ever changes, R8 tells the events it cannot compare ("secret changed") from those that do not
+match, instead of passing them silently.
 
 The hasher never keeps or shows a number: its ``repr`` is masked, and it is the only place the number
 and the secret meet.
@@ -17,8 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
 
-__all__ = ["PID_HASH_SYSTEM", "PidHasher", "key_tag_of"]
+__all__ = ["PID_HASH_SYSTEM", "PidHasher", "key_tag_of", "load_or_create_secret"]
 
 PID_HASH_SYSTEM = "urn:dho-share:audit:practitioner-pid-hmac"
 """``Identifier.system`` of the keyed hash on the event's contained ``Practitioner``
@@ -52,3 +58,41 @@ class PidHasher:
 
     def __repr__(self) -> str:
         return f"PidHasher(key_tag={self.key_tag!r}, secret=***)"
+
+
+def load_or_create_secret(path: Path, adopt: Callable[[], bytes | None] | None = None) -> bytes:
+    """The self-access secret in the file at ``path`` (hex), made when there is none: ``adopt()``'s
+    secret when it gives one (a deployment whose events were hashed before the secret had a file of its
+    own, docs/console-rules.md), else 32 random bytes. The file is written 0600 and never rewritten.
+
+    Several processes may start at once: each writes a staged file and links it into place; the link
+    fails for all but the first, and everyone then reads that one file.
+    """
+    path = Path(path)
+    try:
+        return _read_secret(path)
+    except FileNotFoundError:
+        pass
+    secret = (adopt() if adopt is not None else None) or secrets.token_bytes(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(f".{path.name}.{os.getpid()}.new")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(secret.hex() + "\n")
+        os.link(staged, path)
+    except FileExistsError:
+        pass
+    finally:
+        staged.unlink(missing_ok=True)
+    return _read_secret(path)
+
+
+def _read_secret(path: Path) -> bytes:
+    try:
+        secret = bytes.fromhex(path.read_text(encoding="ascii").strip())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{path} does not hold a hex self-access secret") from exc
+    if len(secret) < 16:
+        raise ValueError(f"{path}: the self-access secret must be at least 16 bytes")
+    return secret

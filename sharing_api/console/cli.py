@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -81,12 +82,27 @@ def auditors_disable(username: str) -> None:
     console.print(f"auditor {username} disabled (their sessions end at the next request)")
 
 
+def register_path(settings: Settings) -> Path:
+    """Where the seeded patients' family names go: ``DHO_PERSON_REGISTER``, else ``person-register.json``
+    beside the signing keys (then printed, for the console to be started with it)."""
+    return settings.person_register or settings.signing_keys_path.parent / "person-register.json"
+
+
 def seed_and_measure(settings: Settings, tenant: str, days: int, seed: int) -> dict[str, float]:
-    """Seed ``days`` of audit events and measure the rules on them; returns the figures printed."""
+    """Seed ``days`` of audit events and the seeded patients' family names (the stand-in person register,
+    ``register_path``), and measure the rules, R9 included, on them; returns the figures printed."""
+    import dataclasses
+
     from sharing_api.app import build_services
     from sharing_api.console import rules
+    from sharing_api.console.persons import FileRegister, RegisterError, write_register
     from sharing_api.console.seeding import CONSUMERS, planted_flag, seed_month
 
+    register = register_path(settings)
+    try:
+        write_register(register, {})  # made now if missing (0600), so that the services can read it
+    except RegisterError as exc:
+        raise click.ClickException(str(exc)) from exc
     svc = build_services(settings)
     try:
         if svc.tenants.get(tenant) is None:
@@ -115,6 +131,11 @@ def seed_and_measure(settings: Settings, tenant: str, days: int, seed: int) -> d
             result = seed_month(
                 svc.audit_log, tenant, days, seed=seed, end=end, progress=advance, pid_hash=hasher
             )
+        try:
+            persons = write_register(register, result.surnames)
+            svc = dataclasses.replace(svc, person_register=FileRegister.load(register))
+        except RegisterError as exc:
+            raise click.ClickException(str(exc)) from exc
         run = rules.run(svc, tenant, end - timedelta(days=days + 1), end + timedelta(days=1))
         false = [f for f in run.flags if not any(planted_flag(v) for v in _tags(svc, tenant, f.seqs))]
         detected = {t for f in run.flags for t in _tags(svc, tenant, f.seqs) if planted_flag(t)}
@@ -129,6 +150,8 @@ def seed_and_measure(settings: Settings, tenant: str, days: int, seed: int) -> d
         "false_positive_per_1000": 1000 * len(false) / run.accesses if run.accesses else 0.0,
         "planted": result.planted,
         "planted_flagged": len(detected),
+        "r9_flags": run.counts.get("R9", 0),
+        "r9_false_positives": sum(1 for f in false if "R9" in f.rules),
     }
     console.print(
         f"{result.events} audit events ({run.accesses} accesses, {run.explained} explained) over {days} days "
@@ -136,6 +159,13 @@ def seed_and_measure(settings: Settings, tenant: str, days: int, seed: int) -> d
         f"false-positive rate {figures['false_positive_per_1000']:.2f} per 1,000 accesses; "
         f"{len(detected)} of {result.planted} planted accesses flagged"
     )
+    console.print(
+        f"R9 (same surname) on the person register {register} ({persons} persons): "
+        f"{figures['r9_flags']} hits, {figures['r9_false_positives']} not on a planted access"
+        + ("" if settings.person_register else "; set DHO_PERSON_REGISTER to it for the console to run R9")
+    )
+    for rid, lacking in run.needs.items():
+        console.print(f"{rid} not run: {lacking}")
     return figures
 
 
@@ -198,11 +228,15 @@ def audit_rules_list(tenant: str) -> None:
     table = Table("rule", "title", "severity", "on", "threshold", "needs")
     with _engine() as engine:
         settings = rules.settings_of(engine, tenant)
+    lacking = dict(rules.NEEDS)
+    lacking.pop("R8")  # the API and the console always have the self-access secret
+    if Settings().person_register is not None:
+        lacking.pop("R9")
     for rid, setting in settings.items():
         rule = rules.RULES[rid]
         threshold = "-" if setting.threshold is None else str(setting.threshold)
         on = "yes" if setting.enabled else "no"
-        table.add_row(rid, rule.title, rule.severity, on, threshold, rule.needs or "")
+        table.add_row(rid, rule.title, rule.severity, on, threshold, lacking.get(rid, ""))
     Console().print(table)
 
 

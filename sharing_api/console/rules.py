@@ -8,11 +8,15 @@ one access), following the OUS weighted-score design and Hedda et al.'s finding 
 over-fire. R10 fires on every unexplained access to a patient on the tenant's watch list
 (``console_watchlist``, kept with ``dho-share audit-rules watch``). Each rule can be switched off and
 its threshold changed per tenant (``console_rule_settings``). A rule that lacks its data is listed as
-such (``RuleRun.needs``), never silently "passing": R9 (the log holds no patient names), and R8 when no
-self-access key is given. R8 (self-access) fires on its own on *every* access, explained or not: it
-compares the keyed hash of the health worker's identity number the event records (``audit.pseudonym``)
-with the same hash of the patient's identifier, and never shows either number (docs/console-rules.md);
-accesses hashed under another key are counted (``RuleRun.other_key``), not passed.
+such (``RuleRun.needs``), never silently "passing": R9 when no person register is configured (the log
+holds no patient names), and R8 when no self-access key is given. R9 (same surname) asks the person
+register (``persons``) for the surnames of the patients of the accesses that already carry R6 or R7,
+when the queue is built; the names are never stored or shown, only that the surnames matched. Accesses
+R9 could not judge (the register does not know the patient) are counted (``RuleRun.no_surname``).
+R8 (self-access) fires on its own on *every* access, explained or not: it compares the keyed hash of
+the health worker's identity number the event records (``audit.pseudonym``) with the same hash of the
+patient's identifier, and never shows either number (docs/console-rules.md); accesses hashed under
+another secret (another key id) are counted (``RuleRun.other_key``: "secret changed"), not passed.
 
 ``run`` reads the accesses as ``access_rows`` cuts them out of the event bytes (no JSON parsing) and
 builds sentences only for the hits shown (``explain_shown``); ``run_views`` is the same rules over any
@@ -42,6 +46,7 @@ from sharing_api.audit.actions import READ_ACTIONS, AuditAction
 from sharing_api.audit.control import AgreementPeriod
 from sharing_api.audit.pseudonym import PidHasher, key_tag_of
 from sharing_api.console.aggregates import OSLO
+from sharing_api.console.persons import RegisterUnavailable, SurnameCheck
 from sharing_api.console.reading import EntryView, view_of
 from sharing_api.store.schema import console_rule_settings, console_triage, console_watchlist
 
@@ -82,7 +87,7 @@ RULES: dict[str, Rule] = {
             "low",
             None,
             weak=True,
-            needs="patient names (the log holds none; docs/console-rules.md)",
+            needs="patients' surnames: no person register (DHO_PERSON_REGISTER; docs/console-rules.md)",
         ),
         Rule("R10", "Overvåkingsliste", "medium", None),
         Rule("R11", "Leting (mange søk uten treff per time)", "medium", 20),
@@ -96,7 +101,11 @@ NEEDS: dict[str, str] = {
     **{rid: r.needs for rid, r in RULES.items() if r.needs},
     "R8": "the deployment's self-access key (no PidHasher given; docs/console-rules.md)",
 }
-"""Rules that cannot run, and what they lack; R8 runs whenever the deployment's key is given."""
+"""Rules that cannot run, and what they lack; R8 runs whenever the deployment's key is given, R9 whenever a
+person register is."""
+
+SameSurname = Callable[[list[EntryView]], list[bool | None]]
+"""R9's question for a list of accesses (``persons.SurnameCheck`` over the accesses' names)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +139,10 @@ class RuleRun:
     needs: dict[str, str] = field(default_factory=dict)
     """Rules that could not run on this log, and what they lack."""
     other_key: int = 0
-    """Accesses whose identity-number hash was made under another key than today's (R8 cannot compare)."""
+    """Accesses whose identity-number hash was made under another secret than today's: R8 cannot compare
+    them (the secret changed; the key id in each hash says so)."""
+    no_surname: int = 0
+    """Accesses R9 looked at whose patient the person register does not know (or no name in the event)."""
 
     @property
     def per_thousand(self) -> float:
@@ -307,11 +319,31 @@ def run(
         settings_of(services.engine, tenant),
         watched(services.engine, tenant),
         services.auditor.pid_hash,
+        same_surname=surname_check(services, tenant),
         explain_all=False,
     )
     if explain_all:
         explain_shown(services, tenant, result.flags)
     return result
+
+
+def surname_check(services: Services, tenant: str) -> SameSurname | None:
+    """R9's question over the person register the deployment configured (None: there is none), naming
+    the health workers of the thin views from their full events."""
+    from sharing_api.console.access_rows import full_views
+
+    register = services.person_register
+    if register is None:
+        return None
+    check = SurnameCheck(register)
+
+    def same_surname(views: list[EntryView]) -> list[bool | None]:
+        thin = [v.seq for v in views if v.seq is not None and v.practitioner_name is None]
+        full = full_views(services, tenant, thin) if thin else {}
+        named = [full.get(v.seq, v) if v.seq is not None else v for v in views]
+        return check([(n.practitioner_name, n.patient_value) for n in named])
+
+    return same_surname
 
 
 def explain_shown(services: Services, tenant: str, flags: list[Flag]) -> list[Flag]:
@@ -341,12 +373,17 @@ def run_views(
     watch_list: dict[str, str] | None = None,
     pid_hash: PidHasher | None = None,
     *,
+    same_surname: SameSurname | None = None,
     explain_all: bool = True,
 ) -> RuleRun:
     """The rules over already read entries (pure: tests feed synthetic entries). With ``explain_all``
     every hit gets its sentence now; without, ``explain`` gives them for the hits shown (the views may
     then be the thin ones of ``access_rows``, without names)."""
-    needs = dict(NEEDS) if pid_hash is None else {k: v for k, v in NEEDS.items() if k != "R8"}
+    needs = dict(NEEDS)
+    if pid_hash is not None:
+        del needs["R8"]
+    if same_surname is not None:
+        del needs["R9"]
     on = {rid for rid, s in settings.items() if s.enabled and rid not in needs}
 
     def limit(rid: str) -> int:
@@ -472,7 +509,26 @@ def run_views(
             seen.add(key)
 
     by_id = {id(v): v for v in rest}
-    words = {"R6": "første kontakt", "R7": "utenfor arbeidstid", "R12": "selvautorisert"}
+    # R9: only where R6 or R7 already holds (a weak family signal on its own), asked of the register once.
+    no_surname = 0
+    if "R9" in on and same_surname is not None:
+        asked = [by_id[vid] for vid, weak in per_event.items() if vid in by_id and {"R6", "R7"} & set(weak)]
+        try:
+            answers = same_surname(asked) if asked else []
+        except RegisterUnavailable as exc:
+            needs["R9"] = f"the person register did not answer ({exc})"
+            asked, answers = [], []
+        for v, same in zip(asked, answers, strict=True):
+            if same:
+                per_event[id(v)].append("R9")
+            elif same is None:
+                no_surname += 1
+    words = {
+        "R6": "første kontakt",
+        "R7": "utenfor arbeidstid",
+        "R9": "samme etternavn som pasienten",
+        "R12": "selvautorisert",
+    }
     for vid, weak in per_event.items():
         if len(weak) >= 2 and vid in by_id:
             said = " og ".join(words[w] for w in sorted(weak))
@@ -590,7 +646,7 @@ def run_views(
     flags.sort(key=lambda f: ({"critical": 0, "high": 1, "medium": 2, "low": 3}[f.severity], f.when))
     if explain_all:
         explain(flags, lambda v: v)
-    return RuleRun(len(accesses), len(explained), flags, dict(counts), settings, needs, other_key)
+    return RuleRun(len(accesses), len(explained), flags, dict(counts), settings, needs, other_key, no_surname)
 
 
 def _same_jti(_: EntryView) -> str:

@@ -10,9 +10,16 @@ them apart; the rules never read it): an emergency access (R1), a hit on a patie
 repeated refusals (R3), a read by an organisation without an agreement (R4), a night of snooping on
 many patients (R5, R7), two legal entities within minutes (R13), a search with many results (R14),
 and a health worker looking up themself (R8: the patient's identifier is the worker's own identity
-number; the event records only the keyed hash ``pid_hash`` makes of it). All identity numbers are
-synthetic (month + 80, as the project's other synthetic data); the health workers' own numbers come
-from a range no seeded patient uses, so only the planted look-up is a self-access.
+number; the event records only the keyed hash ``pid_hash`` makes of it), and a health worker trying to
+look up a relative (R6 first contact with R9 same surname: refused, in working hours, so no other rule
+surfaces it). All identity numbers are synthetic (month + 80, as the project's other synthetic data);
+the health workers' own numbers come from a range no seeded patient uses, so only the planted look-up
+is a self-access.
+
+``SeedResult.surnames`` gives every seeded patient a family name, for the stand-in person register R9
+reads (``persons.write_register``; the log never holds them): most from the 50 commonest in Norway
+(``persons.common_surnames``' list, which R9 ignores), some from rarer ones, among them a health
+worker's own (Nordmann), so that a coincidence in a normal month can count as a false positive.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from sharing_api.audit.actions import AuditAction, Outcome
 from sharing_api.audit.events import AuditFacts, Coded, DecisionRef, SharingDecision, build_audit_events
 from sharing_api.audit.log import AuditLog
 from sharing_api.console.aggregates import OSLO
+from sharing_api.console.persons import common_surnames
 from sharing_api.store import audit_partitions
 
 __all__ = ["CONSUMERS", "SeedResult", "planted_flag", "seed_month"]
@@ -42,6 +50,9 @@ CONSUMERS = (
 NO_AGREEMENT = ("912345678", "Privatklinikken AS", "912345678", "S34", "Allmennlegetjeneste")
 FIRST = ("Kari", "Ola", "Ingrid", "Per", "Sofie", "Lars", "Nora", "Emil", "Ida", "Jonas", "Maja", "Aksel")
 LAST = ("Nordmann", "Hansen", "Johansen", "Olsen", "Larsen", "Berg", "Dahl", "Lie", "Moen", "Haugen")
+RARER = ("Nordmann", "Fjellheim", "Skjærvø", "Aamodt", "Rustad", "Tveiten", "Grønli", "Kvam", "Sunde")
+"""Family names of some seeded patients beyond the commonest (none of them on SSB's top 50)."""
+RELATIVE = "planted-R9-1"
 
 
 def _fnr(n: int) -> str:
@@ -53,6 +64,8 @@ class SeedResult:
     events: int
     planted: int
     patients: list[str]
+    surnames: dict[str, str]
+    """patient identifier -> family name, for the stand-in person register (module docstring)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +76,22 @@ class _Worker:
     panel: list[str]
     client: str
     pid: str = ""
+
+
+_RELATIVE_PID = _fnr(60_000)
+
+
+def _surnames(patients: list[str], seed: int) -> dict[str, str]:
+    """A family name for each patient (module docstring); the planted relative shares worker 0's."""
+    rng = random.Random(seed + 1)  # noqa: S311 (synthetic data, apart from the events' own sequence)
+    common = sorted(common_surnames())
+    found = {}
+    for patient in patients:
+        name = rng.choice(RARER) if rng.random() < 0.15 else rng.choice(common)
+        found[patient] = name[:1].upper() + name[1:]
+    if _RELATIVE_PID in found:
+        found[_RELATIVE_PID] = LAST[0]
+    return found
 
 
 def planted_flag(correlation_id: str | None) -> bool:
@@ -227,6 +256,10 @@ def _planted(
     yield facts(tenant, at(5, 10, 5), w1, w1.panel[2], consumer=CONSUMERS[2], tag="planted-R13-b", n=n)
     n += 1
     yield facts(tenant, at(6, 14), w2, w2.panel[0], results=80, tag="planted-R14-1", n=n)
+    n += 1  # Kari Nordmann tries her brother's measurements: a first contact, refused for want of consent
+    yield facts(
+        tenant, at(3, 10, 15), w0, _RELATIVE_PID, permit=False, reasons=("no-consent",), tag=RELATIVE, n=n
+    )
     if pid_hash is not None:  # a nurse looks up her own measurements, in working hours, for "treatment"
         me = workers[6]
         n += 1
@@ -265,4 +298,4 @@ def seed_month(
             progress(min(i + 500, len(all_facts)), len(all_facts))
     log.drain(tenant)
     planted = sum(1 for f in all_facts if planted_flag(f.correlation_id))
-    return SeedResult(events, planted, patients)
+    return SeedResult(events, planted, patients, _surnames(patients, seed))

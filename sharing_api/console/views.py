@@ -592,6 +592,7 @@ def review() -> str:
         triage=triage,
         start=start,
         end=end,
+        rules=rules.RULES,
     )
 
 

@@ -4,32 +4,52 @@ explained accesses never reach the rules, and a rule switched off for a tenant s
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import json
+import os
 import re
+import stat
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from argon2 import extract_parameters, profiles
 from click.testing import CliRunner
 from flask import Flask
+from flask.testing import FlaskClient
 
+from sharing_api.app import create_app
+from sharing_api.audit.actions import AuditAction, Outcome
 from sharing_api.audit.events import build_audit_event
 from sharing_api.cli import main
 from sharing_api.console import rules
 from sharing_api.console.access_rows import access_views
 from sharing_api.console.accounts import AuditorAccounts
-from sharing_api.console.cli import demo_console
-from sharing_api.console.reading import view_of
-from sharing_api.console.seeding import CONSUMERS, planted_flag, seed_month
+from sharing_api.console.cli import demo_console, seed_and_measure
+from sharing_api.console.persons import (
+    FileRegister,
+    RegisterError,
+    RegisterUnavailable,
+    SurnameCheck,
+    write_register,
+)
+from sharing_api.console.reading import EntryView, view_of
+from sharing_api.console.seeding import CONSUMERS, RARER, RELATIVE, planted_flag, seed_month
 from sharing_api.services import Services
+from sharing_api.settings import Settings
 from tests.conftest import TENANT_A
-from tests.console.conftest import PRODUCT_DUMMY, PRODUCT_HASHER, access
+from tests.console.conftest import FNR, PRODUCT_DUMMY, PRODUCT_HASHER, access, login
+
+COMMON_SURNAMES = Path(rules.__file__).parent / "data" / "common-surnames.csv"
 
 END = datetime(2025, 6, 1, tzinfo=UTC)
 DAYS = 14
 
 
 @pytest.fixture
-def seeded(services: Services) -> Services:
+def seeded(services: Services, tmp_path: Path) -> Services:
+    """A seeded fortnight, with the seeded patients' family names in a stand-in person register (R9)."""
     for consumer in CONSUMERS:
         services.policy.add_agreement(
             controller=TENANT_A,
@@ -38,8 +58,9 @@ def seeded(services: Services) -> Services:
             purposes=frozenset({"TREAT", "COC", "ETREAT"}),  # type: ignore[arg-type]
             valid_from=datetime(2020, 1, 1, tzinfo=UTC),
         )
-    seed_month(services.audit_log, TENANT_A, DAYS, end=END, pid_hash=services.auditor.pid_hash)
-    return services
+    seeded = seed_month(services.audit_log, TENANT_A, DAYS, end=END, pid_hash=services.auditor.pid_hash)
+    write_register(tmp_path / "person-register.json", seeded.surnames)
+    return dataclasses.replace(services, person_register=FileRegister.load(tmp_path / "person-register.json"))
 
 
 def _run(services: Services) -> tuple[rules.RuleRun, dict[int, str | None]]:
@@ -55,7 +76,7 @@ def test_every_planted_access_is_flagged_and_false_positives_stay_in_budget(seed
     planted = {t for t in tags.values() if planted_flag(t)}
     flagged = {tags[s] for f in run.flags for s in f.seqs}
     assert planted <= flagged
-    for rule in ("R1", "R2", "R3", "R4", "R5", "R8", "R13", "R14"):  # each planted scenario's own rule fires
+    for rule in ("R1", "R2", "R3", "R4", "R5", "R8", "R9", "R13", "R14"):  # each planted scenario's own rule
         assert any(rule in f.rules and any(planted_flag(tags[s]) for s in f.seqs) for f in run.flags), rule
     false = [f for f in run.flags if not any(planted_flag(tags[s]) for s in f.seqs)]
     assert 1000 * len(false) / run.accesses < 1.0
@@ -84,11 +105,167 @@ def test_a_rule_switched_off_for_the_tenant_is_silent(
 
 
 def test_rules_without_their_data_say_so_and_never_fire(seeded: Services) -> None:
-    run, _ = _run(seeded)
+    run, _ = _run(dataclasses.replace(seeded, person_register=None))  # no DHO_PERSON_REGISTER
     lacking = {rid for rid, rule in rules.RULES.items() if rule.needs}
     assert lacking == {"R9"}
     assert set(run.needs) == lacking
+    assert "DHO_PERSON_REGISTER" in run.needs["R9"]
     assert not lacking & set(run.counts)
+    assert run.no_surname == 0
+
+
+def test_r9_surfaces_the_relative_with_r6_and_names_no_patient(
+    seeded: Services, app: Flask, console: FlaskClient
+) -> None:
+    run, tags = _run(seeded)
+    (hit,) = [f for f in run.flags if "R9" in f.rules]
+    assert hit.rules == ("R6", "R9")  # only together with R6 or R7: a weak family signal
+    assert [tags[s] for s in hit.seqs] == [RELATIVE]
+    assert hit.severity == "medium"
+    (event,) = seeded.audit_log.entries_at(TENANT_A, hit.seqs)
+    patient = view_of(event).patient_value
+    assert patient is not None
+    assert hit.sentence == "Kari Nordmann: første kontakt og samme etternavn som pasienten i samme oppslag."
+    assert run.counts["R9"] == 1
+    # switched off for the tenant like every rule, R9 is silent and the access no longer surfaces
+    rules.set_rule(seeded.engine, TENANT_A, "R9", False, None)
+    off, _ = _run(seeded)
+    assert "R9" not in off.counts
+    assert not any(tags[s] == RELATIVE for f in off.flags for s in f.seqs)
+    rules.set_rule(seeded.engine, TENANT_A, "R9", True, None)
+    # the review queue shows the sentence, never the patient's identity number; the log holds no surname
+    app.extensions["dho"] = seeded  # the app as started with DHO_PERSON_REGISTER
+    login(console)
+    page = console.get("/console/review?to=2025-06-01").data.decode()
+    assert hit.sentence in page
+    assert patient not in page
+    r9_row = page.split('data-rule="R9"')[1].split("</tr>")[0]
+    assert "kan ikke kjøres" not in r9_row
+    assert seeded.person_register is not None
+    assert seeded.person_register.family_names([patient]) == {patient: "Nordmann"}
+    # the access's event holds the surname only as the health worker's name (the log has no patient names)
+    assert event.event.count(b"Nordmann") == event.event.count(b"Kari Nordmann")
+
+
+def _relative(practitioner: str, patient: str, n: int) -> EntryView:
+    """A refused first look-up of ``patient`` by ``practitioner`` on a Tuesday morning: R6 only."""
+    return EntryView(
+        seq=n,
+        recorded=datetime(2025, 3, 4, 10, n, tzinfo=UTC),
+        action=AuditAction.REQUEST_REFUSED.value,
+        outcome=Outcome.MINOR_FAILURE.value,
+        purpose="TREAT",
+        patient_system=FNR,
+        patient_value=patient,
+        agent_hpr=f"9{n:06d}",
+        organisation="993467049",
+        client_id="ous-dips-epj",
+        practitioner_name=practitioner,
+        organisation_name="Oslo universitetssykehus HF",
+        point_of_care="874716782",
+        healthcare_service=None,
+        purpose_details=None,
+        categories=("vital-signs",),
+        reasons=("no-consent",),
+        user_selected=False,
+        decision_ref=None,
+        jti=f"jti-{n}",
+        description="403: refused",
+    )
+
+
+def _defaults() -> dict[str, rules.Setting]:
+    return {rid: rules.Setting(True, rule.threshold) for rid, rule in rules.RULES.items()}
+
+
+def test_r9_ignores_the_fifty_commonest_surnames_of_ssbs_list() -> None:
+    """The expectation comes from the data file R9 reads (SSB's list), not from a list in this test."""
+    lines = COMMON_SURNAMES.read_text(encoding="utf-8").splitlines()
+    assert any("Statistics Norway (SSB)" in line for line in lines if line.startswith("#"))
+    common = [row["surname"] for row in csv.DictReader(line for line in lines if not line.startswith("#"))]
+    assert len(common) == len(set(common)) == 50
+    rare = [name for name in RARER if name not in common]
+    assert rare == list(RARER)
+    names = {f"0101{n:07d}": surname for n, surname in enumerate(common + rare)}
+    check = SurnameCheck(FileRegister(names))
+    views = [_relative(f"Kari {surname}", patient, n) for n, (patient, surname) in enumerate(names.items())]
+    run = rules.run_views(
+        views,
+        TENANT_A,
+        [],
+        _defaults(),
+        same_surname=lambda vs: check([(v.practitioner_name, v.patient_value) for v in vs]),
+    )
+    flagged = {
+        names[str(v.patient_value)] for f in run.flags if "R9" in f.rules for v in views if v.seq in f.seqs
+    }
+    assert flagged == set(rare)
+    assert run.no_surname == 0
+    # a double surname sharing an uncommon part counts; one sharing only a common part does not
+    double = SurnameCheck(FileRegister({"a": "Fjellheim", "b": "Hansen", "c": "Berg Fjellheim"}))
+    pairs = [("Ola Berg-Fjellheim", "a"), ("Ola Hansen-Berg", "b"), ("Ola Fjellheim", "c"), ("", "a")]
+    assert double(pairs) == [True, False, True, None]
+
+
+def test_r9_counts_what_it_cannot_judge_and_says_when_the_register_is_down() -> None:
+    views = [_relative("Kari Fjellheim", "01017000001", 1), _relative("Kari Fjellheim", "01017000002", 2)]
+    check = SurnameCheck(FileRegister({"01017000001": "Fjellheim"}))
+    run = rules.run_views(
+        views,
+        TENANT_A,
+        [],
+        _defaults(),
+        same_surname=lambda vs: check([(v.practitioner_name, v.patient_value) for v in vs]),
+    )
+    assert run.counts.get("R9") == 1
+    assert run.no_surname == 1  # the register does not know the second patient: counted, not passed
+
+    def down(_: list[EntryView]) -> list[bool | None]:
+        raise RegisterUnavailable("Persontjenesten answered 503")
+
+    failed = rules.run_views(views, TENANT_A, [], _defaults(), same_surname=down)
+    assert "R9" not in failed.counts
+    assert "did not answer" in failed.needs["R9"]
+
+
+def test_the_person_register_file_is_refused_unless_only_its_owner_may_read_it(
+    tmp_path: Path, settings: Settings
+) -> None:
+    path = tmp_path / "register.json"
+    previous = os.umask(0o022)
+    try:
+        assert write_register(path, {"01017000001": "Fjellheim"}) == 1
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert write_register(path, {"01017000002": "Kvam"}) == 2  # merged
+    path.chmod(0o644)
+    with pytest.raises(RegisterError, match="chmod 600") as refused:
+        FileRegister.load(path)
+    assert "01017000001" not in str(refused.value)
+    with pytest.raises(RuntimeError, match="chmod 600"):
+        create_app(settings.model_copy(update={"person_register": path}))
+    path.chmod(0o600)
+    path.write_text('{"01017000001": ""}', encoding="utf-8")
+    with pytest.raises(RegisterError, match="entry 1") as empty:
+        FileRegister.load(path)
+    assert "01017000001" not in str(empty.value)
+    assert "01017000002" not in repr(FileRegister({"01017000002": "Kvam"}))
+
+
+def test_seed_audit_plants_the_relative_and_measures_r9(services: Services, tmp_path: Path) -> None:
+    register = tmp_path / "register.json"
+    figures = seed_and_measure(
+        services.settings.model_copy(update={"person_register": register}), TENANT_A, 7, 1
+    )
+    assert figures["planted_flagged"] == figures["planted"]
+    assert figures["r9_flags"] >= 1
+    assert figures["false_positive_per_1000"] < 1.0
+    assert stat.S_IMODE(register.stat().st_mode) == 0o600
+    assert (
+        "Nordmann"
+        in FileRegister.load(register).family_names(list(json.loads(register.read_text()))).values()
+    )
 
 
 def test_r10_flags_unexplained_accesses_to_a_watched_patient_only(
@@ -246,6 +423,7 @@ def test_the_rules_on_accesses_cut_out_of_the_bytes_equal_the_rules_on_parsed_ev
         rules.settings_of(seeded.engine, TENANT_A),
         rules.watched(seeded.engine, TENANT_A),
         seeded.auditor.pid_hash,
+        same_surname=rules.surname_check(seeded, TENANT_A),
     )
 
     def hits(run: rules.RuleRun) -> list[tuple[object, ...]]:
@@ -257,3 +435,4 @@ def test_the_rules_on_accesses_cut_out_of_the_bytes_equal_the_rules_on_parsed_ev
     read = access_views(seeded, TENANT_A, start, end)
     assert [v.agent_hpr for v in read if v.practitioner_name] == ["9999999", "9999999"]  # read whole
     assert "R8" in fast.counts
+    assert "R9" in fast.counts

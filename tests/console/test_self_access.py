@@ -7,18 +7,25 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import stat
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 import pytest
+from click.testing import CliRunner
 from flask.testing import FlaskClient
 
-from sharing_api.audit.pseudonym import PID_HASH_SYSTEM
+from sharing_api.app import create_app
+from sharing_api.audit.pseudonym import PID_HASH_SYSTEM, PidHasher
+from sharing_api.cli import main
 from sharing_api.console import rules
 from sharing_api.console.access_rows import ACCESS_ACTIONS, access_views
 from sharing_api.console.reading import EntryView, view_of
 from sharing_api.fhir.identifiers import FNR
+from sharing_api.keyfiles import derive_secret, load_or_create
 from sharing_api.services import Services
+from sharing_api.settings import Settings
 from tests.api_client import HOSPITAL, HOSPITAL_UNIT, READ, ApiClient, Party
 from tests.conftest import TENANT_A
 from tests.console.conftest import access, login
@@ -203,3 +210,76 @@ def test_a_raw_number_is_refused_as_the_hash() -> None:
     facts = access(TENANT_A, datetime.now(UTC), fnr())
     with pytest.raises(ValueError, match="never the number"):
         dataclasses.replace(facts, practitioner_pid_hash=fnr())
+
+
+def test_rotating_the_signing_keys_keeps_r8_firing_for_earlier_events(
+    services: Services, settings: Settings, looked_up: dict[str, str], database_url: str
+) -> None:
+    """R8's secret has its own file: a key rotation and a restart leave it, and the earlier self-access
+    still matches (with the secret derived from the signing-key file, it no longer did)."""
+    start, end = _period()
+    before = rules.run(services, TENANT_A, start, end)
+    assert before.counts.get("R8") == 1
+    keys = settings.signing_keys_path
+    secret_file = settings.audit_self_access_key_path
+    saved = keys.read_bytes()
+    try:
+        rotated = CliRunner().invoke(
+            main,
+            ["keys", "rotate"],
+            env={"DHO_SIGNING_KEYS_PATH": str(keys), "DHO_DATABASE_URL": database_url},
+        )
+        assert rotated.exit_code == 0, rotated.output
+        assert keys.read_bytes() != saved
+        restarted = create_app(settings)  # every worker and the console start afresh after the rotation
+        after = rules.run(restarted.extensions["dho"], TENANT_A, start, end)
+    finally:
+        keys.write_bytes(saved)
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    assert after.counts.get("R8") == 1
+    assert after.other_key == 0
+    assert [f.seqs for f in after.flags if "R8" in f.rules] == [
+        f.seqs for f in before.flags if "R8" in f.rules
+    ]
+
+
+def test_a_changed_secret_says_it_cannot_compare_instead_of_passing(
+    services: Services, settings: Settings, looked_up: dict[str, str], tmp_path: Path, auditors: object
+) -> None:
+    start, end = _period()
+    other = create_app(settings.model_copy(update={"audit_self_access_key_path": tmp_path / "new.key"}))
+    moved: Services = other.extensions["dho"]
+    hasher, old = moved.auditor.pid_hash, services.auditor.pid_hash
+    assert hasher is not None
+    assert old is not None
+    assert hasher.key_tag != old.key_tag  # the key id carried in every stored hash
+    run = rules.run(moved, TENANT_A, start, end)
+    assert "R8" not in run.counts
+    assert run.other_key == 3  # the nurse's three look-ups, hashed under the earlier secret
+    client = other.test_client()
+    login(client)
+    page = client.get("/console/review").data.decode()
+    r8_row = page.split('data-rule="R8"')[1].split("</tr>")[0]
+    assert "kan ikke sammenligne 3 oppslag: hemmeligheten er byttet" in r8_row
+
+
+def test_an_upgraded_deployment_adopts_the_secret_its_events_were_hashed_with(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Before R8's secret had a file it was derived from the signing-key file; a deployment that has a
+    key file but no secret file keeps that secret, a new deployment gets a random one."""
+    keys = tmp_path / "upgraded" / "signing-keys.json"
+    load_or_create(keys)
+    legacy = PidHasher(derive_secret(keys, "audit-self-access"))
+    upgraded = settings.model_copy(
+        update={"signing_keys_path": keys, "audit_self_access_key_path": keys.parent / "self-access.key"}
+    )
+    hasher = create_app(upgraded).extensions["dho"].auditor.pid_hash
+    assert hasher.key_tag == legacy.key_tag
+    assert hasher("01017012345") == legacy("01017012345")
+    fresh_keys = tmp_path / "fresh" / "signing-keys.json"
+    fresh = settings.model_copy(
+        update={"signing_keys_path": fresh_keys, "audit_self_access_key_path": fresh_keys.parent / "s.key"}
+    )
+    fresh_hasher = create_app(fresh).extensions["dho"].auditor.pid_hash
+    assert fresh_hasher.key_tag != PidHasher(derive_secret(fresh_keys, "audit-self-access")).key_tag

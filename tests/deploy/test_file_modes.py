@@ -1,6 +1,7 @@
 """Files that hold health data or private keys are created readable by their owner only (mode 0600):
 the SQLite database (and its -wal/-shm files, which SQLite gives the database file's mode), the token
-service's signing keys and the audit checkpoint key (issue 9, "The operator")."""
+service's signing keys, the audit checkpoint key and the self-access secret of rule R8 (issue 9, "The
+operator"; issue 10)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def test_database_and_key_files_are_created_0600(tmp_path: Path) -> None:
         database_url=url,
         signing_keys_path=tmp_path / "keys" / "signing-keys.json",
         audit_key_path=tmp_path / "keys" / "audit-signing-key.pem",
+        audit_self_access_key_path=tmp_path / "keys" / "audit-self-access.key",
         audit_sequencer_interval=0,
     )
     app = create_app(settings)
@@ -45,7 +47,12 @@ def test_database_and_key_files_are_created_0600(tmp_path: Path) -> None:
     try:
         services.tenants.add("921234562", "Kommune")  # a write: SQLite's -wal file if in WAL mode
         assert app.test_client().get("/.well-known/openid-configuration/jwks").status_code == 200
-        created = [database, settings.signing_keys_path, settings.audit_key_path]
+        created = [
+            database,
+            settings.signing_keys_path,
+            settings.audit_key_path,
+            settings.audit_self_access_key_path,
+        ]
         created += [p for p in database.parent.iterdir() if p.name.startswith(database.name + "-")]
         for path in created:
             assert path.exists(), path

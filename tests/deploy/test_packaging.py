@@ -72,6 +72,7 @@ def test_systemd_unit_writes_only_where_it_may() -> None:
     written = [
         environment["DHO_SIGNING_KEYS_PATH"],
         environment["DHO_AUDIT_KEY_PATH"],
+        environment["DHO_AUDIT_SELF_ACCESS_KEY_PATH"],
         environment["DHO_DATABASE_URL"].removeprefix("sqlite:///"),
     ]
     for path in written:

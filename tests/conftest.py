@@ -13,6 +13,7 @@ atomically (``os.link``), so workers never disturb each other.
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from sharing_api.settings import Settings
 from sharing_api.store import audit_partitions
 from sharing_api.store.engine import make_engine, upgrade
 from sharing_api.store.schema import metadata
-from tests import construction_cache
+from tests import construction_cache, hypothesis_budget
 from tests.api_client import HOSPITAL, OTHER_HOSPITAL, ApiClient
 from tests.prerequisites import require
 
@@ -39,6 +40,8 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 POSTGRES_ADMIN = os.environ.get("DHO_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("DHO_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 BACKENDS = [b for b in os.environ.get("DHO_TEST_BACKENDS", "sqlite,postgresql").split(",") if b]
+
+hypothesis_budget.load()  # the suite's example budgets, or HYPOTHESIS_PROFILE=long's
 
 TENANT_A = "921234562"
 TENANT_B = "923456783"
@@ -67,6 +70,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     other worker has nothing left to do. Every worker collects the same order; the order of all
     other tests is unchanged (a stable sort)."""
     items.sort(key=_schedule_rank)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Exempt what exists once the tests are collected (modules, plugins, the collected items: several
+    hundred thousand objects that live all session) from the garbage collector's full collections
+    (``gc.freeze``). Each test leaves cyclic garbage (an app, its services) that only a full collection
+    frees; each such collection traversed all of those long-lived objects again."""
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -23,7 +23,17 @@ __all__ = ["AccountError", "Auditor", "AuditorAccounts"]
 _USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,63}")
 MIN_PASSWORD = 12
 _HASHER = PasswordHasher()
-_DUMMY = _HASHER.hash("not a password of anyone")
+_DUMMY: str | None = None  # see _dummy
+
+
+def _dummy() -> str:
+    """The hash an unknown username's password is verified against, made by the first ``authenticate``
+    of the process whatever username it names, not at import: every process that imports the console
+    (each ``dho-share`` command, each server) spent an argon2 hash (64 MiB, ~0.1-0.2 s of CPU) on it."""
+    global _DUMMY
+    if _DUMMY is None:
+        _DUMMY = _HASHER.hash("not a password of anyone")
+    return _DUMMY
 
 
 class AccountError(ValueError):
@@ -106,9 +116,10 @@ class AuditorAccounts:
 
     def authenticate(self, username: str, password: str) -> Auditor | None:
         """The enabled account whose password this is, or None (same argon2 work either way)."""
+        dummy = _dummy()
         with self.engine.connect() as conn:
             r = conn.execute(select(console_auditors).where(console_auditors.c.username == username)).first()
-        stored = r.password_hash if r is not None else _DUMMY
+        stored = r.password_hash if r is not None else dummy
         try:
             _HASHER.verify(stored, password)
         except (VerificationError, InvalidHashError):

@@ -66,14 +66,6 @@ _CLAIM_SQL = (
 ``[system, value, observation_id]``, inserted unless claimed already (the primary key decides)."""
 
 
-_OWNERS_SQL = (
-    "SELECT value, observation_id FROM observation_identifiers WHERE tenant = %s AND system = %s "
-    "AND value = ANY(ARRAY(SELECT json_array_elements_text(%s::json)))"
-)
-"""``ObservationStore._owners`` on PostgreSQL, per identifier system: the values as one JSON array,
-made an array once (an InitPlan), so the lookup is the primary key's index scan with ``= ANY``."""
-
-
 @dataclass(frozen=True, slots=True)
 class Stored:
     """One stored version: the bytes served, and what the response headers need."""
@@ -295,14 +287,6 @@ class ObservationStore:
         i = observation_identifiers
         out: dict[tuple[str, str], str] = {}
         unique = sorted(set(idents))
-        if conn.dialect.name == "postgresql":
-            by_system_all: dict[str, list[str]] = {}
-            for system, value in unique:
-                by_system_all.setdefault(system, []).append(value)
-            for system, values in by_system_all.items():
-                found = conn.exec_driver_sql(_OWNERS_SQL, (tenant, system, orjson.dumps(values).decode()))
-                out.update(((system, value), obs_id) for value, obs_id in found)
-            return out
         for at in range(0, len(unique), CHUNK):
             by_system: dict[str, list[str]] = {}
             for system, value in unique[at : at + CHUNK]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import event
 
 from sharing_api.audit.actions import AuditAction, Outcome
 from sharing_api.audit.events import AuditFacts, Coded, DecisionRef, SharingDecision
@@ -111,3 +113,20 @@ def tampering(engine: Engine) -> Iterator[Connection]:
         yield conn
         for sql in triggers:
             conn.exec_driver_sql(sql)
+
+
+def audit_selects(engine: Engine, work: Callable[[], Any]) -> list[tuple[str, Any]]:
+    """Every SELECT on ``audit_entries`` that ``work()`` runs on ``engine``, with its parameters (for
+    the plan tests to EXPLAIN)."""
+    seen: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, params: Any, _context: Any, _many: bool) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "audit_entries" in statement:
+            seen.append((statement, params))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        work()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    return seen

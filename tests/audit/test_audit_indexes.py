@@ -11,25 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine
 
 from sharing_api.audit.log import AuditLog
-from tests.audit.factories import HOSPITAL, TENANT, bulk_pending, facts
+from tests.audit.factories import HOSPITAL, TENANT, audit_selects, bulk_pending, facts
 
 
 def plans(engine: Engine, work: Any) -> list[str]:
     """The plan of every SELECT on ``audit_entries`` that ``work()`` runs, with its parameters."""
-    seen: list[tuple[str, Any]] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, params: Any, _context: Any, _many: bool) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and "audit_entries" in statement:
-            seen.append((statement, params))
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        work()
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+    seen = audit_selects(engine, work)
     postgres = engine.dialect.name == "postgresql"
     found = []
     with engine.connect() as conn:

@@ -17,7 +17,7 @@ import pytest
 from alembic import command
 from click.testing import CliRunner
 from flask import Flask
-from sqlalchemy import Engine, event, inspect, select, text
+from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.exc import DBAPIError
 
 from sharing_api.audit.checkpoints import AuditSigner
@@ -33,7 +33,7 @@ from sharing_api.store.audit_partitions import Month
 from sharing_api.store.engine import alembic_config, make_engine, upgrade
 from sharing_api.store.schema import audit_entries, audit_seq_claims
 from tests.api_client import ApiClient
-from tests.audit.factories import T0, TENANT, facts
+from tests.audit.factories import T0, TENANT, audit_selects, facts
 from tests.conftest import AUDIT_MONTHS_SINCE, TENANT_A
 from tests.factories import fnr, heart_rate, search_form
 
@@ -223,17 +223,7 @@ def test_each_partition_refuses_changes(log: AuditLog, statement: str) -> None:
 
 def plans(engine: Engine, work: Any) -> list[str]:
     """``EXPLAIN`` of every SELECT on ``audit_entries`` that ``work()`` runs, with its parameters."""
-    seen: list[tuple[str, Any]] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, params: Any, _context: Any, _many: bool) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and "audit_entries" in statement:
-            seen.append((statement, params))
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        work()
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+    seen = audit_selects(engine, work)
     found = []
     with engine.connect() as conn:
         for statement, params in seen:

@@ -75,7 +75,10 @@ def _run_postgresql(engine: Engine, sql: str, args: Any) -> list[Any]:
     conn: Any = pooled.driver_connection
     try:
         with conn.cursor(row_factory=namedtuple_row) as cursor:
-            cursor.execute(sql, args)
+            # Rows in binary: a stored resource (bytea) arrives as its bytes instead of hex text that
+            # libpq decodes (PQunescapeBytea: ~3 % of a search's instructions for 12 hits); every column
+            # type these statements return has a binary loader giving the same Python value.
+            cursor.execute(sql, args, binary=True)
             return cursor.fetchall() if cursor.description is not None else []
     except dbapi.Error as exc:
         dead = bool(conn.closed or conn.broken)

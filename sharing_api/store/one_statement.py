@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from psycopg.pq import ExecStatus
 from psycopg.rows import namedtuple_row
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, StatementError
@@ -32,6 +33,8 @@ from sharing_api.store.compiled import CompiledStatement
 from sharing_api.store.engine import autocommit_engine
 
 __all__ = ["run"]
+
+TUPLES_OK = ExecStatus.TUPLES_OK
 
 
 def run(
@@ -79,7 +82,10 @@ def _run_postgresql(engine: Engine, sql: str, args: Any) -> list[Any]:
             # libpq decodes (PQunescapeBytea: ~3 % of a search's instructions for 12 hits); every column
             # type these statements return has a binary loader giving the same Python value.
             cursor.execute(sql, args, binary=True)
-            return cursor.fetchall() if cursor.description is not None else []
+            # whether it returned rows, from the result's status (``description`` would build a
+            # Column object per column, which namedtuple_row has already done once)
+            result = cursor.pgresult
+            return cursor.fetchall() if result is not None and result.status == TUPLES_OK else []
     except dbapi.Error as exc:
         dead = bool(conn.closed or conn.broken)
         if dead:

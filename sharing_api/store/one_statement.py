@@ -82,8 +82,8 @@ def _run_postgresql(engine: Engine, sql: str, args: Any) -> list[Any]:
             # libpq decodes (PQunescapeBytea: ~3 % of a search's instructions for 12 hits); every column
             # type these statements return has a binary loader giving the same Python value.
             cursor.execute(sql, args, binary=True)
-            # whether it returned rows, from the result's status (``description`` would build a
-            # Column object per column, which namedtuple_row has already done once)
+            # whether it returned rows, from the result's status: ``description`` builds a Column
+            # object per column, which nothing here reads (~0.13 M instructions a search or read)
             result = cursor.pgresult
             return cursor.fetchall() if result is not None and result.status == TUPLES_OK else []
     except dbapi.Error as exc:

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from sharing_api.fhir.identifiers import FNR
+from sharing_api.fhir.search import MAX_CURSOR_BYTES
 from sharing_api.services import Services
 from tests.api.test_examples import expressions
 from tests.api_client import ApiClient
@@ -118,6 +119,19 @@ def test_a_tampered_or_unknown_cursor_is_refused(client: ApiClient) -> None:
     assert response.status_code == 410
     assert response.get_json()["resourceType"] == "OperationOutcome"
     assert client.get(f"{url}&code=x").status_code == 400
+
+
+def test_a_cursor_has_its_own_length_cap(client: ApiClient) -> None:
+    # A sealed cursor is longer than a search value may be (256 bytes), and capped at 1,500 bytes.
+    patient = fnr()
+    _seed(client, patient)
+    body = search(client, search_form(patient, _count="2")).get_json()
+    cursor = (link(body, "next") or "").split("_cursor=", 1)[1]
+    assert 256 < len(cursor) <= MAX_CURSOR_BYTES
+    assert client.get(f"{BASE}/Observation?_cursor={'A' * MAX_CURSOR_BYTES}").status_code == 410
+    too_long = client.get(f"{BASE}/Observation?_cursor={'A' * (MAX_CURSOR_BYTES + 1)}")
+    assert too_long.status_code == 400
+    assert expressions(too_long) == ["_cursor"]
 
 
 def test_a_search_writes_no_paging_record_and_its_links_work(

@@ -134,6 +134,15 @@ def test_a_cursor_has_its_own_length_cap(client: ApiClient) -> None:
     assert expressions(too_long) == ["_cursor"]
 
 
+def test_a_cursor_without_a_patient_attestation_is_refused_first(client: ApiClient) -> None:
+    # A cursor is bound to the attested patient, so the attestation is checked before the cursor is
+    # opened: 403 whatever the cursor (an unknown one was 410 before the check).
+    assert client.last_patient is None  # this client's token names no patient
+    response = client.get(f"{BASE}/Observation?_cursor={'A' * 400}")
+    assert response.status_code == 403
+    assert "patient" in response.get_json()["issue"][0]["diagnostics"]  # the attestation names none
+
+
 def test_a_search_writes_no_paging_record_and_its_links_work(
     client: ApiClient, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -105,7 +105,10 @@ def _insert_returning(dialect: Any) -> CompiledStatement:
     found = _INSERT_RETURNING.get(dialect.name)
     if found is None:
         stmt = insert(e).values({name: bindparam(name) for name in _INSERT_COLUMNS}).returning(e.c.id)
-        found = _INSERT_RETURNING[dialect.name] = CompiledStatement.of(stmt, dialect, "audit INSERT")
+        # An INSERT of values has nothing to choose: its plan is the same for every value.
+        found = _INSERT_RETURNING[dialect.name] = CompiledStatement.of(
+            stmt, dialect, "audit INSERT", generic_plan=True
+        )
     return found
 
 

@@ -4,6 +4,11 @@ Building and compiling expressions per request cost more CPU than running them; 
 once is run with ``exec_driver_sql`` and its values, positional where the dialect's paramstyle is
 (SQLite), named where it is not (psycopg). The values go through the compiled statement's own bind
 processing (``construct_params``), as ``Connection.execute`` would do.
+
+``generic_plan`` marks a statement whose plan PostgreSQL may make once for all values
+(``store.one_statement`` runs it with ``plan_cache_mode=force_generic_plan``): planning a search cost
+PostgreSQL more CPU than running it. Only a statement whose generic plan a test proves at 100,000 rows
+is marked (``tests/store/test_generic_plans.py``); every other one is planned with its values.
 """
 
 from __future__ import annotations
@@ -23,9 +28,13 @@ class CompiledStatement:
     compiled: Any
     positional: tuple[str, ...] | None
     """The parameter names in the order of their placeholders; ``None`` for named parameters."""
+    generic_plan: bool = False
+    """PostgreSQL may plan it once for all values (see the module docstring)."""
 
     @classmethod
-    def of(cls, stmt: ClauseElement, dialect: Any, what: str = "statement") -> CompiledStatement:
+    def of(
+        cls, stmt: ClauseElement, dialect: Any, what: str = "statement", *, generic_plan: bool = False
+    ) -> CompiledStatement:
         """``stmt`` compiled for ``dialect``.
 
         :raise RuntimeError: the statement has an expanding parameter (its SQL depends on the values)."""
@@ -33,7 +42,8 @@ class CompiledStatement:
         sql = str(compiled)
         if "POSTCOMPILE" in sql:  # an expanding parameter would need the values: never cache it
             raise RuntimeError(f"the {what} cannot be compiled once")
-        return cls(sql, compiled, tuple(compiled.positiontup) if compiled.positional else None)
+        positional = tuple(compiled.positiontup) if compiled.positional else None
+        return cls(sql, compiled, positional, generic_plan)
 
     def arguments(self, values: dict[str, Any]) -> Any:
         """The driver's arguments for ``values`` (every parameter the statement has), bind-processed."""

@@ -21,6 +21,10 @@ IDLE_PING_SECONDS = 10.0
 """A pooled PostgreSQL connection idle longer than this is checked (``SELECT 1``) before use."""
 RECYCLE_SECONDS = 1800
 """PostgreSQL connections are replaced after this age (server-side timeouts, memory held by backends)."""
+CUSTOM_PLANS = "force_custom_plan"
+GENERIC_PLANS = "force_generic_plan"
+"""PostgreSQL's ``plan_cache_mode`` for prepared statements: planned with each execution's values, or
+once for all values (see ``_postgresql_engine`` and ``autocommit_engine``)."""
 
 
 def normalise_url(url: str) -> str:
@@ -84,12 +88,15 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     return _postgresql_engine(url, pool_size)
 
 
-def _postgresql_engine(url: str | URL, pool_size: int, **options: Any) -> Engine:
+def _postgresql_engine(
+    url: str | URL, pool_size: int, plan_cache_mode: str = CUSTOM_PLANS, **options: Any
+) -> Engine:
     # A generic plan cached for a prepared statement can turn a primary-key lookup into a scan of the
-    # tenant (BENCHMARKS.md, ingest hotspot 1): plan every execution with its values. connect_timeout
-    # bounds each host libpq tries (multi-host URL), so a dead primary costs seconds, not the OS's TCP
-    # timeout; after a promotion new connections find the new primary (target_session_attrs).
-    connect_args: dict[str, Any] = {"options": "-c plan_cache_mode=force_custom_plan"}
+    # tenant (BENCHMARKS.md, ingest hotspot 1): the engine's own connections plan every execution with
+    # its values. connect_timeout bounds each host libpq tries (multi-host URL), so a dead primary costs
+    # seconds, not the OS's TCP timeout; after a promotion new connections find the new primary
+    # (target_session_attrs).
+    connect_args: dict[str, Any] = {"options": f"-c plan_cache_mode={plan_cache_mode}"}
     text = url if isinstance(url, str) else url.render_as_string(hide_password=False)
     if "connect_timeout=" not in text:
         connect_args["connect_timeout"] = 3
@@ -133,7 +140,14 @@ def autocommit_engine(engine: Engine) -> Engine:
     """A PostgreSQL ``engine``'s sibling whose pooled connections are opened in autocommit once, for
     statements that are their own transaction (``store.one_statement``): no switch of a connection to
     autocommit and back per statement. Same URL, pool size, idle ping and recycling as ``make_engine``;
-    made on first use, and disposed with ``engine``."""
+    made on first use, and disposed with ``engine``.
+
+    Its connections open with ``plan_cache_mode=force_generic_plan``: the statements run there most
+    (the sharing decision, a search page, a read by id, the audit INSERT) are planned once per
+    connection instead of per execution, which was most of PostgreSQL's CPU for a search (1.03 ->
+    0.33 ms per search page at 100,000 observations). Only statements marked
+    ``CompiledStatement.generic_plan`` (their generic plan proved by a test) run so; ``one_statement``
+    switches a connection to custom plans for any other."""
     found = _AUTOCOMMIT.get(engine)
     if found is not None:
         return found
@@ -141,7 +155,9 @@ def autocommit_engine(engine: Engine) -> Engine:
         found = _AUTOCOMMIT.get(engine)
         if found is None:
             size = engine.pool.size() if isinstance(engine.pool, QueuePool) else 5
-            found = _AUTOCOMMIT[engine] = _postgresql_engine(engine.url, size, isolation_level="AUTOCOMMIT")
+            found = _AUTOCOMMIT[engine] = _postgresql_engine(
+                engine.url, size, GENERIC_PLANS, isolation_level="AUTOCOMMIT"
+            )
 
             @event.listens_for(engine, "engine_disposed")
             def _disposed(_engine: Any) -> None:

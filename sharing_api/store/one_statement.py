@@ -10,6 +10,16 @@ statement. ``run`` takes a connection from the engine's autocommit sibling (``en
 its connections are opened in autocommit once; the same idle ping, recycling and reset on return as
 the engine's own pool) and runs the compiled SQL with a psycopg cursor.
 
+Plans: psycopg prepares a statement on the server after its fifth execution on a connection. The
+autocommit connections open with ``plan_cache_mode=force_generic_plan``, so a statement marked
+``CompiledStatement.generic_plan`` is planned once per connection, not per execution (planning was two
+thirds of PostgreSQL's CPU for a search page). Any other statement (a search that no index leads, whose
+best plan depends on the values) is planned with its values: the connection is switched with ``SET
+plan_cache_mode`` first, and back when a marked one comes, so a connection's mode is always the one
+its statement asks for. Which mode a pooled connection is in is kept in its ``info``, which the pool
+clears with every new connection (and a new connection starts in the mode ``autocommit_engine`` opens
+it with); prepared statements belong to their connection, so a fresh one prepares its own.
+
 A dead connection (the server restarted, an idle connection cut) is taken out of the pool
 (``invalidate``). A read is then retried once on a fresh connection: a read that failed changed
 nothing. A write is never retried, because an error after the server committed cannot be told from
@@ -30,7 +40,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, StatementError
 
 from sharing_api.store.compiled import CompiledStatement
-from sharing_api.store.engine import autocommit_engine
+from sharing_api.store.engine import CUSTOM_PLANS, GENERIC_PLANS, autocommit_engine
 
 __all__ = ["run"]
 
@@ -52,7 +62,7 @@ def run(
     retries = 0 if write else 1
     while True:
         try:
-            return _run_postgresql(engine, statement.sql, args)
+            return _run_postgresql(engine, statement, args)
         except _Dead as dead:
             if retries == 0:
                 raise dead.error from dead.error.orig
@@ -67,7 +77,13 @@ class _Dead(Exception):
         self.error = error
 
 
-def _run_postgresql(engine: Engine, sql: str, args: Any) -> list[Any]:
+_PLAN_MODE = "plan_cache_mode"
+"""Key of a pooled connection's ``info``: the ``plan_cache_mode`` it was last set to (absent: the mode
+``autocommit_engine`` opens it with)."""
+
+
+def _run_postgresql(engine: Engine, statement: CompiledStatement, args: Any) -> list[Any]:
+    sql = statement.sql
     dbapi = engine.dialect.loaded_dbapi
     try:
         pooled = autocommit_engine(engine).raw_connection()  # a checkout: idle ones pinged, old ones recycled
@@ -76,7 +92,11 @@ def _run_postgresql(engine: Engine, sql: str, args: Any) -> list[Any]:
             None, None, exc, dbapi.Error, hide_parameters=True, dialect=engine.dialect
         ) from exc
     conn: Any = pooled.driver_connection
+    mode = GENERIC_PLANS if statement.generic_plan else CUSTOM_PLANS
     try:
+        if pooled.info.get(_PLAN_MODE, GENERIC_PLANS) != mode:
+            conn.execute(f"SET plan_cache_mode = {mode}")
+            pooled.info[_PLAN_MODE] = mode
         with conn.cursor(row_factory=namedtuple_row) as cursor:
             # Rows in binary: a stored resource (bytea) arrives as its bytes instead of hex text that
             # libpq decodes (PQunescapeBytea: ~3 % of a search's instructions for 12 hits); every column

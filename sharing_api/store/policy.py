@@ -140,7 +140,10 @@ def _decision_sql(dialect: Any, with_agreements: bool) -> CompiledStatement:
     key = (dialect.name, with_agreements)
     found = _DECISION_SQL.get(key)
     if found is None:
-        found = _DECISION_SQL[key] = CompiledStatement.of(_decision_statement(with_agreements), dialect)
+        # Equalities on the parties and the patient, led by an index each: one plan for every value
+        # (tests/store/test_generic_plans.py)
+        stmt = _decision_statement(with_agreements)
+        found = _DECISION_SQL[key] = CompiledStatement.of(stmt, dialect, generic_plan=True)
     return found
 
 

@@ -252,7 +252,7 @@ audit_entries = Table(
     Column("agent_hpr", String(16), nullable=True),
     Column("organisation", String(16), nullable=True),
     Column("client_id", String(128), nullable=True),
-    Column("event", LargeBinary, nullable=False),
+    Column("event", LargeBinary, nullable=False),  # LZ4-compressed on PostgreSQL (0008_audit_lz4)
     # An entry by its index, and pages by index. Not unique: on PostgreSQL the table is partitioned by
     # month (migration 0006_audit_parts), and a unique index there would have to include the month.
     # ``audit_seq_claims`` below refuses an index given twice (security-tests AUD-09).

@@ -132,15 +132,22 @@ class ShapeCache:
         return len(self._compiled)
 
     def statement(
-        self, dialect: Any, what: str, template: Template, build: Callable[[Any, Template], ClauseElement]
+        self,
+        dialect: Any,
+        what: str,
+        template: Template,
+        build: Callable[[Any, Template], ClauseElement],
+        *,
+        generic_plan: bool = False,
     ) -> CompiledStatement:
         """The statement ``build(tenant_parameter, template)`` builds, compiled for ``dialect`` once per
-        shape."""
+        shape (``generic_plan``: see ``CompiledStatement``; it must follow from the shape alone)."""
         key = (what, dialect.name, template.shape)
         entry = self._compiled.get(key)
         if entry is None:
             stmt = build(bindparam("tenant", type_=None), template)
-            entry = CompiledStatement.of(stmt, dialect, f"{what} statement of this shape")
+            what = f"{what} statement of this shape"
+            entry = CompiledStatement.of(stmt, dialect, what, generic_plan=generic_plan)
             with self._lock:
                 if len(self._compiled) >= self.max_shapes:
                     self._compiled.clear()

@@ -25,6 +25,7 @@ from sqlalchemy import (
     func,
     literal,
     select,
+    text,
 )
 from sqlalchemy.exc import DataError, OperationalError
 
@@ -49,6 +50,12 @@ def pg_engine(engine: Engine) -> Engine:
 
 def _statement(engine: Engine, stmt: object) -> CompiledStatement:
     return CompiledStatement.of(stmt, engine.dialect)  # type: ignore[arg-type]
+
+
+def _plans(engine: Engine, *, generic_plan: bool) -> CompiledStatement:
+    """A statement answering with the ``plan_cache_mode`` it runs under, and its backend."""
+    stmt = select(func.current_setting("plan_cache_mode").label("mode"), func.pg_backend_pid().label("pid"))
+    return CompiledStatement.of(stmt, engine.dialect, generic_plan=generic_plan)
 
 
 def _backend_pid(engine: Engine) -> int:
@@ -134,6 +141,50 @@ def test_a_write_on_a_connection_the_server_cut_is_not_sent_again(
         one_statement.run(pg_engine, stmt, {}, write=True)
     assert raised.value.connection_invalidated
     assert _backend_pid(pg_engine) != pid  # the dead connection left the pool
+
+
+def test_marked_statements_are_planned_for_all_values_and_the_others_with_theirs(pg_engine: Engine) -> None:
+    generic, custom = _plans(pg_engine, generic_plan=True), _plans(pg_engine, generic_plan=False)
+    for statement in (generic, custom, custom, generic, generic, custom):
+        expected = "force_generic_plan" if statement.generic_plan else "force_custom_plan"
+        assert one_statement.run(pg_engine, statement, {})[0].mode == expected
+    with pg_engine.connect() as conn:  # the engine's own connections (ingest) plan with the values
+        assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "force_custom_plan"
+
+
+def test_a_fresh_connection_runs_in_the_mode_its_statement_asks_for(
+    pg_engine: Engine, database_url: str
+) -> None:
+    """A connection switched to custom plans is cut; the read is retried on a fresh connection, which
+    opens with generic plans and must be switched again (its pool record starts anew)."""
+    custom = _plans(pg_engine, generic_plan=False)
+    first = one_statement.run(pg_engine, custom, {})[0]
+    assert first.mode == "force_custom_plan"
+    _terminate(database_url, first.pid)
+    again = one_statement.run(pg_engine, custom, {})[0]
+    assert again.pid != first.pid
+    assert again.mode == "force_custom_plan"
+
+
+def test_a_prepared_statement_is_prepared_again_on_a_fresh_connection(
+    pg_engine: Engine, database_url: str
+) -> None:
+    """psycopg prepares a statement after its fifth execution on a connection; the server forgets it
+    with the connection, and the retried read is prepared anew on the fresh one."""
+    stmt = _statement(
+        pg_engine, select(bindparam("n", type_=Integer).label("n"), func.pg_backend_pid().label("pid"))
+    )
+    stmt = CompiledStatement(stmt.sql, stmt.compiled, stmt.positional, generic_plan=True)
+    pids = {one_statement.run(pg_engine, stmt, {"n": n})[0].pid for n in range(12)}
+    prepared = _statement(
+        pg_engine, select(func.count().label("n")).select_from(text("pg_prepared_statements"))
+    )
+    assert one_statement.run(pg_engine, prepared, {})[0].n >= 1
+    for pid in pids:
+        _terminate(database_url, pid)
+    rows = [one_statement.run(pg_engine, stmt, {"n": n})[0] for n in range(12)]
+    assert [r.n for r in rows] == list(range(12))
+    assert not {r.pid for r in rows} & pids
 
 
 def test_disposing_the_engine_closes_its_autocommit_connections(pg_engine: Engine) -> None:

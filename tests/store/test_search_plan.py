@@ -1,20 +1,16 @@
 """The search for one patient, one code and a period is planned as a range scan of the patient-led
-token index and a primary-key lookup per hit, on PostgreSQL with 100,000 stored observations (issue 12).
-
-The rows are written in bulk with SQL (the rows ``ObservationStore.create_many`` would write), not over
-HTTP; PostgreSQL's statistics are refreshed (``VACUUM ANALYZE``) as autovacuum would after a bulk load.
+token index and a primary-key lookup per hit, on PostgreSQL with 100,000 stored observations (issue 12;
+the rows: ``plan_data``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-import psycopg
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.dialects import postgresql
@@ -23,54 +19,12 @@ from sharing_api.fhir.dates import OPEN_END, to_micros
 from sharing_api.fhir.identifiers import FNR
 from sharing_api.fhir.search import parse_search
 from sharing_api.fhir.validation import ValidObservation
-from sharing_api.store.engine import make_engine, upgrade
 from sharing_api.store.observations import ObservationStore, ReadScope
-from tests.conftest import POSTGRES_ADMIN, TENANT_A
+from tests.conftest import TENANT_A
 from tests.factories import CATEGORY, LOINC, fnr
+from tests.store.plan_data import FIRST
 
 pytestmark = pytest.mark.slow
-
-STORED = 100_000
-DAYS = 180
-KINDS = (("8867-4", 8), ("8867-4", 20), ("2708-6", 8), ("29463-7", 7))  # (LOINC code, hour): 4 a day
-FIRST = datetime(2026, 5, 1, tzinfo=UTC)
-
-
-BULK_PARAMS = {
-    "tenant": TENANT_A,
-    "stored": STORED,
-    "kinds": len(KINDS),
-    "codes": [code for code, _ in KINDS],
-    "hours": [hour for _, hour in KINDS],
-    "first": to_micros(FIRST),
-    "fnr": FNR,
-    "loinc": LOINC,
-    "days": DAYS,
-}
-# One row per (patient, day, kind), as create_many would store it (the store's own path is exercised
-# by test_an_ongoing_period_is_found_after_its_start and tests/api); generated inside PostgreSQL so
-# that 100,000 rows take seconds on a busy machine.
-BULK_OBSERVATIONS = """
-INSERT INTO observations (tenant, id, version_id, last_updated, patient_system, patient_value, status,
-                          kind, effective_start, effective_end, data)
-SELECT :tenant, 'plan-' || g, 1, 0, :fnr, (CAST(:patients AS text[]))[g / (:days * :kinds) + 1], 'final',
-       :loinc || '|' || (CAST(:codes AS text[]))[g % :kinds + 1],
-       :first + ((g / :kinds) % :days) * 86400000000::bigint
-              + (CAST(:hours AS int[]))[g % :kinds + 1] * 3600000000::bigint,
-       :first + ((g / :kinds) % :days) * 86400000000::bigint
-              + (CAST(:hours AS int[]))[g % :kinds + 1] * 3600000000::bigint + 1000000,
-       convert_to('{}', 'UTF8')
-FROM generate_series(0, :stored - 1) AS g
-"""
-BULK_TOKENS = """
-INSERT INTO observation_tokens (tenant, observation_id, param, system, code, patient_system, patient_value,
-                                effective_start, effective_end)
-SELECT o.tenant, o.id, t.param, t.system,
-       CASE WHEN t.param = 'code' THEN split_part(o.kind, '|', 2) ELSE 'vital-signs' END,
-       o.patient_system, o.patient_value, o.effective_start, o.effective_end
-FROM observations o
-CROSS JOIN (VALUES ('code', CAST(:loinc AS text)), ('category', CAST(:category AS text))) AS t(param, system)
-"""
 
 
 def _valid(patient: str, code: str, when: datetime, n: int) -> ValidObservation:
@@ -87,27 +41,9 @@ def _valid(patient: str, code: str, when: datetime, n: int) -> ValidObservation:
     )
 
 
-@pytest.fixture(scope="module")
-def engine() -> Iterator[tuple[Engine, list[str]]]:
-    name = f"dho_test_plan_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"{POSTGRES_ADMIN.rsplit('/', 1)[0]}/{name}"
-    eng = make_engine(url)
-    try:
-        upgrade(url)
-        per_patient = DAYS * len(KINDS)
-        patients = [fnr() for _ in range(-(-STORED // per_patient))]
-        with eng.begin() as conn:
-            conn.execute(text(BULK_OBSERVATIONS), {"patients": patients, **BULK_PARAMS})
-            conn.execute(text(BULK_TOKENS), {"loinc": LOINC, "category": CATEGORY})
-        with eng.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.exec_driver_sql("VACUUM ANALYZE")
-        yield eng, patients
-    finally:
-        eng.dispose()
-        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+@pytest.fixture
+def engine(plan_database: tuple[Engine, list[str]]) -> tuple[Engine, list[str]]:
+    return plan_database
 
 
 def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -182,13 +182,21 @@ class VerifiedTokenCache:
     claims alone (the :class:`~auth.caller.Caller`): revocation, the DPoP proof, its ``ath`` and the
     replay claim are still checked on every request by the caller. A hit is served only while
     ``exp + leeway > now``, exactly as :func:`verify_access_token` would decide; ``nbf``/``iat`` in
-    the future never reach the cache (they fail verification). Bounded: when full, expired entries
-    are dropped, and if none are, the cache starts afresh. Safe across threads (single dict ops).
+    the future never reach the cache (they fail verification).
+
+    Bounded in two ways. Expired entries are swept out at most every ``sweep_seconds`` (on an insert),
+    so the cache holds the tokens still live plus those verified since the last sweep: without the
+    sweep a worker kept every token it had seen until ``max_entries`` (a few KiB each, with their
+    claims), and its memory crept up for hours (issue 12 soak). And when it is full of live tokens
+    anyway, it starts afresh. Safe across threads (single dict ops; an insert racing a sweep is at
+    worst a later cache miss).
     """
 
-    def __init__(self, max_entries: int = 10_000):
+    def __init__(self, max_entries: int = 10_000, sweep_seconds: float = 30.0):
         self.max_entries = max_entries
+        self.sweep_seconds = sweep_seconds
         self._entries: dict[bytes, list[Any]] = {}
+        self._next_sweep = 0.0
 
     @staticmethod
     def _key(token: str) -> bytes:
@@ -200,12 +208,18 @@ class VerifiedTokenCache:
         if hit is not None and hit[0].claims.get("iss") == policy.issuer and now < hit[1]:
             return hit
         verified = verify_access_token(token, policy=policy, keys=keys, now=now)
-        if len(self._entries) >= self.max_entries:
+        if now >= self._next_sweep or len(self._entries) >= self.max_entries:
             live = {k: v for k, v in list(self._entries.items()) if v[1] > now}
             self._entries = live if len(live) < self.max_entries else {}
+            self._next_sweep = now + self.sweep_seconds
         entry = [verified, verified.expires_at + policy.leeway, _NOT_DERIVED]
         self._entries[key] = entry
         return entry
+
+    def held(self) -> int:
+        """How many verified tokens are remembered now, expired ones not yet swept included (for tests
+        and measurements). Deliberately not ``__len__``: an empty cache must not be falsy."""
+        return len(self._entries)
 
     def live(self, token: str, now: float) -> VerifiedAccessToken | None:
         """``token`` as :meth:`verify` verified it, while that answer holds (``now < exp + leeway``);

@@ -1,7 +1,8 @@
 """Prometheus metrics (issue 9, "The operator"), served at ``GET /metrics`` in the text format.
 
-Labels never carry request data: routes are URL rules (``/<orgnr>/fhir/Observation/<obs_id>``), reasons
-are the sharing policy's reason names and OAuth error codes (RFC 6749 §5.2), never identifiers.
+Labels never carry request data: routes are URL rules (``/<orgnr>/fhir/Observation/<obs_id>``), methods
+the ones HTTP defines (any other is ``other``), reasons the sharing policy's reason names and OAuth
+error codes (RFC 6749 §5.2), never identifiers: so every label set is bounded.
 
 Under gunicorn each worker is its own process: ``dho-share serve`` and ``deploy/gunicorn.conf.py`` set
 ``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode), every worker writes its values
@@ -29,6 +30,9 @@ from consent.policy import Decision
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: Methods labelled by name (RFC 9110 §9.3 and PATCH, RFC 5789); any other is labelled ``OTHER_METHOD``.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+OTHER_METHOD = "other"
 
 
 def multiprocess_dir() -> str | None:
@@ -84,10 +88,15 @@ class Metrics:
         self._request_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        # The method is the client's: any token is let through to a 405, and each distinct one would
+        # be a series kept for the life of the worker (here and in the multiprocess files). Label
+        # only the methods HTTP defines; routes are URL rules and statuses ours, so the set is bounded.
+        if method not in HTTP_METHODS:
+            method = OTHER_METHOD
         series = self._request_series.get((route, method, status))
         if series is None:
             # The label children of one (route, method, status), looked up once: ``labels()`` takes
-            # a lock and builds its key on every call. Routes are URL rules, so the set is bounded.
+            # a lock and builds its key on every call.
             series = (
                 self.requests.labels(route, method, str(status)),
                 self.latency.labels(route, method, str(status)),

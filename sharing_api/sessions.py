@@ -14,6 +14,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
@@ -37,21 +38,37 @@ def new_cursor() -> str:
 
 
 class LocalSessions:
-    """In-process sessions for a single-process server; bounded, oldest evicted first."""
+    """In-process sessions for a single-process server; bounded, oldest evicted first.
 
-    def __init__(self, ttl: int, max_entries: int = 100_000):
+    Every search stores its page cursors, so a busy server puts thousands a minute: expired records
+    are dropped as new ones come (all share one ``ttl``, so they expire in the order they were put and
+    the oldest is always first), not only when ``max_entries`` is reached.
+
+    :param clock: monotonic seconds; injectable for tests.
+    """
+
+    def __init__(self, ttl: int, max_entries: int = 100_000, clock: Callable[[], float] = time.monotonic):
         self.ttl = ttl
         self.max_entries = max_entries
+        self._clock = clock
         self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._lock = threading.Lock()
 
     def put(self, record: dict[str, Any]) -> str:
         cursor = new_cursor()
         with self._lock:
-            self._data[cursor] = (time.monotonic() + self.ttl, orjson.dumps(record))
+            now = self._clock()
+            while self._data and next(iter(self._data.values()))[0] < now:
+                self._data.popitem(last=False)
+            self._data[cursor] = (now + self.ttl, orjson.dumps(record))
             while len(self._data) > self.max_entries:
                 self._data.popitem(last=False)
         return cursor
+
+    def held(self) -> int:
+        """How many records are kept now (for tests and measurements)."""
+        with self._lock:
+            return len(self._data)
 
     def put_many(self, records: list[dict[str, Any]]) -> list[str]:
         return [self.put(record) for record in records]
@@ -61,7 +78,7 @@ class LocalSessions:
             item = self._data.get(cursor)
             if item is None:
                 return None
-            if item[0] < time.monotonic():
+            if item[0] < self._clock():
                 del self._data[cursor]
                 return None
         loaded: dict[str, Any] = orjson.loads(item[1])

@@ -46,6 +46,22 @@ def test_local_store_is_bounded() -> None:
     assert store.get(first) is None
 
 
+def test_local_store_drops_expired_records_as_new_ones_come() -> None:
+    """A server that searches all day keeps the cursors of the last ``ttl`` seconds, not the last
+    ``max_entries`` (issue 12: memory); a live cursor still answers, an expired one is None."""
+    now = [0.0]
+    store = LocalSessions(ttl=60, max_entries=100_000, clock=lambda: now[0])
+    cursors = []
+    for n in range(2_000):  # one search a second for 2,000 s
+        now[0] = float(n)
+        cursors.append(store.put({"n": n}))
+        assert store.held() <= 62
+    assert store.get(cursors[-1]) == {"n": 1_999}
+    assert store.get(cursors[-60]) == {"n": 1_940}
+    assert store.get(cursors[0]) is None
+    assert store.get(cursors[1_000]) is None
+
+
 def test_redis_records_expire() -> None:
     client = redis.Redis.from_url(REDIS_URL)
     store = RedisSessions(client, ttl=30, prefix="dho:test-sessions:")

@@ -199,3 +199,31 @@ def _file_samples(path: Path) -> Samples:
         for metric in MultiProcessCollector.merge([os.fspath(path)], accumulate=True)  # type: ignore[no-untyped-call]
         for s in metric.samples
     }
+
+
+def test_methods_a_client_makes_up_share_one_series(metered: tuple[Flask, ApiClient]) -> None:
+    """Any method token reaches the app (and is answered 405 or 404); each distinct one must not become a
+    series the worker keeps for its lifetime (memory, and the scrape's size): they are counted as
+    ``other``, and answered exactly as before."""
+    _, client = metered
+    scrape(client)  # the scrape's own series exists from here on
+    before = scrape(client)
+    path = f"{BASE}/Observation"
+    for n in range(300):
+        made_up = f"X{n:04d}"
+        response = client.flask.open(path, method=made_up)
+        assert response.status_code == 405
+        outcome = response.get_json()
+        assert outcome["resourceType"] == "OperationOutcome"
+        assert outcome["issue"][0]["diagnostics"] == f"{made_up} is not supported on {path}"
+        assert client.flask.open(f"/no-such-{n}", method=made_up).status_code == 404
+    after = scrape(client)
+    series = [k for k in after if k[0] == "dho_http_requests_total"]
+    assert len(series) - len([k for k in before if k[0] == "dho_http_requests_total"]) <= 2
+    assert not any(dict(labels)["method"].startswith("X") for _, labels in series)
+    other = {"route": "unmatched", "method": "other"}
+    assert value(after, "dho_http_requests_total", **other, status="405") == 300
+    assert value(after, "dho_http_requests_total", **other, status="404") == 300
+    assert client.flask.delete(path).status_code == 405  # a method HTTP defines keeps its own label
+    delete = {"route": "unmatched", "method": "DELETE", "status": "405"}
+    assert value(scrape(client), "dho_http_requests_total", **delete) == 1

@@ -107,3 +107,31 @@ def test_live_answers_only_a_verified_unexpired_token(as_key: ECKey) -> None:
     assert cache.live(token, NOW + 1) is verified
     assert cache.live(token + "x", NOW + 1) is None  # other bytes, another token
     assert cache.live(token, verified.expires_at + policy.leeway) is None
+
+
+def test_expired_tokens_are_swept_so_a_long_run_holds_only_the_live_ones(as_key: ECKey) -> None:
+    """A worker that sees a new token every few seconds for hours holds about the tokens still live,
+    not every token it has seen (issue 12 soak: memory crept up by the expired entries), and answers
+    each token exactly as before: live tokens verified, an expired one refused."""
+    cache, policy = VerifiedTokenCache(sweep_seconds=30), TokenPolicy.own(ISSUER)
+    keys = {as_key.kid: _public(as_key)}.get
+    step, lifetime = 5, 300
+    # Live at any moment: tokens issued in the last lifetime + leeway; plus those since the last sweep.
+    bound = (lifetime + policy.leeway + cache.sweep_seconds) // step + 1
+    held = []
+    earlier: list[tuple[str, str]] = []
+    for n in range(400):  # 2,000 s of tokens, seven lifetimes
+        now = NOW + n * step
+        token = make_token(as_key, jkt=ec_key().thumbprint(), now=now)
+        verified = cache.verify(token, policy=policy, keys=keys, now=now)
+        assert verified.claims["iat"] == now
+        earlier.append((token, verified.jti))
+        held.append(cache.held())
+    assert max(held) <= bound
+    assert held[-1] >= lifetime // step  # the live ones are kept: they are served from the cache
+    last_token, last_jti = earlier[-1]
+    assert cache.verify(last_token, policy=policy, keys=keys, now=now + 1).jti == last_jti
+    assert cache.live(last_token, now + 1) is not None
+    first_token, _ = earlier[0]
+    with pytest.raises(InvalidToken, match="expired"):
+        cache.verify(first_token, policy=policy, keys=keys, now=now)

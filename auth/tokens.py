@@ -23,14 +23,16 @@ HelseID puts ``scope`` as a JSON array; RFC 9068 §2.2.3 as a space-separated st
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from joserfc import jwt
+import orjson
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 
 from auth._jose import (
@@ -39,6 +41,7 @@ from auth._jose import (
     check_forbidden_headers,
     loads_object,
     numeric_date,
+    registry,
     split_compact,
     verify_signature,
 )
@@ -318,9 +321,51 @@ def issue_access_token(
     claims.update({name: value for name, value in optional.items() if value is not None})
     if authorization_details is not None:
         claims["authorization_details"] = authorization_details
-    header = {"typ": AT_TYP, "alg": SIGNING_ALG, "kid": keyset.kid}
-    token = jwt.encode(header, claims, keyset.active, algorithms=OWN_TOKEN_ALGS, default_type=None)
-    return IssuedToken(token, jti, issued_at + lifetime, lifetime, claims)
+    return IssuedToken(_sign(keyset, claims), jti, issued_at + lifetime, lifetime, claims)
+
+
+def _sign(keyset: SigningKeySet, claims: Mapping[str, Any]) -> str:
+    """The compact JWS (RFC 7515 §7.1) of ``claims`` under ``{"typ": "at+jwt", "alg": "ES256", "kid"}``,
+    signed by the key set's active key with joserfc's ES256 model (``cryptography`` underneath).
+
+    What ``jwt.encode`` would redo per token although it does not change between tokens (a registry,
+    its header check, the key check, the header's JSON and base64url) is done once per signing key
+    (:func:`_signing_header`)."""
+    header_segment = _signing_header(keyset.kid, keyset.active)
+    try:
+        payload = orjson.dumps(claims)
+    except TypeError:  # an integer beyond 64 bits in the attestation: the standard encoder writes it
+        payload = json.dumps(claims, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    signing_input = header_segment + b"." + _b64url(payload)
+    signature = _OWN_SIGNING_ALG.sign(signing_input, keyset.active)
+    return (signing_input + b"." + _b64url(signature)).decode("ascii")
+
+
+def _b64url(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+_OWN_SIGNING_ALG = registry(OWN_TOKEN_ALGS).get_alg(SIGNING_ALG)
+_SIGNING_HEADERS: dict[int, tuple[ECKey, bytes]] = {}
+
+
+def _signing_header(kid: str, key: ECKey) -> bytes:
+    """The base64url header segment of our tokens signed by ``key`` with ``kid``, after joserfc's checks
+    of that header and of ``key`` for ES256 (``check_header``, ``check_key``): once per key object
+    (a key set loaded afresh, e.g. after a rotation, brings new objects and is checked again; the
+    entry holds its key, so an identity is never reused for another). Bounded: beyond 16 keys the
+    table starts afresh."""
+    entry = _SIGNING_HEADERS.get(id(key))
+    if entry is not None and entry[0] is key:
+        return entry[1]
+    header = {"typ": AT_TYP, "alg": SIGNING_ALG, "kid": kid}
+    registry(OWN_TOKEN_ALGS).check_header(header)
+    _OWN_SIGNING_ALG.check_key(key)
+    segment = _b64url(json.dumps(header, separators=(",", ":")).encode("ascii"))
+    if len(_SIGNING_HEADERS) >= 16:
+        _SIGNING_HEADERS.clear()
+    _SIGNING_HEADERS[id(key)] = (key, segment)
+    return segment
 
 
 def _required_string(claims: Mapping[str, Any], name: str) -> str:

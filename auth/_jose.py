@@ -200,14 +200,15 @@ def b64url_decode(segment: str) -> bytes:
         raise JoseFormatError("bad base64url segment") from err
 
 
-def _b64url_encode(data: bytes) -> str:
+def b64url_encode(data: bytes) -> str:
+    """base64url without padding (RFC 7515 §2)."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def b64url_sha256(value: str) -> str:
     """``base64url(SHA-256(ASCII(value)))`` without padding: the DPoP ``ath`` (RFC 9449 §4.2)."""
     # Tokens are ASCII; anything else (which cannot match) is hashed as UTF-8 instead of raising.
-    return _b64url_encode(hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest())
+    return b64url_encode(hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest())
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -52,6 +52,7 @@ from auth._jose import (
     PRIVATE_JWK_MEMBERS,
     JoseFormatError,
     allowlist,
+    b64url_encode,
     b64url_sha256,
     check_forbidden_headers,
     loads_object,
@@ -302,6 +303,7 @@ def verify_proof(
     replay: ReplayCache,
     now: float,
     access_token: str | None = None,
+    access_token_sha256: bytes | None = None,
     expected_jkt: str | None = None,
     nonce: NoncePolicy | None = None,
     iat_window: IatWindow = DEFAULT_IAT_WINDOW,
@@ -316,6 +318,8 @@ def verify_proof(
     :param replay: where ``jti`` is claimed once, for ``iat_window.replay_ttl`` seconds.
     :param now: the server clock, epoch seconds.
     :param access_token: at a resource server, the presented token; then ``ath`` is required and checked.
+    :param access_token_sha256: SHA-256 of ``access_token`` (:func:`auth.tokens.token_digest`) when the
+        caller has computed it already, so that a request hashes its token once; else computed here.
     :param expected_jkt: the token's ``cnf.jkt``; the proof key's RFC 7638 thumbprint must equal it.
     :param nonce: when given, a valid server nonce is required (RFC 9449 §8/§9).
     :param allowed_algs: algorithms accepted (default :data:`DPOP_ALGS`); symmetric names and ``none``
@@ -363,7 +367,11 @@ def verify_proof(
 
     if access_token is not None:
         ath = _string_claim(claims, "ath")
-        expected_ath = access_token_hash(access_token).encode("ascii")
+        expected_ath = (
+            access_token_hash(access_token)
+            if access_token_sha256 is None
+            else b64url_encode(access_token_sha256)
+        ).encode("ascii")
         if not hmac.compare_digest(ath.encode("utf-8", "surrogatepass"), expected_ath):
             raise InvalidDPoPProof("ath does not match the access token")
 

@@ -66,6 +66,7 @@ __all__ = [
     "VerifiedAccessToken",
     "issue_access_token",
     "parse_scope",
+    "token_digest",
     "verify_access_token",
 ]
 
@@ -177,6 +178,12 @@ class VerifiedAccessToken:
 _NOT_DERIVED: Any = object()
 
 
+def token_digest(token: str) -> bytes:
+    """SHA-256 of the token's text: the key of :class:`VerifiedTokenCache`, and the hash whose
+    base64url is a DPoP proof's ``ath`` for it (RFC 9449 §4.2; ``auth.dpop.access_token_hash``)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
 class VerifiedTokenCache:
     """Access tokens that passed :func:`verify_access_token`, by the SHA-256 of the token, until they
     expire (issue 12: the signature check and claim checks run once per token, not per request).
@@ -193,12 +200,8 @@ class VerifiedTokenCache:
         self.max_entries = max_entries
         self._entries: dict[bytes, list[Any]] = {}
 
-    @staticmethod
-    def _key(token: str) -> bytes:
-        return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-
     def _entry(self, token: str, policy: TokenPolicy, keys: KeyLookup, now: float) -> list[Any]:
-        key = self._key(token)
+        key = token_digest(token)
         hit = self._entries.get(key)
         if hit is not None and hit[0].claims.get("iss") == policy.issuer and now < hit[1]:
             return hit
@@ -210,11 +213,13 @@ class VerifiedTokenCache:
         self._entries[key] = entry
         return entry
 
-    def live(self, token: str, now: float) -> VerifiedAccessToken | None:
+    def live(self, token: str, now: float, *, digest: bytes | None = None) -> VerifiedAccessToken | None:
         """``token`` as :meth:`verify` verified it, while that answer holds (``now < exp + leeway``);
         ``None`` when it was never verified here or has expired. The entry was verified for the
-        issuer its own ``iss`` names, which is the ``iss`` the same token's bytes carry."""
-        hit = self._entries.get(self._key(token))
+        issuer its own ``iss`` names, which is the ``iss`` the same token's bytes carry.
+
+        ``digest``: :func:`token_digest` of ``token``, when the caller has it (one hash per request)."""
+        hit = self._entries.get(token_digest(token) if digest is None else digest)
         if hit is not None and now < hit[1]:
             verified: VerifiedAccessToken = hit[0]
             return verified
@@ -226,13 +231,18 @@ class VerifiedTokenCache:
         return verified
 
     def derived(
-        self, token: str, verified: VerifiedAccessToken, derive: Callable[[Mapping[str, Any]], T]
+        self,
+        token: str,
+        verified: VerifiedAccessToken,
+        derive: Callable[[Mapping[str, Any]], T],
+        *,
+        digest: bytes | None = None,
     ) -> T:
         """``derive(verified.claims)`` for ``token`` as :meth:`verify` just answered it, computed once
         per cached token (``derive`` must be a pure function of the verified claims; pass the same one
         on every call). When ``derive`` raises, nothing is remembered and the next request derives
-        again; a token no longer cached is derived afresh."""
-        entry = self._entries.get(self._key(token))
+        again; a token no longer cached is derived afresh. ``digest`` as in :meth:`live`."""
+        entry = self._entries.get(token_digest(token) if digest is None else digest)
         if entry is None or entry[0] is not verified:
             return derive(verified.claims)
         found = entry[2]

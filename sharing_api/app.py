@@ -37,6 +37,7 @@ from sharing_api.body_limit import BodyLimit
 from sharing_api.careplans.thresholds import breaches
 from sharing_api.console import install_console
 from sharing_api.console.persons import FileRegister, PersonRegister, RegisterError
+from sharing_api.cursors import CursorKeys, LocalCursorKeys, PagingCursors, RedisCursorKeys
 from sharing_api.errors import AccessRefused, FhirError, Issue, ServiceUnavailable, operation_outcome
 from sharing_api.forwarded import TrustedProxies
 from sharing_api.keyfiles import KeysetFile, derive_secret
@@ -185,12 +186,15 @@ def build_services(settings: Settings) -> Services:
     if not is_current(engine):
         raise RuntimeError("the database is not at the newest migration; run `dho-share db upgrade`")
     sessions: SearchSessions
+    cursor_keys: CursorKeys
     client = None
     if settings.redis_url:
         client = redis_connection.connect(settings.redis_url)
         sessions = RedisSessions(client, settings.search_session_ttl)
+        cursor_keys = RedisCursorKeys(client, settings.search_session_ttl)
     else:
         sessions = LocalSessions(settings.search_session_ttl)
+        cursor_keys = LocalCursorKeys()
     observations = ObservationStore(engine, _clock)
     registry = ClientRegistry(engine)
     policy = PolicyStore(engine, _clock)
@@ -258,7 +262,7 @@ def build_services(settings: Settings) -> Services:
         publisher=publisher,
         searcher=Searcher(
             observations,
-            sessions,
+            PagingCursors(cursor_keys, sessions, settings.search_session_ttl),
             default_count=settings.default_page_size,
             max_count=settings.max_page_size,
             limits=settings.search_limits(),

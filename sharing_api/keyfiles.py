@@ -3,33 +3,25 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import time
 from pathlib import Path
 
 from auth.keys import SigningKeySet, load_keyset, save_keyset
+from sharing_api.create_once import create_once
 
 
 def load_or_create(path: Path) -> SigningKeySet:
     """The key set at ``path``; generated when there is none.
 
-    Several workers may start at once: the first one to link its file into place wins (``os.link``
-    fails if the name exists), and everyone then reads that one file, so all sign with the same key.
+    Several workers may start at once: the first to link its file into place wins (``create_once``),
+    and everyone then reads that one file, so all sign with the same key.
     """
     try:
         return load_keyset(path)
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staged = path.with_name(f".{path.name}.{os.getpid()}.new")
-    save_keyset(SigningKeySet.generate(), staged)
-    try:
-        os.link(staged, path)
-    except FileExistsError:
-        pass
-    finally:
-        staged.unlink(missing_ok=True)
+    create_once(path, lambda staged: save_keyset(SigningKeySet.generate(), staged))
     return load_keyset(path)
 
 

@@ -1,9 +1,10 @@
 """Searching measurements within one tenant: searchset Bundles, paging cursors and ``$lastn``.
 
 Bundles are assembled from the stored JSON bytes without parsing them again (product.md §4 step 6).
-Links never carry search parameters: ``self``, ``next`` and ``previous`` are opaque cursors, so no
-patient identifier ends up in a URL, and a cursor works only for the requester and tenant it was
-made for.
+Links never carry search parameters: ``self``, ``next`` and ``previous`` are opaque cursors
+(``cursors.PagingCursors``: the page sealed, no patient identifier in any form), so no patient
+identifier ends up in a URL, and a cursor works only for the requester, tenant and patient it was made
+for, until it expires.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from sharing_api.cursors import PagingCursors, Subject
 from sharing_api.errors import Forbidden, Gone, InvalidSearch
 from sharing_api.fhir.search import (
     DEFAULT_LIMITS,
@@ -25,7 +27,6 @@ from sharing_api.fhir.search import (
     whole_number,
 )
 from sharing_api.fhir.subsetting import subset
-from sharing_api.sessions import SearchSessions
 from sharing_api.store.observations import Anchor, ObservationStore, Page, ReadScope
 
 MAX_LASTN = 100
@@ -44,25 +45,27 @@ class SearchResult:
 
 @dataclass(frozen=True, slots=True)
 class SearchContext:
-    """Where a search runs and for whom: the tenant, its base URL and the requester a cursor is bound to."""
+    """Where a search runs and for whom: the tenant, its base URL, and the requester and patient (the
+    one the requester's attestation names) a paging cursor is bound to."""
 
     tenant: str
     base: str
     requester: str
+    subject: Subject | None = None
 
 
 class Searcher:
     def __init__(
         self,
         store: ObservationStore,
-        sessions: SearchSessions,
+        cursors: PagingCursors,
         *,
         default_count: int,
         max_count: int,
         limits: SearchLimits = DEFAULT_LIMITS,
     ):
         self.store = store
-        self.sessions = sessions
+        self.cursors = cursors
         self.default_count = default_count
         self.max_count = max_count
         self.limits = limits
@@ -89,9 +92,9 @@ class Searcher:
 
     def resume(self, ctx: SearchContext, cursor: str, check: QueryCheck) -> SearchResult:
         """The page a ``_cursor`` names; refused for another tenant or requester, or by ``check``."""
-        record = self.sessions.get(cursor)
-        if record is None or record.get("tenant") != ctx.tenant or "params" not in record:
-            # Another tenant's cursor is indistinguishable from an expired one.
+        record = self.cursors.open(cursor, tenant=ctx.tenant, subject=ctx.subject, requester=ctx.requester)
+        if record is None:
+            # Another tenant's (or patient's) cursor is indistinguishable from an expired one.
             raise Gone("the paging cursor is unknown or has expired; run the search again", "_cursor")
         if record.get("requester") != ctx.requester:
             raise Forbidden("this paging cursor belongs to another client", "_cursor")
@@ -102,7 +105,6 @@ class Searcher:
 
     def _cursor_record(self, ctx: SearchContext, query: SearchQuery, anchor: Anchor | None) -> dict[str, Any]:
         return {
-            "tenant": ctx.tenant,
             "requester": ctx.requester,
             "params": [list(p) for p in query.applied],
             "anchor": [anchor.value, anchor.id, anchor.backwards] if anchor else None,
@@ -131,7 +133,8 @@ class Searcher:
             first = page.rows[0]
             records.append(self._cursor_record(ctx, query, Anchor(first[1], first[0], backwards=True)))
             relations.append("previous")
-        cursors = self.sessions.put_many(records)  # self, next and previous in one round trip
+        # self, next and previous: sealed, no Redis write (or, when too long, stored in one round trip)
+        cursors = self.cursors.make(records, tenant=ctx.tenant, subject=ctx.subject)
         links = [
             {"relation": rel, "url": f"{ctx.base}/Observation?_cursor={cursor}"}
             for rel, cursor in zip(relations, cursors, strict=True)

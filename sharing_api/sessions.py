@@ -1,4 +1,5 @@
-"""Search sessions: the server-side state behind opaque paging cursors.
+"""Search sessions: server-side records behind opaque ids (``Patient/$match`` ids, AuditEvent search
+cursors, and the Observation paging cursors too long to seal: ``cursors``).
 
 A cursor is 128 random bits naming a record that holds the tenant, the requester and the query; it
 cannot be forged or edited, only presented. Records live in Redis with a TTL so that every worker sees

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from sharing_api.audit.merkle import HASH_SIZE
+from sharing_api.create_once import create_once
 
 __all__ = [
     "DEFAULT_KEY_NAME",
@@ -215,23 +216,15 @@ class AuditSigner:
     def load_or_create(cls, path: Path, name: str = DEFAULT_KEY_NAME) -> AuditSigner:
         """The key at ``path``, generated (mode 0600) when there is none.
 
-        Several processes may start at once: each writes a staged file and links it into place; the
-        link fails for all but the first, and everyone then reads that one file.
+        Several processes may start at once: the first file linked into place wins (``create_once``),
+        and everyone then reads that one file.
         """
         path = Path(path)
         try:
             return cls.load(path, name)
         except FileNotFoundError:
             pass
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staged = path.with_name(f".{path.name}.{os.getpid()}.new")
-        cls.generate(name).save(staged)
-        try:
-            os.link(staged, path)
-        except FileExistsError:
-            pass
-        finally:
-            staged.unlink(missing_ok=True)
+        create_once(path, cls.generate(name).save)
         return cls.load(path, name)
 
     def save(self, path: Path) -> None:

@@ -24,6 +24,8 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
+from sharing_api.create_once import create_once
+
 __all__ = ["PID_HASH_SYSTEM", "PidHasher", "key_tag_of", "load_or_create_secret"]
 
 PID_HASH_SYSTEM = "urn:dho-share:audit:practitioner-pid-hmac"
@@ -65,8 +67,8 @@ def load_or_create_secret(path: Path, adopt: Callable[[], bytes | None] | None =
     secret when it gives one (a deployment whose events were hashed before the secret had a file of its
     own, docs/console-rules.md), else 32 random bytes. The file is written 0600 and never rewritten.
 
-    Several processes may start at once: each writes a staged file and links it into place; the link
-    fails for all but the first, and everyone then reads that one file.
+    Several processes may start at once: the first file linked into place wins (``create_once``), and
+    everyone then reads that one file.
     """
     path = Path(path)
     try:
@@ -74,17 +76,13 @@ def load_or_create_secret(path: Path, adopt: Callable[[], bytes | None] | None =
     except FileNotFoundError:
         pass
     secret = (adopt() if adopt is not None else None) or secrets.token_bytes(32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staged = path.with_name(f".{path.name}.{os.getpid()}.new")
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
+
+    def write(staged: Path) -> None:
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="ascii") as f:
             f.write(secret.hex() + "\n")
-        os.link(staged, path)
-    except FileExistsError:
-        pass
-    finally:
-        staged.unlink(missing_ok=True)
+
+    create_once(path, write)
     return _read_secret(path)
 
 

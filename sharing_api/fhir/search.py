@@ -178,6 +178,9 @@ class SearchLimits:
 
 
 DEFAULT_LIMITS = SearchLimits()
+MAX_CURSOR_BYTES = 1500
+"""A paging cursor (``_cursor``) is the server's own opaque output, not a search value: it is capped at
+this many bytes instead of ``max_value_bytes`` (a sealed cursor carries its page: ``cursors``)."""
 
 
 def check_limits(params: Sequence[tuple[str, str]], limits: SearchLimits = DEFAULT_LIMITS) -> None:
@@ -192,6 +195,10 @@ def check_limits(params: Sequence[tuple[str, str]], limits: SearchLimits = DEFAU
             raise InvalidSearch(
                 f"a parameter name is longer than {limits.max_value_bytes} bytes", name[:64] + "..."
             )
+        if name == "_cursor":
+            if len(raw.encode()) > MAX_CURSOR_BYTES:
+                raise InvalidSearch(f"_cursor: longer than {MAX_CURSOR_BYTES} bytes", name)
+            continue
         values = raw.split(",")
         if len(values) > limits.max_values:
             raise InvalidSearch(f"{name}: at most {limits.max_values} comma-separated values", name)

@@ -276,8 +276,10 @@ def _resolve_patient(patient_id: str) -> Token:
     return PatientMatches(services().sessions).token(match_binding(), patient_id)
 
 
-def _ctx() -> SearchContext:
-    return SearchContext(tenant().orgnr, tenant_base(), requester())
+def _ctx(*, paging: bool = True) -> SearchContext:
+    """The search's context; with ``paging``, the attested patient its cursors are bound to (403
+    without an attestation, as the query check would answer)."""
+    return SearchContext(tenant().orgnr, tenant_base(), requester(), attested_patient() if paging else None)
 
 
 def _write_audit(action: AuditAction) -> WriteAudit:
@@ -421,7 +423,11 @@ def lastn() -> Response:
     refuse_pii_in_url(list(request.args.items(multi=True)))
     params = list(request.args.items(multi=True)) + list(request.form.items(multi=True))
     result = services().searcher.lastn(
-        _ctx(), params, strict=prefers_strict(), check=_check_query, resolve_patient=_resolve_patient
+        _ctx(paging=False),
+        params,
+        strict=prefers_strict(),
+        check=_check_query,
+        resolve_patient=_resolve_patient,
     )
     return _read_result(AuditAction.OBSERVATION_LASTN, result)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from psycopg.pq import ExecStatus
 from psycopg.rows import namedtuple_row
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, StatementError
@@ -32,6 +33,8 @@ from sharing_api.store.compiled import CompiledStatement
 from sharing_api.store.engine import autocommit_engine
 
 __all__ = ["run"]
+
+TUPLES_OK = ExecStatus.TUPLES_OK
 
 
 def run(
@@ -75,8 +78,14 @@ def _run_postgresql(engine: Engine, sql: str, args: Any) -> list[Any]:
     conn: Any = pooled.driver_connection
     try:
         with conn.cursor(row_factory=namedtuple_row) as cursor:
-            cursor.execute(sql, args)
-            return cursor.fetchall() if cursor.description is not None else []
+            # Rows in binary: a stored resource (bytea) arrives as its bytes instead of hex text that
+            # libpq decodes (PQunescapeBytea: ~3 % of a search's instructions for 12 hits); every column
+            # type these statements return has a binary loader giving the same Python value.
+            cursor.execute(sql, args, binary=True)
+            # whether it returned rows, from the result's status: ``description`` builds a Column
+            # object per column, which nothing here reads (~0.13 M instructions a search or read)
+            result = cursor.pgresult
+            return cursor.fetchall() if result is not None and result.status == TUPLES_OK else []
     except dbapi.Error as exc:
         dead = bool(conn.closed or conn.broken)
         if dead:

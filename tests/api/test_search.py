@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from sharing_api.fhir.identifiers import FNR
+from sharing_api.fhir.search import MAX_CURSOR_BYTES
+from sharing_api.services import Services
 from tests.api.test_examples import expressions
 from tests.api_client import ApiClient
 from tests.conftest import TENANT_A
@@ -115,6 +119,59 @@ def test_a_tampered_or_unknown_cursor_is_refused(client: ApiClient) -> None:
     assert response.status_code == 410
     assert response.get_json()["resourceType"] == "OperationOutcome"
     assert client.get(f"{url}&code=x").status_code == 400
+
+
+def test_a_cursor_has_its_own_length_cap(client: ApiClient) -> None:
+    # A sealed cursor is longer than a search value may be (256 bytes), and capped at 1,500 bytes.
+    patient = fnr()
+    _seed(client, patient)
+    body = search(client, search_form(patient, _count="2")).get_json()
+    cursor = (link(body, "next") or "").split("_cursor=", 1)[1]
+    assert 256 < len(cursor) <= MAX_CURSOR_BYTES
+    assert client.get(f"{BASE}/Observation?_cursor={'A' * MAX_CURSOR_BYTES}").status_code == 410
+    too_long = client.get(f"{BASE}/Observation?_cursor={'A' * (MAX_CURSOR_BYTES + 1)}")
+    assert too_long.status_code == 400
+    assert expressions(too_long) == ["_cursor"]
+
+
+def test_a_cursor_without_a_patient_attestation_is_refused_first(client: ApiClient) -> None:
+    # A cursor is bound to the attested patient, so the attestation is checked before the cursor is
+    # opened: 403 whatever the cursor (an unknown one was 410 before the check).
+    assert client.last_patient is None  # this client's token names no patient
+    response = client.get(f"{BASE}/Observation?_cursor={'A' * 400}")
+    assert response.status_code == 403
+    assert "patient" in response.get_json()["issue"][0]["diagnostics"]  # the attestation names none
+
+
+def test_a_search_writes_no_paging_record_and_its_links_work(
+    client: ApiClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The links' cursors are sealed (sharing_api/cursors.py): no session record per search (issue 12).
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("a paging record was written")
+
+    monkeypatch.setattr(services.searcher.cursors.sessions, "put", refuse)
+    monkeypatch.setattr(services.searcher.cursors.sessions, "put_many", refuse)
+    patient = fnr()
+    _seed(client, patient)
+    single = search(client, search_form(patient)).get_json()
+    assert [li["relation"] for li in single["link"]] == ["self"]
+    again = follow(client, link(single, "self") or "").get_json()
+    assert [e["resource"]["id"] for e in again["entry"]] == [e["resource"]["id"] for e in single["entry"]]
+    first = search(client, search_form(patient, _count="10")).get_json()
+    rest = follow(client, link(first, "next") or "").get_json()
+    assert len(first["entry"]) + len(rest["entry"]) == single["total"] == 15
+
+
+def test_a_cursor_presented_for_another_patient_is_unknown(client: ApiClient) -> None:
+    patient, other = fnr(), fnr()
+    _seed(client, patient)
+    _seed(client, other)
+    body = search(client, search_form(patient, _count="2")).get_json()
+    url = (link(body, "next") or "").removeprefix(PUBLIC)
+    response = client.get(url, patient=other)  # the same requester, attested for another patient
+    assert response.status_code == 410
+    assert "entry" not in response.get_json()
 
 
 def test_get_with_a_national_identity_number_is_refused(client: ApiClient) -> None:

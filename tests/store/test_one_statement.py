@@ -8,10 +8,24 @@ and the autocommit connections closed with the engine.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, Integer, bindparam, cast, func, literal, select
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Engine,
+    Integer,
+    LargeBinary,
+    Text,
+    bindparam,
+    cast,
+    func,
+    literal,
+    select,
+)
 from sqlalchemy.exc import DataError, OperationalError
 
 from sharing_api.store import one_statement
@@ -53,6 +67,33 @@ def test_rows_come_back_by_column_name(engine: Engine) -> None:
     stmt = _statement(engine, select(bindparam("n", type_=Integer).label("n"), literal("x").label("s")))
     rows = one_statement.run(engine, stmt, {"n": 7})
     assert [(r.n, r.s) for r in rows] == [(7, "x")]
+
+
+def test_rows_hold_the_values_the_connection_path_gives(engine: Engine) -> None:
+    # On PostgreSQL the rows come in binary (a stored resource's bytes without hex decoding): the same
+    # Python values as SQLAlchemy's own execution of the statement.
+    stmt = _statement(
+        engine,
+        select(
+            bindparam("data", type_=LargeBinary).label("data"),
+            bindparam("when", type_=DateTime(timezone=True)).label("at"),
+            bindparam("n", type_=BigInteger).label("n"),
+            bindparam("s", type_=Text).label("s"),
+            bindparam("b", type_=Boolean).label("b"),
+        ),
+    )
+    values = {
+        "data": b'{"resourceType":"Observation","note":"\xc3\xa6\x00"}',
+        "when": datetime(2026, 11, 3, 8, 0, tzinfo=UTC),
+        "n": 2**40,
+        "s": "bl\u00e5b\u00e6r",
+        "b": True,
+    }
+    [row] = one_statement.run(engine, stmt, values)
+    with engine.connect() as conn:
+        [expected] = stmt.execute(conn, values).all()
+    assert tuple(row) == tuple(expected)
+    assert row.data == values["data"]
 
 
 def test_a_database_error_arrives_as_sqlalchemys(engine: Engine) -> None:

@@ -16,10 +16,10 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Any
 
 import orjson
-from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwa import EdDSAAlgorithm, JWSAlgModel
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
@@ -116,6 +116,17 @@ def check_allowlist(algorithms: Collection[str]) -> tuple[str, ...]:
     return names
 
 
+def allowlist(algorithms: Collection[str]) -> tuple[str, ...]:
+    """:func:`check_allowlist`, remembered for a tuple (what the verifiers are given on every request;
+    a refusal is not remembered)."""
+    return _checked(algorithms) if isinstance(algorithms, tuple) else check_allowlist(algorithms)
+
+
+@lru_cache(maxsize=32)
+def _checked(algorithms: tuple[str, ...]) -> tuple[str, ...]:
+    return check_allowlist(algorithms)
+
+
 class _QuietEdDSA(EdDSAAlgorithm):
     """``EdDSA`` restricted to Ed25519 and without joserfc's deprecation warning.
 
@@ -174,34 +185,38 @@ def _imported(canonical: bytes) -> ECKey | OKPKey | RSAKey:
     raise ValueError("not an EC, OKP or RSA key")
 
 
+_URLSAFE_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+
+
 def b64url_decode(segment: str) -> bytes:
     """Strict base64url without padding (RFC 7515 §2): anything else is a format error."""
     if len(segment) % 4 == 1:
         raise JoseFormatError("bad base64url segment")
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        # base64.urlsafe_b64decode's own steps, without its two layers of calls.
+        standard = segment.encode("ascii").translate(_URLSAFE_TO_STANDARD)
+        return binascii.a2b_base64(standard + b"=" * (-len(segment) % 4))
     except (binascii.Error, ValueError) as err:
         raise JoseFormatError("bad base64url segment") from err
 
 
-def _b64url_encode(data: bytes) -> str:
+def b64url_encode(data: bytes) -> str:
+    """base64url without padding (RFC 7515 §2)."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def b64url_sha256(value: str) -> str:
     """``base64url(SHA-256(ASCII(value)))`` without padding: the DPoP ``ath`` (RFC 9449 §4.2)."""
     # Tokens are ASCII; anything else (which cannot match) is hashed as UTF-8 instead of raising.
-    return _b64url_encode(hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest())
+    return b64url_encode(hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest())
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # RFC 7515 §5.2 / RFC 8725 §3.11: two "typ" or "alg" members could be read differently by two
-    # parsers; refuse rather than pick one.
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise JoseFormatError("duplicate JSON member")
-        out[key] = value
+    # parsers; refuse rather than pick one. A duplicate makes the dict shorter than the list.
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise JoseFormatError("duplicate JSON member")
     return out
 
 
@@ -211,12 +226,14 @@ def _no_constant(_: str) -> Any:
     raise JoseFormatError("non-finite number")
 
 
+# Built once: json.loads with hooks builds a new decoder (and scanner) on every call.
+_STRICT_JSON = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+
+
 def loads_object(data: bytes) -> dict[str, Any]:
     """Parse a JSON object strictly: UTF-8, no duplicate members, no NaN/Infinity, an object at the top."""
     try:
-        value = json.loads(
-            data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant
-        )
+        value = _STRICT_JSON.decode(data.decode("utf-8"))
     except (UnicodeDecodeError, RecursionError, ValueError) as err:
         if isinstance(err, JoseFormatError):
             raise
@@ -228,13 +245,18 @@ def loads_object(data: bytes) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Compact:
-    """A compact JWS split but not yet verified: header parsed, payload decoded once (the signature
-    check and the claims read the bytes :func:`split_compact` already decoded)."""
+    """A compact JWS split but not yet verified: every segment decoded once (the signature check and
+    the claims read the bytes :func:`split_compact` already decoded).
+
+    ``header`` is shared by every JWS with the same header segment (:func:`parsed_header`): read-only.
+    """
 
     value: str
-    header: dict[str, Any]
+    header: Mapping[str, Any]
+    header_segment: str
     payload_segment: str
     payload: bytes = field(repr=False)
+    signature: bytes = field(repr=False)
 
     def unverified_claims(self) -> dict[str, Any]:
         """The payload, parsed. Use only to find the verification key (e.g. a client's ``iss``)."""
@@ -254,17 +276,41 @@ def split_compact(value: str, *, max_bytes: int, max_header_bytes: int = 512) ->
     header_segment, payload_segment, signature_segment = value.split(".")
     if len(header_segment) > max_header_bytes:
         raise JoseFormatError("JOSE header too large")
-    # Only canonical base64url (unused trailing bits zero): otherwise several strings carry the same
-    # signature and a token or proof would not be identified by its text.
-    header = _canonical_b64url(header_segment)
-    payload = _canonical_b64url(payload_segment)
-    _canonical_b64url(signature_segment)
-    return Compact(value, loads_object(header), payload_segment, payload)
+    return Compact(
+        value,
+        parsed_header(header_segment),
+        header_segment,
+        payload_segment,
+        _canonical_b64url(payload_segment),
+        _canonical_b64url(signature_segment),
+    )
+
+
+@lru_cache(maxsize=2048)
+def parsed_header(segment: str) -> Mapping[str, Any]:
+    """The JOSE header in ``segment`` (canonical base64url, strict JSON object), read-only.
+
+    A client sends the same header on every request (its ``alg``, ``kid``, ``typ``; a DPoP proof its
+    ``jwk`` too), so parsing is remembered by the exact segment text: a pure function of the string,
+    bounded (least recently used dropped); a refusal is never remembered (issue 12).
+    """
+    return MappingProxyType(loads_object(_canonical_b64url(segment)))
+
+
+_B64URL_VALUE = {
+    c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+}
+# For a segment of 2 or 3 characters past a multiple of 4, the low bits of its last character that
+# carry no byte (RFC 4648 §3.5: they must be zero in a canonical encoding).
+_UNUSED_LOW_BITS = {2: 0b1111, 3: 0b11}
 
 
 def _canonical_b64url(segment: str) -> bytes:
+    # Only canonical base64url (unused trailing bits zero): otherwise several strings carry the same
+    # signature and a token or proof would not be identified by its text. ``segment`` has passed
+    # :data:`_COMPACT` (base64url characters only).
     decoded = b64url_decode(segment)
-    if _b64url_encode(decoded) != segment:
+    if _B64URL_VALUE.get(segment[-1:], 0) & _UNUSED_LOW_BITS.get(len(segment) % 4, 0):
         raise JoseFormatError("non-canonical base64url segment")
     return decoded
 
@@ -285,32 +331,48 @@ def verify_signature(
 ) -> bytes:
     """Verify the signature of ``compact`` with ``key`` under ``algorithms``; return the payload bytes.
 
-    joserfc checks the header against its registry, the algorithm against ``algorithms``, the key
-    against the algorithm (type, curve, ``use``, ``alg``) and verifies the signature
-    (``jws.validate_compact``); the JWS is not split and decoded a second time: :func:`split_compact`
-    did that, more strictly (canonical base64url, no duplicate JSON members). Unencoded payloads
-    (RFC 7797 ``b64``) are refused, as every caller forbids that header.
+    What ``jws.validate_compact`` checks, with joserfc's own parts: the header against the registry
+    (``check_header``) and the algorithm against ``algorithms`` (``get_alg``), both remembered per
+    registry and header segment (:func:`_header_algorithm`); the key against the algorithm (type, curve,
+    ``use``, ``alg``: ``check_key``), then the signature over the segments' bytes (the algorithm's
+    ``verify``, with ``cryptography``). The JWS is not split and decoded a second time:
+    :func:`split_compact` did that, more strictly (canonical base64url, no duplicate JSON members).
+    Unencoded payloads (RFC 7797 ``b64``) are refused, as every caller forbids that header.
 
     :raise JoseFormatError: bad signature, algorithm not allowed, key of the wrong type or curve.
     """
     if "b64" in compact.header:
         raise JoseFormatError("signature not verified")
-    header_segment, payload_segment, signature_segment = compact.value.encode("ascii").split(b".")
     reg = registry(algorithms, max_header_length)
-    obj = jws.CompactSignature(compact.header, compact.payload)
-    obj.segments["header"] = header_segment
-    obj.segments["payload"] = payload_segment
-    obj.segments["signature"] = signature_segment
+    signed = len(compact.header_segment) + 1 + len(compact.payload_segment)  # header "." payload
+    signature_length = len(compact.value) - signed - 1
+    # joserfc's size limits of the payload and signature segments (validate_*_size).
+    if len(compact.payload_segment) > reg.max_payload_length or signature_length > reg.max_signature_length:
+        raise JoseFormatError("signature not verified")
     try:
-        reg.validate_header_size(header_segment)
-        reg.validate_signature_size(signature_segment)
-        reg.validate_payload_size(payload_segment)
-        verified = jws.validate_compact(obj, key, algorithms=algorithms, registry=reg)
+        alg = _header_algorithm(reg, compact.header_segment)
+        alg.check_key(key)
+        verified = alg.verify(compact.value[:signed].encode("ascii"), compact.signature, key)
     except (JoseError, ValueError, TypeError) as err:
         raise JoseFormatError("signature not verified") from err
     if not verified:
         raise JoseFormatError("signature not verified")
     return compact.payload
+
+
+@lru_cache(maxsize=2048)
+def _header_algorithm(reg: JWSRegistry, header_segment: str) -> JWSAlgModel:
+    """joserfc's header checks of ``reg`` for the header in ``header_segment`` (size, ``crit``, the
+    registered parameters' types), and the algorithm model its ``alg`` names, if ``reg`` allows it.
+
+    A pure function of the registry and the segment text, so remembered (bounded; refusals are not)."""
+    reg.validate_header_size(header_segment.encode("ascii"))
+    header = dict(parsed_header(header_segment))
+    reg.check_header(header)
+    name = header.get("alg")
+    if not isinstance(name, str):
+        raise JoseFormatError("alg missing")
+    return reg.get_alg(name)
 
 
 def check_forbidden_headers(header: Mapping[str, Any], *, allow: frozenset[str] = frozenset()) -> None:

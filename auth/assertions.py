@@ -46,7 +46,7 @@ from auth._jose import (
     MIN_RSA_BITS,
     PRIVATE_JWK_MEMBERS,
     JoseFormatError,
-    check_allowlist,
+    allowlist,
     check_forbidden_headers,
     import_public_key,
     numeric_date,
@@ -162,7 +162,7 @@ def verify_client_assertion(
     :raise StateUnavailable: the replay cache cannot answer (fail closed).
     :raise ValueError: ``allowed_algs`` contains ``none``/``HS*`` or an unknown name.
     """
-    algs = check_allowlist(allowed_algs)
+    algs = allowlist(allowed_algs)
     try:
         compact = split_compact(assertion, max_bytes=MAX_ASSERTION_BYTES)
         unverified = compact.unverified_claims()

@@ -37,10 +37,10 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-import orjson
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
@@ -51,11 +51,13 @@ from auth._jose import (
     MIN_RSA_BITS,
     PRIVATE_JWK_MEMBERS,
     JoseFormatError,
+    allowlist,
+    b64url_encode,
     b64url_sha256,
-    check_allowlist,
     check_forbidden_headers,
     loads_object,
     numeric_date,
+    parsed_header,
     rsa_modulus_bits,
     split_compact,
     verify_signature,
@@ -218,6 +220,44 @@ def normalise_htu(url: str) -> str:
     return f"{scheme}://{host}{path}"
 
 
+@dataclass(frozen=True, slots=True)
+class _ProofHeader:
+    """What a proof's header establishes: its algorithm, its checked and imported key, the key's
+    thumbprint and public JWK (read-only: one instance serves every proof with that header)."""
+
+    alg: str
+    key: ECKey | OKPKey | RSAKey
+    jkt: str
+    public_jwk: Mapping[str, Any]
+
+
+@lru_cache(maxsize=4096)
+def _proof_header(header_segment: str, algs: tuple[str, ...]) -> _ProofHeader:
+    """The checks of a proof that depend on its header alone (RFC 9449 §4.3 steps 3-6: ``typ``,
+    ``alg`` in ``algs``, no forbidden parameter, a public ``jwk`` of the right type), with the imported
+    key and its thumbprint.
+
+    A client proves with the same key, hence the same header text, on every request, and importing
+    the key costs more than verifying the signature (issue 12): the answer is remembered by the exact
+    header segment (which :func:`~auth._jose.split_compact` has checked) and allowlist, bounded, least
+    recently used dropped. A different key or header is a different entry; refusals are not
+    remembered.
+    """
+    header = parsed_header(header_segment)
+    if header.get("typ") != _TYP:  # also refuses a non-string typ (DPOP-04)
+        raise InvalidDPoPProof("typ must be dpop+jwt")
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in algs:
+        raise InvalidDPoPProof("alg missing or not allowed")
+    try:
+        # jwk is the one key-bearing header a proof must carry; the rest stay forbidden.
+        check_forbidden_headers(header, allow=frozenset({"jwk"}))
+    except JoseFormatError as err:
+        raise InvalidDPoPProof("forbidden JOSE header parameter") from err
+    key, jkt = _proof_key(header.get("jwk"), alg)
+    return _ProofHeader(alg, key, jkt, MappingProxyType(key.as_dict(private=False)))
+
+
 def _proof_key(jwk: Any, alg: str) -> tuple[ECKey | OKPKey | RSAKey, str]:
     """The proof's public key, checked, and its RFC 7638 thumbprint: public only, of the key type
     ``alg`` requires; EC/OKP on the curve ``alg`` names, RSA of at least
@@ -233,36 +273,19 @@ def _proof_key(jwk: Any, alg: str) -> tuple[ECKey | OKPKey | RSAKey, str]:
     if "alg" in jwk and jwk["alg"] != alg:
         raise InvalidDPoPProof("jwk alg does not match the proof's alg")
     try:
+        key: ECKey | OKPKey | RSAKey
         if kty == "RSA":
             # Before import: joserfc only warns about short RSA keys.
             if rsa_modulus_bits(jwk) < MIN_RSA_BITS:
                 raise InvalidDPoPProof("RSA jwk shorter than 2048 bits")
+            key = RSAKey.import_key(jwk)
         elif jwk.get("crv") != ALG_CRV.get(alg):
             raise InvalidDPoPProof("jwk curve does not match alg")
-        return _imported_key(kty, orjson.dumps(jwk, option=orjson.OPT_SORT_KEYS))
+        else:
+            key = ECKey.import_key(jwk) if kty == "EC" else OKPKey.import_key(jwk)
+        return key, key.thumbprint()
     except (JoseError, JoseFormatError, ValueError, TypeError) as err:
         raise InvalidDPoPProof("jwk malformed") from err
-
-
-@lru_cache(maxsize=4096)
-def _imported_key(kty: str, jwk: bytes) -> tuple[ECKey | OKPKey | RSAKey, str]:
-    """The imported public key for one exact JWK (canonical JSON) and its thumbprint: a client proves
-    with the same key on every request, and importing it costs more than verifying the signature
-    (issue 12). Keyed by every member of the JWK, so a different key is never served; failures are
-    not cached."""
-    members = orjson.loads(jwk)
-    key: ECKey | OKPKey | RSAKey
-    if kty == "RSA":
-        key = RSAKey.import_key(members)
-    else:
-        key = ECKey.import_key(members) if kty == "EC" else OKPKey.import_key(members)
-    return key, key.thumbprint()
-
-
-@lru_cache(maxsize=32)
-def _allowlist(algorithms: tuple[str, ...]) -> tuple[str, ...]:
-    """:func:`~auth._jose.check_allowlist` of a tuple, checked once (a refusal is not remembered)."""
-    return check_allowlist(algorithms)
 
 
 def _string_claim(claims: Mapping[str, Any], name: str) -> str:
@@ -280,6 +303,7 @@ def verify_proof(
     replay: ReplayCache,
     now: float,
     access_token: str | None = None,
+    access_token_sha256: bytes | None = None,
     expected_jkt: str | None = None,
     nonce: NoncePolicy | None = None,
     iat_window: IatWindow = DEFAULT_IAT_WINDOW,
@@ -294,6 +318,8 @@ def verify_proof(
     :param replay: where ``jti`` is claimed once, for ``iat_window.replay_ttl`` seconds.
     :param now: the server clock, epoch seconds.
     :param access_token: at a resource server, the presented token; then ``ath`` is required and checked.
+    :param access_token_sha256: SHA-256 of ``access_token`` (:func:`auth.tokens.token_digest`) when the
+        caller has computed it already, so that a request hashes its token once; else computed here.
     :param expected_jkt: the token's ``cnf.jkt``; the proof key's RFC 7638 thumbprint must equal it.
     :param nonce: when given, a valid server nonce is required (RFC 9449 §8/§9).
     :param allowed_algs: algorithms accepted (default :data:`DPOP_ALGS`); symmetric names and ``none``
@@ -305,29 +331,18 @@ def verify_proof(
     :raise StateUnavailable: the replay cache cannot answer (fail closed).
     :raise ValueError: a bad argument from the caller (``url`` not absolute, allowlist with HS/none).
     """
-    algs = _allowlist(allowed_algs) if isinstance(allowed_algs, tuple) else check_allowlist(allowed_algs)
+    algs = allowlist(allowed_algs)
     expected_htu = normalise_htu(url)
 
     try:
         compact = split_compact(proof, max_bytes=MAX_PROOF_BYTES, max_header_bytes=MAX_PROOF_HEADER_BYTES)
     except JoseFormatError as err:
         raise InvalidDPoPProof("DPoP proof is not a single well-formed JWT") from err
-    header = compact.header
-
-    if header.get("typ") != _TYP:  # also refuses a non-string typ (DPOP-04)
-        raise InvalidDPoPProof("typ must be dpop+jwt")
-    alg = header.get("alg")
-    if not isinstance(alg, str) or alg not in algs:
-        raise InvalidDPoPProof("alg missing or not allowed")
+    checked = _proof_header(compact.header_segment, algs)
     try:
-        # jwk is the one key-bearing header a proof must carry; the rest stay forbidden.
-        check_forbidden_headers(header, allow=frozenset({"jwk"}))
-    except JoseFormatError as err:
-        raise InvalidDPoPProof("forbidden JOSE header parameter") from err
-    key, jkt = _proof_key(header.get("jwk"), alg)
-
-    try:
-        payload = verify_signature(compact, key, (alg,), max_header_length=MAX_PROOF_HEADER_BYTES)
+        payload = verify_signature(
+            compact, checked.key, (checked.alg,), max_header_length=MAX_PROOF_HEADER_BYTES
+        )
         claims = loads_object(payload)
     except JoseFormatError as err:
         raise InvalidDPoPProof("DPoP proof signature not verified") from err
@@ -352,10 +367,15 @@ def verify_proof(
 
     if access_token is not None:
         ath = _string_claim(claims, "ath")
-        expected_ath = access_token_hash(access_token).encode("ascii")
+        expected_ath = (
+            access_token_hash(access_token)
+            if access_token_sha256 is None
+            else b64url_encode(access_token_sha256)
+        ).encode("ascii")
         if not hmac.compare_digest(ath.encode("utf-8", "surrogatepass"), expected_ath):
             raise InvalidDPoPProof("ath does not match the access token")
 
+    jkt = checked.jkt
     if expected_jkt is not None and not hmac.compare_digest(
         jkt.encode("ascii"), expected_jkt.encode("utf-8", "surrogatepass")
     ):
@@ -382,7 +402,7 @@ def verify_proof(
         htm=method,
         htu=htu,
         iat=iat,
-        alg=alg,
+        alg=checked.alg,
         nonce=proof_nonce if isinstance(proof_nonce, str) else None,
-        public_jwk=key.as_dict(private=False),
+        public_jwk=checked.public_jwk,
     )

@@ -33,6 +33,7 @@ from auth.tokens import (
     TokenPolicy,
     VerifiedAccessToken,
     VerifiedTokenCache,
+    token_digest,
 )
 
 IssuerLookup = Callable[[str], tuple[TokenPolicy, KeyLookup] | None]
@@ -107,9 +108,11 @@ class ResourceGuard:
         """
         token = self._token(authorization)
         now = self.clock()
+        # Hashed once: the cache key below, and the proof's ``ath`` is its base64url.
+        digest = token_digest(token)
         # A token verified before (same bytes, so the same ``iss``) is answered without parsing it
         # again, while its issuer is still one we trust; anything else takes the full path.
-        verified = self.verified_tokens.live(token, now)
+        verified = self.verified_tokens.live(token, now, digest=digest)
         if verified is None or self.issuers(str(verified.claims["iss"])) is None:
             verified = self._verified(token, now)
         if self.state is None and self.is_revoked(verified.jti):
@@ -122,12 +125,13 @@ class ResourceGuard:
             replay=self.replay if self.state is None else deferred,
             now=now,
             access_token=token,
+            access_token_sha256=digest,
             expected_jkt=verified.jkt,
             nonce=self.nonce,
             allowed_algs=self.dpop_algs,
         )
         # Built once per cached token: the Caller is a pure function of the verified claims (issue 12).
-        caller = self.verified_tokens.derived(token, verified, caller_from_claims)
+        caller = self.verified_tokens.derived(token, verified, caller_from_claims, digest=digest)
         if self.state is None:
             return Admission(caller, None)
         rate = None

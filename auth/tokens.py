@@ -23,14 +23,16 @@ HelseID puts ``scope`` as a JSON array; RFC 9068 §2.2.3 as a space-separated st
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from joserfc import jwt
+import orjson
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 
 from auth._jose import (
@@ -39,6 +41,7 @@ from auth._jose import (
     check_forbidden_headers,
     loads_object,
     numeric_date,
+    registry,
     split_compact,
     verify_signature,
 )
@@ -63,6 +66,7 @@ __all__ = [
     "VerifiedAccessToken",
     "issue_access_token",
     "parse_scope",
+    "token_digest",
     "verify_access_token",
 ]
 
@@ -174,6 +178,12 @@ class VerifiedAccessToken:
 _NOT_DERIVED: Any = object()
 
 
+def token_digest(token: str) -> bytes:
+    """SHA-256 of the token's text: the key of :class:`VerifiedTokenCache`, and the hash whose
+    base64url is a DPoP proof's ``ath`` for it (RFC 9449 §4.2; ``auth.dpop.access_token_hash``)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
 class VerifiedTokenCache:
     """Access tokens that passed :func:`verify_access_token`, by the SHA-256 of the token, until they
     expire (issue 12: the signature check and claim checks run once per token, not per request).
@@ -198,12 +208,8 @@ class VerifiedTokenCache:
         self._entries: dict[bytes, list[Any]] = {}
         self._next_sweep = 0.0
 
-    @staticmethod
-    def _key(token: str) -> bytes:
-        return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-
     def _entry(self, token: str, policy: TokenPolicy, keys: KeyLookup, now: float) -> list[Any]:
-        key = self._key(token)
+        key = token_digest(token)
         hit = self._entries.get(key)
         if hit is not None and hit[0].claims.get("iss") == policy.issuer and now < hit[1]:
             return hit
@@ -221,11 +227,13 @@ class VerifiedTokenCache:
         and measurements). Deliberately not ``__len__``: an empty cache must not be falsy."""
         return len(self._entries)
 
-    def live(self, token: str, now: float) -> VerifiedAccessToken | None:
+    def live(self, token: str, now: float, *, digest: bytes | None = None) -> VerifiedAccessToken | None:
         """``token`` as :meth:`verify` verified it, while that answer holds (``now < exp + leeway``);
         ``None`` when it was never verified here or has expired. The entry was verified for the
-        issuer its own ``iss`` names, which is the ``iss`` the same token's bytes carry."""
-        hit = self._entries.get(self._key(token))
+        issuer its own ``iss`` names, which is the ``iss`` the same token's bytes carry.
+
+        ``digest``: :func:`token_digest` of ``token``, when the caller has it (one hash per request)."""
+        hit = self._entries.get(token_digest(token) if digest is None else digest)
         if hit is not None and now < hit[1]:
             verified: VerifiedAccessToken = hit[0]
             return verified
@@ -237,13 +245,18 @@ class VerifiedTokenCache:
         return verified
 
     def derived(
-        self, token: str, verified: VerifiedAccessToken, derive: Callable[[Mapping[str, Any]], T]
+        self,
+        token: str,
+        verified: VerifiedAccessToken,
+        derive: Callable[[Mapping[str, Any]], T],
+        *,
+        digest: bytes | None = None,
     ) -> T:
         """``derive(verified.claims)`` for ``token`` as :meth:`verify` just answered it, computed once
         per cached token (``derive`` must be a pure function of the verified claims; pass the same one
         on every call). When ``derive`` raises, nothing is remembered and the next request derives
-        again; a token no longer cached is derived afresh."""
-        entry = self._entries.get(self._key(token))
+        again; a token no longer cached is derived afresh. ``digest`` as in :meth:`live`."""
+        entry = self._entries.get(token_digest(token) if digest is None else digest)
         if entry is None or entry[0] is not verified:
             return derive(verified.claims)
         found = entry[2]
@@ -332,9 +345,51 @@ def issue_access_token(
     claims.update({name: value for name, value in optional.items() if value is not None})
     if authorization_details is not None:
         claims["authorization_details"] = authorization_details
-    header = {"typ": AT_TYP, "alg": SIGNING_ALG, "kid": keyset.kid}
-    token = jwt.encode(header, claims, keyset.active, algorithms=OWN_TOKEN_ALGS, default_type=None)
-    return IssuedToken(token, jti, issued_at + lifetime, lifetime, claims)
+    return IssuedToken(_sign(keyset, claims), jti, issued_at + lifetime, lifetime, claims)
+
+
+def _sign(keyset: SigningKeySet, claims: Mapping[str, Any]) -> str:
+    """The compact JWS (RFC 7515 §7.1) of ``claims`` under ``{"typ": "at+jwt", "alg": "ES256", "kid"}``,
+    signed by the key set's active key with joserfc's ES256 model (``cryptography`` underneath).
+
+    What ``jwt.encode`` would redo per token although it does not change between tokens (a registry,
+    its header check, the key check, the header's JSON and base64url) is done once per signing key
+    (:func:`_signing_header`)."""
+    header_segment = _signing_header(keyset.kid, keyset.active)
+    try:
+        payload = orjson.dumps(claims)
+    except TypeError:  # an integer beyond 64 bits in the attestation: the standard encoder writes it
+        payload = json.dumps(claims, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    signing_input = header_segment + b"." + _b64url(payload)
+    signature = _OWN_SIGNING_ALG.sign(signing_input, keyset.active)
+    return (signing_input + b"." + _b64url(signature)).decode("ascii")
+
+
+def _b64url(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+_OWN_SIGNING_ALG = registry(OWN_TOKEN_ALGS).get_alg(SIGNING_ALG)
+_SIGNING_HEADERS: dict[int, tuple[ECKey, bytes]] = {}
+
+
+def _signing_header(kid: str, key: ECKey) -> bytes:
+    """The base64url header segment of our tokens signed by ``key`` with ``kid``, after joserfc's checks
+    of that header and of ``key`` for ES256 (``check_header``, ``check_key``): once per key object
+    (a key set loaded afresh, e.g. after a rotation, brings new objects and is checked again; the
+    entry holds its key, so an identity is never reused for another). Bounded: beyond 16 keys the
+    table starts afresh."""
+    entry = _SIGNING_HEADERS.get(id(key))
+    if entry is not None and entry[0] is key:
+        return entry[1]
+    header = {"typ": AT_TYP, "alg": SIGNING_ALG, "kid": kid}
+    registry(OWN_TOKEN_ALGS).check_header(header)
+    _OWN_SIGNING_ALG.check_key(key)
+    segment = _b64url(json.dumps(header, separators=(",", ":")).encode("ascii"))
+    if len(_SIGNING_HEADERS) >= 16:
+        _SIGNING_HEADERS.clear()
+    _SIGNING_HEADERS[id(key)] = (key, segment)
+    return segment
 
 
 def _required_string(claims: Mapping[str, Any], name: str) -> str:

@@ -30,6 +30,9 @@ Failures of the shared state (Redis) surface as 503 and never let a request thro
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from flask import g
 
 from auth.dpop import DPOP_ALGS
@@ -97,6 +100,23 @@ RULES: dict[str, tuple[str, str]] = {
 PUBLIC = frozenset({"fhir.metadata"})
 
 
+def credentials(environ: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """The ``Authorization`` and the ``DPoP`` header values, as ``request.headers.getlist`` gives them
+    (every value, in order; the guard refuses anything but one of each), found in one pass over the
+    WSGI environ: each ``getlist`` walks and renames all of it (issue 12). A header ``X-Y`` is the
+    environ key ``HTTP_X_Y`` (PEP 3333); neither name has a ``-``, so no ``_`` spelling matches."""
+    authorization: list[str] = []
+    dpop: list[str] = []
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            name = key[5:].lower()
+            if name == "authorization":
+                authorization.append(value)
+            elif name == "dpop":
+                dpop.append(value)
+    return authorization, dpop
+
+
 def refused(exc: AuthError) -> AccessRefused:
     response = exc.response(Surface.RESOURCE, algs=DPOP_ALGS)
     return AccessRefused(exc.description, status=response.status, headers=dict(response.headers))
@@ -116,10 +136,10 @@ def protect() -> None:
     try:
         if "access_token" in req.args or "access_token" in req.form:
             raise InvalidRequest("access tokens are accepted in the Authorization header only")
-        headers = req.headers
+        authorization, dpop = credentials(req.environ)
         admission = svc.guard.admit(
-            authorization=headers.getlist("Authorization"),
-            dpop=headers.getlist("DPoP"),
+            authorization=authorization,
+            dpop=dpop,
             method=req.method,
             url=svc.settings.base_url + req.path,
         )

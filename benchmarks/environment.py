@@ -42,7 +42,15 @@ def fresh_database(kind: str, workdir: Path, admin_url: str) -> Iterator[str]:
         _prepare(url)
         yield url
         return
-    name = f"dho_bench_{uuid.uuid4().hex[:12]}"
+    with private_database(admin_url) as url:
+        yield url
+
+
+@contextmanager
+def private_database(admin_url: str, prefix: str = "dho_bench", digits: int = 12) -> Iterator[str]:
+    """A new, migrated PostgreSQL database ``<prefix>_<hex>`` with the benchmark tenant, dropped
+    afterwards (also when the run fails)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:digits]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:

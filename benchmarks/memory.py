@@ -24,39 +24,20 @@ import sys
 import tempfile
 import time
 import tracemalloc
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 import orjson
-import psycopg
 
-from benchmarks.environment import TENANT, _prepare, analyze, make_dataset, search_forms
+from benchmarks.environment import TENANT, analyze, make_dataset, private_database, search_forms
 from benchmarks.inprocess import Environ, _call, _environ
 from benchmarks.parties import FHIR_JSON, Credentials, form_patient, register
 from benchmarks.soak import BUNDLE, MIX, rss_kib
 from sharing_api.seed import batches, make_patient, series
 
 REDIS_URL = "redis://127.0.0.1:6379/11"  # not the benchmarks' database 13: runs may overlap
-
-
-@contextmanager
-def private_database(admin_url: str, prefix: str) -> Iterator[str]:
-    """A new, migrated database ``<prefix>_<hex>`` with the benchmark tenant, dropped afterwards."""
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = f"{admin_url.rsplit('/', 1)[0]}/{name}"
-        _prepare(url)
-        yield url
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class InProcessTokens:
@@ -93,7 +74,8 @@ def _cache_sizes(app: Any) -> dict[str, int]:
     engine = svc.engine
     sizes = {
         "verified tokens": len(guard.verified_tokens._entries),
-        "dpop imported keys": dpop._imported_key.cache_info().currsize,
+        "dpop proof headers": dpop._proof_header.cache_info().currsize,
+        "jose parsed headers": _jose.parsed_header.cache_info().currsize,
         "dpop htu": dpop.normalise_htu.cache_info().currsize,
         "jose imported keys": _jose._imported.cache_info().currsize,
         "format negotiation": observations._acceptable.cache_info().currsize,
@@ -146,7 +128,7 @@ def main(
     data = make_dataset(observations, 500, 60, 1)
     with (
         tempfile.TemporaryDirectory(prefix="dho-memory-") as tmp,
-        private_database(postgres_url, database_prefix) as url,
+        private_database(postgres_url, database_prefix, digits=8) as url,
     ):
         base = "http://127.0.0.1:8000"
         os.environ.update(

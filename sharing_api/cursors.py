@@ -144,8 +144,9 @@ class RedisCursorKeys:
         except redis.RedisError as exc:
             raise ServiceUnavailable("the search-session store is unavailable; retry shortly") from exc
         with self._lock:
-            for old in [p for p in self._keys if p < period - 1]:
-                del self._keys[old]  # no cursor sealed under it is still valid
+            if make:  # ``period`` is now's: a cursor being opened (not yet authenticated) prunes nothing
+                for old in [p for p in self._keys if p < period - 1]:
+                    del self._keys[old]  # no cursor sealed under it is still valid
             if raw is None:  # never made, or deleted with every cursor sealed under it expired
                 self._keys.pop(period, None)
                 return None

@@ -197,6 +197,37 @@ def test_a_lost_key_is_replaced_everywhere_after_the_recheck() -> None:
             client.delete(key)
 
 
+def test_a_forged_cursor_of_the_next_period_leaves_the_keys_in_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Opening a cursor looks its key up before the tag is checked; a cursor claiming the next period
+    (anyone can write one) must not make the worker forget the keys it holds, each forgotten key
+    costing every later request a Redis round trip."""
+    client = redis.Redis.from_url(REDIS_URL)
+    prefix = f"dho:test-cursors:{uuid.uuid4().hex}:"
+    clock = Clock()
+    try:
+        keys = RedisCursorKeys(client, TTL, prefix=prefix, monotonic=lambda: 0.0)
+        worker = PagingCursors(keys, LocalSessions(TTL), TTL, clock=clock)
+        clock.now = NOW + TTL - 10  # late in a key period
+        [earlier] = worker.make([page()], tenant=TENANT, subject=PATIENT)
+        clock.now = NOW + TTL + 10  # the next period: the earlier cursor is valid for 40 s more
+        worker.make([page()], tenant=TENANT, subject=PATIENT)
+        period = int(clock.now) // TTL
+        header = bytes((1,)) + (period + 1).to_bytes(4, "big")
+        forged = base64.urlsafe_b64encode(header + bytes(12 + 16 + 256)).rstrip(b"=").decode()
+        assert open_(worker, forged) is None
+
+        calls: list[str] = []
+        monkeypatch.setattr(client, "execute_command", lambda *a, **k: calls.append(str(a[0])))
+        assert open_(worker, earlier) is not None  # its key is still in memory ...
+        assert calls == []  # ... so no Redis call was needed
+    finally:
+        monkeypatch.undo()
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
+
+
 def test_redis_down_is_a_clear_503() -> None:
     dead = redis_connection.connect("redis://127.0.0.1:1/0")
     cursors = PagingCursors(RedisCursorKeys(dead, TTL), RedisSessions(dead, TTL), TTL)

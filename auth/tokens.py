@@ -23,7 +23,6 @@ HelseID puts ``scope`` as a JSON array; RFC 9068 §2.2.3 as a space-separated st
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import re
@@ -37,6 +36,7 @@ from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 
 from auth._jose import (
     JoseFormatError,
+    b64url_encode,
     check_allowlist,
     check_forbidden_headers,
     loads_object,
@@ -360,20 +360,16 @@ def _sign(keyset: SigningKeySet, claims: Mapping[str, Any]) -> str:
         payload = orjson.dumps(claims)
     except TypeError:  # an integer beyond 64 bits in the attestation: the standard encoder writes it
         payload = json.dumps(claims, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    signing_input = header_segment + b"." + _b64url(payload)
-    signature = _OWN_SIGNING_ALG.sign(signing_input, keyset.active)
-    return (signing_input + b"." + _b64url(signature)).decode("ascii")
-
-
-def _b64url(data: bytes) -> bytes:
-    return base64.urlsafe_b64encode(data).rstrip(b"=")
+    signing_input = f"{header_segment}.{b64url_encode(payload)}"
+    signature = _OWN_SIGNING_ALG.sign(signing_input.encode("ascii"), keyset.active)
+    return f"{signing_input}.{b64url_encode(signature)}"
 
 
 _OWN_SIGNING_ALG = registry(OWN_TOKEN_ALGS).get_alg(SIGNING_ALG)
-_SIGNING_HEADERS: dict[int, tuple[ECKey, bytes]] = {}
+_SIGNING_HEADERS: dict[int, tuple[ECKey, str]] = {}
 
 
-def _signing_header(kid: str, key: ECKey) -> bytes:
+def _signing_header(kid: str, key: ECKey) -> str:
     """The base64url header segment of our tokens signed by ``key`` with ``kid``, after joserfc's checks
     of that header and of ``key`` for ES256 (``check_header``, ``check_key``): once per key object
     (a key set loaded afresh, e.g. after a rotation, brings new objects and is checked again; the
@@ -385,7 +381,7 @@ def _signing_header(kid: str, key: ECKey) -> bytes:
     header = {"typ": AT_TYP, "alg": SIGNING_ALG, "kid": kid}
     registry(OWN_TOKEN_ALGS).check_header(header)
     _OWN_SIGNING_ALG.check_key(key)
-    segment = _b64url(json.dumps(header, separators=(",", ":")).encode("ascii"))
+    segment = b64url_encode(json.dumps(header, separators=(",", ":")).encode("ascii"))
     if len(_SIGNING_HEADERS) >= 16:
         _SIGNING_HEADERS.clear()
     _SIGNING_HEADERS[id(key)] = (key, segment)

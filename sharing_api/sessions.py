@@ -40,9 +40,9 @@ def new_cursor() -> str:
 class LocalSessions:
     """In-process sessions for a single-process server; bounded, oldest evicted first.
 
-    Every search stores its page cursors, so a busy server puts thousands a minute: expired records
-    are dropped as new ones come (all share one ``ttl``, so they expire in the order they were put and
-    the oldest is always first), not only when ``max_entries`` is reached.
+    Records keep coming for as long as the server runs (``Patient/$match`` ids, pages too long to
+    seal): expired records are dropped as new ones come (all share one ``ttl``, so they expire in the
+    order they were put and the oldest is always first), not only when ``max_entries`` is reached.
 
     :param clock: monotonic seconds; injectable for tests.
     """

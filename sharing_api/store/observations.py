@@ -588,6 +588,12 @@ class ObservationStore:
         raise ValueError(f"unknown date prefix {prefix!r}")
 
     @classmethod
+    def _driven(cls, template: Template) -> bool:
+        """Whether the patient-led token index drives a search of this shape: then its page and count
+        have one plan for every value (``generic_plan``, proved in tests/store/test_generic_plans.py)."""
+        return cls._driving_code(template.query) is not None
+
+    @classmethod
     def _driving_code(cls, query: SearchQuery) -> int | None:
         """Which code group drives the search (``_driver``): the first of one ``system|code``, when the
         query names one patient; ``None`` when nothing drives it."""
@@ -740,7 +746,7 @@ class ObservationStore:
             "count",
             template,
             self._count_statement,
-            generic_plan=self._driving_code(template.query) is not None,
+            generic_plan=self._driven,
         )
         rows = one_statement.run(self.engine, stmt, self._shapes.values(template, tenant))
         return int(rows[0][0] or 0)
@@ -769,7 +775,7 @@ class ObservationStore:
             "page",
             template,
             self._page_statement,
-            generic_plan=self._driving_code(template.query) is not None,
+            generic_plan=self._driven,
         )
         found = one_statement.run(self.engine, stmt, self._shapes.values(template, tenant))
         rows = [(r[0], r[1], bytes(r[2]), r[3]) for r in found]

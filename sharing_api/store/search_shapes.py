@@ -138,16 +138,18 @@ class ShapeCache:
         template: Template,
         build: Callable[[Any, Template], ClauseElement],
         *,
-        generic_plan: bool = False,
+        generic_plan: bool | Callable[[Template], bool] = False,
     ) -> CompiledStatement:
         """The statement ``build(tenant_parameter, template)`` builds, compiled for ``dialect`` once per
-        shape (``generic_plan``: see ``CompiledStatement``; it must follow from the shape alone)."""
+        shape (``generic_plan``: see ``CompiledStatement``; it must follow from the shape alone, so a
+        predicate of the template is asked once per shape, with the build, not per request)."""
         key = (what, dialect.name, template.shape)
         entry = self._compiled.get(key)
         if entry is None:
             stmt = build(bindparam("tenant", type_=None), template)
             what = f"{what} statement of this shape"
-            entry = CompiledStatement.of(stmt, dialect, what, generic_plan=generic_plan)
+            generic = generic_plan(template) if callable(generic_plan) else generic_plan
+            entry = CompiledStatement.of(stmt, dialect, what, generic_plan=generic)
             with self._lock:
                 if len(self._compiled) >= self.max_shapes:
                     self._compiled.clear()

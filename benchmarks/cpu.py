@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 GROUPS = ("server", "storage", "loadgen", "rest")
 """The API's gunicorn processes; PostgreSQL and Redis; this program; everything else (including the
@@ -19,9 +19,10 @@ kernel's own time, such as loopback networking, and other people's processes).""
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _processes() -> dict[int, tuple[int, str, float, int]]:
-    """pid -> (parent pid, command line, CPU seconds used so far, start time)."""
-    out = {}
+def _processes() -> tuple[dict[int, tuple[int, str, float, int]], dict[int, float]]:
+    """pid -> (parent pid, command line, CPU seconds used so far, start time); and pid -> the part of
+    those seconds spent in the kernel (system time)."""
+    out, system = {}, {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -34,7 +35,8 @@ def _processes() -> dict[int, tuple[int, str, float, int]]:
             continue  # it ended meanwhile
         cpu = (int(fields[11]) + int(fields[12])) / _TICK
         out[int(entry.name)] = (int(fields[1]), command, cpu, int(fields[19]))
-    return out
+        system[int(entry.name)] = int(fields[12]) / _TICK
+    return out, system
 
 
 def _machine() -> tuple[float, float]:
@@ -50,6 +52,18 @@ class Sample:
     per_process: dict[int, tuple[int, str, float, int]]
     busy: float
     total: float
+    system: dict[int, float] = field(default_factory=dict)
+    """pid -> system (kernel) CPU seconds so far."""
+
+
+@dataclass(frozen=True)
+class ServerSplit:
+    """How the API server's CPU time divided: between its workers, and user vs kernel."""
+
+    workers: tuple[float, ...]
+    """Each worker's share of the server's CPU time, largest first (the master is the rest)."""
+    system: float
+    """The kernel's (system time's) share of the server's CPU time: sockets, polling, futexes."""
 
 
 class CpuProbe:
@@ -62,7 +76,8 @@ class CpuProbe:
 
     def sample(self) -> Sample | None:
         try:
-            return Sample(_processes(), *_machine())
+            per_process, system = _processes()
+            return Sample(per_process, *_machine(), system=system)
         except OSError:
             return None  # not Linux
 
@@ -99,3 +114,23 @@ class CpuProbe:
         busy = after.busy - before.busy
         used["rest"] = max(0.0, busy - used["server"] - used["storage"] - used["loadgen"])
         return {group: seconds / wall for group, seconds in used.items()}
+
+    def server_split(self, before: Sample | None, after: Sample | None) -> ServerSplit | None:
+        """The server's CPU between the samples by worker (the master's children) and user/system."""
+        if before is None or after is None:
+            return None
+        used: dict[int, float] = {}
+        system = total = 0.0
+        for pid, (parent, _, cpu, started) in after.per_process.items():
+            if pid != self.server_pid and self._group(pid, after.per_process) != "server":
+                continue
+            earlier = before.per_process.get(pid)
+            fresh = not (earlier and earlier[3] == started)
+            spent = max(0.0, cpu - (0.0 if fresh else earlier[2]))  # type: ignore[index]
+            kernel = after.system.get(pid, 0.0) - (0.0 if fresh else before.system.get(pid, 0.0))
+            total, system = total + spent, system + max(0.0, kernel)
+            if parent == self.server_pid:
+                used[pid] = spent
+        if total <= 0:
+            return None
+        return ServerSplit(tuple(sorted((s / total for s in used.values()), reverse=True)), system / total)

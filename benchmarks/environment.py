@@ -113,7 +113,9 @@ class Server:
 
 
 @contextmanager
-def api_server(database_url: str, workers: int, log: Path, threads: int = 4) -> Iterator[Server]:
+def api_server(
+    database_url: str, workers: int, log: Path, threads: int = 4, reuse_port: bool = False
+) -> Iterator[Server]:
     """``dho-share serve`` (gunicorn) on a free loopback port; stopped afterwards."""
     port = _free_port()
     env = {
@@ -129,6 +131,7 @@ def api_server(database_url: str, workers: int, log: Path, threads: int = 4) -> 
     command = [sys.executable, "-m", "sharing_api.cli", "serve", "--port", str(port)]
     with open(log, "wb") as out:
         argv = [*command, "--workers", str(workers), "--threads", str(threads)]
+        argv += ["--reuse-port"] if reuse_port else []
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=out)
         try:
             deadline = time.monotonic() + 120

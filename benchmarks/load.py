@@ -20,7 +20,7 @@ from typing import Any, overload
 
 import orjson
 
-from benchmarks.cpu import CpuProbe
+from benchmarks.cpu import CpuProbe, ServerSplit
 
 SOCKET_TIMEOUT = 60.0
 
@@ -102,8 +102,20 @@ class OnDemand(Sequence[bytes]):
     server accepts (60 s; a client assertion 30 s) by the time they are sent on a busy machine (the
     100k point of the first 1M scale run lost 62 of 91 searches to that)."""
 
-    def __init__(self, make: Callable[[int], bytes], indices: range = ENDLESS):
-        self.make, self.indices = make, indices
+    def __init__(self, make: Callable[[int], bytes], indices: range = ENDLESS, made: Sequence[bytes] = ()):
+        self.make, self.indices, self.made = make, indices, made
+
+    @classmethod
+    def ahead(cls, make: Callable[[int], bytes], indices: range, count: int, seconds: float) -> OnDemand:
+        """The first ``count`` requests made now (within ``seconds`` at most, so that none is older than
+        the server accepts when sent), the rest when taken: the signing then stays out of the measured
+        window, as it does for the searches' pre-signed proofs."""
+        deadline, made = time.monotonic() + seconds, []
+        for n in indices[:count]:
+            if time.monotonic() > deadline:
+                break
+            made.append(make(n))
+        return cls(make, indices, made)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -115,6 +127,8 @@ class OnDemand(Sequence[bytes]):
     def __getitem__(self, i: int | slice) -> bytes | OnDemand:
         if isinstance(i, slice):
             return OnDemand(self.make, self.indices[i])
+        if 0 <= i < len(self.made):
+            return self.made[i]
         return self.make(self.indices[i])
 
 
@@ -205,6 +219,8 @@ class LoadResult:
     """CPU seconds by group over the probe's window (the measured window, plus the last responses)."""
     load_average: float = 0.0
     """The 1-minute load average when the measured window began (others' work on a shared machine)."""
+    server: ServerSplit | None = None
+    """The server's CPU over the probe's window by worker and user/kernel (``CpuProbe.server_split``)."""
 
     @property
     def requests(self) -> int:
@@ -292,4 +308,5 @@ def run_load(
         if cpu_before and cpu_after
         else {},
         load_average=load_average,
+        server=probe.server_split(cpu_before, cpu_after) if probe else None,
     )

@@ -159,6 +159,17 @@ def rows(res: Results) -> list[list[str]]:
     return out
 
 
+def server_split(res: Results) -> str:
+    """One line: how each phase's server CPU divided between the workers, and the kernel's part of it
+    (uneven workers: keep-alive connections piled onto one; a large kernel part: sockets and polling)."""
+    parts = []
+    for name, r in res.phases().items():
+        if r.server is not None:
+            workers = "/".join(f"{w:.0%}" for w in r.server.workers)
+            parts.append(f"{name} {workers}, kernel {r.server.system:.0%}")
+    return "server CPU by worker, and the kernel's share of it: " + ("; ".join(parts) or "n/a")
+
+
 def warnings(res: Results) -> list[str]:
     out = []
     for name, r in res.phases().items():

@@ -485,11 +485,16 @@ def seed(tenant_orgnr: str, patients: int, days: int, seed: int) -> None:
 @click.option(
     "--threads", default=4, show_default=True, type=click.IntRange(1, 64), help="gthread threads per worker"
 )
-def serve(host: str, port: int, workers: int, threads: int) -> None:
+@click.option(
+    "--reuse-port",
+    is_flag=True,
+    help="a listening socket per worker (SO_REUSEPORT): the kernel spreads connections over the workers",
+)
+def serve(host: str, port: int, workers: int, threads: int, reuse_port: bool) -> None:
     """Run the API (gunicorn)."""
     from sharing_api.serving import serve as run
 
-    run(_settings(), host, port, workers, threads)
+    run(_settings(), host, port, workers, threads, reuse_port)
 
 
 def _redis_if_reachable(url: str = "redis://127.0.0.1:6379/0") -> str | None:

@@ -53,7 +53,13 @@ class GunicornApp(BaseApplication):  # type: ignore[misc]
         return create_app(self.settings)
 
 
-def serve(settings: Settings, host: str, port: int, workers: int, threads: int = 4) -> None:
+def serve(
+    settings: Settings, host: str, port: int, workers: int, threads: int = 4, reuse_port: bool = False
+) -> None:
+    """gunicorn's gthread workers on ``host:port``. With ``reuse_port`` each worker opens its own listening
+    socket with ``SO_REUSEPORT`` and the kernel spreads new connections over them (Linux admits only
+    sockets of the same user to the group); without, the workers accept from one shared socket, and
+    whichever is awake first takes the connection."""
     require_safe_bind(host, settings.base_url)
     if workers > 1 and not settings.redis_url:
         raise SystemExit(
@@ -69,6 +75,7 @@ def serve(settings: Settings, host: str, port: int, workers: int, threads: int =
             "workers": workers,
             "threads": threads,
             "worker_class": "gthread",
+            "reuse_port": reuse_port,
             "accesslog": None,
             "errorlog": "-",
             "loglevel": "error",  # gunicorn warns with whole header lines, tokens included

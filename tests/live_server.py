@@ -34,14 +34,26 @@ def live_server(
     log: Path | None = None,
     cwd: Path | None = None,
     port: int | None = None,
+    options: tuple[str, ...] = (),
 ) -> Iterator[LiveUrl]:
-    """Start gunicorn with ``workers`` workers; yield its base URL; stop it afterwards."""
+    """Start gunicorn with ``workers`` workers (and ``dho-share serve`` ``options``); yield its base URL;
+    stop it afterwards."""
     port = port or free_port()
     base = f"http://127.0.0.1:{port}"
     full_env = {**os.environ, **env, "DHO_PUBLIC_URL": base}
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sharing_api.cli", "serve", "--port", str(port), "--workers", str(workers)],
+        [
+            sys.executable,
+            "-m",
+            "sharing_api.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            *options,
+        ],
         env=full_env,
         stdout=out,
         stderr=out,

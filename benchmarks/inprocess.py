@@ -31,6 +31,7 @@ import click
 import orjson
 from werkzeug.test import EnvironBuilder
 
+from benchmarks import sections
 from benchmarks.cpu import CpuProbe, Sample
 from benchmarks.environment import (
     REDIS_URL,
@@ -112,6 +113,7 @@ def _run(
     profile: int,
     callgrind: bool,
     warmup: int = 50,
+    timers: list[sections.Timer] | None = None,
 ) -> tuple[str, float, float, float]:
     for i in range(min(min(warmup, 10) if callgrind else warmup, count)):
         status, body = _call(app, make(i))
@@ -121,6 +123,8 @@ def _run(
     chunk = 10 if callgrind else count
     before = probe.sample()
     cpu = 0.0
+    if timers:
+        sections.reset(timers)
     for first in range(0, count, chunk):
         prepared = [make(warmup + i) for i in range(first, min(count, first + chunk))]
         if callgrind:  # count instructions of the measured requests only (valgrind --instr-atstart=no)
@@ -136,6 +140,9 @@ def _run(
     if callgrind:
         subprocess.run(["callgrind_control", "--dump=" + name, str(os.getpid())], check=True)
     after = probe.sample()
+    if timers:
+        print("\n".join(sections.report(name, timers, count)))
+        print(f"{1e6 * cpu / count:8.0f}         the whole request, this thread (the app CPU column)")
     storage = backends = 0.0
     if before is not None and after is not None:
         storage = probe.share(before, after).get("storage", 0.0) * (after.total - before.total)
@@ -197,6 +204,12 @@ def _ingest(
     is_flag=True,
     help="run under `valgrind --tool=callgrind --instr-atstart=no`: instructions of the measured requests",
 )
+@click.option(
+    "--sections",
+    "with_sections",
+    is_flag=True,
+    help="thread CPU per request of the parts of the chain (benchmarks/sections.py)",
+)
 def main(
     postgres_url: str,
     observations: int,
@@ -205,6 +218,7 @@ def main(
     profile: int,
     only: tuple[str, ...],
     callgrind: bool,
+    with_sections: bool,
 ) -> None:
     """CPU ms per request of the app in this process (one thread) and of the database and Redis."""
     data = make_dataset(observations, 500, 60, 1)
@@ -246,6 +260,7 @@ def main(
                 try:
                     configure_json_logging()
                     app = create_app()
+                    timers = sections.install(app) if with_sections else None
                     probe = CpuProbe(os.getpid(), url.rsplit("/", 1)[1])
                     path = f"/{TENANT}/fhir/Observation/_search"
                     forms = search_forms(data, 256, data.seed)
@@ -281,7 +296,7 @@ def main(
                     for name, make in scenarios.items():
                         if only and name not in only:
                             continue
-                        results.append(_run(name, app, make, count, probe, profile, callgrind))
+                        results.append(_run(name, app, make, count, probe, profile, callgrind, timers=timers))
                     if not only or "ingest" in only:
                         results.append(_ingest(app, creds, base, bundles, probe, profile, callgrind))
                 finally:

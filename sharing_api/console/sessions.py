@@ -43,7 +43,8 @@ class ConsoleSessions:
         self.client = client
         self.timeout = timeout
         self.clock = clock
-        self._local: dict[str, bytes] = {}
+        self._local: dict[str, tuple[float, bytes]] = {}
+        """Without Redis: session id -> (last request, record); timed-out ones go at the next login."""
         self._lock = threading.Lock()
 
     def _put(self, session: ConsoleSession) -> None:
@@ -52,14 +53,15 @@ class ConsoleSessions:
             self.client.set(_PREFIX + session.id, data, ex=self.timeout + 60)
         else:
             with self._lock:
-                self._local[session.id] = data
+                self._local[session.id] = (session.last_seen, data)
 
     def _load(self, sid: str) -> dict[str, Any] | None:
         if self.client is not None:
             raw = self.client.get(_PREFIX + sid)
         else:
             with self._lock:
-                raw = self._local.get(sid)
+                entry = self._local.get(sid)
+            raw = entry[1] if entry is not None else None
         if not isinstance(raw, bytes):
             return None
         loaded: dict[str, Any] = orjson.loads(raw)
@@ -74,8 +76,17 @@ class ConsoleSessions:
             csrf=secrets.token_urlsafe(24),
             last_seen=self.clock(),
         )
+        if self.client is None:  # sessions left to time out are dropped here, not kept for ever
+            with self._lock:
+                live = {k: v for k, v in self._local.items() if session.last_seen - v[0] <= self.timeout}
+                self._local = live
         self._put(session)
         return session
+
+    def held(self) -> int:
+        """Sessions kept in this process (without Redis), timed-out ones not yet dropped included."""
+        with self._lock:
+            return len(self._local)
 
     def resume(self, sid: str) -> ConsoleSession | None:
         """The live session ``sid`` with its idle timer restarted, or None (unknown, ended or timed out)."""

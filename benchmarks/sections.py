@@ -20,6 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SECTIONS: tuple[tuple[str, str], ...] = (
+    ("before the view (Observation routes: _before)", "sharing_api.routes.observations:_before"),
+    ("the view (search_post)", "sharing_api.routes.observations:search_post"),
+    ("the view (read)", "sharing_api.routes.observations:read"),
+    ("the view (token)", "sharing_api.routes.token:token"),
+    ("  parse the search (Searcher.parse)", "sharing_api.searching:Searcher.parse"),
+    ("  the search (Searcher.search)", "sharing_api.searching:Searcher.search"),
+    ("    its paging cursors (PagingCursors.make)", "sharing_api.cursors:PagingCursors.make"),
+    ("  audit and answer (_read_result)", "sharing_api.routes.observations:_read_result"),
     ("token and proof checks (protect)", "sharing_api.routes.guard:protect"),
     ("  of which the DPoP proof (verify_proof)", "auth.dpop:verify_proof"),
     ("  of which the Redis script (replay, revocation, rate limit)", "auth.replaystate:RedisState.admit"),

@@ -13,14 +13,14 @@ failed attempt (the table was busy for longer than the lock timeout, or the data
 retried after ``PARTITION_RETRY`` seconds and never stops sequencing; ``/readyz`` and ``dho-share audit
 partitions check`` report a month that is still missing.
 
-**Cost.** A batch costs the database about the same whatever its size up to ``max_batch`` (its
-statements and commit: about 2 ms of backend CPU with 1 pending entry, 50 µs per entry in a batch of
-1,000; BENCHMARKS.md, issue 12 sixth pass). So a polling sequencer runs its next batch at once only
-after a full one (a backlog); after a partial batch, which took every entry pending then, it waits
-``interval`` seconds. Polling again straight after every non-empty batch made it sequence about one
-entry per batch under steady traffic, one batch per request: most of the database's CPU per request.
-An entry waits at most about ``interval`` seconds for its index either way; ``search`` and ``report``
-sequence the tenant's pending entries first, so no reader sees the wait.
+**Cost.** A batch costs the database a fixed part, its statements and commit (about 2 ms of backend
+CPU), and about 50 µs per entry (BENCHMARKS.md, issue 12 sixth pass). So a polling sequencer runs its
+next batch at once only after a full one (``max_batch`` entries: a backlog); after a partial batch,
+which took every entry then pending, it waits ``interval`` seconds. Going straight on after every
+non-empty batch made it sequence one or two entries per batch under steady traffic, a batch per
+request: most of the database's CPU per request. An entry now waits up to about ``interval`` seconds
+for its index under traffic too, as it did after a quiet spell; ``search`` and ``report`` sequence the
+tenant's pending entries first, so no reader sees the wait.
 """
 
 from __future__ import annotations

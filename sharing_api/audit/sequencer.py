@@ -12,6 +12,15 @@ A polling sequencer also keeps the audit table's monthly partitions ``AHEAD`` mo
 failed attempt (the table was busy for longer than the lock timeout, or the database is down) is
 retried after ``PARTITION_RETRY`` seconds and never stops sequencing; ``/readyz`` and ``dho-share audit
 partitions check`` report a month that is still missing.
+
+**Cost.** A batch costs the database a fixed part, its statements and commit (about 2 ms of backend
+CPU), and about 50 µs per entry (BENCHMARKS.md, issue 12 sixth pass). So a polling sequencer runs its
+next batch at once only after a full one (``max_batch`` entries: a backlog); after a partial batch,
+which took every entry then pending, it waits ``interval`` seconds. Going straight on after every
+non-empty batch made it sequence one or two entries per batch under steady traffic, a batch per
+request: most of the database's CPU per request. An entry now waits up to about ``interval`` seconds
+for its index under traffic too, as it did after a quiet spell; ``search`` and ``report`` sequence the
+tenant's pending entries first, so no reader sees the wait.
 """
 
 from __future__ import annotations
@@ -62,8 +71,8 @@ def run(
         if observe is not None:
             observe("done", n)
         total += n
-        if n:
-            continue
+        if n >= max_batch or (n and not loop):
+            continue  # a full batch: more may be pending (a polling sequencer's backlog, or a drain)
         if not loop:
             break
         time.sleep(interval)

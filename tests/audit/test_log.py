@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from sharing_api.audit import sequencer
 from sharing_api.audit.actions import AuditAction, Outcome
 from sharing_api.audit.checkpoints import AuditSigner, load_public_key
 from sharing_api.audit.events import SharingDecision, build_audit_event
@@ -351,6 +352,42 @@ def test_the_sequencer_refuses_an_inconsistent_head(log: AuditLog) -> None:
         conn.execute(e.delete().where(e.c.seq == 2))
     with pytest.raises(LogCorrupted):
         log.leaf_hashes(TENANT, 5)
+
+
+def test_a_polling_sequencer_waits_after_a_partial_batch(
+    log: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A polling sequencer takes a backlog in full batches back to back, but after a partial batch (it
+    took everything pending) it waits its interval instead of polling again at once: under steady
+    traffic, polling at once made one batch (and its fixed database cost) per request. Entries that
+    come meanwhile get their index in the next batch, dense and in order."""
+    fill(log, 25)
+    steps: list[str] = []
+
+    def observe(what: str, n: int) -> None:
+        if what == "done":
+            steps.append(f"done {n}")
+            if n == 5:  # a request's entry arrives while the partial batch runs
+                fill(log, 1, start=25)
+
+    monkeypatch.setattr("sharing_api.audit.sequencer.time.sleep", lambda _: steps.append("sleep"))
+    stops = iter([False] * 4 + [True])
+    total = sequencer.run(
+        log,
+        tenant=TENANT,
+        max_batch=10,
+        loop=True,
+        interval=1.0,
+        observe=observe,
+        should_stop=lambda: next(stops),
+    )
+    assert steps == ["done 10", "done 10", "done 5", "sleep", "done 1", "sleep"]
+    assert total == 26
+    assert [entry.seq for entry in log.entries(TENANT)] == list(range(26))
+    # without polling, ``run`` still sequences until nothing is pending, whatever the batch size
+    fill(log, 7, start=26)
+    assert sequencer.run(log, tenant=TENANT, max_batch=3) == 7
+    assert log.head(TENANT).size == 33  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("days", [0, 40], ids=["same month", "another month"])

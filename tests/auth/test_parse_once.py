@@ -127,43 +127,40 @@ def assert_refused_alike(verify: Callable[[str], Any], valid: str, other_signed:
 # --- DPoP proofs -------------------------------------------------------------------------------------
 
 
+def verify_get(proof: str, replay: InMemoryReplayCache | None = None, **extra: Any) -> Any:
+    """``verify_proof`` of ``proof`` for ``GET API_URL`` with ``ACCESS_TOKEN`` (a fresh replay cache
+    unless one is given)."""
+    return verify_proof(
+        proof,
+        method="GET",
+        url=API_URL,
+        replay=replay if replay is not None else InMemoryReplayCache(),
+        now=NOW,
+        access_token=ACCESS_TOKEN,
+        **extra,
+    )
+
+
 def test_tampered_proofs_are_refused_alike_with_and_without_the_header_remembered() -> None:
     key = ec_key()
     impostor = ec_key()
     header = {"typ": "dpop+jwt", "alg": "ES256", "jwk": key.as_dict(private=False)}
 
-    def verify(proof: str) -> Any:
-        return verify_proof(
-            proof,
-            method="GET",
-            url=API_URL,
-            replay=InMemoryReplayCache(),
-            now=NOW,
-            access_token=ACCESS_TOKEN,
-        )
-
     valid = make_proof(key, access_token=ACCESS_TOKEN, header=header)
     # The same header (the victim's jwk) over a proof signed by the impostor's key.
     forged = make_proof(key, access_token=ACCESS_TOKEN, header=header, signing_key=impostor)
     assert segments(valid)[0] == segments(forged)[0]
-    assert_refused_alike(verify, valid, forged)
+    assert_refused_alike(verify_get, valid, forged)
 
 
 def test_a_forged_proof_after_the_genuine_one_is_refused_with_the_proofs_error() -> None:
     key = ec_key()
     header = {"typ": "dpop+jwt", "alg": "ES256", "jwk": key.as_dict(private=False)}
     replay = InMemoryReplayCache()
-    verify_proof(
-        make_proof(key, access_token=ACCESS_TOKEN, header=header),
-        method="GET",
-        url=API_URL,
-        replay=replay,
-        now=NOW,
-        access_token=ACCESS_TOKEN,
-    )
+    verify_get(make_proof(key, access_token=ACCESS_TOKEN, header=header), replay)
     forged = make_proof(key, access_token=ACCESS_TOKEN, header=header, signing_key=ec_key())
     with pytest.raises(InvalidDPoPProof) as caught:
-        verify_proof(forged, method="GET", url=API_URL, replay=replay, now=NOW, access_token=ACCESS_TOKEN)
+        verify_get(forged, replay)
     assert caught.value.description == "DPoP proof signature not verified"
     response = caught.value.response(Surface.RESOURCE)
     assert response.status == 401
@@ -175,38 +172,16 @@ def test_a_clients_new_proof_key_is_not_answered_from_its_old_entry() -> None:
     with the new key has the new key's thumbprint, and a token bound to the old key refuses it."""
     old, new = ec_key(), ec_key()
     for key in (old, new):
-        result = verify_proof(
-            make_proof(key, access_token=ACCESS_TOKEN),
-            method="GET",
-            url=API_URL,
-            replay=InMemoryReplayCache(),
-            now=NOW,
-            access_token=ACCESS_TOKEN,
-        )
+        result = verify_get(make_proof(key, access_token=ACCESS_TOKEN))
         assert result.jkt == key.thumbprint()
     with pytest.raises(InvalidToken) as caught:
-        verify_proof(
-            make_proof(new, access_token=ACCESS_TOKEN),
-            method="GET",
-            url=API_URL,
-            replay=InMemoryReplayCache(),
-            now=NOW,
-            access_token=ACCESS_TOKEN,
-            expected_jkt=old.thumbprint(),
-        )
+        verify_get(make_proof(new, access_token=ACCESS_TOKEN), expected_jkt=old.thumbprint())
     assert caught.value.response(Surface.RESOURCE).status == 401
 
 
 def test_the_remembered_proof_key_is_public_and_read_only() -> None:
     key = ec_key()
-    result = verify_proof(
-        make_proof(key, access_token=ACCESS_TOKEN),
-        method="GET",
-        url=API_URL,
-        replay=InMemoryReplayCache(),
-        now=NOW,
-        access_token=ACCESS_TOKEN,
-    )
+    result = verify_get(make_proof(key, access_token=ACCESS_TOKEN))
     assert "d" not in result.public_jwk
     with pytest.raises(TypeError):
         result.public_jwk["x"] = "changed"  # type: ignore[index]
@@ -225,14 +200,7 @@ def test_proof_headers_remembered_are_bounded() -> None:
         compact = split_compact(proof, max_bytes=dpop.MAX_PROOF_BYTES, max_header_bytes=2048)
         dpop._proof_header(compact.header_segment, dpop.DPOP_ALGS)
     assert dpop._proof_header.cache_info().currsize == bound
-    first = verify_proof(
-        make_proof(keys[0], access_token=ACCESS_TOKEN),
-        method="GET",
-        url=API_URL,
-        replay=InMemoryReplayCache(),
-        now=NOW,
-        access_token=ACCESS_TOKEN,
-    )
+    first = verify_get(make_proof(keys[0], access_token=ACCESS_TOKEN))
     assert first.jkt == keys[0].thumbprint()
 
 

@@ -55,6 +55,16 @@ class Sample:
     system: dict[int, float] = field(default_factory=dict)
     """pid -> system (kernel) CPU seconds so far."""
 
+    def spent_since(self, before: Sample, pid: int) -> tuple[float, float]:
+        """(CPU, system CPU) seconds process ``pid`` used between ``before`` and this sample; all it
+        used so far when ``before`` did not know it (it started later, or the pid was reused)."""
+        _, _, cpu, started = self.per_process[pid]
+        earlier = before.per_process.get(pid)
+        if not (earlier and earlier[3] == started):
+            return max(0.0, cpu), self.system.get(pid, 0.0)
+        kernel = self.system.get(pid, 0.0) - before.system.get(pid, 0.0)
+        return max(0.0, cpu - earlier[2]), max(0.0, kernel)
+
 
 @dataclass(frozen=True)
 class ServerSplit:
@@ -106,10 +116,8 @@ class CpuProbe:
         if before is None or after is None or after.total <= before.total:
             return {}
         used = dict.fromkeys(GROUPS, 0.0)
-        for pid, (_, _, cpu, started) in after.per_process.items():
-            earlier = before.per_process.get(pid)
-            delta = cpu - earlier[2] if earlier and earlier[3] == started else cpu
-            used[self._group(pid, after.per_process)] += max(0.0, delta)
+        for pid in after.per_process:
+            used[self._group(pid, after.per_process)] += after.spent_since(before, pid)[0]
         wall = after.total - before.total
         busy = after.busy - before.busy
         used["rest"] = max(0.0, busy - used["server"] - used["storage"] - used["loadgen"])
@@ -121,14 +129,11 @@ class CpuProbe:
             return None
         used: dict[int, float] = {}
         system = total = 0.0
-        for pid, (parent, _, cpu, started) in after.per_process.items():
-            if pid != self.server_pid and self._group(pid, after.per_process) != "server":
+        for pid, (parent, *_) in after.per_process.items():
+            if self._group(pid, after.per_process) != "server":
                 continue
-            earlier = before.per_process.get(pid)
-            fresh = not (earlier and earlier[3] == started)
-            spent = max(0.0, cpu - (0.0 if fresh else earlier[2]))  # type: ignore[index]
-            kernel = after.system.get(pid, 0.0) - (0.0 if fresh else before.system.get(pid, 0.0))
-            total, system = total + spent, system + max(0.0, kernel)
+            spent, kernel = after.spent_since(before, pid)
+            total, system = total + spent, system + kernel
             if parent == self.server_pid:
                 used[pid] = spent
         if total <= 0:

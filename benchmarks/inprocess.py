@@ -94,13 +94,12 @@ def _backend_cpu(probe: CpuProbe, before: Sample, after: Sample) -> float:
     ``storage`` that is this work's alone (the cluster's shared processes, such as the WAL writer,
     checkpointer and autovacuum, also serve other databases on a shared machine)."""
     used = 0.0
-    for pid, (_, command, cpu, started) in after.per_process.items():
+    for pid, (_, command, *_) in after.per_process.items():
         if not command.startswith("postgres") or probe.database is None:
             continue
         if "(" not in command or not probe.database.search(command):
             continue
-        earlier = before.per_process.get(pid)
-        used += max(0.0, cpu - earlier[2] if earlier and earlier[3] == started else cpu)
+        used += after.spent_since(before, pid)[0]
     return used
 
 

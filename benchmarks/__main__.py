@@ -221,9 +221,16 @@ def _measure(
 @click.option("--observations", default=100_000, show_default=True, type=click.IntRange(1))
 @click.option("--bundle-size", default=500, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--days", default=180, show_default=True, type=click.IntRange(10), help="Days per patient")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1), help="gunicorn workers")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1), help="server processes")
 @click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 64), help="per worker")
-@click.option("--reuse-port", is_flag=True, help="a socket per worker (serve --reuse-port)")
+@click.option("--reuse-port", is_flag=True, help="a socket per worker (serve --reuse-port; gunicorn)")
+@click.option(
+    "--server",
+    type=click.Choice(["gunicorn", "granian"]),
+    default="gunicorn",
+    show_default=True,
+    help="the HTTP server (serve --server)",
+)
 @click.option("--ingest-clients", default=4, show_default=True, type=click.IntRange(1, 64))
 @click.option("--clients", default=8, show_default=True, type=click.IntRange(1, 64), help="Search clients")
 @click.option("--duration", default=10.0, show_default=True, type=click.FloatRange(1, 600), help="Seconds")
@@ -262,6 +269,7 @@ def main(
     workers: int,
     threads: int,
     reuse_port: bool,
+    server: str,
     seed: int,
     markdown_path: Path | None,
     **options: float,
@@ -280,9 +288,9 @@ def main(
         try:
             with fresh_database(database, Path(tmp), postgres_url) as url:
                 db_version = database_version(url)
-                with api_server(url, workers, log, threads, reuse_port) as server:
-                    probe = CpuProbe(server.pid, url.rsplit("/", 1)[1] if database == "postgresql" else None)
-                    results = _measure(server, url, data, probe, options)
+                with api_server(url, workers, log, threads, reuse_port, server) as api:
+                    probe = CpuProbe(api.pid, url.rsplit("/", 1)[1] if database == "postgresql" else None)
+                    results = _measure(api, url, data, probe, options)
         except Exception as exc:
             if not isinstance(exc, click.ClickException) and log.exists() and log.stat().st_size:
                 console.print(f"[red]server log (last lines):[/red]\n{log.read_text()[-3000:]}")
@@ -294,7 +302,7 @@ def main(
         f"- command: `{' '.join(['python -m benchmarks', *sys.argv[1:]])}`; code: {report.revision()}",
         f"- ingest: {results.created:,} of {data.observations:,} observations created (201) in "
         f"{results.ingest.seconds:.1f} s ({data.patient_count} patients x {days} days); "
-        f"server: {workers} gunicorn workers x {threads} threads"
+        f"server: {server}, {workers} workers x {threads} threads"
         f"{' (a socket per worker: --reuse-port)' if reuse_port else ''}; search and baseline: "
         f"{int(options['clients'])} closed-loop clients, {options['warmup']:g} s warm-up, "
         f"{options['duration']:g} s measured, "

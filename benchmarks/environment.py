@@ -109,14 +109,19 @@ def _ready(port: int) -> bool:
 class Server:
     port: int
     pid: int
-    """gunicorn's master process; the workers are its children."""
+    """The server's main process (gunicorn's master, granian's main); the workers are its children."""
 
 
 @contextmanager
 def api_server(
-    database_url: str, workers: int, log: Path, threads: int = 4, reuse_port: bool = False
+    database_url: str,
+    workers: int,
+    log: Path,
+    threads: int = 4,
+    reuse_port: bool = False,
+    server: str = "gunicorn",
 ) -> Iterator[Server]:
-    """``dho-share serve`` (gunicorn) on a free loopback port; stopped afterwards."""
+    """``dho-share serve --server <server>`` on a free loopback port; stopped afterwards."""
     port = _free_port()
     env = {
         **os.environ,
@@ -130,7 +135,7 @@ def api_server(
     }
     command = [sys.executable, "-m", "sharing_api.cli", "serve", "--port", str(port)]
     with open(log, "wb") as out:
-        argv = [*command, "--workers", str(workers), "--threads", str(threads)]
+        argv = [*command, "--workers", str(workers), "--threads", str(threads), "--server", server]
         argv += ["--reuse-port"] if reuse_port else []
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=out)
         try:

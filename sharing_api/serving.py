@@ -1,4 +1,9 @@
-"""Running the app: under gunicorn (several workers) or, for one quick process, the same way."""
+"""Running the app: under gunicorn (the default) or granian, in several worker processes.
+
+Both run the same WSGI app, one per worker process, built by the app factory in the worker. granian
+(HTTP parsing and connections in Rust, hyper) spends less CPU per request than gunicorn's gthread worker
+on this machine (BENCHMARKS.md, "The HTTP server"); ``deploy/`` runs gunicorn.
+"""
 
 from __future__ import annotations
 
@@ -53,20 +58,52 @@ class GunicornApp(BaseApplication):  # type: ignore[misc]
         return create_app(self.settings)
 
 
+SERVERS = ("gunicorn", "granian")
+"""The HTTP servers ``serve`` can run the app under (``dho-share serve --server``)."""
+
+HEADER_BYTES = 16 * 1024
+"""granian: the most a request line and its headers may take together; beyond it the request is answered
+431 before the app sees it (hyper's read buffer; its smallest allowed is 8 KiB). gunicorn's own limits
+are per line: 4,094 bytes for the request line, 8,190 for a header field, 100 fields."""
+
+
 def serve(
-    settings: Settings, host: str, port: int, workers: int, threads: int = 4, reuse_port: bool = False
+    settings: Settings,
+    host: str,
+    port: int,
+    workers: int,
+    threads: int = 4,
+    reuse_port: bool = False,
+    server: str = "gunicorn",
 ) -> None:
-    """gunicorn's gthread workers on ``host:port``. With ``reuse_port`` each worker opens its own listening
-    socket with ``SO_REUSEPORT`` and the kernel spreads new connections over them (Linux admits only
-    sockets of the same user to the group); without, the workers accept from one shared socket, and
-    whichever is awake first takes the connection."""
+    """The app on ``host:port`` in ``workers`` processes of ``threads`` threads each, under ``server``.
+
+    gunicorn (gthread workers): with ``reuse_port`` each worker opens its own listening socket with
+    ``SO_REUSEPORT`` and the kernel spreads new connections over them (Linux admits only sockets of the
+    same user to the group); without, the workers accept from one shared socket, and whichever is awake
+    first takes the connection. granian: the workers share one socket (``reuse_port`` is refused)."""
     require_safe_bind(host, settings.base_url)
     if workers > 1 and not settings.redis_url:
         raise SystemExit(
             "several workers share search sessions through Redis: set DHO_REDIS_URL or use --workers 1"
         )
+    if server not in SERVERS:
+        raise SystemExit(f"unknown server {server!r}: one of {', '.join(SERVERS)}")
+    if server == "granian" and reuse_port:
+        raise SystemExit("--reuse-port is a gunicorn option; granian's workers share one socket")
     chosen = multiprocess_dir()
     directory = use_multiprocess_dir()
+    try:
+        if server == "granian":
+            _granian(settings, host, port, workers, threads)
+        else:
+            _gunicorn(settings, host, port, workers, threads, reuse_port)
+    finally:
+        if chosen is None:  # the directory made for this run
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _gunicorn(settings: Settings, host: str, port: int, workers: int, threads: int, reuse_port: bool) -> None:
     GunicornApp(
         settings,
         {
@@ -82,5 +119,41 @@ def serve(
             "graceful_timeout": 5,
         },
     ).run()
-    if chosen is None:  # the directory made for this run
-        shutil.rmtree(directory, ignore_errors=True)
+
+
+_settings_for_workers: Settings | None = None
+"""The settings ``granian_app`` builds each worker's app with (set before the workers are forked)."""
+
+
+def granian_app() -> Any:
+    """granian's target (a factory), called in each worker process: the app with the settings ``serve``
+    was given (or, in a worker started by ``spawn`` rather than ``fork``, from the environment)."""
+    from sharing_api.app import create_app
+    from sharing_api.request_log import configure_json_logging
+
+    configure_json_logging()
+    return create_app(_settings_for_workers or Settings())
+
+
+def _granian(settings: Settings, host: str, port: int, workers: int, threads: int) -> None:
+    from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
+    from granian.log import LogLevels
+    from granian.server import Server
+
+    global _settings_for_workers
+    _settings_for_workers = settings
+    Server(
+        f"{__name__}:granian_app",
+        address=host,
+        port=port,
+        interface=Interfaces.WSGI,
+        workers=workers,
+        blocking_threads=threads,
+        http1_settings=HTTP1Settings(max_buffer_size=HEADER_BYTES),
+        websockets=False,
+        factory=True,
+        log_level=LogLevels.error,  # no access log: the app writes one JSON line per request
+        respawn_failed_workers=True,  # as gunicorn's arbiter does (granian exits on a crash loop)
+        workers_kill_timeout=5,
+    ).serve()

@@ -3,6 +3,8 @@ whichever worker wakes first, hands new connections to the workers (BENCHMARKS.m
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,7 +29,9 @@ def listening_sockets(port: int) -> int:
     return sum(1 for row in rows if row[3] == LISTEN and int(row[1].rsplit(":", 1)[1], 16) == port)
 
 
-@pytest.mark.parametrize(("options", "sockets"), [((), 1), (("--reuse-port",), 2)])
+@pytest.mark.parametrize(
+    ("options", "sockets"), [((), 1), (("--reuse-port",), 2), (("--server", "granian"), 1)]
+)
 def test_each_worker_has_its_own_listening_socket_with_reuse_port(
     settings: Settings, tmp_path: Path, options: tuple[str, ...], sockets: int
 ) -> None:
@@ -37,3 +41,14 @@ def test_each_worker_has_its_own_listening_socket_with_reuse_port(
         for _ in range(20):  # a new connection each, answered on whichever socket it reached
             answer = requests.get(f"{base}/healthz", headers={"Connection": "close"}, timeout=10)
             assert answer.status_code == 200
+
+
+def test_granian_refuses_reuse_port_rather_than_ignoring_it(settings: Settings) -> None:
+    """granian's workers share one socket: ``--reuse-port`` with it is refused, naming the option."""
+    env = {**os.environ, **server_env(settings), "DHO_PUBLIC_URL": "http://127.0.0.1:1"}
+    command = [sys.executable, "-m", "sharing_api.cli", "serve", "--port", str(free_port())]
+    done = subprocess.run(
+        [*command, "--server", "granian", "--reuse-port"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0
+    assert "--reuse-port is a gunicorn option" in done.stderr

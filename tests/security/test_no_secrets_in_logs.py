@@ -3,7 +3,8 @@ identity number ever appears in a log line.
 
 Two full runs, each recording every secret that went over the wire (from the requests themselves, not
 from what the code under test says it sent): one through the Flask app with the root logger captured at
-DEBUG, one against gunicorn (two workers) with its stderr captured as well. Each run gets tokens, writes,
+DEBUG, one against each HTTP server ``dho-share serve`` offers (gunicorn, granian; two workers) with its
+stderr captured as well. Each run gets tokens, writes,
 reads, searches, and is refused in the usual ways; the Flask run also forces an unhandled exception whose
 message quotes a patient's number, a measurement and a token (as a database error quoting SQL parameters
 would), because that is the one place the app itself logs.
@@ -31,6 +32,7 @@ from auth.server import INTROSPECTION_PATH, REVOCATION_PATH
 from sharing_api.fhir.identifiers import FNR
 from sharing_api.request_log import REQUEST_LOG, json_formatter
 from sharing_api.services import Services
+from sharing_api.serving import SERVERS
 from sharing_api.settings import Settings
 from sharing_api.store.observations import ObservationStore
 from sharing_api.store.schema import audit_entries
@@ -237,7 +239,9 @@ def test_no_credentials_or_measurements_in_the_audit_log(
 
 
 @pytest.mark.slow
-def test_no_secrets_in_gunicorn_stderr_or_client_logs(
+@pytest.mark.parametrize("server", SERVERS)
+def test_no_secrets_in_the_server_log_or_client_logs(
+    server: str,
     app: Flask,
     client: ApiClient,
     settings: Settings,
@@ -263,7 +267,7 @@ def test_no_secrets_in_gunicorn_stderr_or_client_logs(
     session.hooks["response"].append(record)
     env = server_env(settings)
     log = tmp_path / "server.log"
-    with live_server(env, workers=2, log=log) as base:
+    with live_server(env, workers=2, log=log, options=("--server", server)) as base:
         publisher = client.parties[f"publisher-{TENANT_A}"]
         writer = DhoClient(base, publisher.client_id, publisher.key, WRITE, session=session)
         for patient, value in zip(patients, VALUES, strict=False):
@@ -321,12 +325,13 @@ def _raw_request(base: str, lines: list[str]) -> bytes:
 
 
 @pytest.mark.slow
-def test_no_token_in_gunicorn_log_for_a_malformed_header_line(
-    client: ApiClient, settings: Settings, tmp_path: Path
+@pytest.mark.parametrize("server", SERVERS)
+def test_no_token_in_the_server_log_for_a_malformed_header_line(
+    server: str, client: ApiClient, settings: Settings, tmp_path: Path
 ) -> None:
     env = server_env(settings)
     log = tmp_path / "server.log"
-    with live_server(env, workers=2, log=log) as base:
+    with live_server(env, workers=2, log=log, options=("--server", server)) as base:
         publisher = client.parties[f"publisher-{TENANT_A}"]
         token = DhoClient(base, publisher.client_id, publisher.key, WRITE).access_token()
         answer = _raw_request(

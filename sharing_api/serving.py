@@ -135,12 +135,26 @@ def granian_app() -> Any:
     return create_app(_settings_for_workers or Settings())
 
 
+def require_free_port(host: str, port: int) -> None:
+    """Refuse a port something already listens on. granian binds with ``SO_REUSEPORT``, so without this
+    a second server on the port would start and silently take a share of the first one's connections.
+    A plain bind (``SO_REUSEADDR`` only, as servers use) fails on any listener, theirs included."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise SystemExit(f"{host}:{port} is in use: {exc.strerror}") from exc
+
+
 def _granian(settings: Settings, host: str, port: int, workers: int, threads: int) -> None:
     from granian.constants import Interfaces
     from granian.http import HTTP1Settings
     from granian.log import LogLevels
     from granian.server import Server
 
+    require_free_port(host, port)
     global _settings_for_workers
     _settings_for_workers = settings
     Server(

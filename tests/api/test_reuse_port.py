@@ -29,13 +29,12 @@ def listening_sockets(port: int) -> int:
     return sum(1 for row in rows if row[3] == LISTEN and int(row[1].rsplit(":", 1)[1], 16) == port)
 
 
-@pytest.mark.parametrize(
-    ("options", "sockets"), [((), 1), (("--reuse-port",), 2), (("--server", "granian"), 1)]
-)
+@pytest.mark.parametrize(("options", "sockets"), [((), 1), (("--reuse-port",), 2)])
 def test_each_worker_has_its_own_listening_socket_with_reuse_port(
     settings: Settings, tmp_path: Path, options: tuple[str, ...], sockets: int
 ) -> None:
     port = free_port()
+    options = (*options, "--server", "gunicorn")  # whatever DHO_SERVER says
     with live_server(server_env(settings), workers=2, port=port, options=options) as base:
         assert listening_sockets(port) == sockets
         for _ in range(20):  # a new connection each, answered on whichever socket it reached
@@ -52,3 +51,19 @@ def test_granian_refuses_reuse_port_rather_than_ignoring_it(settings: Settings) 
     )
     assert done.returncode != 0
     assert "--reuse-port is a gunicorn option" in done.stderr
+
+
+def test_granian_refuses_a_port_another_server_listens_on(settings: Settings) -> None:
+    """granian binds its socket with ``SO_REUSEPORT``, so a second granian on a port in use would start
+    and take a share of its connections; ``serve`` refuses instead, as gunicorn does."""
+    env = {**os.environ, **server_env(settings)}
+    port = free_port()
+    with live_server(server_env(settings), workers=1, port=port, options=("--server", "granian")) as base:
+        command = [sys.executable, "-m", "sharing_api.cli", "serve", "--port", str(port)]
+        command += ["--server", "granian"]
+        done = subprocess.run(
+            command, env={**env, "DHO_PUBLIC_URL": base}, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode != 0
+        assert f"127.0.0.1:{port} is in use" in done.stderr
+        assert requests.get(f"{base}/healthz", timeout=10).status_code == 200

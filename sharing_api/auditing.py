@@ -143,8 +143,8 @@ class Auditor:
         with self.timer():
             events = build_audit_events(facts)  # what AuditLog.record appends, built once here
             if len(events) == 1:
-                self.log.append(None, facts.tenant, events[0])
+                self.log.append(None, facts.tenant, events[0], built_from=facts)
                 return
             with self.log.engine.connect().execution_options(write=True) as conn, conn.begin():
                 for event in events:
-                    self.log.append(conn, facts.tenant, event)
+                    self.log.append(conn, facts.tenant, event, built_from=facts)

@@ -83,6 +83,7 @@ __all__ = [
     "classification",
     "fhir_reference",
     "format_recorded",
+    "plain_facts",
     "redact_tokens",
 ]
 
@@ -282,6 +283,7 @@ class AuditFacts:
                 raise ValueError("a reference looks like a token; tokens are never recorded (AUD-04)")
 
 
+_PARTS = (Coded, DecisionRef, SharingDecision)
 _PID_HASH = re.compile(r"[0-9a-f]{8}\.[0-9a-f]{64}")
 
 _TEXT_FIELDS = (
@@ -299,6 +301,46 @@ _TEXT_FIELDS = (
     "description",
     "server",
 )
+
+_CONVERTED = (AuditAction, Outcome, datetime, bytes)
+"""Types of facts that ``build_audit_event`` never copies as they are: it writes an action's or outcome's
+code, a time as a string (``recorded``) or whole seconds (``toa``, an int well within ±2**53 for any
+``datetime``), and the query in base64."""
+
+
+def plain_facts(facts: AuditFacts) -> bool:
+    """Whether ``build_audit_event(facts)`` is made only of what ``orjson`` writes as RFC 8785 does
+    (``encoding``), so that its canonical bytes need no walk over its ~240 values
+    (``encoding.canonical_event(event, plain=True)``).
+
+    The builder's keys are all ASCII literals, and every value it writes is a literal, a value it
+    converts itself (``_CONVERTED``), or one it copies from ``facts``: those are plain when each is
+    exactly a ``str``, ``bool`` or ``None`` (or a tuple of ``str``), in ``facts`` and in its parts
+    (``Coded``, ``DecisionRef``, ``SharingDecision``). Anything else (a ``str`` subclass, a number, a
+    type added later) answers ``False``, and the event is walked as before. ``tests/audit/test_encoding``
+    checks this against the walk itself, field by field.
+    """
+    for name in AuditFacts.__slots__:
+        value = getattr(facts, name)
+        kind = type(value)
+        if kind is str or kind is bool or value is None or kind in _CONVERTED:
+            continue
+        if kind is tuple:
+            if not all(type(v) is str for v in value):
+                return False
+        elif kind in _PARTS:
+            for part in kind.__slots__:
+                inner = getattr(value, part)
+                inner_kind = type(inner)
+                if inner_kind is tuple:
+                    if not all(type(v) is str for v in inner):
+                        return False
+                elif not (inner_kind is str or inner_kind is bool or inner is None):
+                    return False
+        else:
+            return False
+    return True
+
 
 _INTERNAL_AGREEMENT = "SharingAgreement/"
 

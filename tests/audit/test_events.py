@@ -481,6 +481,10 @@ def test_facts_are_checked() -> None:
         facts(patient=("", "1"))
     with pytest.raises(TypeError):
         facts(resources=["Observation/1"])
+    with pytest.raises(ValueError, match="token"):
+        facts(decision=SharingDecision(permit=True, used=(f"Consent/{JWT}",)))
+    with pytest.raises(TypeError):
+        facts(decision=SharingDecision(permit=True, used=(b"Consent/1",)))  # type: ignore[arg-type]
 
 
 def test_no_token_or_measurement_value_field_exists() -> None:

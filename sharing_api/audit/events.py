@@ -581,15 +581,18 @@ def _rest_entities(facts: AuditFacts, interaction: Interaction) -> list[dict[str
                 "query": base64.b64encode(redact_tokens(facts.query)).decode("ascii"),
             }
         )
-    resources = [fhir_reference(ref) for ref in facts.resources]
     if interaction is Interaction.QUERY:
         # BALP records no results of a query; domain.md wants their ids, kept short (a page can hold 500).
-        entities += ({"what": {"reference": ref}} for ref in resources)
+        entities += [{"what": {"reference": fhir_reference(ref)}} for ref in facts.resources]
     else:
-        entities += (
-            {"what": {"reference": ref}, "type": _SYSTEM_OBJECT, "role": _ROLE_DOMAIN_RESOURCE}
-            for ref in resources
-        )
+        entities += [
+            {
+                "what": {"reference": fhir_reference(ref)},
+                "type": _SYSTEM_OBJECT,
+                "role": _ROLE_DOMAIN_RESOURCE,
+            }
+            for ref in facts.resources
+        ]
     if facts.data_categories:
         entities.append(
             {
@@ -639,6 +642,9 @@ def classification(action: AuditAction) -> Classification:
     return Classification(_TYPE_REST, (rest, action_coding), _ACTION_CODES[interaction])
 
 
+_CLASSIFICATIONS = {action: classification(action) for action in AuditAction}
+
+
 def build_audit_event(facts: AuditFacts) -> dict[str, Any]:
     """The FHIR R4 ``AuditEvent`` (JSON as a ``dict``) recording ``facts``, shaped per the module table.
 
@@ -655,7 +661,7 @@ def build_audit_event(facts: AuditFacts) -> dict[str, Any]:
     extensions = _extensions(facts)
     if extensions:
         event["extension"] = extensions
-    kind = classification(facts.action)
+    kind = _CLASSIFICATIONS[facts.action]  # copied below: the event shares none of its dicts
     event["type"] = dict(kind.type)
     event["subtype"] = [dict(c) for c in kind.subtype]
     event["action"] = kind.action

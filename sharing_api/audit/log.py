@@ -29,10 +29,12 @@ read-only replica; pending entries are then not returned. ``report`` reads the i
 pending and sequenced entries alike.
 
 **Cost.** ``append``: one INSERT, which adds the row and 3 index entries (primary key, pending, period:
-the other indexes hold only sequenced entries, migration 0007_audit_partial), about 70 µs of Python per
-event (building, canonical bytes, search columns); a read's event (``conn=None``) is that one statement
-in autocommit. The sequencer's update adds the row's new version and 6 index entries. Proofs read the
-stored leaf hashes of the range (32 bytes per entry); there is no tile cache yet.
+the other indexes hold only sequenced entries, migration 0007_audit_partial), about 30 µs of Python per
+event on the request path (building ~15, then canonical bytes and search columns from the facts ~13:
+``entry_row(..., built_from=facts)``; reading a built event back costs ~60); a read's event
+(``conn=None``) is that one statement in autocommit. The sequencer's update adds the row's new version
+and 6 index entries. Proofs read the stored leaf hashes of the range (32 bytes per entry); there is no
+tile cache yet.
 
 **Integrity of the search columns.** The columns queries filter on are derived from the event at
 append time (``entry_row``); ``search`` checks every entry it returns against its event bytes

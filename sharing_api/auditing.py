@@ -58,6 +58,77 @@ def _name(ident: object, caller: Caller | None, *, of_care: bool = False) -> str
     return name if name and getattr(ident, "id", None) == number else None
 
 
+@dataclass(frozen=True, slots=True)
+class CallerFacts:
+    """What one request's facts say of its caller: a pure function of the (frozen) ``Caller`` and the
+    deployment's ``pid_hash``, so the same for every request of one cached token (``caller_facts``)."""
+
+    client_id: str | None = None
+    organisation: str | None = None
+    organisation_name: str | None = None
+    point_of_care: str | None = None
+    point_of_care_name: str | None = None
+    practitioner_hpr: str | None = None
+    practitioner_pid_hash: str | None = None
+    practitioner_authorization: Coded | None = None
+    purpose_of_use: str | None = None
+    purpose_of_use_details: Coded | None = None
+    healthcare_service: Coded | None = None
+    decision_ref: DecisionRef | None = None
+    attested_at: datetime | None = None
+    token_jti: str | None = None
+
+
+_NOBODY = CallerFacts()
+MAX_KNOWN_CALLERS = 1024
+"""Callers whose ``CallerFacts`` are remembered: about one per live access token of a worker (a
+``Caller`` is built once per cached token, auth/resource.py). Bounded, so memory stays flat."""
+_known_callers: dict[int, tuple[Caller, Callable[[str], str] | None, CallerFacts]] = {}
+
+
+def caller_facts(caller: Caller | None, pid_hash: Callable[[str], str] | None = None) -> CallerFacts:
+    """The caller's part of the facts, made once per ``Caller`` object and ``pid_hash``.
+
+    Remembered by the caller's identity, and used only for that very object and that very
+    ``pid_hash`` (``is``: a ``Caller`` is immutable, and the entry holds it, so its id is not reused
+    while remembered); a new token is a new ``Caller`` and gets its own. Nothing in it is a secret
+    (the keyed hash of a number is what the log records anyway)."""
+    if caller is None:
+        return _NOBODY
+    known = _known_callers.get(id(caller))
+    if known is not None and known[0] is caller and known[1] is pid_hash:
+        return known[2]
+    made = _caller_facts(caller, pid_hash)
+    if len(_known_callers) >= MAX_KNOWN_CALLERS:
+        _known_callers.clear()  # tokens live minutes: start over rather than keep an LRU order
+    _known_callers[id(caller)] = (caller, pid_hash, made)
+    return made
+
+
+def _caller_facts(caller: Caller, pid_hash: Callable[[str], str] | None) -> CallerFacts:
+    attestation = caller.attestation
+    decision_ref = None
+    if attestation is not None and attestation.decision_ref is not None:
+        ref = attestation.decision_ref
+        decision_ref = DecisionRef(id=ref.id, user_selected=ref.user_selected, description=ref.description)
+    return CallerFacts(
+        client_id=caller.client_id,
+        organisation=caller.organisation,
+        organisation_name=_name(attestation.legal_entity if attestation else None, caller),
+        point_of_care=caller.point_of_care,
+        point_of_care_name=_name(attestation.point_of_care if attestation else None, caller, of_care=True),
+        practitioner_hpr=caller.practitioner_hpr,
+        practitioner_pid_hash=pid_hash(caller.pid) if pid_hash and caller.pid else None,
+        practitioner_authorization=_coded(attestation.authorization) if attestation else None,
+        purpose_of_use=str(caller.purpose_of_use) if caller.purpose_of_use else None,
+        purpose_of_use_details=_coded(attestation.purpose_of_use_details) if attestation else None,
+        healthcare_service=_coded(attestation.healthcare_service) if attestation else None,
+        decision_ref=decision_ref,
+        attested_at=datetime.fromtimestamp(attestation.toa, UTC) if attestation and attestation.toa else None,
+        token_jti=caller.token_jti,
+    )
+
+
 def audit_facts(
     *,
     action: AuditAction,
@@ -74,30 +145,26 @@ def audit_facts(
 ) -> AuditFacts:
     """The facts of one request. ``pid_hash`` (``Auditor.pid_hash``) turns the health worker's national
     identity number into the keyed hash the event records for rule R8; the number itself never goes
-    into the facts."""
-    attestation = caller.attestation if caller else None
-    decision_ref = None
-    if attestation is not None and attestation.decision_ref is not None:
-        ref = attestation.decision_ref
-        decision_ref = DecisionRef(id=ref.id, user_selected=ref.user_selected, description=ref.description)
+    into the facts. The caller's part is made once per caller (``caller_facts``)."""
+    who = caller_facts(caller, pid_hash)
     return AuditFacts(
         action=action,
         outcome=outcome,
         recorded=datetime.now(UTC),
         tenant=tenant,
-        client_id=caller.client_id if caller else None,
-        organisation=caller.organisation if caller else None,
-        organisation_name=_name(attestation.legal_entity if attestation else None, caller),
-        point_of_care=caller.point_of_care if caller else None,
-        point_of_care_name=_name(attestation.point_of_care if attestation else None, caller, of_care=True),
-        practitioner_hpr=caller.practitioner_hpr if caller else None,
-        practitioner_pid_hash=pid_hash(caller.pid) if pid_hash and caller and caller.pid else None,
-        practitioner_authorization=_coded(attestation.authorization) if attestation else None,
-        purpose_of_use=str(caller.purpose_of_use) if caller and caller.purpose_of_use else None,
-        purpose_of_use_details=_coded(attestation.purpose_of_use_details) if attestation else None,
-        healthcare_service=_coded(attestation.healthcare_service) if attestation else None,
-        decision_ref=decision_ref,
-        attested_at=datetime.fromtimestamp(attestation.toa, UTC) if attestation and attestation.toa else None,
+        client_id=who.client_id,
+        organisation=who.organisation,
+        organisation_name=who.organisation_name,
+        point_of_care=who.point_of_care,
+        point_of_care_name=who.point_of_care_name,
+        practitioner_hpr=who.practitioner_hpr,
+        practitioner_pid_hash=who.practitioner_pid_hash,
+        practitioner_authorization=who.practitioner_authorization,
+        purpose_of_use=who.purpose_of_use,
+        purpose_of_use_details=who.purpose_of_use_details,
+        healthcare_service=who.healthcare_service,
+        decision_ref=who.decision_ref,
+        attested_at=who.attested_at,
         patient=patient,
         query=request.query(),
         data_categories=tuple(categories),
@@ -107,7 +174,7 @@ def audit_facts(
         )
         if decision is not None
         else None,
-        token_jti=caller.token_jti if caller else None,
+        token_jti=who.token_jti,
         correlation_id=request.correlation_id,
         source_address=request.source_address,
         description=description,
@@ -143,8 +210,8 @@ class Auditor:
         with self.timer():
             events = build_audit_events(facts)  # what AuditLog.record appends, built once here
             if len(events) == 1:
-                self.log.append(None, facts.tenant, events[0])
+                self.log.append(None, facts.tenant, events[0], built_from=facts)
                 return
             with self.log.engine.connect().execution_options(write=True) as conn, conn.begin():
                 for event in events:
-                    self.log.append(conn, facts.tenant, event)
+                    self.log.append(conn, facts.tenant, event, built_from=facts)

@@ -50,9 +50,14 @@ def _orjson_is_canonical(value: object) -> bool:
     return True
 
 
-def canonical_event(value: object) -> bytes:
-    """The RFC 8785 canonical UTF-8 bytes of ``value``; raises ``ValueError`` where JCS has none."""
-    if _orjson_is_canonical(value):
+def canonical_event(value: object, *, plain: bool = False) -> bytes:
+    """The RFC 8785 canonical UTF-8 bytes of ``value``; raises ``ValueError`` where JCS has none.
+
+    ``plain``: the caller knows that ``value`` holds only what the walk accepts (an event that
+    ``events.build_audit_event`` built from facts for which ``events.plain_facts`` holds), so the walk
+    is skipped; the bytes are the same.
+    """
+    if plain or _orjson_is_canonical(value):
         try:
             return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
         except orjson.JSONEncodeError:

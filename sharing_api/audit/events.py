@@ -83,6 +83,7 @@ __all__ = [
     "classification",
     "fhir_reference",
     "format_recorded",
+    "plain_facts",
     "redact_tokens",
 ]
 
@@ -156,6 +157,7 @@ _ACTION_CODES = {
 # A JWS/JWE in compact serialisation: a base64url JSON header ("eyJ" is '{"') and at least two more parts.
 _JWT_BYTES = re.compile(rb"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*){0,2}")
 _JWT_TEXT = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.")
+_JWT_PREFIX = "eyJ"
 REDACTED = b"[redacted-jwt]"
 MAX_TENANT = 32
 
@@ -275,13 +277,16 @@ class AuditFacts:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"{name} must be a string or None")
-            if value and _JWT_TEXT.search(value):
+            if value and _JWT_PREFIX in value and _JWT_TEXT.search(value):
                 raise ValueError(f"{name} looks like a token; tokens are never recorded (AUD-04)")
         for value in (*self.resources, *(self.decision.used if self.decision else ())):
-            if _JWT_TEXT.search(value):
+            # Every match starts with the prefix: a plain ``in`` spares the regex call on each reference
+            # (a page holds up to 500); anything but a str still meets the regex and its TypeError.
+            if (type(value) is not str or _JWT_PREFIX in value) and _JWT_TEXT.search(value):
                 raise ValueError("a reference looks like a token; tokens are never recorded (AUD-04)")
 
 
+_PARTS = (Coded, DecisionRef, SharingDecision)
 _PID_HASH = re.compile(r"[0-9a-f]{8}\.[0-9a-f]{64}")
 
 _TEXT_FIELDS = (
@@ -299,6 +304,46 @@ _TEXT_FIELDS = (
     "description",
     "server",
 )
+
+_CONVERTED = (AuditAction, Outcome, datetime, bytes)
+"""Types of facts that ``build_audit_event`` never copies as they are: it writes an action's or outcome's
+code, a time as a string (``recorded``) or whole seconds (``toa``, an int well within ±2**53 for any
+``datetime``), and the query in base64."""
+
+
+def plain_facts(facts: AuditFacts) -> bool:
+    """Whether ``build_audit_event(facts)`` is made only of what ``orjson`` writes as RFC 8785 does
+    (``encoding``), so that its canonical bytes need no walk over its ~240 values
+    (``encoding.canonical_event(event, plain=True)``).
+
+    The builder's keys are all ASCII literals, and every value it writes is a literal, a value it
+    converts itself (``_CONVERTED``), or one it copies from ``facts``: those are plain when each is
+    exactly a ``str``, ``bool`` or ``None`` (or a tuple of ``str``), in ``facts`` and in its parts
+    (``Coded``, ``DecisionRef``, ``SharingDecision``). Anything else (a ``str`` subclass, a number, a
+    type added later) answers ``False``, and the event is walked as before. ``tests/audit/test_encoding``
+    checks this against the walk itself, field by field.
+    """
+    for name in AuditFacts.__slots__:
+        value = getattr(facts, name)
+        kind = type(value)
+        if kind is str or kind is bool or value is None or kind in _CONVERTED:
+            continue
+        if kind is tuple:
+            if not all(type(v) is str for v in value):
+                return False
+        elif kind in _PARTS:
+            for part in kind.__slots__:
+                inner = getattr(value, part)
+                inner_kind = type(inner)
+                if inner_kind is tuple:
+                    if not all(type(v) is str for v in inner):
+                        return False
+                elif not (inner_kind is str or inner_kind is bool or inner is None):
+                    return False
+        else:
+            return False
+    return True
+
 
 _INTERNAL_AGREEMENT = "SharingAgreement/"
 
@@ -536,15 +581,18 @@ def _rest_entities(facts: AuditFacts, interaction: Interaction) -> list[dict[str
                 "query": base64.b64encode(redact_tokens(facts.query)).decode("ascii"),
             }
         )
-    resources = [fhir_reference(ref) for ref in facts.resources]
     if interaction is Interaction.QUERY:
         # BALP records no results of a query; domain.md wants their ids, kept short (a page can hold 500).
-        entities += ({"what": {"reference": ref}} for ref in resources)
+        entities += [{"what": {"reference": fhir_reference(ref)}} for ref in facts.resources]
     else:
-        entities += (
-            {"what": {"reference": ref}, "type": _SYSTEM_OBJECT, "role": _ROLE_DOMAIN_RESOURCE}
-            for ref in resources
-        )
+        entities += [
+            {
+                "what": {"reference": fhir_reference(ref)},
+                "type": _SYSTEM_OBJECT,
+                "role": _ROLE_DOMAIN_RESOURCE,
+            }
+            for ref in facts.resources
+        ]
     if facts.data_categories:
         entities.append(
             {
@@ -594,6 +642,9 @@ def classification(action: AuditAction) -> Classification:
     return Classification(_TYPE_REST, (rest, action_coding), _ACTION_CODES[interaction])
 
 
+_CLASSIFICATIONS = {action: classification(action) for action in AuditAction}
+
+
 def build_audit_event(facts: AuditFacts) -> dict[str, Any]:
     """The FHIR R4 ``AuditEvent`` (JSON as a ``dict``) recording ``facts``, shaped per the module table.
 
@@ -610,7 +661,7 @@ def build_audit_event(facts: AuditFacts) -> dict[str, Any]:
     extensions = _extensions(facts)
     if extensions:
         event["extension"] = extensions
-    kind = classification(facts.action)
+    kind = _CLASSIFICATIONS[facts.action]  # copied below: the event shares none of its dicts
     event["type"] = dict(kind.type)
     event["subtype"] = [dict(c) for c in kind.subtype]
     event["action"] = kind.action

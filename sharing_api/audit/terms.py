@@ -17,9 +17,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sharing_api.audit.actions import AuditAction, Outcome
-from sharing_api.audit.events import ACTION_SYSTEM, HPR_SYSTEM, ORGNR_SYSTEM
+from sharing_api.audit.events import ACTION_SYSTEM, HPR_SYSTEM, ORGNR_SYSTEM, AuditFacts
 
-__all__ = ["SearchTerms", "micros", "search_terms"]
+__all__ = ["SearchTerms", "facts_terms", "micros", "search_terms"]
 
 _AUTHZ_SUBTYPE = "AuthZ-Consent"
 _ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
@@ -136,4 +136,27 @@ def search_terms(event: Mapping[str, Any]) -> SearchTerms:
         agent_hpr=hpr,
         organisation=org,
         client_id=client,
+    )
+
+
+def facts_terms(facts: AuditFacts) -> SearchTerms:
+    """``search_terms(build_audit_event(facts))``, read from the facts instead of the built event (the
+    request path: ``AuditLog.append(..., built_from=facts)``), value for value: ``recorded`` is written
+    to the microsecond; the event's first v3-ActReason coding is ``purpose_of_use``; its contained
+    ``Patient`` is ``patient``; its ``PractitionerRole`` exists when there is a ``practitioner_hpr``
+    and names the ``organisation``'s ``Organization``, and without a health worker the ``PROV`` agent
+    names ``organisation``; the client agent has an identifier when ``client_id`` is not empty.
+    ``tests/audit/test_events`` compares the two for every action, outcome and shape of caller, and
+    every search re-reads the columns from the event bytes (``log.column_mismatch``)."""
+    patient = facts.patient
+    return SearchTerms(
+        recorded=micros(facts.recorded),
+        action=facts.action,
+        outcome=facts.outcome,
+        purpose=facts.purpose_of_use,
+        patient_system=patient[0] if patient else None,
+        patient_value=patient[1] if patient else None,
+        agent_hpr=facts.practitioner_hpr,
+        organisation=facts.organisation,
+        client_id=facts.client_id or None,
     )

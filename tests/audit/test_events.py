@@ -37,7 +37,8 @@ from sharing_api.audit.events import (
     build_audit_events,
     redact_tokens,
 )
-from sharing_api.audit.terms import search_terms
+from sharing_api.audit.log import entry_row
+from sharing_api.audit.terms import facts_terms, search_terms
 from tests.audit.factories import FNR, HOSPITAL, TENANT, facts
 from tests.audit.fsh import Fsh, extension_slices, read_fsh
 
@@ -480,6 +481,10 @@ def test_facts_are_checked() -> None:
         facts(patient=("", "1"))
     with pytest.raises(TypeError):
         facts(resources=["Observation/1"])
+    with pytest.raises(ValueError, match="token"):
+        facts(decision=SharingDecision(permit=True, used=(f"Consent/{JWT}",)))
+    with pytest.raises(TypeError):
+        facts(decision=SharingDecision(permit=True, used=(b"Consent/1",)))  # type: ignore[arg-type]
 
 
 def test_no_token_or_measurement_value_field_exists() -> None:
@@ -509,3 +514,60 @@ def test_search_terms_are_read_back_from_the_event() -> None:
     assert (bare.patient_value, bare.agent_hpr, bare.organisation) == (None, None, None)
     with pytest.raises(ValueError, match="time zone"):
         search_terms({**build_audit_event(f), "recorded": "2025-03-19T06:45:00"})
+
+
+SHAPES: list[dict[str, Any]] = [
+    {},
+    {"practitioner_hpr": None},
+    {"organisation": None},
+    {"practitioner_hpr": None, "organisation": None},
+    {"point_of_care": HOSPITAL},
+    {"practitioner_hpr": None, "point_of_care": HOSPITAL},
+    {"client_id": None, "organisation": None, "practitioner_hpr": None, "patient": None},
+    {"client_id": "", "organisation": "", "practitioner_hpr": ""},
+    {"purpose_of_use": None, "purpose_of_use_details": None},
+    {"purpose_of_use": "ETREAT", "token_jti": None},
+    {"recorded": datetime.fromisoformat("2026-12-03T14:09:36.807727+01:00")},
+    {"decision": None, "resources": (), "query": None},
+]
+
+
+@pytest.mark.parametrize("action", list(AuditAction))
+@pytest.mark.parametrize("outcome", list(Outcome))
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_row_from_the_facts_is_the_row_from_the_event(
+    action: AuditAction, outcome: Outcome, shape: dict[str, Any]
+) -> None:
+    """The request path makes an event's row from its facts (``built_from``): every column and the
+    bytes are what reading the event back gives."""
+    f = facts(7, action=action, outcome=outcome, **shape)
+    event = build_audit_event(f)
+    assert facts_terms(f) == search_terms(event)
+    assert entry_row(TENANT, event, built_from=f) == entry_row(TENANT, event)
+
+
+@given(
+    client=st.sampled_from([None, "", "c"]),
+    organisation=st.sampled_from([None, "", HOSPITAL]),
+    hpr=st.sampled_from([None, "", "9144897"]),
+    point_of_care=st.sampled_from([None, "", HOSPITAL, "874716782"]),
+    purpose=st.sampled_from([None, "TREAT", "ETREAT"]),
+    micro=st.integers(0, 999_999),
+)
+def test_the_columns_from_the_facts_for_any_caller(
+    client: str | None,
+    organisation: str | None,
+    hpr: str | None,
+    point_of_care: str | None,
+    purpose: str | None,
+    micro: int,
+) -> None:
+    f = facts(
+        client_id=client,
+        organisation=organisation,
+        practitioner_hpr=hpr,
+        point_of_care=point_of_care,
+        purpose_of_use=purpose,
+        recorded=facts().recorded.replace(microsecond=micro),
+    )
+    assert facts_terms(f) == search_terms(build_audit_event(f))

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from psycopg.pq import ExecStatus
+from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.rows import namedtuple_row
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, StatementError
@@ -46,6 +46,7 @@ from sharing_api.store.engine import CUSTOM_PLANS, GENERIC_PLANS, autocommit_eng
 __all__ = ["run"]
 
 TUPLES_OK = ExecStatus.TUPLES_OK
+IDLE = TransactionStatus.IDLE
 
 
 def run(
@@ -153,4 +154,9 @@ def _run_postgresql(engine: Engine, statement: CompiledStatement, args: Any) -> 
             raise _Dead(error) from exc
         raise error from exc
     finally:
-        pooled.close()  # back to the pool (its reset is a rollback with nothing open: no round trip)
+        # Back to the pool, which does not reset it (``autocommit_engine``: in autocommit no statement
+        # leaves a transaction open), unless something cut the statement short (an exception between
+        # sending it and reading its result): a connection that is not idle is not reused.
+        if pooled.is_valid and conn.pgconn.transaction_status != IDLE:
+            pooled.invalidate()
+        pooled.close()

@@ -121,6 +121,17 @@ def test_the_statement_runs_in_autocommit_on_postgresql(pg_engine: Engine) -> No
         assert conn.in_transaction()
 
 
+def test_a_statement_after_one_that_left_a_transaction_open_is_its_own_transaction(
+    pg_engine: Engine,
+) -> None:
+    """The autocommit pool does not roll back what it gets back: a connection left in a transaction is
+    not handed out again."""
+    assert one_statement.run(pg_engine, _statement(pg_engine, text("BEGIN")), {}) == []
+    tx = _statement(pg_engine, select(func.txid_current().label("tx")))
+    first, second = (one_statement.run(pg_engine, tx, {})[0].tx for _ in range(2))
+    assert first != second  # in one open transaction both would have its id
+
+
 def test_a_read_on_a_connection_the_server_cut_is_retried_on_a_fresh_one(
     pg_engine: Engine, database_url: str
 ) -> None:

@@ -72,8 +72,10 @@ def _terminate(database_url: str, pid: int) -> None:
 
 def test_rows_come_back_by_column_name(engine: Engine) -> None:
     stmt = _statement(engine, select(bindparam("n", type_=Integer).label("n"), literal("x").label("s")))
-    rows = one_statement.run(engine, stmt, {"n": 7})
-    assert [(r.n, r.s) for r in rows] == [(7, "x")]
+    for n in (7, 8):  # the first execution on a connection, and a later one
+        rows = one_statement.run(engine, stmt, {"n": n})
+        assert [(r.n, r.s) for r in rows] == [(n, "x")]
+        assert rows[0]._asdict() == {"n": n, "s": "x"}
 
 
 def test_rows_hold_the_values_the_connection_path_gives(engine: Engine) -> None:

@@ -7,9 +7,10 @@ snapshot a one-statement transaction would have, and an INSERT is committed (dur
 switch of the pooled connection to autocommit and back (isolation-level bookkeeping on every checkout
 and return) and its execution layer (context, cursor result, row processing): more Python than the
 statement. ``run`` takes a connection from the engine's autocommit sibling (``engine.autocommit_engine``:
-its connections are opened in autocommit once; the same idle ping, recycling and reset on return as
-the engine's own pool) and runs the compiled SQL with a psycopg cursor kept with that connection for
-that SQL (``_cursor``).
+its connections are opened in autocommit once; the same idle ping and recycling as the engine's own
+pool, no reset on return: a connection left other than idle is discarded instead) and runs the
+compiled SQL with a psycopg cursor kept with that connection for that SQL (``_cursor``), whose rows
+have attribute access by column name.
 
 Plans: psycopg prepares a statement on the server after its fifth execution on a connection. The
 autocommit connections open with ``plan_cache_mode=force_generic_plan``, so a statement marked

@@ -99,8 +99,8 @@ def _cursor(info: dict[str, Any], conn: Any, sql: str) -> Any:
     A psycopg cursor made per statement was ~25k instructions (its adapters map, transformer, row
     maker); one kept per statement also keeps its transformer (psycopg makes a new one whenever the
     query is another object than the last), whose loaders are looked up once per column type: ~40k
-    instructions less per statement. A cursor keeps the rows of its last execution until its next
-    one: at most ``MAX_CURSORS`` results per pooled connection."""
+    instructions less per statement. (``_run_postgresql`` frees each result once its rows are
+    fetched: a kept cursor holds no page of rows between statements.)"""
     cursors: dict[str, Any] | None = info.get(_CURSORS)
     if cursors is None:
         cursors = info[_CURSORS] = {}
@@ -158,7 +158,11 @@ def _run_postgresql(engine: Engine, statement: CompiledStatement, args: Any) -> 
         # whether it returned rows, from the result's status: ``description`` builds a Column
         # object per column, which nothing here reads (~0.13 M instructions a search or read)
         result = cursor.pgresult
-        return cursor.fetchall() if result is not None and result.status == TUPLES_OK else []
+        if result is None:
+            return []
+        rows = cursor.fetchall() if result.status == TUPLES_OK else []
+        result.clear()  # the rows are Python objects now; the kept cursor need not hold libpq's copy
+        return rows
     except dbapi.Error as exc:
         dead = bool(conn.closed or conn.broken)
         if dead:

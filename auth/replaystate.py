@@ -402,7 +402,9 @@ class RedisState:
             conn.disconnect()
             raise
         finally:
-            if conn.should_reconnect():  # as redis-py does after a command (server maintenance)
+            # as redis-py (7+) does after a command when the server announced maintenance
+            should_reconnect = getattr(conn, "should_reconnect", None)
+            if should_reconnect is not None and should_reconnect():
                 conn.disconnect()
             pool.release(conn)
 

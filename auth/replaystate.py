@@ -46,12 +46,13 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import hiredis
 import redis
 import redis.exceptions
 
@@ -226,6 +227,11 @@ class RedisState:
         self._acks = min_replica_acks
         self._wait_ms = wait_ms
         self._clock = clock
+        # One server or a Sentinel master (``Sentinel.master_for`` makes a ``redis.Redis``): scripts go
+        # straight to a connection of its pool (``_direct``); Cluster clients route by slot and
+        # anything else goes through redis-py's own calls.
+        plain = type(client) is redis.Redis and client.connection is None
+        self._pool: Any = client.connection_pool if plain else None
         self._admit = client.register_script(_ADMIT)
         self._claim_all = client.register_script(_CLAIM_ALL)
         self._begin = client.register_script(_BEGIN)
@@ -271,7 +277,7 @@ class RedisState:
         args = [
             "" if claim is None or claim.acceptable_from is None else repr(float(claim.acceptable_from)),
             claim.ttl if claim else 1,
-            uuid.uuid4().hex,
+            _attempt_id(),
             rate[2] if rate else 1,
             parts,
         ]
@@ -294,7 +300,7 @@ class RedisState:
         """
         epoch = self.epoch_key
         keys = [epoch, *(self.claim_key(c) for c in claims)]
-        args: list[Any] = [uuid.uuid4().hex]
+        args: list[Any] = [_attempt_id()]
         for c in claims:
             args += ["" if c.acceptable_from is None else repr(float(c.acceptable_from)), c.ttl]
         for _ in range(3):
@@ -340,19 +346,67 @@ class RedisState:
             raise StateUnavailable("the revocation was not acknowledged by a replica")
 
     def _run(self, script: Any, *, keys: list[str], args: list[Any], writes: bool) -> list[Any]:
+        wait = writes and self._acks > 0
         try:
-            if not (writes and self._acks):
-                return list(script(keys=keys, args=args))
-            pipe = self._client.pipeline(transaction=False)
-            script(keys=keys, args=args, client=pipe)
-            pipe.execute_command("WAIT", self._acks, self._wait_ms)
-            reply, acked = pipe.execute()
+            replies = self._direct(script, keys, args, wait) if self._pool is not None else None
+            if replies is None:
+                replies = self._through_client(script, keys, args, wait)
         except redis.exceptions.RedisError as err:
             raise StateUnavailable("replay state unavailable") from err
-        if _text(reply[0]) == ADMITTED and int(acked) < self._acks:
+        reply = replies[0]
+        if wait and _text(reply[0]) == ADMITTED and int(replies[1]) < self._acks:
             # Fail closed: the claim may vanish in a failover; the client retries with a fresh proof.
             raise StateUnavailable("the replay claim was not acknowledged by a replica")
         return list(reply)
+
+    def _through_client(self, script: Any, keys: list[str], args: list[Any], wait: bool) -> list[Any]:
+        """The script's reply (then ``WAIT``'s) through redis-py's ``Script`` (any client; it loads the
+        script where the server does not know it) and a pipeline."""
+        if not wait:
+            return [script(keys=keys, args=args)]
+        pipe = self._client.pipeline(transaction=False)
+        script(keys=keys, args=args, client=pipe)
+        pipe.execute_command("WAIT", self._acks, self._wait_ms)
+        return list(pipe.execute())
+
+    def _direct(self, script: Any, keys: list[str], args: list[Any], wait: bool) -> list[Any] | None:
+        """``EVALSHA`` of ``script`` (then ``WAIT`` when ``wait``) on a connection of the client's pool,
+        both sent at once: the replies, or ``None`` when the server does not know the script (the
+        caller then runs it through redis-py, which loads it).
+
+        What ``Script.__call__`` and a pipeline do, without their layers (command dispatch, response
+        callbacks, observability hooks, script bookkeeping, redis-py's argument handling before it
+        calls ``hiredis.pack_command`` as here: ~90k instructions of a request's Redis call). The
+        rest is redis-py's own: the pool's checkout (fork check, a connection with unread data is
+        dropped), hiredis reading the replies, and the client's retry policy on a connection or timeout
+        error (the connection is closed before each retry; a retried claim carries the same attempt id,
+        so it is not taken for a replay). On any other error the connection is closed too (the
+        ``WAIT`` reply may be unread), never reused."""
+        pool = self._pool
+        conn = pool.get_connection()
+        packed = hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+        if wait:
+            wait_command: tuple[Any, ...] = ("WAIT", self._acks, self._wait_ms)
+            packed += hiredis.pack_command(wait_command)
+
+        def exchange() -> list[Any]:
+            conn.send_packed_command((packed,))
+            return [conn.read_response() for _ in range(2 if wait else 1)]
+
+        try:
+            return list(conn.retry.call_with_retry(exchange, lambda _error: conn.disconnect()))
+        except redis.exceptions.NoScriptError:
+            conn.disconnect()
+            return None
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            # as redis-py (7+) does after a command when the server announced maintenance
+            should_reconnect = getattr(conn, "should_reconnect", None)
+            if should_reconnect is not None and should_reconnect():
+                conn.disconnect()
+            pool.release(conn)
 
     def _start_epoch(self, run_id: str) -> None:
         now = self._clock()
@@ -375,6 +429,12 @@ class RedisState:
             raise
         except Exception as err:  # the ledger is SQL; any failure there must fail closed
             raise StateUnavailable("the durable replay ledger is unavailable") from err
+
+
+def _attempt_id() -> str:
+    """A fresh id for one admission (its retries carry the same): 128 random bits in hex, as
+    ``uuid4().hex`` had 122, without building a ``UUID`` (a third of the instructions)."""
+    return os.urandom(16).hex()
 
 
 def _text(value: Any) -> str:

@@ -7,8 +7,10 @@ snapshot a one-statement transaction would have, and an INSERT is committed (dur
 switch of the pooled connection to autocommit and back (isolation-level bookkeeping on every checkout
 and return) and its execution layer (context, cursor result, row processing): more Python than the
 statement. ``run`` takes a connection from the engine's autocommit sibling (``engine.autocommit_engine``:
-its connections are opened in autocommit once; the same idle ping, recycling and reset on return as
-the engine's own pool) and runs the compiled SQL with a psycopg cursor.
+its connections are opened in autocommit once; the same idle ping and recycling as the engine's own
+pool, no reset on return: a connection left other than idle is discarded instead) and runs the
+compiled SQL with a psycopg cursor kept with that connection for that SQL (``_cursor``), whose rows
+have attribute access by column name.
 
 Plans: psycopg prepares a statement on the server after its fifth execution on a connection. The
 autocommit connections open with ``plan_cache_mode=force_generic_plan``, so a statement marked
@@ -32,9 +34,10 @@ SQLite keeps the ``Connection`` path: a read transaction, or a write transaction
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
-from psycopg.pq import ExecStatus
+from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.rows import namedtuple_row
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, StatementError
@@ -45,6 +48,7 @@ from sharing_api.store.engine import CUSTOM_PLANS, GENERIC_PLANS, autocommit_eng
 __all__ = ["run"]
 
 TUPLES_OK = ExecStatus.TUPLES_OK
+IDLE = TransactionStatus.IDLE
 
 
 def run(
@@ -82,6 +86,54 @@ _PLAN_MODE = "plan_cache_mode"
 ``autocommit_engine`` opens it with)."""
 
 
+_CURSORS = "cursors"
+"""Key of a pooled connection's ``info``: its cursors by the SQL they run (see ``_cursor``)."""
+MAX_CURSORS = 64
+"""Cursors kept per connection; past this many statements they are closed and made again."""
+
+
+def _cursor(info: dict[str, Any], conn: Any, sql: str) -> Any:
+    """The cursor of ``conn`` that runs ``sql``, made on its first use there and kept with the
+    connection (in its pool record's ``info``, which the pool clears when it replaces the connection).
+
+    A psycopg cursor made per statement was ~25k instructions (its adapters map, transformer, row
+    maker); one kept per statement also keeps its transformer (psycopg makes a new one whenever the
+    query is another object than the last), whose loaders are looked up once per column type: ~40k
+    instructions less per statement. (``_run_postgresql`` frees each result once its rows are
+    fetched: a kept cursor holds no page of rows between statements.)"""
+    cursors: dict[str, Any] | None = info.get(_CURSORS)
+    if cursors is None:
+        cursors = info[_CURSORS] = {}
+    cursor = cursors.get(sql)
+    if cursor is None:
+        if len(cursors) >= MAX_CURSORS:
+            for old in cursors.values():
+                old.close()
+            cursors.clear()
+        cursor = cursors[sql] = conn.cursor(row_factory=_named_rows())
+    return cursor
+
+
+def _named_rows() -> Any:
+    """A row factory for one cursor, so for one statement, whose columns never change: psycopg's
+    ``namedtuple_row`` on its first result, kept for the later ones (it reads the column names and
+    looks the row class up in a cache on every execution: ~14k instructions), its rows made by
+    ``tuple.__new__`` in C instead of the class's ``_make`` in Python (~0.4k instructions a row).
+    The rows are the same: instances of psycopg's row class, attribute access by column name."""
+    made: list[Any] = []
+
+    def factory(cursor: Any) -> Any:
+        if not made:
+            maker: Any = namedtuple_row(cursor)  # ``Row._make``; ``no_result`` for a statement without rows
+            row_class = getattr(maker, "__self__", None)
+            if isinstance(row_class, type) and issubclass(row_class, tuple):
+                maker = partial(tuple.__new__, row_class)
+            made.append(maker)
+        return made[0]
+
+    return factory
+
+
 def _run_postgresql(engine: Engine, statement: CompiledStatement, args: Any) -> list[Any]:
     sql = statement.sql
     dbapi = engine.dialect.loaded_dbapi
@@ -92,20 +144,25 @@ def _run_postgresql(engine: Engine, statement: CompiledStatement, args: Any) -> 
             None, None, exc, dbapi.Error, hide_parameters=True, dialect=engine.dialect
         ) from exc
     conn: Any = pooled.driver_connection
+    info = pooled.info
     mode = GENERIC_PLANS if statement.generic_plan else CUSTOM_PLANS
     try:
-        if pooled.info.get(_PLAN_MODE, GENERIC_PLANS) != mode:
+        if info.get(_PLAN_MODE, GENERIC_PLANS) != mode:
             conn.execute(f"SET plan_cache_mode = {mode}")
-            pooled.info[_PLAN_MODE] = mode
-        with conn.cursor(row_factory=namedtuple_row) as cursor:
-            # Rows in binary: a stored resource (bytea) arrives as its bytes instead of hex text that
-            # libpq decodes (PQunescapeBytea: ~3 % of a search's instructions for 12 hits); every column
-            # type these statements return has a binary loader giving the same Python value.
-            cursor.execute(sql, args, binary=True)
-            # whether it returned rows, from the result's status: ``description`` builds a Column
-            # object per column, which nothing here reads (~0.13 M instructions a search or read)
-            result = cursor.pgresult
-            return cursor.fetchall() if result is not None and result.status == TUPLES_OK else []
+            info[_PLAN_MODE] = mode
+        cursor = _cursor(info, conn, sql)
+        # Rows in binary: a stored resource (bytea) arrives as its bytes instead of hex text that
+        # libpq decodes (PQunescapeBytea: ~3 % of a search's instructions for 12 hits); every column
+        # type these statements return has a binary loader giving the same Python value.
+        cursor.execute(sql, args, binary=True)
+        # whether it returned rows, from the result's status: ``description`` builds a Column
+        # object per column, which nothing here reads (~0.13 M instructions a search or read)
+        result = cursor.pgresult
+        if result is None:
+            return []
+        rows = cursor.fetchall() if result.status == TUPLES_OK else []
+        result.clear()  # the rows are Python objects now; the kept cursor need not hold libpq's copy
+        return rows
     except dbapi.Error as exc:
         dead = bool(conn.closed or conn.broken)
         if dead:
@@ -123,4 +180,9 @@ def _run_postgresql(engine: Engine, statement: CompiledStatement, args: Any) -> 
             raise _Dead(error) from exc
         raise error from exc
     finally:
-        pooled.close()  # back to the pool (its reset is a rollback with nothing open: no round trip)
+        # Back to the pool, which does not reset it (``autocommit_engine``: in autocommit no statement
+        # leaves a transaction open), unless something cut the statement short (an exception between
+        # sending it and reading its result): a connection that is not idle is not reused.
+        if pooled.is_valid and conn.pgconn.transaction_status != IDLE:
+            pooled.invalidate()
+        pooled.close()

@@ -25,6 +25,7 @@ from auth.replay import (
     claim_all,
 )
 from auth.replaystate import EpochReplayCache, RedisState
+from tests.auth.conftest import REDIS_URL
 
 
 class _Ledger:
@@ -239,6 +240,32 @@ def test_a_retried_script_is_not_a_replay_of_itself(epoch_state: RedisState) -> 
     assert script(keys=keys, args=args)[0] == b"ok"
     assert script(keys=keys, args=args)[0] == b"ok"
     assert script(keys=keys, args=["attempt-2", *args[1:]])[0] == b"replayed"
+
+
+def test_a_server_that_does_not_know_the_script_still_admits(epoch_state: RedisState) -> None:
+    """A Redis restarted or with its scripts flushed answers NOSCRIPT: the admission loads the script
+    and is made, once (the claim counts, a second attempt is a replay)."""
+    assert epoch_state.admit().status == "ok"  # the epoch exists
+    epoch_state._admit.sha = "0" * 40  # a script this server never saw (its cache is shared: no flush)
+    once = claim("after-noscript")
+    assert epoch_state.admit(claim=once).status == "ok"
+    assert epoch_state.admit(claim=once).status == "replayed"
+
+
+def test_a_connection_the_server_closed_is_replaced(redis_client: redis.Redis) -> None:
+    """An idle pooled connection cut by the server (a timeout, a restart) is dropped and the admission
+    made on a fresh one, not answered 503."""
+    prefix = f"{{dho-test-{uuid.uuid4().hex}}}:"
+    with redis.Redis.from_url(REDIS_URL, socket_timeout=2) as client:
+        state = RedisState(client, deployment="test", ledger=_Ledger(), revocations=_Ledger(), prefix=prefix)
+        try:
+            assert state.admit().status == "ok"
+            cut = client.client_id()  # the pool's one connection, the one the admission used
+            assert redis_client.client_kill_filter(_id=cut) == 1
+            assert state.admit(claim=claim("after-cut")).status == "ok"
+            assert client.client_id() != cut
+        finally:
+            client.delete(*client.scan_iter(match=f"{prefix}*"))
 
 
 def redis_script(state: RedisState) -> Any:

@@ -72,8 +72,10 @@ def _terminate(database_url: str, pid: int) -> None:
 
 def test_rows_come_back_by_column_name(engine: Engine) -> None:
     stmt = _statement(engine, select(bindparam("n", type_=Integer).label("n"), literal("x").label("s")))
-    rows = one_statement.run(engine, stmt, {"n": 7})
-    assert [(r.n, r.s) for r in rows] == [(7, "x")]
+    for n in (7, 8):  # the first execution on a connection, and a later one
+        rows = one_statement.run(engine, stmt, {"n": n})
+        assert [(r.n, r.s) for r in rows] == [(n, "x")]
+        assert rows[0]._asdict() == {"n": n, "s": "x"}
 
 
 def test_rows_hold_the_values_the_connection_path_gives(engine: Engine) -> None:
@@ -119,6 +121,17 @@ def test_the_statement_runs_in_autocommit_on_postgresql(pg_engine: Engine) -> No
     with pg_engine.connect() as conn:  # the engine's own connections keep their transactions
         assert conn.exec_driver_sql("SHOW transaction_isolation").scalar() == "read committed"
         assert conn.in_transaction()
+
+
+def test_a_statement_after_one_that_left_a_transaction_open_is_its_own_transaction(
+    pg_engine: Engine,
+) -> None:
+    """The autocommit pool does not roll back what it gets back: a connection left in a transaction is
+    not handed out again."""
+    assert one_statement.run(pg_engine, _statement(pg_engine, text("BEGIN")), {}) == []
+    tx = _statement(pg_engine, select(func.txid_current().label("tx")))
+    first, second = (one_statement.run(pg_engine, tx, {})[0].tx for _ in range(2))
+    assert first != second  # in one open transaction both would have its id
 
 
 def test_a_read_on_a_connection_the_server_cut_is_retried_on_a_fresh_one(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
 import uuid
 
 import pytest
@@ -13,7 +14,13 @@ from flask import Flask
 
 from sharing_api.app import SECURITY_HEADERS
 from sharing_api.fhir.identifiers import FNR
-from sharing_api.request_log import REQUEST_LOG, configure_json_logging, json_formatter
+from sharing_api.request_log import (
+    REQUEST_LOG,
+    configure_json_logging,
+    json_formatter,
+    log_request,
+    start_request,
+)
 from tests.api_client import ApiClient
 from tests.conftest import TENANT_A
 from tests.factories import fnr, heart_rate
@@ -134,6 +141,46 @@ def test_json_logging_writes_one_json_line(capsys: pytest.CaptureFixture[str]) -
         )
     finally:
         logger.handlers[:], logger.level, logger.propagate = before
+
+
+def test_the_line_written_directly_is_the_line_logging_writes(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the JSON handler alone, ``log_request`` writes its line itself; with one more handler it
+    goes through logging's record and formatter. The same request gives the same bytes either way."""
+    logger = logging.getLogger("dho_share")
+    before = (list(logger.handlers), logger.level, logger.propagate)
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    extra_handler = Keep()
+    monkeypatch.setattr(time, "time", lambda: 1764767470.0071)
+    start = start_request("abc-1", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    try:
+        configure_json_logging()
+        for handlers in ([], [extra_handler]):
+            REQUEST_LOG.handlers[:] = handlers
+            log_request(start, "GET", "/<orgnr>/fhir/Observation/<obs_id>", 200, 1.25, "hospital", TENANT_A)
+            log_request(None, "GET", "unmatched", 404, None, None, None)
+    finally:
+        REQUEST_LOG.handlers[:] = []
+        logger.handlers[:], logger.level, logger.propagate = before
+    direct, direct_unmatched, through_logging, through_logging_unmatched = (
+        capsys.readouterr().err.splitlines()
+    )
+    assert len(records) == 2  # the second pass went through logging
+    assert direct == through_logging
+    assert direct_unmatched == through_logging_unmatched
+    parsed = json.loads(direct)
+    assert parsed["time"].endswith(",007")
+    assert (parsed["request_id"], parsed["route"], parsed["tenant"]) == (
+        "abc-1",
+        "/<orgnr>/fhir/Observation/<obs_id>",
+        TENANT_A,
+    )
 
 
 def test_a_valid_request_id_is_kept_and_any_other_replaced_by_a_fresh_uuid(client: ApiClient) -> None:

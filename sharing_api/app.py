@@ -11,7 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Request, Response, current_app, g, request
+from flask.sessions import NullSession, SessionInterface
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -71,6 +72,41 @@ SECURITY_HEADERS = (
     ("Strict-Transport-Security", "max-age=31536000"),
 )
 """Sent with every answer of the app (after its ``X-Request-ID``), replacing any value a route set."""
+
+
+class NoSessions(SessionInterface):
+    """Flask's cookie session is not used here (no secret key; callers authenticate per request, the
+    console keeps its own sessions): every request gets the one null session, which refuses writes,
+    instead of a new one made after a failed attempt to open a signed cookie (issue 12)."""
+
+    null = NullSession()
+
+    def open_session(self, app: Flask, request: Request) -> NullSession:
+        return self.null
+
+    def save_session(self, app: Flask, session: Any, response: Response) -> None:
+        return None  # never called: Flask saves only a session that is not a null session
+
+
+class SharingApp(Flask):
+    """The Flask app, without two per-request costs it has no use for: a session per request
+    (:class:`NoSessions`), and ``inspect.iscoroutinefunction`` on every hook and view of every request
+    (``ensure_sync``, which Flask documents for overriding: the answer for a function is remembered)."""
+
+    session_interface = NoSessions()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._synced: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        try:
+            synced = self._synced.get(func)
+        except TypeError:  # an unhashable callable: asked every time, as Flask does
+            return super().ensure_sync(func)
+        if synced is None:
+            synced = self._synced[func] = super().ensure_sync(func)
+        return synced
 
 
 def _clock() -> int:
@@ -313,7 +349,7 @@ def _observation_versions(store: ObservationStore) -> ResourceLoader:
 def create_app(settings: Settings | None = None) -> Flask:
     """A Flask app serving the FHIR API for every configured tenant."""
     settings = settings or Settings()
-    app = Flask("sharing_api")
+    app = SharingApp("sharing_api")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["dho"] = build_services(settings)
     app.wsgi_app = BodyLimit(app.wsgi_app, settings.max_body_bytes)  # type: ignore[method-assign]

@@ -8,6 +8,7 @@ import logging
 import secrets
 import time
 import uuid
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -21,6 +22,7 @@ from sharing_api.request_log import (
     log_request,
     start_request,
 )
+from sharing_api.response_headers import ResponseHeaders
 from tests.api_client import ApiClient
 from tests.conftest import TENANT_A
 from tests.factories import fnr, heart_rate
@@ -205,3 +207,28 @@ def test_every_answer_carries_the_security_headers(client: ApiClient, method: st
         assert response.headers.get_all(name) == [expected]
     assert len(response.headers.get_all("X-Request-ID")) == 1
     assert len(response.headers["traceparent"]) == 55
+
+
+def test_a_header_of_the_same_name_set_by_a_route_is_replaced() -> None:
+    """The id, span and security headers are the app's: a value a route (or anything under the edge)
+    set for one of them is dropped, whatever its case, and every other header is kept."""
+
+    def route(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response(
+            "200 OK",
+            [("cache-control", "public, max-age=600"), ("X-Request-ID", "forged"), ("ETag", 'W/"1"')],
+        )
+        return [b""]
+
+    answered: list[tuple[str, list[tuple[str, str]]]] = []
+    environ = {"HTTP_X_REQUEST_ID": "abc-2", "REQUEST_METHOD": "GET", "PATH_INFO": "/"}
+    ResponseHeaders(route)(environ, lambda status, headers, exc_info=None: answered.append((status, headers)))
+    ((status, headers),) = answered
+    assert status == "200 OK"
+    names = [name.lower() for name, _ in headers]
+    assert sorted(names) == sorted(
+        ["etag", "x-request-id", "traceparent", *(name.lower() for name, _ in SECURITY_HEADERS)]
+    )
+    assert dict(headers)["X-Request-ID"] == "abc-2"
+    assert dict(headers)["Cache-Control"] == "no-store"
+    assert dict(headers)["ETag"] == 'W/"1"'

@@ -92,14 +92,15 @@ def bounded(raw: bytes, limit: int = MAX_AUDITED_QUERY) -> bytes:
 
 def request_info(*, with_body: bool) -> RequestInfo:
     """The request as the audit log keeps it; ``with_body`` only for reads (a search's form)."""
-    target = request.full_path.rstrip("?") if request.query_string else request.path
-    body = request.get_data(cache=True) if with_body else None
+    req = current_request()
+    target = req.full_path.rstrip("?") if req.query_string else req.path
+    body = req.get_data(cache=True) if with_body else None
     return RequestInfo(
-        method=request.method,
+        method=req.method,
         target=bounded(target.encode()).decode(errors="replace"),
         body=bounded(body) if body is not None else None,
         correlation_id=g.get("correlation_id", ""),
-        source_address=request.remote_addr,
+        source_address=req.remote_addr,
         server=services().settings.base_url,
     )
 
@@ -119,23 +120,24 @@ def audit(
     Reads record and commit before their data is returned; writes pass ``conn`` to record in the same
     transaction as the data.
     """
-    decision = g.get("decision")
+    state = g._get_current_object()
+    decision = state.get("decision")
     if outcome is None:
         outcome = Outcome.SUCCESS if decision is None or decision.permit else Outcome.MINOR_FAILURE
+    auditor = services().auditor
     facts = audit_facts(
         action=action,
         outcome=outcome,
-        tenant=tenant().orgnr,
-        caller=g.get("caller"),
+        tenant=state.tenant.orgnr,
+        caller=state.get("caller"),
         request=request_info(with_body=with_body),
         patient=patient,
         resources=resources,
         decision=decision,
         categories=sorted(decision.categories) if decision is not None and decision.categories else (),
         description=description,
-        pid_hash=services().auditor.pid_hash,
+        pid_hash=auditor.pid_hash,
     )
-    auditor = services().auditor
     if conn is not None:
         auditor.record_in(conn, facts)
         return

@@ -156,10 +156,11 @@ def _asctime(formatter: logging.Formatter, now: float) -> str:
     milliseconds: ``2026-12-03 13:11:10,123``)."""
     global _second
     whole = int(now)
-    if _second[0] != whole:
-        _second = (whole, time.strftime(formatter.default_time_format, formatter.converter(whole)))
+    second = _second  # read once: another thread may replace it meanwhile (gthread workers)
+    if second[0] != whole:
+        second = _second = (whole, time.strftime(formatter.default_time_format, formatter.converter(whole)))
     msec_format = formatter.default_msec_format
-    return msec_format % (_second[1], int((now - whole) * 1000)) if msec_format else _second[1]
+    return msec_format % (second[1], int((now - whole) * 1000)) if msec_format else second[1]
 
 
 def _write_line(handler: logging.StreamHandler[Any], extra: dict[str, Any]) -> None:

@@ -2,7 +2,7 @@
 Trace Context §3.2) and the constant security headers, added at the WSGI edge.
 
 Set on Flask's response object (``after_request``), each header was validated and its name looked up
-in the list when set, and again when Werkzeug copied the headers for the WSGI server: about a seventh
+in the list when set, and again when Werkzeug copied the headers for the WSGI server: about an eighth
 of a ``GET /healthz``'s instructions for five headers (issue 12). Here they are appended to the list
 handed to ``start_response``, after any header of the same name the route set has been dropped: the
 values are constants and the request's own id and span (``request_log.start_request``: a checked

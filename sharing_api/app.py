@@ -11,7 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Request, Response, current_app, g, request
+from flask.sessions import NullSession, SessionInterface
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -43,7 +44,9 @@ from sharing_api.forwarded import TrustedProxies
 from sharing_api.keyfiles import KeysetFile, derive_secret
 from sharing_api.metrics import CONTENT_TYPE, Metrics, authorised
 from sharing_api.publishing import Publisher
-from sharing_api.request_log import RequestStart, log_request, route_of, start_request, tenant_of
+from sharing_api.request_log import RequestStart, log_request, route_of, tenant_of
+from sharing_api.response_headers import SECURITY_HEADERS as SECURITY_HEADERS  # re-exported (tests)
+from sharing_api.response_headers import ResponseHeaders, request_start
 from sharing_api.routes.common import fhir_response, json_response, request_info
 from sharing_api.searching import Searcher
 from sharing_api.services import Services
@@ -65,12 +68,41 @@ log = logging.getLogger("dho_share")
 #: ``Retry-After`` seconds when the database cannot be reached (a failover takes about 1-5 s).
 DATABASE_RETRY_AFTER = 2
 _LONG_NUMBER = re.compile(r"\d{10,}")  # national identity numbers have 11 digits; org.nr 9
-SECURITY_HEADERS = (
-    ("Cache-Control", "no-store"),
-    ("X-Content-Type-Options", "nosniff"),
-    ("Strict-Transport-Security", "max-age=31536000"),
-)
-"""Sent with every answer of the app (after its ``X-Request-ID``), replacing any value a route set."""
+
+
+class NoSessions(SessionInterface):
+    """Flask's cookie session is not used here (no secret key; callers authenticate per request, the
+    console keeps its own sessions): every request gets the one null session, which refuses writes,
+    instead of a new one made after a failed attempt to open a signed cookie (issue 12)."""
+
+    null = NullSession()
+
+    def open_session(self, app: Flask, request: Request) -> NullSession:
+        return self.null
+
+    def save_session(self, app: Flask, session: Any, response: Response) -> None:
+        return None  # never called: Flask saves only a session that is not a null session
+
+
+class SharingApp(Flask):
+    """The Flask app, without two per-request costs it has no use for: a session per request
+    (:class:`NoSessions`), and ``inspect.iscoroutinefunction`` on every hook and view of every request
+    (``ensure_sync``, which Flask documents for overriding: the answer for a function is remembered)."""
+
+    session_interface = NoSessions()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._synced: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        try:
+            synced = self._synced.get(func)
+        except TypeError:  # an unhashable callable: asked every time, as Flask does
+            return super().ensure_sync(func)
+        if synced is None:
+            synced = self._synced[func] = super().ensure_sync(func)
+        return synced
 
 
 def _clock() -> int:
@@ -313,10 +345,12 @@ def _observation_versions(store: ObservationStore) -> ResourceLoader:
 def create_app(settings: Settings | None = None) -> Flask:
     """A Flask app serving the FHIR API for every configured tenant."""
     settings = settings or Settings()
-    app = Flask("sharing_api")
+    app = SharingApp("sharing_api")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["dho"] = build_services(settings)
-    app.wsgi_app = BodyLimit(app.wsgi_app, settings.max_body_bytes)  # type: ignore[method-assign]
+    app.wsgi_app = BodyLimit(  # type: ignore[method-assign]
+        ResponseHeaders(app.wsgi_app), settings.max_body_bytes
+    )
     if settings.trusted_proxies:
         app.wsgi_app = TrustedProxies(app.wsgi_app, settings.trusted_proxies)  # type: ignore[method-assign]
     metrics = Metrics()
@@ -357,12 +391,11 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.before_request
     def _begin() -> None:
-        # One hook for what every request is given: its start time, id and trace context (read from
-        # the WSGI environ: the same values as request.headers.get, without the header lookups).
-        environ = request.environ
+        # One hook for what every request is given: its start time, id and trace context (made at the
+        # WSGI edge with the answer's headers: sharing_api/response_headers.py).
         state = g._get_current_object()
         state.request_started = time.perf_counter()
-        start = start_request(environ.get("HTTP_X_REQUEST_ID"), environ.get("HTTP_TRACEPARENT"))
+        start = request_start(request.environ)
         state.request_start = start
         state.correlation_id = start.correlation_id
         state.trace = start.trace
@@ -426,17 +459,12 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.after_request
     def _end(response: Response) -> Response:
-        # One hook for what every answer gets: its id, the security headers, its span (traceparent),
-        # its count and latency in the metrics, and its log line (sharing_api/request_log.py).
+        # One hook for what every answer gets: its count and latency in the metrics, and its log line
+        # (sharing_api/request_log.py); its id, span and security headers are added at the WSGI edge
+        # (sharing_api/response_headers.py).
         state = g._get_current_object()
         req = request._get_current_object()  # type: ignore[attr-defined]
-        headers = response.headers
-        headers["X-Request-ID"] = state.get("correlation_id", "")
-        for name, value in SECURITY_HEADERS:
-            headers[name] = value
         start: RequestStart | None = state.get("request_start")
-        if start is not None:
-            headers["traceparent"] = start.trace.traceparent
         started = state.get("request_started")
         elapsed = time.perf_counter() - started if started is not None else None
         route, status = route_of(req.url_rule), response.status_code

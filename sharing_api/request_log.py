@@ -17,11 +17,13 @@ import logging
 import os
 import re
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from pythonjsonlogger.orjson import OrjsonFormatter
+import orjson
+from pythonjsonlogger.orjson import OrjsonFormatter, orjson_default
 
 __all__ = [
     "REQUEST_LOG",
@@ -99,8 +101,9 @@ def log_request(
     client_id: str | None,
     tenant: str | None,
 ) -> None:
-    """The request's one log line (the module doc's fields), handed to the handlers directly: the
-    same record ``REQUEST_LOG.info`` would make, without looking up the caller's source line."""
+    """The request's one log line (the module doc's fields). Under :func:`configure_json_logging` alone
+    the line is written by :func:`_write_line`; with any other setup (tests' ``caplog``, an operator's
+    own handlers) it is the record ``REQUEST_LOG.info`` would make, handed to the handlers."""
     if not REQUEST_LOG.isEnabledFor(logging.INFO):
         return
     trace = started.trace if started is not None else None
@@ -115,10 +118,74 @@ def log_request(
         "client_id": client_id,
         "tenant": tenant,
     }
+    handler = _json_handler_alone()
+    if handler is not None:
+        _write_line(handler, extra)
+        return
     record = REQUEST_LOG.makeRecord(
         REQUEST_LOG.name, logging.INFO, __file__, 0, "request", (), None, "log_request", extra
     )
     REQUEST_LOG.handle(record)
+
+
+def _json_handler_alone() -> logging.StreamHandler[Any] | None:
+    """The handler of :func:`configure_json_logging` when it is the only place a request line goes: no
+    filter or handler on ``REQUEST_LOG``, none on ``dho_share`` but that one (unfiltered, at INFO or
+    below, with its own formatter), and ``dho_share`` not propagating. Then logging would do nothing
+    with the record but have that handler format and write it."""
+    log = REQUEST_LOG
+    parent = log.parent
+    if log.handlers or log.filters or not log.propagate or parent is None:
+        return None
+    if parent.filters or parent.propagate or parent.disabled or len(parent.handlers) != 1:
+        return None
+    handler = parent.handlers[0]
+    formatter = handler.formatter
+    if not getattr(formatter, "dho_json", False) or handler.filters or handler.level > logging.INFO:
+        return None
+    assert isinstance(handler, logging.StreamHandler)
+    return handler
+
+
+_second: tuple[int, str] = (-1, "")
+"""The last whole second :func:`_asctime` formatted, and its text (one ``strftime`` per second)."""
+
+
+def _asctime(formatter: logging.Formatter, now: float) -> str:
+    """``formatter.formatTime`` of a record made at ``now`` (by default local time, ``,`` and the
+    milliseconds: ``2026-12-03 13:11:10,123``)."""
+    global _second
+    whole = int(now)
+    second = _second  # read once: another thread may replace it meanwhile (gthread workers)
+    if second[0] != whole:
+        second = _second = (whole, time.strftime(formatter.default_time_format, formatter.converter(whole)))
+    msec_format = formatter.default_msec_format
+    return msec_format % (second[1], int((now - whole) * 1000)) if msec_format else second[1]
+
+
+def _write_line(handler: logging.StreamHandler[Any], extra: dict[str, Any]) -> None:
+    """What ``handler.handle`` of the request's record writes, without the record: the fields of
+    :func:`json_formatter` (``time``, ``levelname``, ``name``, ``message``) and then ``extra``, one
+    JSON line, flushed (tests/api/test_request_log.py compares the two)."""
+    assert handler.formatter is not None  # _json_handler_alone's
+    now = _asctime(handler.formatter, time.time())
+    line = {"time": now, "levelname": "INFO", "name": REQUEST_LOG.name, "message": "request"}
+    line.update(extra)
+    text = orjson.dumps(line, default=orjson_default, option=orjson.OPT_NON_STR_KEYS).decode()
+    handler.acquire()
+    try:
+        handler.stream.write(text + handler.terminator)
+        handler.flush()
+    except RecursionError:
+        raise
+    except Exception:  # as ``StreamHandler.emit``: report on stderr, never fail the request
+        handler.handleError(
+            REQUEST_LOG.makeRecord(
+                REQUEST_LOG.name, logging.INFO, __file__, 0, "request", (), None, "log_request", extra
+            )
+        )
+    finally:
+        handler.release()
 
 
 def tenant_of(tenant: Any, orgnr: Any) -> str | None:
@@ -139,7 +206,9 @@ def json_formatter() -> OrjsonFormatter:
     """A record as one JSON object: time, level, logger name, message and the record's ``extra``
     (python-json-logger's orjson formatter: the same fields, serialised by orjson, ~30 % cheaper)."""
     fields = "{asctime}{levelname}{name}{message}"
-    return OrjsonFormatter(fields, style="{", rename_fields={"asctime": "time"})
+    formatter = OrjsonFormatter(fields, style="{", rename_fields={"asctime": "time"})
+    formatter.dho_json = True  # type: ignore[attr-defined]  # what log_request's direct line writes
+    return formatter
 
 
 def configure_json_logging(level: int = logging.INFO) -> None:

@@ -120,15 +120,16 @@ def audit(
     Reads record and commit before their data is returned; writes pass ``conn`` to record in the same
     transaction as the data.
     """
-    decision = g.get("decision")
+    state = g._get_current_object()
+    decision = state.get("decision")
     if outcome is None:
         outcome = Outcome.SUCCESS if decision is None or decision.permit else Outcome.MINOR_FAILURE
     auditor = services().auditor
     facts = audit_facts(
         action=action,
         outcome=outcome,
-        tenant=tenant().orgnr,
-        caller=g.get("caller"),
+        tenant=state.tenant.orgnr,
+        caller=state.get("caller"),
         request=request_info(with_body=with_body),
         patient=patient,
         resources=resources,

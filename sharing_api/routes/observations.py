@@ -411,8 +411,10 @@ def search_get() -> Response:
 
 @bp.post("/Observation/_search")
 def search_post() -> Response:
-    refuse_pii_in_url(list(request.args.items(multi=True)))
-    params = list(request.args.items(multi=True)) + list(request.form.items(multi=True))
+    req = current_request()
+    in_url = list(req.args.items(multi=True))
+    refuse_pii_in_url(in_url)
+    params = in_url + list(req.form.items(multi=True))
     searcher = services().searcher
     query = searcher.parse(params, strict=prefers_strict(), resolve_patient=_resolve_patient)
     return _read_result(AuditAction.OBSERVATION_SEARCH, searcher.search(_ctx(), query, _check_query))

@@ -6,14 +6,23 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
 import uuid
+from typing import Any
 
 import pytest
 from flask import Flask
 
 from sharing_api.app import SECURITY_HEADERS
 from sharing_api.fhir.identifiers import FNR
-from sharing_api.request_log import REQUEST_LOG, configure_json_logging, json_formatter
+from sharing_api.request_log import (
+    REQUEST_LOG,
+    configure_json_logging,
+    json_formatter,
+    log_request,
+    start_request,
+)
+from sharing_api.response_headers import ResponseHeaders
 from tests.api_client import ApiClient
 from tests.conftest import TENANT_A
 from tests.factories import fnr, heart_rate
@@ -136,6 +145,46 @@ def test_json_logging_writes_one_json_line(capsys: pytest.CaptureFixture[str]) -
         logger.handlers[:], logger.level, logger.propagate = before
 
 
+def test_the_line_written_directly_is_the_line_logging_writes(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the JSON handler alone, ``log_request`` writes its line itself; with one more handler it
+    goes through logging's record and formatter. The same request gives the same bytes either way."""
+    logger = logging.getLogger("dho_share")
+    before = (list(logger.handlers), logger.level, logger.propagate)
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    extra_handler = Keep()
+    monkeypatch.setattr(time, "time", lambda: 1764767470.0071)
+    start = start_request("abc-1", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    try:
+        configure_json_logging()
+        for handlers in ([], [extra_handler]):
+            REQUEST_LOG.handlers[:] = handlers
+            log_request(start, "GET", "/<orgnr>/fhir/Observation/<obs_id>", 200, 1.25, "hospital", TENANT_A)
+            log_request(None, "GET", "unmatched", 404, None, None, None)
+    finally:
+        REQUEST_LOG.handlers[:] = []
+        logger.handlers[:], logger.level, logger.propagate = before
+    direct, direct_unmatched, through_logging, through_logging_unmatched = (
+        capsys.readouterr().err.splitlines()
+    )
+    assert len(records) == 2  # the second pass went through logging
+    assert direct == through_logging
+    assert direct_unmatched == through_logging_unmatched
+    parsed = json.loads(direct)
+    assert parsed["time"].endswith(",007")
+    assert (parsed["request_id"], parsed["route"], parsed["tenant"]) == (
+        "abc-1",
+        "/<orgnr>/fhir/Observation/<obs_id>",
+        TENANT_A,
+    )
+
+
 def test_a_valid_request_id_is_kept_and_any_other_replaced_by_a_fresh_uuid(client: ApiClient) -> None:
     kept = client.flask.get("/healthz", headers={"X-Request-ID": "abc.DEF-123_x"})
     assert kept.headers["X-Request-ID"] == "abc.DEF-123_x"
@@ -158,3 +207,28 @@ def test_every_answer_carries_the_security_headers(client: ApiClient, method: st
         assert response.headers.get_all(name) == [expected]
     assert len(response.headers.get_all("X-Request-ID")) == 1
     assert len(response.headers["traceparent"]) == 55
+
+
+def test_a_header_of_the_same_name_set_by_a_route_is_replaced() -> None:
+    """The id, span and security headers are the app's: a value a route (or anything under the edge)
+    set for one of them is dropped, whatever its case, and every other header is kept."""
+
+    def route(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response(
+            "200 OK",
+            [("cache-control", "public, max-age=600"), ("X-Request-ID", "forged"), ("ETag", 'W/"1"')],
+        )
+        return [b""]
+
+    answered: list[tuple[str, list[tuple[str, str]]]] = []
+    environ = {"HTTP_X_REQUEST_ID": "abc-2", "REQUEST_METHOD": "GET", "PATH_INFO": "/"}
+    ResponseHeaders(route)(environ, lambda status, headers, exc_info=None: answered.append((status, headers)))
+    ((status, headers),) = answered
+    assert status == "200 OK"
+    names = [name.lower() for name, _ in headers]
+    assert sorted(names) == sorted(
+        ["etag", "x-request-id", "traceparent", *(name.lower() for name, _ in SECURITY_HEADERS)]
+    )
+    assert dict(headers)["X-Request-ID"] == "abc-2"
+    assert dict(headers)["Cache-Control"] == "no-store"
+    assert dict(headers)["ETag"] == 'W/"1"'

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from flask import Flask
+import pytest
+from flask import Flask, session
 
 from sharing_api.services import Services
 from tests.api_client import ApiClient
@@ -135,3 +136,14 @@ def test_unknown_paths_and_methods_are_operation_outcomes(client: ApiClient) -> 
     wrong = client.delete(f"{BASE}/Observation/x")
     assert wrong.status_code == 405
     assert wrong.get_json()["resourceType"] == "OperationOutcome"
+
+
+def test_no_cookie_session_is_kept_or_sent(app: Flask, client: ApiClient) -> None:
+    """The app keeps no Flask cookie session: reading one finds nothing, writing one is refused, and no
+    answer sets a cookie."""
+    with app.test_request_context("/healthz"):
+        assert session.get("user") is None
+        with pytest.raises(RuntimeError):
+            session["user"] = "someone"
+    for path in ("/healthz", f"{BASE}/metadata", "/nowhere"):
+        assert "Set-Cookie" not in client.flask.get(path).headers

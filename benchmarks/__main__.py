@@ -307,8 +307,8 @@ def main(
         f"{int(options['clients'])} closed-loop clients, {options['warmup']:g} s warm-up, "
         f"{options['duration']:g} s measured, "
         f"{SEARCH_MIX} distinct searches",
-        "- CPU: share of all cores used by the API server (gunicorn), storage (PostgreSQL, Redis), this "
-        "load generator, and the rest (kernel, other processes); CPU ms per item: server and storage CPU "
+        "- CPU: share of all cores used by the API server (its main process and workers), storage "
+        "(PostgreSQL, Redis), this load generator, and the rest (kernel, other processes); CPU ms per item: server and storage CPU "
         "time per request (per observation for ingest)",
         f"- {report.server_split(results)}",
         f"- {report.NOT_MEASURED}",

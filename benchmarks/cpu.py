@@ -13,8 +13,9 @@ import re
 from dataclasses import dataclass, field
 
 GROUPS = ("server", "storage", "loadgen", "rest")
-"""The API's gunicorn processes; PostgreSQL and Redis; this program; everything else (including the
-kernel's own time, such as loopback networking, and other people's processes)."""
+"""The API server's processes (gunicorn's or granian's main process and its workers); PostgreSQL and
+Redis; this program; everything else (including the kernel's own time, such as loopback networking, and
+other people's processes)."""
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 

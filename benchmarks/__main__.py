@@ -308,8 +308,8 @@ def main(
         f"{options['duration']:g} s measured, "
         f"{SEARCH_MIX} distinct searches",
         "- CPU: share of all cores used by the API server (its main process and workers), storage "
-        "(PostgreSQL, Redis), this load generator, and the rest (kernel, other processes); CPU ms per item: server and storage CPU "
-        "time per request (per observation for ingest)",
+        "(PostgreSQL, Redis), this load generator, and the rest (kernel, other processes); CPU ms per "
+        "item: server and storage CPU time per request (per observation for ingest)",
         f"- {report.server_split(results)}",
         f"- {report.NOT_MEASURED}",
         *(f"- WARNING: {w}" for w in report.warnings(results)),

@@ -61,7 +61,8 @@ def _name(ident: object, caller: Caller | None, *, of_care: bool = False) -> str
 @dataclass(frozen=True, slots=True)
 class CallerFacts:
     """What one request's facts say of its caller: a pure function of the (frozen) ``Caller`` and the
-    deployment's ``pid_hash``, so the same for every request of one cached token (``caller_facts``)."""
+    deployment's ``pid_hash``, so the same for every request of one cached token (``caller_facts``).
+    Each field is the ``AuditFacts`` field of the same name (``audit_facts`` passes them on by name)."""
 
     client_id: str | None = None
     organisation: str | None = None
@@ -152,19 +153,7 @@ def audit_facts(
         outcome=outcome,
         recorded=datetime.now(UTC),
         tenant=tenant,
-        client_id=who.client_id,
-        organisation=who.organisation,
-        organisation_name=who.organisation_name,
-        point_of_care=who.point_of_care,
-        point_of_care_name=who.point_of_care_name,
-        practitioner_hpr=who.practitioner_hpr,
-        practitioner_pid_hash=who.practitioner_pid_hash,
-        practitioner_authorization=who.practitioner_authorization,
-        purpose_of_use=who.purpose_of_use,
-        purpose_of_use_details=who.purpose_of_use_details,
-        healthcare_service=who.healthcare_service,
-        decision_ref=who.decision_ref,
-        attested_at=who.attested_at,
+        **{name: getattr(who, name) for name in CallerFacts.__slots__},
         patient=patient,
         query=request.query(),
         data_categories=tuple(categories),
@@ -174,7 +163,6 @@ def audit_facts(
         )
         if decision is not None
         else None,
-        token_jti=who.token_jti,
         correlation_id=request.correlation_id,
         source_address=request.source_address,
         description=description,

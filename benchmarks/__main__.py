@@ -33,6 +33,7 @@ from benchmarks.environment import (
 )
 from benchmarks.load import Connection, OnDemand, count_created, request_bytes, run_load
 from benchmarks.parties import FORM_URLENCODED, Credentials, form_patient, register
+from sharing_api.serving import SERVERS
 
 console = Console(stderr=True)
 SEARCH_MIX = 256  # distinct searches (patient and period), cycled by every client
@@ -226,8 +227,8 @@ def _measure(
 @click.option("--reuse-port", is_flag=True, help="a socket per worker (serve --reuse-port; gunicorn)")
 @click.option(
     "--server",
-    type=click.Choice(["gunicorn", "granian"]),
-    default="gunicorn",
+    type=click.Choice(SERVERS),
+    default=SERVERS[0],
     show_default=True,
     help="the HTTP server (serve --server)",
 )

@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from sharing_api import consumer, patient_log
 from sharing_api.audit import cli as audit_cli
 from sharing_api.console import cli as console_cli
+from sharing_api.serving import SERVERS
 from sharing_api.settings import Settings
 from sharing_api.store.clients import ClientRegistry
 from sharing_api.store.engine import analyze, make_engine, upgrade
@@ -492,8 +493,8 @@ def seed(tenant_orgnr: str, patients: int, days: int, seed: int) -> None:
 )
 @click.option(
     "--server",
-    type=click.Choice(["gunicorn", "granian"]),
-    default="gunicorn",
+    type=click.Choice(SERVERS),
+    default=SERVERS[0],
     show_default=True,
     envvar="DHO_SERVER",
     help="the HTTP server (also DHO_SERVER): granian spends about half of gunicorn's CPU per request",

@@ -51,15 +51,21 @@ class GunicornApp(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        from sharing_api.app import create_app
-        from sharing_api.request_log import configure_json_logging
+        return worker_app(self.settings)
 
-        configure_json_logging()
-        return create_app(self.settings)
+
+def worker_app(settings: Settings) -> Any:
+    """One worker's app, as either server builds it in the worker process: JSON log lines, then the
+    app with ``settings``."""
+    from sharing_api.app import create_app
+    from sharing_api.request_log import configure_json_logging
+
+    configure_json_logging()
+    return create_app(settings)
 
 
 SERVERS = ("gunicorn", "granian")
-"""The HTTP servers ``serve`` can run the app under (``dho-share serve --server``)."""
+"""The HTTP servers ``serve`` can run the app under (``dho-share serve --server``), the default first."""
 
 HEADER_BYTES = 16 * 1024
 """granian: the most a request line and its headers may take together; beyond it the request is answered
@@ -128,11 +134,7 @@ _settings_for_workers: Settings | None = None
 def granian_app() -> Any:
     """granian's target (a factory), called in each worker process: the app with the settings ``serve``
     was given (or, in a worker started by ``spawn`` rather than ``fork``, from the environment)."""
-    from sharing_api.app import create_app
-    from sharing_api.request_log import configure_json_logging
-
-    configure_json_logging()
-    return create_app(_settings_for_workers or Settings())
+    return worker_app(_settings_for_workers or Settings())
 
 
 def require_free_port(host: str, port: int) -> None:

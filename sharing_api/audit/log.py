@@ -58,7 +58,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, Integer, and_, bindparam, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.sql.elements import ColumnElement
@@ -72,7 +72,7 @@ from sharing_api.audit.export_format import checkpoint_line, entry_leaf, entry_l
 from sharing_api.audit.merkle import EMPTY_ROOT, consistency_proof, inclusion_proof, root_from_leaf_hashes
 from sharing_api.audit.terms import SearchTerms, facts_terms, micros, search_terms
 from sharing_api.audit.tree import TreeState
-from sharing_api.store import audit_partitions, one_statement
+from sharing_api.store import audit_partitions, binary_rows, one_statement
 from sharing_api.store.compiled import CompiledStatement
 from sharing_api.store.schema import audit_checkpoints, audit_entries, audit_heads
 
@@ -111,6 +111,24 @@ def _insert_returning(dialect: Any) -> CompiledStatement:
         found = _INSERT_RETURNING[dialect.name] = CompiledStatement.of(
             stmt, dialect, "audit INSERT", generic_plan=True
         )
+    return found
+
+
+_PENDING: dict[str, CompiledStatement] = {}
+
+
+def _pending(dialect: Any) -> CompiledStatement:
+    """A tenant's oldest pending entries, with their events (for the sequencer to hash), compiled once
+    per dialect; run through ``binary_rows`` so the events arrive as stored bytes, not hex text."""
+    found = _PENDING.get(dialect.name)
+    if found is None:
+        stmt = (
+            select(e.c.id, e.c.recorded, e.c.event)
+            .where(e.c.seq.is_(None), e.c.tenant == bindparam("tenant"))
+            .order_by(e.c.id)
+            .limit(bindparam("limit", type_=Integer))
+        )
+        found = _PENDING[dialect.name] = CompiledStatement.of(stmt, dialect, "pending entries")
     return found
 
 
@@ -518,12 +536,7 @@ class AuditLog:
             head = self._lock_head(conn, tenant, wait=wait)
             if head is None:
                 return 0  # another sequencer holds this tenant's head
-            rows = conn.execute(
-                select(e.c.id, e.c.recorded, e.c.event)
-                .where(e.c.seq.is_(None), e.c.tenant == tenant)
-                .order_by(e.c.id)
-                .limit(max_batch)
-            ).all()
+            rows = binary_rows.rows(conn, _pending(conn.dialect), {"tenant": tenant, "limit": max_batch})
             state = TreeState.unpack(head.size, head.peaks)
             now = self._now()
             signed_size, signed_at = head.checkpoint_size, head.checkpoint_at

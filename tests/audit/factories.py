@@ -117,16 +117,28 @@ def tampering(engine: Engine) -> Iterator[Connection]:
 
 def audit_selects(engine: Engine, work: Callable[[], Any]) -> list[tuple[str, Any]]:
     """Every SELECT on ``audit_entries`` that ``work()`` runs on ``engine``, with its parameters (for
-    the plan tests to EXPLAIN)."""
+    the plan tests to EXPLAIN): those through SQLAlchemy's execution (its events) and those sent
+    straight to the driver for binary rows (``store.binary_rows``, which the events do not see)."""
+    from sharing_api.store import binary_rows
+
     seen: list[tuple[str, Any]] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, params: Any, _context: Any, _many: bool) -> None:
         if statement.lstrip().upper().startswith("SELECT") and "audit_entries" in statement:
             seen.append((statement, params))
 
+    original = binary_rows.rows
+
+    def rows(conn: Any, statement: Any, values: dict[str, Any]) -> list[Any]:
+        if conn.dialect.name == "postgresql":  # on SQLite it runs through the Connection: recorded
+            record(conn, None, statement.sql, statement.arguments(values), None, False)
+        return original(conn, statement, values)
+
     event.listen(engine, "before_cursor_execute", record)
+    binary_rows.rows = rows  # type: ignore[assignment]
     try:
         work()
     finally:
+        binary_rows.rows = original  # type: ignore[assignment]
         event.remove(engine, "before_cursor_execute", record)
     return seen

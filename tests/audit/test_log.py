@@ -452,3 +452,50 @@ def test_record_writes_one_entry_per_request_carrying_its_decision(log: AuditLog
     assert decision["description"] == "deny"
     with log.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(e)).scalar() == 1
+
+
+def test_the_sequencer_hashes_the_stored_event_bytes_read_in_binary(
+    log: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12: on PostgreSQL the sequencer reads the pending events in binary (no hex text for the
+    server to encode and the driver to decode); each leaf is still the hash of exactly the stored
+    bytes, non-ASCII text included, and a failed read reaches the sequencer as a database error."""
+    fill(log, 3)
+    with log.engine.begin() as conn:
+        stored_events = [
+            bytes(b)
+            for b in conn.execute(select(audit_entries.c.event).order_by(audit_entries.c.id)).scalars()
+        ]
+    assert any(max(b) > 127 for b in stored_events)  # the facts' names are Norwegian: UTF-8 bytes
+    formats: list[int] = []
+    if log.engine.dialect.name == "postgresql":
+        import psycopg
+
+        execute = psycopg.Cursor.execute
+
+        def spy(cursor: psycopg.Cursor, query: object, params: object = None, **kwargs: object) -> object:
+            result = execute(cursor, query, params, **kwargs)  # type: ignore[arg-type]
+            if "audit_entries.event" in str(query) and cursor.pgresult is not None:
+                formats.append(cursor.pgresult.fformat(2))
+            return result
+
+        monkeypatch.setattr(psycopg.Cursor, "execute", spy)
+    assert log.sequence(TENANT) == 3
+    if log.engine.dialect.name == "postgresql":
+        assert formats == [1]  # 1: binary
+    assert [entry.leaf for entry in log.entries(TENANT)] == [
+        entry_leaf(event, seq) for seq, event in enumerate(stored_events)
+    ]
+    assert_dense_and_hashed(log, TENANT, 3)
+
+    fill(log, 1, start=3)
+
+    def broken(dialect: object) -> CompiledStatement:
+        return CompiledStatement.of(select(func.no_such_function()), log.engine.dialect)
+
+    monkeypatch.setattr("sharing_api.audit.log._pending", broken)
+    with pytest.raises(DBAPIError):
+        log.sequence(TENANT)
+    head = log.head(TENANT)
+    assert head is not None
+    assert head.size == 3  # the batch rolled back

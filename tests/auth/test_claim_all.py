@@ -271,3 +271,20 @@ def test_a_connection_the_server_closed_is_replaced(redis_client: redis.Redis) -
 def redis_script(state: RedisState) -> Any:
     """The registered claim script of ``state``."""
     return state._claim_all  # the retry cannot be provoked from outside
+
+
+def test_the_epoch_names_the_redis_server_process_exactly(
+    epoch_state: RedisState, redis_client: redis.Redis
+) -> None:
+    """The scripts read the server's ``run_id`` out of ``INFO server`` (a plain find, issue 12): the
+    epoch they start names the whole run_id, so a restarted or promoted server (another run_id) is told
+    apart, and this server is not taken for another one (no reset on the next admission)."""
+    assert epoch_state.admit().status == "ok"
+    run_id = redis_client.info("server")["run_id"]
+    assert len(run_id) == 40
+    stored = redis_client.get(epoch_state.epoch_key)
+    assert stored is not None
+    assert stored.decode().split(" ")[1] == run_id
+    assert epoch_state.generation == stored.decode()
+    assert epoch_state.admit().status == "ok"
+    assert redis_client.get(epoch_state.epoch_key) == stored  # the same epoch: not reset

@@ -312,6 +312,7 @@ def main(
         "(PostgreSQL, Redis), this load generator, and the rest (kernel, other processes); CPU ms per "
         "item: server and storage CPU time per request (per observation for ingest)",
         f"- {report.server_split(results)}",
+        f"- {report.host_speed(results)}",
         f"- {report.NOT_MEASURED}",
         *(f"- WARNING: {w}" for w in report.warnings(results)),
     ]

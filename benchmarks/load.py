@@ -20,7 +20,7 @@ from typing import Any, overload
 
 import orjson
 
-from benchmarks.cpu import CpuProbe, ServerSplit
+from benchmarks.cpu import CpuProbe, ServerSplit, SpeedProbe
 
 SOCKET_TIMEOUT = 60.0
 
@@ -221,6 +221,9 @@ class LoadResult:
     """The 1-minute load average when the measured window began (others' work on a shared machine)."""
     server: ServerSplit | None = None
     """The server's CPU over the probe's window by worker and user/kernel (``CpuProbe.server_split``)."""
+    reference_ms: float | None = None
+    """The median CPU milliseconds of ``cpu.reference_loop`` over the probe's window: how fast the host
+    ran the cores then (``cpu.SpeedProbe``)."""
 
     @property
     def requests(self) -> int:
@@ -271,6 +274,7 @@ def run_load(
         "socket_timeout": socket_timeout,
     }
     queue, done = ctx.Queue(), ctx.Event()
+    speed = SpeedProbe()
     clients = [
         ctx.Process(target=_client_process, args=(queue, done, port, reqs, options), daemon=True)
         for reqs in per_client
@@ -281,11 +285,14 @@ def run_load(
         time.sleep(max(0.0, measure_from - time.monotonic()))
         load_average = os.getloadavg()[0]
         cpu_before = probe.sample() if probe else None
+        if probe:
+            speed.start()
         if repeat:
             time.sleep(max(0.0, stop_at - time.monotonic()))
         results = [queue.get(timeout=max(1.0, stop_at - time.monotonic()) + socket_timeout) for _ in clients]
         cpu_after = probe.sample() if probe else None  # the clients are still alive here
     finally:
+        reference_ms = speed.stop()
         done.set()
         for client in clients:
             client.join(timeout=5)
@@ -309,4 +316,5 @@ def run_load(
         else {},
         load_average=load_average,
         server=probe.server_split(cpu_before, cpu_after) if probe else None,
+        reference_ms=reference_ms,
     )

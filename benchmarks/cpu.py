@@ -96,7 +96,7 @@ class CpuProbe:
         except OSError:
             return None  # not Linux
 
-    def _group(self, pid: int, procs: dict[int, tuple[int, str, float, int]]) -> str:
+    def group(self, pid: int, procs: dict[int, tuple[int, str, float, int]]) -> str:
         command = procs[pid][1]
         if command.startswith("redis-server"):
             return "storage"
@@ -122,7 +122,7 @@ class CpuProbe:
             return {}
         used = dict.fromkeys(GROUPS, 0.0)
         for pid in after.per_process:
-            used[self._group(pid, after.per_process)] += after.spent_since(before, pid)[0]
+            used[self.group(pid, after.per_process)] += after.spent_since(before, pid)[0]
         wall = after.total - before.total
         busy = after.busy - before.busy
         used["rest"] = max(0.0, busy - used["server"] - used["storage"] - used["loadgen"])
@@ -135,7 +135,7 @@ class CpuProbe:
         used: dict[int, float] = {}
         system = total = 0.0
         for pid, (parent, *_) in after.per_process.items():
-            if self._group(pid, after.per_process) != "server":
+            if self.group(pid, after.per_process) != "server":
                 continue
             spent, kernel = after.spent_since(before, pid)
             total, system = total + spent, system + kernel

@@ -224,6 +224,8 @@ class LoadResult:
     reference_ms: float | None = None
     """The median CPU milliseconds of ``cpu.reference_loop`` over the probe's window: how fast the host
     ran the cores then (``cpu.SpeedProbe``)."""
+    marks: tuple[Any, Any] | None = None
+    """What ``run_load``'s ``mark`` returned when the measured window began and when it ended."""
 
     @property
     def requests(self) -> int:
@@ -252,6 +254,7 @@ def run_load(
     check: Callable[[bytes], int] | None = None,
     probe: CpuProbe | None = None,
     socket_timeout: float = SOCKET_TIMEOUT,
+    mark: Callable[[], Any] | None = None,
 ) -> LoadResult:
     """Run one client process per entry of ``per_client`` at the same time; gather their results.
 
@@ -259,7 +262,8 @@ def run_load(
     and the rate is over ``duration``; without, each sends its requests once (``warmup`` +
     ``duration`` is then a cap) and the rate is over the time from the end of the warm-up (the
     first send when there is none) to the last measured response. Requests sent during the
-    warm-up count neither in the latencies nor in the rate.
+    warm-up count neither in the latencies nor in the rate. ``mark`` (counters, say) is called when the
+    measured window begins and when it ends (``LoadResult.marks``).
     """
     ctx = multiprocessing.get_context("fork")  # the clients inherit their requests: nothing to pickle
     start_at = time.monotonic() + 0.5  # every process is up before the first request
@@ -284,6 +288,7 @@ def run_load(
     try:
         time.sleep(max(0.0, measure_from - time.monotonic()))
         load_average = os.getloadavg()[0]
+        first_mark = mark() if mark else None
         cpu_before = probe.sample() if probe else None
         if probe:
             speed.start()
@@ -291,6 +296,7 @@ def run_load(
             time.sleep(max(0.0, stop_at - time.monotonic()))
         results = [queue.get(timeout=max(1.0, stop_at - time.monotonic()) + socket_timeout) for _ in clients]
         cpu_after = probe.sample() if probe else None  # the clients are still alive here
+        marks = (first_mark, mark()) if mark else None
     finally:
         reference_ms = speed.stop()
         done.set()
@@ -317,4 +323,5 @@ def run_load(
         load_average=load_average,
         server=probe.server_split(cpu_before, cpu_after) if probe else None,
         reference_ms=reference_ms,
+        marks=marks,
     )

@@ -1,10 +1,11 @@
-"""The benchmark's host-speed probe: every phase says how fast the host ran the cores, and a run whose
-phases ran at different speeds says so (BENCHMARKS.md: the read's two modes were the host's speed)."""
+"""The benchmark's diagnostics: every phase says how fast the host ran Python code, and a run whose phases
+ran at different speeds says so; ``--diagnose`` counts what each request did (BENCHMARKS.md: the read's
+two levels were the same work at two costs)."""
 
 from __future__ import annotations
 
-from benchmarks import report
-from benchmarks.cpu import SpeedProbe, reference_loop
+from benchmarks import diagnose, report
+from benchmarks.cpu import CpuProbe, Sample, SpeedProbe, reference_loop
 from benchmarks.load import LoadResult
 
 PHASES = ("ingest", "baseline", "search", "read", "token")
@@ -58,3 +59,23 @@ def test_no_figure_no_flag() -> None:
     unknown = _results(**dict.fromkeys(PHASES))
     assert report.warnings(unknown) == []
     assert report.host_speed(unknown).endswith("n/a")
+
+
+def test_diagnostics_give_each_count_and_each_process_s_cpu_per_request() -> None:
+    probe = CpuProbe(server_pid=10, database="dho_bench_x")
+    backend = "postgres: 15/main: postgres dho_bench_x 127.0.0.1(5) idle"
+    before = diagnose.Counts(
+        {"xact_commit": 100, "autovacuum runs": 0},
+        Sample({10: (1, "granian", 1.0, 7), 20: (1, backend, 2.0, 8)}, 0.0, 0.0),
+    )
+    after = diagnose.Counts(
+        {"xact_commit": 400, "autovacuum runs": 1},
+        Sample({10: (1, "granian", 1.5, 7), 20: (1, backend.replace("idle", "INSERT"), 2.2, 8)}, 0.0, 0.0),
+    )
+    lines = diagnose.report("read by id", before, after, 100, probe)
+    assert lines[0] == "read by id, per request (100 requests in the measured window):"
+    assert any(line.split() == ["xact_commit", "3.000"] for line in lines)
+    assert any(line.split() == ["autovacuum", "runs", "0.010"] for line in lines)
+    assert any(line.split()[:2] == ["10", "granian"] and line.split()[-3] == "5.000" for line in lines)
+    # a backend is one line whatever its state was when sampled
+    assert [line.split()[-3] for line in lines if "dho_bench_x" in line] == ["2.000"]

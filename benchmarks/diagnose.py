@@ -4,9 +4,10 @@ CPU per request moves with the host's speed and with crowding (``cpu.reference_l
 Per measured phase (PostgreSQL only) this prints, per request: PostgreSQL's transactions and rows
 (``pg_stat_database`` of the benchmark's database: three transactions per read, the decision, the read
 and the audit INSERT), the sessions opened, autovacuum and autoanalyze runs on its tables, and the
-context switches of the server's and the database's processes; then the CPU milliseconds per request of
-each server worker and each PostgreSQL and Redis process. Two runs' lists side by side say whether a
-slower run did more work or the same work more slowly (BENCHMARKS.md, the read's two levels).
+context switches and moves to the other core of the server's and the database's threads; then the CPU
+milliseconds per request of each server worker and each PostgreSQL and Redis process. Two runs' lists
+side by side say whether a slower run did more work or the same work more slowly (BENCHMARKS.md, the
+read's two levels).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 
@@ -46,26 +47,33 @@ _DIRECTORY = re.compile(r"^/\S*/")
 class Counts:
     values: dict[str, int]
     cpu: Sample | None
+    scheduling: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
 
-def _switches(probe: CpuProbe, cpu: Sample | None) -> dict[str, int]:
-    """Context switches (voluntary + involuntary, every thread) of the server's and the database's
-    processes so far."""
-    out = {"server context switches": 0, "storage context switches": 0}
-    if cpu is None:
-        return out
-    for pid in cpu.per_process:
-        group = probe.group(pid, cpu.per_process)
+def _scheduling(probe: CpuProbe, cpu: Sample | None) -> dict[tuple[str, str, str], int]:
+    """(group, thread id, what) -> count so far, for every thread of the server's and the database's
+    processes: context switches, and moves to the other core (``se.nr_migrations``: a thread that
+    moves finds that core's caches cold). By thread, so that a thread that ends (granian's idle ones
+    do) does not make a sum go backwards; what it did in the window before it ended is not counted."""
+    counts: dict[tuple[str, str, str], int] = {}
+    for pid in cpu.per_process if cpu else ():
+        group = probe.group(pid, cpu.per_process) if cpu else ""
         if group not in ("server", "storage"):
             continue
         try:
             for task in os.scandir(f"/proc/{pid}/task"):
-                with open(f"{task.path}/status") as f:
-                    switches = sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
-                out[f"{group} context switches"] += switches
-        except OSError:
+                with open(f"{task.path}/sched") as f:
+                    for line in f:
+                        name, _, value = line.partition(":")
+                        what = _SCHED.get(name.strip())
+                        if what is not None:
+                            counts[group, task.name, what] = int(value)
+        except (OSError, ValueError):
             continue  # it ended meanwhile
-    return out
+    return counts
+
+
+_SCHED = {"nr_switches": "context switches", "se.nr_migrations": "moves to another core"}
 
 
 def take(url: str, probe: CpuProbe) -> Counts:
@@ -77,7 +85,7 @@ def take(url: str, probe: CpuProbe) -> Counts:
     values = dict(zip(_DATABASE, row or (), strict=False))
     values |= {"autovacuum runs": int(autovacuum), "autoanalyze runs": int(autoanalyze)}
     cpu = probe.sample()
-    return Counts(values | _switches(probe, cpu), cpu)
+    return Counts(values, cpu, _scheduling(probe, cpu))
 
 
 def report(name: str, before: Counts, after: Counts, requests: int, probe: CpuProbe) -> list[str]:
@@ -86,8 +94,12 @@ def report(name: str, before: Counts, after: Counts, requests: int, probe: CpuPr
     per = max(1, requests)
     lines = [f"{name}, per request ({requests:,} requests in the measured window):"]
     lines += [
-        f"  {key:28} {(after.values[key] - before.values.get(key, 0)) / per:9.3f}" for key in after.values
+        f"  {key:30} {(after.values[key] - before.values.get(key, 0)) / per:9.3f}" for key in after.values
     ]
+    scheduling: dict[str, int] = defaultdict(int)
+    for (group, task, what), count in after.scheduling.items():
+        scheduling[f"{group} {what}"] += count - before.scheduling.get((group, task, what), 0)
+    lines += [f"  {key:30} {count / per:9.3f}" for key, count in sorted(scheduling.items())]
     if before.cpu is None or after.cpu is None:
         return lines
     spent: dict[str, float] = defaultdict(float)

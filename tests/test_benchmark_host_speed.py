@@ -67,15 +67,19 @@ def test_diagnostics_give_each_count_and_each_process_s_cpu_per_request() -> Non
     before = diagnose.Counts(
         {"xact_commit": 100, "autovacuum runs": 0},
         Sample({10: (1, "granian", 1.0, 7), 20: (1, backend, 2.0, 8)}, 0.0, 0.0),
+        {("server", "11", "context switches"): 5, ("server", "13", "context switches"): 50},
     )
     after = diagnose.Counts(
         {"xact_commit": 400, "autovacuum runs": 1},
         Sample({10: (1, "granian", 1.5, 7), 20: (1, backend.replace("idle", "INSERT"), 2.2, 8)}, 0.0, 0.0),
+        # thread 13 ended (not a negative count), thread 12 started (all of its switches count)
+        {("server", "11", "context switches"): 205, ("server", "12", "context switches"): 100},
     )
     lines = diagnose.report("read by id", before, after, 100, probe)
     assert lines[0] == "read by id, per request (100 requests in the measured window):"
     assert any(line.split() == ["xact_commit", "3.000"] for line in lines)
     assert any(line.split() == ["autovacuum", "runs", "0.010"] for line in lines)
+    assert any(line.split() == ["server", "context", "switches", "3.000"] for line in lines)
     assert any(line.split()[:2] == ["10", "granian"] and line.split()[-3] == "5.000" for line in lines)
     # a backend is one line whatever its state was when sampled
     assert [line.split()[-3] for line in lines if "dho_bench_x" in line] == ["2.000"]

@@ -18,7 +18,7 @@ import click
 import orjson
 from rich.console import Console
 
-from benchmarks import modes, report
+from benchmarks import diagnose, modes, report
 from benchmarks.cpu import CpuProbe
 from benchmarks.environment import (
     TENANT,
@@ -96,6 +96,8 @@ def _measure(
 ) -> report.Results:
     """Ingest ``data``, then the baseline, then search; each phase with its own client processes."""
     port, clients, ingest_clients = server.port, int(options["clients"]), int(options["ingest_clients"])
+    counted = options.get("diagnose") and url.startswith("postgresql")
+    mark = (lambda: diagnose.take(url, probe)) if counted else None
     warmup, duration = options["warmup"], options["duration"]
     base = f"http://127.0.0.1:{port}"
     creds = Credentials(base, register(url, TENANT))
@@ -152,6 +154,7 @@ def _measure(
         warmup=warmup,
         duration=duration,
         probe=probe,
+        mark=mark,
     )
     # Read by id: the observations the searches found, each read by the doctor whose attestation names
     # its patient (a fresh proof per request, as for search).
@@ -174,6 +177,7 @@ def _measure(
         warmup=warmup,
         duration=duration,
         probe=probe,
+        mark=mark,
     )
     # The token endpoint: the hospital's client assertion (with the attestation) and a DPoP proof,
     # both fresh per request (the assertion's jti and the proof are single-use).
@@ -203,7 +207,11 @@ def _measure(
         warmup=warmup,
         duration=duration,
         probe=probe,
+        mark=mark,
     )
+    for name, phase in (("search", search), ("read by id", read), ("token", token)):
+        if phase.marks:
+            console.print("\n".join(diagnose.report(name, *phase.marks, phase.requests, probe)))
     return report.Results(
         ingest, ingest.items, data.observations, data.bundle_size, health, search, read, token
     )
@@ -253,6 +261,11 @@ def _measure(
     default="rebuild",
     show_default=True,
     help="--scale/--soak: drop the observation tables' indexes for each load and build them after, or keep",
+)
+@click.option(
+    "--diagnose",
+    is_flag=True,
+    help="also print, per phase, PostgreSQL's counts and each process's CPU per request (diagnose.py)",
 )
 @click.option(
     "--soak",
@@ -312,6 +325,7 @@ def main(
         "(PostgreSQL, Redis), this load generator, and the rest (kernel, other processes); CPU ms per "
         "item: server and storage CPU time per request (per observation for ingest)",
         f"- {report.server_split(results)}",
+        f"- {report.host_speed(results)}",
         f"- {report.NOT_MEASURED}",
         *(f"- WARNING: {w}" for w in report.warnings(results)),
     ]

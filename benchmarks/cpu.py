@@ -8,8 +8,12 @@ other work disturbed the run.
 
 from __future__ import annotations
 
+import array
 import os
 import re
+import statistics
+import threading
+import time
 from dataclasses import dataclass, field
 
 GROUPS = ("server", "storage", "loadgen", "rest")
@@ -92,7 +96,7 @@ class CpuProbe:
         except OSError:
             return None  # not Linux
 
-    def _group(self, pid: int, procs: dict[int, tuple[int, str, float, int]]) -> str:
+    def group(self, pid: int, procs: dict[int, tuple[int, str, float, int]]) -> str:
         command = procs[pid][1]
         if command.startswith("redis-server"):
             return "storage"
@@ -118,7 +122,7 @@ class CpuProbe:
             return {}
         used = dict.fromkeys(GROUPS, 0.0)
         for pid in after.per_process:
-            used[self._group(pid, after.per_process)] += after.spent_since(before, pid)[0]
+            used[self.group(pid, after.per_process)] += after.spent_since(before, pid)[0]
         wall = after.total - before.total
         busy = after.busy - before.busy
         used["rest"] = max(0.0, busy - used["server"] - used["storage"] - used["loadgen"])
@@ -131,7 +135,7 @@ class CpuProbe:
         used: dict[int, float] = {}
         system = total = 0.0
         for pid, (parent, *_) in after.per_process.items():
-            if self._group(pid, after.per_process) != "server":
+            if self.group(pid, after.per_process) != "server":
                 continue
             spent, kernel = after.spent_since(before, pid)
             total, system = total + spent, system + kernel
@@ -140,3 +144,63 @@ class CpuProbe:
         if total <= 0:
             return None
         return ServerSplit(tuple(sorted((s / total for s in used.values()), reverse=True)), system / total)
+
+
+REFERENCE_STEPS = 50_000
+"""Steps of ``reference_loop``: about 2 ms of CPU when this VM's cores run fast."""
+
+
+def reference_loop(steps: int = REFERENCE_STEPS) -> float:
+    """Thread CPU seconds that a fixed piece of pure-Python work took: ``steps`` lookups in a 16 KiB
+    array (it stays in the L1 cache; no allocation, no system call). CPU time, not wall time, so
+    waiting for the cores does not count: the figure moves with how fast the core ran Python code.
+
+    On this VM that speed has two levels: 50,000 steps took either 2.1-2.6 or 3.7-4.2 ms of CPU
+    (2026-12-03: 73 samples 2 s apart, and 40 pairs with a JSON round trip, which moved with it), with
+    the guest equally busy, no steal time, whether or not the other core was busy, while a SHA-256 loop
+    (SHA-NI instructions) took 1.55-1.65 ms throughout. Nothing inside the guest (/proc) shows it. It
+    does not see the other way this machine inflates CPU per request: processes evicting each other's
+    caches when the cores are crowded (``rest``)."""
+    table = _REFERENCE_TABLE
+    started = time.thread_time()
+    x = 0
+    for _ in range(steps):
+        x = table[x]
+    return time.thread_time() - started
+
+
+_REFERENCE_TABLE = array.array("i", [(i * 7919 + 1) % 4096 for i in range(4096)])
+
+
+class SpeedProbe:
+    """Runs ``reference_loop`` every ``every`` seconds in a thread of this process, between ``start``
+    and ``stop``; ``stop`` returns the median CPU milliseconds it took (``None`` without a sample).
+
+    ``CPU ms per item`` rises with more work per request and with a slower host alike; this figure only
+    with the host. About 1 % of one core at the default period (a sample is 2-4 ms)."""
+
+    def __init__(self, every: float = 0.25):
+        self.every = every
+        self._samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> SpeedProbe:
+        self._samples.clear()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="speed-probe", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while True:  # one sample at least, however short the window
+            self._samples.append(reference_loop())
+            if self._stop.wait(self.every):
+                return
+
+    def stop(self) -> float | None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        return statistics.median(self._samples) * 1000 if self._samples else None

@@ -20,7 +20,7 @@ from typing import Any, overload
 
 import orjson
 
-from benchmarks.cpu import CpuProbe, ServerSplit
+from benchmarks.cpu import CpuProbe, ServerSplit, SpeedProbe
 
 SOCKET_TIMEOUT = 60.0
 
@@ -221,6 +221,11 @@ class LoadResult:
     """The 1-minute load average when the measured window began (others' work on a shared machine)."""
     server: ServerSplit | None = None
     """The server's CPU over the probe's window by worker and user/kernel (``CpuProbe.server_split``)."""
+    reference_ms: float | None = None
+    """The median CPU milliseconds of ``cpu.reference_loop`` over the probe's window: how fast the host
+    ran the cores then (``cpu.SpeedProbe``)."""
+    marks: tuple[Any, Any] | None = None
+    """What ``run_load``'s ``mark`` returned when the measured window began and when it ended."""
 
     @property
     def requests(self) -> int:
@@ -249,6 +254,7 @@ def run_load(
     check: Callable[[bytes], int] | None = None,
     probe: CpuProbe | None = None,
     socket_timeout: float = SOCKET_TIMEOUT,
+    mark: Callable[[], Any] | None = None,
 ) -> LoadResult:
     """Run one client process per entry of ``per_client`` at the same time; gather their results.
 
@@ -256,7 +262,8 @@ def run_load(
     and the rate is over ``duration``; without, each sends its requests once (``warmup`` +
     ``duration`` is then a cap) and the rate is over the time from the end of the warm-up (the
     first send when there is none) to the last measured response. Requests sent during the
-    warm-up count neither in the latencies nor in the rate.
+    warm-up count neither in the latencies nor in the rate. ``mark`` (counters, say) is called when the
+    measured window begins and when it ends (``LoadResult.marks``).
     """
     ctx = multiprocessing.get_context("fork")  # the clients inherit their requests: nothing to pickle
     start_at = time.monotonic() + 0.5  # every process is up before the first request
@@ -271,6 +278,7 @@ def run_load(
         "socket_timeout": socket_timeout,
     }
     queue, done = ctx.Queue(), ctx.Event()
+    speed = SpeedProbe()
     clients = [
         ctx.Process(target=_client_process, args=(queue, done, port, reqs, options), daemon=True)
         for reqs in per_client
@@ -280,12 +288,17 @@ def run_load(
     try:
         time.sleep(max(0.0, measure_from - time.monotonic()))
         load_average = os.getloadavg()[0]
+        first_mark = mark() if mark else None
         cpu_before = probe.sample() if probe else None
+        if probe:
+            speed.start()
         if repeat:
             time.sleep(max(0.0, stop_at - time.monotonic()))
         results = [queue.get(timeout=max(1.0, stop_at - time.monotonic()) + socket_timeout) for _ in clients]
         cpu_after = probe.sample() if probe else None  # the clients are still alive here
+        marks = (first_mark, mark()) if mark else None
     finally:
+        reference_ms = speed.stop()
         done.set()
         for client in clients:
             client.join(timeout=5)
@@ -309,4 +322,6 @@ def run_load(
         else {},
         load_average=load_average,
         server=probe.server_split(cpu_before, cpu_after) if probe else None,
+        reference_ms=reference_ms,
+        marks=marks,
     )

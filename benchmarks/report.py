@@ -26,6 +26,9 @@ NOT_MEASURED = (
 )
 BUSY_ELSEWHERE = 0.2
 """Above this share of the machine spent outside the benchmark, a phase's numbers are flagged."""
+SPEEDS_APART = 1.25
+"""When the reference loop's figures of two phases are further apart than this factor, the run is flagged:
+the host ran the cores at different speeds, and every CPU figure moves with that speed."""
 COLUMNS = (
     "Scenario",
     "Clients",
@@ -170,8 +173,23 @@ def server_split(res: Results) -> str:
     return "server CPU by worker, and the kernel's share of it: " + ("; ".join(parts) or "n/a")
 
 
+def host_speed(res: Results) -> str:
+    """One line: how fast the host ran Python code during each phase (``cpu.reference_loop``'s median CPU
+    ms: lower is faster). On this VM it is ~2.1-2.6 or ~3.7-4.2 ms."""
+    parts = [f"{name} {r.reference_ms:.1f}" for name, r in res.phases().items() if r.reference_ms]
+    return "host speed, CPU ms of a fixed Python loop (lower is faster): " + (", ".join(parts) or "n/a")
+
+
 def warnings(res: Results) -> list[str]:
     out = []
+    speeds = {name: r.reference_ms for name, r in res.phases().items() if r.reference_ms}
+    if speeds and max(speeds.values()) > SPEEDS_APART * min(speeds.values()):
+        slow = [name for name, ms in speeds.items() if ms > SPEEDS_APART * min(speeds.values())]
+        out.append(
+            f"the host ran the cores slower during {', '.join(slow)} (the reference loop took "
+            f"{min(speeds.values()):.1f}-{max(speeds.values()):.1f} ms): those rows' CPU per item is "
+            "inflated by as much; compare rows of the same host speed"
+        )
     for name, r in res.phases().items():
         if r.cpu.get("rest", 0.0) > BUSY_ELSEWHERE:
             out.append(

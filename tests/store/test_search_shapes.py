@@ -15,6 +15,7 @@ from sharing_api.fhir.search import parse_search
 from sharing_api.services import Services
 from sharing_api.store.observations import Anchor, ReadScope
 from sharing_api.store.schema import observations
+from sharing_api.store.search_shapes import _bound, templated
 from tests.api_client import ApiClient
 from tests.conftest import TENANT_A
 from tests.factories import LOINC, batch, fnr, heart_rate, spo2
@@ -129,3 +130,20 @@ def test_a_read_within_the_scope_only(client: ApiClient, services: Services) -> 
     assert store.read(TENANT_A, obs_id, ReadScope(start=2**62)) is None
     assert store.read(TENANT_A, obs_id, ReadScope(nothing=True)) is None
     assert store.read(TENANT_A, "no-such-id", ReadScope()) is None
+
+
+@pytest.mark.parametrize("extra", SHAPES, ids=lambda e: "&".join(f"{k}={v}" for k, v in e) or "patient")
+def test_the_shape_and_values_are_those_of_the_statements_bind_parameters(
+    extra: tuple[tuple[str, str], ...],
+) -> None:
+    """A search's shape and values are taken out without making its bind parameters (only a new shape
+    needs them, to build its statement): both walks must name every value alike."""
+    query = _query(fnr(), *extra)
+    for scope in [*SCOPES, ReadScope(start=5)]:
+        for anchor in (None, (1_700_000_000_000_000, "an-id", False), (7, "other", True)):
+            template = templated(query, scope.categories, scope.start, scope.end, anchor)
+            bound, values, shape = _bound(query, scope.categories, scope.start, scope.end, anchor)
+            assert (template.values, template.shape) == (values, shape)
+            # made on first use (checked then against the walk); bind parameters compare by identity
+            made = (template.query, template.categories, template.start, template.end, template.anchor)
+            assert repr(made) == repr((bound.query, bound.categories, bound.start, bound.end, bound.anchor))

@@ -251,7 +251,7 @@ def main(
 
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(Path(tmp) / "metrics")
             os.mkdir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-            use_multiprocess_dir()  # as under gunicorn (deploy/gunicorn.conf.py)
+            use_multiprocess_dir()  # as `dho-share serve` does
 
             saved_stderr = sys.stderr
             with open(Path(tmp) / "inprocess.log", "w") as log_file:

@@ -1,4 +1,5 @@
-"""A real server for tests that need several processes: ``dho-share serve`` (gunicorn) on a free port."""
+"""A real server for tests that need several processes: ``dho-share serve`` on a free port, under its
+default HTTP server (granian; ``DHO_SERVER`` or ``options=("--server", ...)`` choose another)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def free_port() -> int:
 
 
 class LiveUrl(str):
-    """The server's base URL; ``pid`` is gunicorn's master process."""
+    """The server's base URL; ``pid`` is the server's main process (granian's, gunicorn's master)."""
 
     pid: int
 
@@ -36,8 +37,8 @@ def live_server(
     port: int | None = None,
     options: tuple[str, ...] = (),
 ) -> Iterator[LiveUrl]:
-    """Start gunicorn with ``workers`` workers (and ``dho-share serve`` ``options``); yield its base URL;
-    stop it afterwards."""
+    """Start ``dho-share serve`` with ``workers`` workers (and ``options``); yield its base URL; stop it
+    afterwards."""
     port = port or free_port()
     base = f"http://127.0.0.1:{port}"
     full_env = {**os.environ, **env, "DHO_PUBLIC_URL": base}

@@ -75,8 +75,9 @@ HEADER_BYTES = 16 * 1024
 are per line: 4,094 bytes for the request line, 8,190 for a header field, 100 fields."""
 
 GRACE_SECONDS = 10
-"""On SIGTERM, how long either server lets requests in flight finish (they stop accepting at once)
-before it kills the workers: gunicorn's ``graceful_timeout``, granian's ``workers_kill_timeout``."""
+"""On SIGTERM, how long either server lets requests in flight finish before it kills the workers
+(granian's ``workers_kill_timeout``, gunicorn's ``graceful_timeout``); granian closes its listening
+socket at once (tests/deploy/test_shutdown.py)."""
 
 HEADER_READ_MS = 30_000
 """granian (hyper): a client must send a request's line and headers within this; the connection is then

@@ -111,11 +111,13 @@ HEADERS_TRICKLED = (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n", b"X-Slow: 1
 """A slowloris client: a request line, then one more header line every half second, never the end."""
 
 BODY_TRICKLED = (
-    b"POST /921234562/fhir/Observation HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-    b"Content-Type: application/fhir+json\r\nContent-Length: 100000\r\n\r\n{",
-    b" ",
+    b"POST /connect/token HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100000\r\n\r\ngrant_type=",
+    b"x",
 )
-"""A slow body: complete headers announcing 100,000 bytes, then one byte every half second."""
+"""A slow body: complete headers of a token request announcing 100,000 bytes, then one byte every half
+second. The token endpoint reads its form before it answers, so a server that passed this on at once
+would hold a thread per client until the body ends."""
 
 
 def others_answered_while_slow_clients_trickle(

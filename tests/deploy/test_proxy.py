@@ -178,8 +178,8 @@ def test_trickled_headers_hold_no_granian_thread_without_the_front(
     app: object, settings: Settings, tmp_path: Path
 ) -> None:
     """granian parses headers in its Rust event loop: 20 clients trickling headers straight at a node
-    of 1 worker x 4 threads leave the threads free (gunicorn, which reads headers in its threads,
-    failed 4 of these 10 requests so: deploy/README.md, "Slow clients")."""
+    of 1 worker x 4 threads leave the threads free. gunicorn reads headers in its threads: run so, it
+    answered none of the 10 (deploy/README.md, "The HTTP server")."""
     options = ("--server", "granian")
     with live_server(node_env(settings), workers=1, log=tmp_path / "server.log", options=options) as base:
         port = int(base.rsplit(":", 1)[1])

@@ -4,6 +4,7 @@ default HTTP server (granian; ``DHO_SERVER`` or ``options=("--server", ...)`` ch
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import requests
+
+from sharing_api.serving import GRACE_SECONDS
 
 
 def free_port() -> int:
@@ -59,6 +62,7 @@ def live_server(
         stdout=out,
         stderr=out,
         cwd=cwd,
+        start_new_session=True,  # if it will not stop, its workers are killed with it (no orphans)
     )
     try:
         deadline = time.monotonic() + 30
@@ -79,9 +83,11 @@ def live_server(
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=10)
+            # The server lets requests in flight finish for GRACE_SECONDS, then kills its workers itself.
+            # A granian worker has been seen to take all of it with no connection open (deploy/README.md).
+            proc.wait(timeout=GRACE_SECONDS + 10)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)  # reaped: no "subprocess is still running" warning later
         if log and out is not subprocess.DEVNULL:
             out.close()  # type: ignore[union-attr]

@@ -48,7 +48,7 @@ lint: $(BIN)/dho-share  ## ruff, mypy and the import contracts only
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-bench: $(BIN)/dho-share  ## ingest and search benchmarks over HTTP against gunicorn (see BENCHMARKS.md)
+bench: $(BIN)/dho-share  ## ingest and search benchmarks over HTTP against granian (see BENCHMARKS.md)
 	$(BIN)/python -m benchmarks
 
 clean:  ## remove the virtual environment and local data

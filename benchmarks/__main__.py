@@ -1,6 +1,7 @@
 """``python -m benchmarks``: ingest and search throughput of dho-share over HTTP, against product.md §6.
 
-One run: a fresh database (migrated, one tenant), the API under gunicorn on a free loopback port,
+One run: a fresh database (migrated, one tenant), the API under granian (``--server gunicorn``: gunicorn)
+on a free loopback port,
 then (1) ingest of synthetic measurements as batch Bundles, (2) ``GET /healthz`` as a baseline of
 what the framework alone costs, (3) search for one patient, one code and a period (12 hits). The
 server is stopped and the database dropped at the end, also after an error.

@@ -1,4 +1,4 @@
-"""What a benchmark runs against: a fresh database, the API under gunicorn, and synthetic data."""
+"""What a benchmark runs against: a fresh database, the API (``dho-share serve``), and synthetic data."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import psycopg
 from sharing_api.fhir.dates import LOCAL_ZONE
 from sharing_api.fhir.identifiers import FNR
 from sharing_api.seed import Patient, batches, make_patient, series
+from sharing_api.serving import SERVERS
 from sharing_api.store.engine import make_engine, upgrade
 from sharing_api.store.tenants import TenantDirectory
 
@@ -119,7 +120,7 @@ def api_server(
     log: Path,
     threads: int = 4,
     reuse_port: bool = False,
-    server: str = "gunicorn",
+    server: str = SERVERS[0],
 ) -> Iterator[Server]:
     """``dho-share serve --server <server>`` on a free loopback port; stopped afterwards."""
     port = _free_port()

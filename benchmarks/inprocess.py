@@ -1,7 +1,7 @@
 """``python -m benchmarks.inprocess``: a request's CPU inside one process, and where it goes.
 
-``benchmarks.hotpath`` reads a gunicorn worker's CPU from /proc; this tool answers "which function"
-with a deterministic profile. A gunicorn server (one worker) holds the data and issues the tokens, as
+``benchmarks.hotpath`` reads a server worker's CPU from /proc; this tool answers "which function"
+with a deterministic profile. ``dho-share serve`` (one worker) holds the data and issues the tokens, as
 in ``hotpath``; a second copy of the app is then built in this process with the same settings (same
 database, Redis, signing keys and public URL, so the tokens and proofs are valid for it) and each
 scenario's requests are handed to it as WSGI environs, one at a time, signed beforehand. Reported per
@@ -9,8 +9,8 @@ request: this thread's CPU (``time.thread_time``, so neither the audit sequencer
 signing counts), and the database's and Redis's CPU from /proc. ``--profile`` adds a cProfile run on
 the same thread clock and prints the functions with the largest cumulative share.
 
-As under gunicorn, the request log goes to a file (``configure_json_logging`` writes to stderr) and the
-metrics to a Prometheus multiprocess directory.
+As under ``dho-share serve``, the request log goes to a file (``configure_json_logging`` writes to
+stderr) and the metrics to a Prometheus multiprocess directory.
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ def main(
                     "DHO_SIGNING_KEYS_PATH": str(Path(tmp) / "signing-keys.json"),
                     "DHO_AUDIT_KEY_PATH": str(Path(tmp) / "audit-key.pem"),
                     "DHO_RATE_LIMIT": "100000000",
-                    # The gunicorn server sequences the audit log; no background threads here.
+                    # The server sequences the audit log; no background threads here.
                     "DHO_AUDIT_SEQUENCER_INTERVAL": "0",
                     "DHO_SUBSCRIPTION_DELIVERY_INTERVAL": "0",
                 }
@@ -263,7 +263,7 @@ def main(
 
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(Path(tmp) / "metrics")
             os.mkdir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-            use_multiprocess_dir()  # as under gunicorn (deploy/gunicorn.conf.py)
+            use_multiprocess_dir()  # as `dho-share serve` does
 
             saved_stderr = sys.stderr
             with open(Path(tmp) / "inprocess.log", "w") as log_file:

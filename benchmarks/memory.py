@@ -1,6 +1,6 @@
 """``python -m benchmarks.memory``: the soak's request mix in one process, and what its memory holds.
 
-``benchmarks.soak`` reads each gunicorn worker's RSS; this tool answers "which allocation grows". The
+``benchmarks.soak`` reads each server worker's RSS; this tool answers "which allocation grows". The
 app is built in this process (as a worker builds it: the audit sequencer and delivery threads run) on
 a fresh database of its own, and every request goes to it as a WSGI environ: the token requests
 (client assertion + DPoP proof), searches (6 in 10), reads by id (3 in 10) and batch Bundles of new

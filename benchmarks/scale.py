@@ -220,7 +220,7 @@ def run(
         + f" ({seeder.patient_count:,} patients x {days} days)"
         + (f"; database size at the end {size}" if database == "postgresql" else ""),
         f"- search and read by id: {int(options['clients'])} closed-loop clients, {options['warmup']:g} s "
-        f"warm-up, {options['duration']:g} s measured, full chain, {workers} gunicorn workers",
+        f"warm-up, {options['duration']:g} s measured, full chain, {workers} granian workers",
     ]
     rows = table_rows(points)
     table = Table(*COLUMNS, title="dho-share scale run")

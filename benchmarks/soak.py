@@ -3,7 +3,7 @@
 A fresh database is seeded straight into the store (``--observations``, ``seeding.py``, as ``--scale``
 does), then clients send a mix for SECONDS (default 1,800): searches (6 in 10), reads by id (3 in
 10) and batch Bundles of new measurements (1 in 10), every request signed when it is sent (the full
-chain, as in the standard run). Every gunicorn worker's resident set size is read from
+chain, as in the standard run). Every server worker's resident set size is read from
 ``/proc/<pid>/status`` every ``SAMPLE_SECONDS``; the table shows it after the warm-up (a fifth of the
 run, at most 5 minutes) and at the end, and the growth between them (target: at most 5 %, issue 12).
 """
@@ -44,7 +44,7 @@ MIX = ("search",) * 6 + ("read",) * 3 + ("ingest",)
 
 
 def workers_of(master: int) -> list[int]:
-    """The gunicorn master's child processes (its workers), from /proc."""
+    """The server's main process's children (its workers), from /proc."""
     out = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
@@ -224,7 +224,7 @@ def _report(
         f"- after the {warmup:g} s warm-up: {load.requests:,} requests, {load.errors} errors, "
         f"{load.rate:,.1f} req/s, p50 {load.percentile_ms(50):.1f} ms, p99 {load.percentile_ms(99):.1f} ms, "
         f"server+storage CPU {'n/a' if ms is None else f'{ms:.2f}'} ms per request",
-        f"- RSS (VmRSS from /proc) of every gunicorn worker every {SAMPLE_SECONDS:g} s; growth = end vs "
+        f"- RSS (VmRSS from /proc) of every server worker every {SAMPLE_SECONDS:g} s; growth = end vs "
         "first sample after the warm-up",
     ]
     table = Table(*COLUMNS, title="dho-share soak: worker memory")

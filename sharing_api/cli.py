@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 import redis
+from click.core import ParameterSource
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy import Engine
@@ -479,19 +480,7 @@ def seed(tenant_orgnr: str, patients: int, days: int, seed: int) -> None:
     _seed(_settings(), tenant_orgnr, patients, days, seed)
 
 
-@main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=int)
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1))
-@click.option(
-    "--threads", default=4, show_default=True, type=click.IntRange(1, 64), help="threads per worker"
-)
-@click.option(
-    "--reuse-port",
-    is_flag=True,
-    help="a listening socket per worker (SO_REUSEPORT): the kernel spreads connections over the workers",
-)
-@click.option(
+server_option = click.option(
     "--server",
     type=click.Choice(SERVERS),
     default=SERVERS[0],
@@ -499,10 +488,62 @@ def seed(tenant_orgnr: str, patients: int, days: int, seed: int) -> None:
     envvar="DHO_SERVER",
     help="the HTTP server (also DHO_SERVER): granian spends about half of gunicorn's CPU per request",
 )
-def serve(host: str, port: int, workers: int, threads: int, reuse_port: bool, server: str) -> None:
-    """Run the API (gunicorn or granian)."""
+
+
+def _bind_address(bind: str) -> tuple[str, int]:
+    """``HOST:PORT`` (an IPv6 host in brackets) as a host and a port."""
+    host, colon, port = bind.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{bind!r} is not HOST:PORT", param_hint="'--bind' / DHO_BIND")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option(
+    "--bind",
+    envvar="DHO_BIND",
+    metavar="HOST:PORT",
+    help="the host and port in one (also DHO_BIND, as deploy/ sets it), instead of --host and --port",
+)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1), envvar="DHO_WORKERS")
+@click.option(
+    "--threads",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    envvar="DHO_THREADS",
+    help="threads per worker",
+)
+@click.option(
+    "--reuse-port",
+    is_flag=True,
+    help="a listening socket per worker (SO_REUSEPORT): the kernel spreads connections over the workers",
+)
+@server_option
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    bind: str | None,
+    workers: int,
+    threads: int,
+    reuse_port: bool,
+    server: str,
+) -> None:
+    """Run the API (granian or gunicorn). --workers, --threads and --server may also come from DHO_WORKERS,
+    DHO_THREADS and DHO_SERVER."""
     from sharing_api.serving import serve as run
 
+    if bind:
+        given = [
+            f"--{p}" for p in ("host", "port") if ctx.get_parameter_source(p) is ParameterSource.COMMANDLINE
+        ]
+        if given:  # never silently drop one of two addresses
+            raise click.UsageError(f"{' and '.join(given)} and --bind (DHO_BIND) name the address twice")
+        host, port = _bind_address(bind)
     run(_settings(), host, port, workers, threads, reuse_port, server)
 
 
@@ -600,7 +641,8 @@ def _demo_policy(engine: Engine, controller: str, consumer: str, fnrs: list[str]
 @click.option("--patients", default=20, show_default=True, type=click.IntRange(1))
 @click.option("--days", default=30, show_default=True, type=click.IntRange(1))
 @click.option("--no-serve", is_flag=True, help="Set up and print the example, but do not serve")
-def demo(port: int, patients: int, days: int, no_serve: bool) -> None:
+@server_option
+def demo(port: int, patients: int, days: int, no_serve: bool, server: str) -> None:
     """Set up a demo municipality and hospital with synthetic patients, and serve them on 127.0.0.1."""
     from sharing_api.store.clients import ClientRegistry
     from sharing_api.store.tenants import TenantDirectory
@@ -706,7 +748,7 @@ def demo(port: int, patients: int, days: int, no_serve: bool) -> None:
     if not no_serve:
         from sharing_api.serving import serve as run
 
-        run(settings, "127.0.0.1", port, workers=2 if settings.redis_url else 1)
+        run(settings, "127.0.0.1", port, workers=2 if settings.redis_url else 1, server=server)
 
 
 @main.group()

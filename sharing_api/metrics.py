@@ -4,9 +4,10 @@ Labels never carry request data: routes are URL rules (``/<orgnr>/fhir/Observati
 the ones HTTP defines (any other is ``other``), reasons the sharing policy's reason names and OAuth
 error codes (RFC 6749 §5.2), never identifiers: so every label set is bounded.
 
-Under gunicorn each worker is its own process: ``dho-share serve`` and ``deploy/gunicorn.conf.py`` set
+Under granian or gunicorn each worker is its own process: ``dho-share serve`` sets
 ``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode), every worker writes its values
-there, and a scrape of any worker sums them over all (``child_exit`` marks a dead worker's files).
+there, and a scrape of any worker sums them over all (gunicorn's ``child_exit`` marks a dead worker's
+files; granian has no such hook, which matters only to ``live*`` gauges, and there are none).
 Without it (one process, tests) each app has a registry of its own.
 
 ``/metrics`` is served only with ``DHO_METRICS_TOKEN`` set, to ``Authorization: Bearer <that token>``

@@ -1,8 +1,10 @@
-"""Running the app: under gunicorn (the default) or granian, in several worker processes.
+"""Running the app: under granian (the default) or gunicorn, in several worker processes.
 
 Both run the same WSGI app, one per worker process, built by the app factory in the worker. granian
 (HTTP parsing and connections in Rust, hyper) spends less CPU per request than gunicorn's gthread worker
-on this machine (BENCHMARKS.md, "The HTTP server"); ``deploy/`` runs gunicorn.
+on this machine: 0.13-0.16 ms of server CPU per ``/healthz`` against 0.35-0.38, a full-chain search
+2.70-2.75 ms against 3.27-3.69 (BENCHMARKS.md, "The HTTP server"). ``deploy/`` runs ``dho-share serve``,
+so production gets exactly these settings; ``DHO_SERVER=gunicorn`` chooses gunicorn there.
 """
 
 from __future__ import annotations
@@ -64,13 +66,28 @@ def worker_app(settings: Settings) -> Any:
     return create_app(settings)
 
 
-SERVERS = ("gunicorn", "granian")
+SERVERS = ("granian", "gunicorn")
 """The HTTP servers ``serve`` can run the app under (``dho-share serve --server``), the default first."""
 
 HEADER_BYTES = 16 * 1024
 """granian: the most a request line and its headers may take together; beyond it the request is answered
 431 before the app sees it (hyper's read buffer; its smallest allowed is 8 KiB). gunicorn's own limits
 are per line: 4,094 bytes for the request line, 8,190 for a header field, 100 fields."""
+
+GRACE_SECONDS = 10
+"""On SIGTERM, how long either server lets requests in flight finish before it kills the workers
+(granian's ``workers_kill_timeout``, gunicorn's ``graceful_timeout``); granian closes its listening
+socket at once (tests/deploy/test_shutdown.py)."""
+
+HEADER_READ_MS = 30_000
+"""granian (hyper): a client must send a request's line and headers within this; the connection is then
+closed. The same timer closes a keep-alive connection idle this long, so a proxy must drop its idle
+upstream connections sooner (deploy/nginx/dho-share.conf: ``keepalive_timeout 20s``), or it may send a
+request on a connection the node is closing (nginx answers that 503: it never resends a request)."""
+
+BACKLOG = 2048
+"""granian: connections the kernel queues before the workers accept them; gunicorn's default, which
+deploy/ had (granian's own is 1,024)."""
 
 
 def serve(
@@ -80,7 +97,7 @@ def serve(
     workers: int,
     threads: int = 4,
     reuse_port: bool = False,
-    server: str = "gunicorn",
+    server: str = SERVERS[0],
 ) -> None:
     """The app on ``host:port`` in ``workers`` processes of ``threads`` threads each, under ``server``.
 
@@ -122,7 +139,7 @@ def _gunicorn(settings: Settings, host: str, port: int, workers: int, threads: i
             "accesslog": None,
             "errorlog": "-",
             "loglevel": "error",  # gunicorn warns with whole header lines, tokens included
-            "graceful_timeout": 5,
+            "graceful_timeout": GRACE_SECONDS,
         },
     ).run()
 
@@ -166,10 +183,11 @@ def _granian(settings: Settings, host: str, port: int, workers: int, threads: in
         interface=Interfaces.WSGI,
         workers=workers,
         blocking_threads=threads,
-        http1_settings=HTTP1Settings(max_buffer_size=HEADER_BYTES),
+        backlog=BACKLOG,
+        http1_settings=HTTP1Settings(header_read_timeout=HEADER_READ_MS, max_buffer_size=HEADER_BYTES),
         websockets=False,
         factory=True,
         log_level=LogLevels.error,  # no access log: the app writes one JSON line per request
         respawn_failed_workers=True,  # as gunicorn's arbiter does (granian exits on a crash loop)
-        workers_kill_timeout=5,
+        workers_kill_timeout=GRACE_SECONDS,
     ).serve()

@@ -1,4 +1,4 @@
-"""API nodes as separate processes (``dho-share serve`` under gunicorn) for proxy and failover tests:
+"""API nodes as separate processes (``dho-share serve``, granian unless told) for proxy and failover tests:
 unlike tests/live_server.py the caller chooses ``DHO_PUBLIC_URL`` (the proxy's address) and may kill the
 whole node (own session: master and workers at once)."""
 
@@ -13,10 +13,23 @@ from pathlib import Path
 import requests
 
 
-def start_api(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_api(
+    env: dict[str, str], port: int, log: Path, options: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """``dho-share serve`` with two workers on ``port`` (and ``options``, e.g. ``--server gunicorn``)."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "sharing_api.cli", "serve", "--port", str(port), "--workers", "2"],
+            [
+                sys.executable,
+                "-m",
+                "sharing_api.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+                *options,
+            ],
             env={**os.environ, **env},
             stdout=out,
             stderr=out,

@@ -1,8 +1,10 @@
-"""A real server for tests that need several processes: ``dho-share serve`` (gunicorn) on a free port."""
+"""A real server for tests that need several processes: ``dho-share serve`` on a free port, under its
+default HTTP server (granian; ``DHO_SERVER`` or ``options=("--server", ...)`` choose another)."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +15,8 @@ from pathlib import Path
 
 import requests
 
+from sharing_api.serving import GRACE_SECONDS
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -21,7 +25,7 @@ def free_port() -> int:
 
 
 class LiveUrl(str):
-    """The server's base URL; ``pid`` is gunicorn's master process."""
+    """The server's base URL; ``pid`` is the server's main process (granian's, gunicorn's master)."""
 
     pid: int
 
@@ -36,8 +40,8 @@ def live_server(
     port: int | None = None,
     options: tuple[str, ...] = (),
 ) -> Iterator[LiveUrl]:
-    """Start gunicorn with ``workers`` workers (and ``dho-share serve`` ``options``); yield its base URL;
-    stop it afterwards."""
+    """Start ``dho-share serve`` with ``workers`` workers (and ``options``); yield its base URL; stop it
+    afterwards."""
     port = port or free_port()
     base = f"http://127.0.0.1:{port}"
     full_env = {**os.environ, **env, "DHO_PUBLIC_URL": base}
@@ -58,6 +62,7 @@ def live_server(
         stdout=out,
         stderr=out,
         cwd=cwd,
+        start_new_session=True,  # if it will not stop, its workers are killed with it (no orphans)
     )
     try:
         deadline = time.monotonic() + 30
@@ -78,9 +83,11 @@ def live_server(
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=10)
+            # The server lets requests in flight finish for GRACE_SECONDS, then kills its workers itself.
+            # A granian worker has been seen to take all of it with no connection open (deploy/README.md).
+            proc.wait(timeout=GRACE_SECONDS + 10)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)  # reaped: no "subprocess is still running" warning later
         if log and out is not subprocess.DEVNULL:
             out.close()  # type: ignore[union-attr]

@@ -1,5 +1,6 @@
-"""nginx on a free loopback port in front of gunicorn nodes, configured with the repository's own
-snippets (deploy/nginx/dho-server.conf, dho-proxy.conf), so tests prove the deployed settings."""
+"""nginx on a free loopback port in front of API nodes (``dho-share serve``), configured with the
+repository's own snippets (deploy/nginx/dho-server.conf, dho-proxy.conf) and the upstream block's
+keep-alive settings of deploy/nginx/dho-share.conf, so tests prove the deployed settings."""
 
 from __future__ import annotations
 
@@ -18,6 +19,13 @@ from tests.prerequisites import require
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "nginx"
 
 
+def upstream_keepalive() -> list[str]:
+    """The ``keepalive*`` directives of the upstream block in deploy/nginx/dho-share.conf."""
+    text = (DEPLOY / "dho-share.conf").read_text()
+    block = text[text.index("upstream dho_share {") :].split("}", 1)[0]
+    return [line.strip() for line in block.splitlines() if line.strip().startswith("keepalive")]
+
+
 def nginx_binary() -> str | None:
     return shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
@@ -34,6 +42,7 @@ class NginxFront:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="dho-nginx-"))
         servers = "\n".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=2s;" for p in upstreams)
+        keepalive = "\n".join(f"    {line}" for line in upstream_keepalive())
         user = "user root;\n" if os.geteuid() == 0 else ""
         (self.dir / "nginx.conf").write_text(
             f"""{user}worker_processes 1;
@@ -46,7 +55,7 @@ http {{
   uwsgi_temp_path tmp-uwsgi; scgi_temp_path tmp-scgi;
   upstream dho_share {{
 {servers}
-    keepalive 16;
+{keepalive}
   }}
   server {{
     listen 127.0.0.1:{self.port};

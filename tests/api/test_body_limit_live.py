@@ -1,5 +1,6 @@
-"""Bodies over ``DHO_MAX_BODY_BYTES`` under gunicorn: 413 naming the limit in bytes, chunked or not, and
-the keep-alive connection is either closed or still serves the next request correctly (issues 9, 13)."""
+"""Bodies over ``DHO_MAX_BODY_BYTES`` under each HTTP server ``dho-share serve`` offers (granian, gunicorn):
+413 naming the limit in bytes, chunked or not, and the keep-alive connection is either closed or still
+serves the next request correctly (issues 9, 13)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,19 @@ import orjson
 import pytest
 
 from sharing_api.body_limit import too_large_message
+from sharing_api.serving import SERVERS
 from sharing_api.settings import Settings
 from tests.conftest import TENANT_A
 from tests.http_wire import chunked, next_request_or_close, read_response
 from tests.live_server import live_server
 
-pytestmark = pytest.mark.slow  # runs gunicorn
+pytestmark = pytest.mark.slow  # runs the API server
 
 LIMIT = 2048
 
 
-@pytest.fixture
-def server(settings: Settings, tmp_path: Path):  # type: ignore[no-untyped-def]
+@pytest.fixture(params=SERVERS)
+def server(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path):  # type: ignore[no-untyped-def]
     env = {
         "DHO_DATABASE_URL": settings.database_url,
         "DHO_REDIS_URL": settings.redis_url or "",
@@ -29,7 +31,8 @@ def server(settings: Settings, tmp_path: Path):  # type: ignore[no-untyped-def]
         "DHO_AUDIT_KEY_PATH": str(settings.audit_key_path),
         "DHO_MAX_BODY_BYTES": str(LIMIT),
     }
-    with live_server(env, workers=1, log=tmp_path / "server.log") as base:
+    options = ("--server", request.param)
+    with live_server(env, workers=1, log=tmp_path / "server.log", options=options) as base:
         yield base
 
 

@@ -1,7 +1,8 @@
 """Two organisations editing one plan at once over HTTP (issue 11, "Done when"): real threads against a
-gunicorn server with two workers, on SQLite and on PostgreSQL. Exactly one update succeeds per version,
-the other gets 412 naming the current version, and no change is lost: each writer that lost re-reads
-and applies its change again, and every change ends up in the plan and in its history."""
+granian server (``dho-share serve``) with two workers, on SQLite and on PostgreSQL. Exactly one update
+succeeds per version, the other gets 412 naming the current version, and no change is lost: each writer
+that lost re-reads and applies its change again, and every change ends up in the plan and in its
+history."""
 
 from __future__ import annotations
 

@@ -1,10 +1,12 @@
 """deploy/: the systemd unit, the Dockerfile and the compose file, checked as far as this machine can
 (issue 9, "The operator"). Docker is not available here, so the image and compose file are checked
 statically: the compose file parses, has PostgreSQL, Redis and the API, and passes the API only settings
-the application knows; every file the Dockerfile copies exists and the commands it runs are ours."""
+the application knows; every file the Dockerfile copies exists and the commands it runs are ours. The
+unit's and the image's command, with their environment, are run: both serve under granian."""
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 import shlex
@@ -14,10 +16,17 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+import requests
 import yaml
 
+from sharing_api import cli, serving
 from sharing_api.settings import Settings
+from tests.api_nodes import wait_ready
+from tests.live_server import free_port
+from tests.nginx_front import upstream_keepalive
 from tests.prerequisites import require
+from tests.security.helpers import server_env
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -36,14 +45,20 @@ def unit_entries() -> list[tuple[str, str]]:
 
 
 def known_variables() -> set[str]:
-    """``DHO_*`` names the application reads: Settings fields, and what deploy/gunicorn.conf.py reads."""
+    """``DHO_*`` names the application reads: Settings fields, and the options of ``dho-share serve``
+    that may come from the environment (DHO_BIND, DHO_WORKERS, DHO_THREADS, DHO_SERVER)."""
     prefix = str(Settings.model_config.get("env_prefix", ""))
     fields = {f"{prefix}{name}".upper() for name in Settings.model_fields}
-    gunicorn = set(
-        re.findall(r"os\.environ\.get\(\"(DHO_[A-Z_]+)\"", (DEPLOY / "gunicorn.conf.py").read_text())
-    )
-    assert gunicorn, "deploy/gunicorn.conf.py reads DHO_BIND and DHO_WORKERS"
-    return fields | gunicorn
+    serve = {str(p.envvar) for p in cli.serve.params if p.envvar}
+    assert {"DHO_BIND", "DHO_WORKERS", "DHO_SERVER"} <= serve
+    return fields | serve
+
+
+def image_environment() -> dict[str, str]:
+    """The ``ENV`` of deploy/Dockerfile (one instruction, ``NAME=value`` continued over lines)."""
+    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    (env,) = [line.removeprefix("ENV ") for line in text.splitlines() if line.startswith("ENV ")]
+    return dict(pair.split("=", 1) for pair in env.split())
 
 
 def test_systemd_unit_verifies(tmp_path: Path) -> None:
@@ -77,11 +92,12 @@ def test_systemd_unit_writes_only_where_it_may() -> None:
     ]
     for path in written:
         assert any(Path(path).is_relative_to(w) for w in writable), f"{path} is read-only for the service"
-    command = shlex.split(settings["ExecStart"])
-    assert command[0] == f"{INSTALLED_AT}/.venv/bin/gunicorn"
-    config = command[command.index("-c") + 1]
-    assert (ROOT / Path(config).relative_to(INSTALLED_AT)).is_file()
-    assert command[-1] == "sharing_api.wsgi:app"
+    assert shlex.split(settings["ExecStart"]) == [f"{INSTALLED_AT}/.venv/bin/dho-share", "serve"]
+    assert environment["DHO_SERVER"] == "granian"
+    # SIGTERM to the main process only, which lets requests in flight finish, then stops its workers
+    # (tests/deploy/test_shutdown.py); systemd's default would signal the workers at the same time.
+    assert settings["KillMode"] == "mixed"
+    assert "TimeoutStopSec" not in settings  # systemd's 90 s, well beyond serving.GRACE_SECONDS
 
 
 def test_compose_file_runs_postgres_redis_and_the_api() -> None:
@@ -109,6 +125,10 @@ def test_compose_file_runs_postgres_redis_and_the_api() -> None:
     migrate = [s for s in built if s.get("command") == ["dho-share", "db", "upgrade"]]
     assert migrate, "migrations run before the API starts"
     assert api["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    # `docker compose stop` waits this long after SIGTERM before SIGKILL: longer than the API's grace.
+    grace = api["stop_grace_period"]
+    assert grace.endswith("s")
+    assert int(grace.removesuffix("s")) > serving.GRACE_SECONDS
 
 
 def test_dockerfile_copies_what_exists_and_runs_our_commands() -> None:
@@ -125,10 +145,61 @@ def test_dockerfile_copies_what_exists_and_runs_our_commands() -> None:
     assert packages <= {Path(s).name for s, _ in copied}, "every package of the project is copied"
     cmd = next(line for line in lines if line.startswith("CMD "))
     command = yaml.safe_load(cmd.removeprefix("CMD "))  # the exec form is a JSON list
-    assert command[0] == "gunicorn"
-    assert any(d.startswith("gunicorn") for d in pyproject["project"]["dependencies"])
+    assert command == ["dho-share", "serve"]
+    assert "dho-share" in pyproject["project"]["scripts"]  # CMD and the compose file's migration command
+    assert any(d.startswith("granian") for d in pyproject["project"]["dependencies"])
+    assert image_environment()["DHO_SERVER"] == "granian"
+    assert set(image_environment()) <= known_variables() | {"PYTHONUNBUFFERED"}
     workdir = next(line.split()[1] for line in lines if line.startswith("WORKDIR "))
     in_image = {posixpath.normpath(posixpath.join(workdir, target)) for _, target in copied}
-    assert command[command.index("-c") + 1] in in_image, "the gunicorn config is copied where CMD reads it"
-    assert command[-1] == "sharing_api.wsgi:app"
-    assert "dho-share" in pyproject["project"]["scripts"]  # the compose file's migration command
+    assert not any("/deploy/" in path for path in in_image), "the image runs no configuration file"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("packaging", ["systemd unit", "image"])
+def test_the_deployed_command_serves_under_granian(
+    packaging: str, settings: Settings, tmp_path: Path
+) -> None:
+    """The unit's ExecStart and the image's CMD, with their own DHO_SERVER, answer under granian on the
+    address DHO_BIND names (a free loopback port here)."""
+    if packaging == "systemd unit":
+        entries = unit_entries()
+        environment = dict(v.split("=", 1) for k, v in entries if k == "Environment")
+        command = shlex.split(dict(entries)["ExecStart"])
+    else:
+        lines = (DEPLOY / "Dockerfile").read_text().splitlines()
+        environment = image_environment()
+        command = yaml.safe_load(next(line for line in lines if line.startswith("CMD ")).removeprefix("CMD "))
+    assert Path(command[0]).name == "dho-share"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "DHO_SERVER": environment["DHO_SERVER"],
+        **server_env(settings),
+        "DHO_BIND": f"127.0.0.1:{port}",
+        "DHO_PUBLIC_URL": base,
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        node = subprocess.Popen(
+            [sys.executable, "-m", "sharing_api.cli", *command[1:]], env=env, stdout=out, stderr=out
+        )
+    try:
+        wait_ready(base, log)
+        answer = requests.get(f"{base}/healthz", timeout=10)
+        assert answer.status_code == 200
+        assert answer.headers["server"] == "granian"
+    finally:
+        node.terminate()
+        node.wait(timeout=30)
+
+
+def test_nginx_drops_idle_upstream_connections_before_granian_does() -> None:
+    """A request nginx sends on a keep-alive connection the node is just closing fails (and is never
+    resent): nginx must drop idle upstream connections sooner than granian (HEADER_READ_MS)."""
+    (timeout,) = [line for line in upstream_keepalive() if line.startswith("keepalive_timeout ")]
+    seconds = timeout.removeprefix("keepalive_timeout ").rstrip(";")
+    assert seconds.endswith("s")
+    assert int(seconds.removesuffix("s")) * 1000 < serving.HEADER_READ_MS

@@ -78,7 +78,7 @@ def snapshot(services: Services) -> Snapshot:
 
 
 def server_env(settings: Settings) -> dict[str, str]:
-    """The environment of a gunicorn ``live_server`` sharing the test's database, Redis and keys."""
+    """The environment of a ``live_server`` sharing the test's database, Redis and keys."""
     return {
         "DHO_DATABASE_URL": settings.database_url,
         "DHO_REDIS_URL": settings.redis_url or "",

@@ -32,6 +32,7 @@ from auth.dpop import DPOP_ALGS
 from auth.server import INTROSPECTION_PATH, REVOCATION_PATH
 from sharing_api.app import create_app
 from sharing_api.fhir.identifiers import FNR
+from sharing_api.serving import SERVERS
 from sharing_api.settings import Settings, TrustedIssuerSetting
 from sharing_api.store.schema import audit_entries
 from tests.api_client import HOSPITAL, HOSPITAL_UNIT, HPR, WRITE, ApiClient
@@ -721,14 +722,16 @@ def test_auth_17_decoding_cost_is_bounded_for_a_64kb_header_segment(probe: Probe
 
 
 @pytest.mark.slow
-def test_auth_17_gunicorn_refuses_oversized_headers_without_a_500(
-    client: ApiClient, settings: Settings, tmp_path: Path
+@pytest.mark.parametrize("server", SERVERS)
+def test_auth_17_the_server_refuses_oversized_headers_without_a_500(
+    server: str, client: ApiClient, settings: Settings, tmp_path: Path
 ) -> None:
-    """In production gunicorn parses headers first: its field limit (8190 bytes) answers 431 before the
-    app sees the request. Either 431/413/401 or a closed connection is acceptable; a 500 is not."""
+    """In production the HTTP server parses headers first: granian's 16 KiB for all of them
+    (``serving.HEADER_BYTES``), gunicorn's 8190 bytes a field, answer 431 before the app sees the
+    request. Either 431/413/401 or a closed connection is acceptable; a 500 is not."""
     env = server_env(settings)
     publisher = client.parties[f"publisher-{TENANT_A}"]
-    with live_server(env, workers=2, log=tmp_path / "server.log") as base:
+    with live_server(env, workers=2, log=tmp_path / "server.log", options=("--server", server)) as base:
         url = f"{base}/{TENANT_A}/fhir/Observation"
         http = DhoClient(issuer=base, client_id=publisher.client_id, client_key=publisher.key, scope=WRITE)
         token = http.access_token()

@@ -96,7 +96,7 @@ def test_sigkill_of_a_worker_loses_no_event_and_the_log_verifies(
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(one, range(100)))
         assert killed
-        assert killed[0] not in _workers(master), "the worker died mid-run (and gunicorn replaced it)"
+        assert killed[0] not in _workers(master), "the worker died mid-run (and the server replaced it)"
     ok = [rid for rid, status in answered if status < 300]
     assert len(ok) >= 80, answered
     services.audit_log.drain(TENANT_A)

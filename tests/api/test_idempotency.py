@@ -52,17 +52,18 @@ def test_concurrent_identical_batches_store_each_entry_once(client: ApiClient, s
 
 
 @pytest.mark.slow
-def test_fifty_concurrent_creates_across_gunicorn_workers(
+def test_fifty_concurrent_creates_across_server_workers(
     client: ApiClient, settings: Settings, services: Services, tmp_path: Path
 ) -> None:
-    """The same race across processes: gunicorn, two workers, the session's database, real Redis."""
+    """The same race across processes: `dho-share serve` (granian), two workers, the session's database,
+    real Redis."""
     env = {
         "DHO_DATABASE_URL": settings.database_url,
         "DHO_REDIS_URL": settings.redis_url or "",
         "DHO_SIGNING_KEYS_PATH": str(settings.signing_keys_path),
     }
     publisher = client.parties[f"publisher-{TENANT_A}"]
-    obs = heart_rate(fnr(), identifier="race-gunicorn")
+    obs = heart_rate(fnr(), identifier="race-workers")
     with live_server(env, workers=2, log=tmp_path / "server.log") as base:
         http = DhoClient(issuer=base, client_id=publisher.client_id, client_key=publisher.key, scope=WRITE)
         http.access_token()

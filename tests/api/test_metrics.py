@@ -1,5 +1,5 @@
 """``GET /metrics`` (Prometheus text format; issue 9, "The operator"): protected by DHO_METRICS_TOKEN,
-counters that move with requests, labelled by URL rule, and summed over gunicorn workers."""
+counters that move with requests, labelled by URL rule, and summed over the server's workers."""
 
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ def _healthz_count(samples: Samples, route: str) -> float:
 
 
 @pytest.mark.slow
-def test_gunicorn_workers_are_summed(app: Flask, settings: Settings, tmp_path: Path) -> None:
+def test_server_workers_are_summed(app: Flask, settings: Settings, tmp_path: Path) -> None:
     """Two workers each count what they served (one file per process in PROMETHEUS_MULTIPROC_DIR); a
     scrape answered by either worker reports the sum."""
     directory = tmp_path / "metrics"

@@ -141,6 +141,9 @@ def test_json_logging_writes_one_json_line(capsys: pytest.CaptureFixture[str]) -
             204,
             REQUEST_LOG.name,
         )
+        # the fields README.md "Logs and metrics" names first, in the order it names them
+        assert list(parsed)[:4] == ["time", "levelname", "name", "message"]
+        assert parsed["levelname"] == "INFO"
     finally:
         logger.handlers[:], logger.level, logger.propagate = before
 

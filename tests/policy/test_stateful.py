@@ -8,7 +8,7 @@ server's store; the expected data is the model's observations cut down by the de
 Two ways to run it:
 
 * in process (Flask test client), on SQLite and PostgreSQL, opt-in and opt-out tenants;
-* against ``dho-share serve`` with two gunicorn workers (marked ``slow``): the changes go out on
+* against ``dho-share serve`` with two workers (granian) (marked ``slow``): the changes go out on
   one client, the reads on others, each request on a new connection so that reads land on either
   worker; a change must be visible to the other worker on the very next request (no decision cache).
 """
@@ -123,7 +123,7 @@ class Answer:
 
 
 class Api(Protocol):
-    """How the machine talks to the server: in process, or over HTTP to gunicorn."""
+    """How the machine talks to the server: in process, or over HTTP to `dho-share serve`."""
 
     supports_opt_in: bool
 
@@ -501,7 +501,7 @@ def test_reads_return_only_what_the_policy_permits(client: ApiClient, services: 
     )
 
 
-# -- against gunicorn with two workers ------------------------------------------------------------
+# -- against `dho-share serve` with two workers ----------------------------------------------------
 
 
 class LiveApi:
@@ -595,7 +595,7 @@ class LiveApi:
 
 
 @contextmanager
-def _gunicorn(settings_: Settings, log: Path) -> Iterator[LiveUrl]:
+def _served(settings_: Settings, log: Path) -> Iterator[LiveUrl]:
     env = {
         "DHO_DATABASE_URL": settings_.database_url,
         "DHO_REDIS_URL": settings_.redis_url or "",
@@ -609,7 +609,7 @@ def _gunicorn(settings_: Settings, log: Path) -> Iterator[LiveUrl]:
 
 
 def _worker_cpu_ticks(master_pid: int) -> dict[int, int]:
-    """CPU time (user + system, in clock ticks) of each gunicorn worker, from /proc (Linux)."""
+    """CPU time (user + system, in clock ticks) of each server worker, from /proc (Linux)."""
     children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
     ticks = {}
     for pid in map(int, children):
@@ -622,7 +622,7 @@ def _worker_cpu_ticks(master_pid: int) -> dict[int, int]:
 def test_reads_return_only_what_the_policy_permits_with_two_workers(
     client: ApiClient, settings: Settings, services: Services, tmp_path: Path
 ) -> None:
-    with _gunicorn(settings, tmp_path / "server.log") as base:
+    with _served(settings, tmp_path / "server.log") as base:
         api = LiveApi(base, client)
         api.publish([heart_rate(fnr())])  # both workers have booted once one has answered this
         time.sleep(1)

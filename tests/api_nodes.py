@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import requests
+
+from tests.live_server import serve_command
 
 
 def start_api(
@@ -19,17 +20,7 @@ def start_api(
     """``dho-share serve`` with two workers on ``port`` (and ``options``, e.g. ``--server gunicorn``)."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sharing_api.cli",
-                "serve",
-                "--port",
-                str(port),
-                "--workers",
-                "2",
-                *options,
-            ],
+            serve_command(port, 2, options),
             env={**os.environ, **env},
             stdout=out,
             stderr=out,

@@ -24,6 +24,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def serve_command(port: int, workers: int, options: tuple[str, ...] = ()) -> list[str]:
+    """The command line of ``dho-share serve`` on ``port`` of 127.0.0.1 with ``workers`` workers."""
+    return [
+        sys.executable,
+        "-m",
+        "sharing_api.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        *options,
+    ]
+
+
 class LiveUrl(str):
     """The server's base URL; ``pid`` is the server's main process (granian's, gunicorn's master)."""
 
@@ -47,17 +62,7 @@ def live_server(
     full_env = {**os.environ, **env, "DHO_PUBLIC_URL": base}
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sharing_api.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            *options,
-        ],
+        serve_command(port, workers, options),
         env=full_env,
         stdout=out,
         stderr=out,

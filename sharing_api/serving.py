@@ -181,7 +181,7 @@ def stop_at_once_until_serving() -> None:
     interrupted) and keeps it while it loads the app, 1-3 s here (``create_app``: the engine, the
     migration check, Redis, the keys). A SIGTERM then sets a flag in the worker's copy of the main
     process that nothing reads: the worker starts serving as if never told to stop, and granian kills it
-    only after the whole grace (``GRACE_SECONDS``). That was the stop that sometimes took 10 s: 17 of 94
+    only after the whole grace (``GRACE_SECONDS``). That was the stop that sometimes took 10 s: 17 of 93
     stops of a node stopped half a second after ``/readyz`` first answered (one ready worker answers it;
     tests stop nodes that soon); a second SIGTERM then stopped the worker within 20 ms.
     A worker still loading has no request to finish, so ending it at once loses nothing. Left: a signal

@@ -89,7 +89,8 @@ def live_server(
         proc.terminate()
         try:
             # The server lets requests in flight finish for GRACE_SECONDS, then kills its workers itself.
-            # A granian worker has been seen to take all of it with no connection open (deploy/README.md).
+            # A granian worker stopped while it still loaded the app took all of it until serve reset its
+            # stop signals (deploy/README.md, "Stopping"); past it, the whole session is killed.
             proc.wait(timeout=GRACE_SECONDS + 10)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)

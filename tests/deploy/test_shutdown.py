@@ -13,10 +13,11 @@ from pathlib import Path
 
 import orjson
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from auth.client import DhoClient, dpop_proof
 from sharing_api.services import Services
+from sharing_api.serving import GRACE_SECONDS
 from sharing_api.settings import Settings
 from sharing_api.store.schema import audit_entries
 from tests.api_client import WRITE, ApiClient
@@ -95,3 +96,45 @@ def test_sigterm_lets_a_request_in_flight_finish_and_its_audit_commit(
         if node.poll() is None:
             os.killpg(node.pid, signal.SIGKILL)
             node.wait(timeout=20)
+
+
+def backends_waiting_on_a_lock(services: Services) -> int:
+    with services.engine.connect() as conn:
+        query = text(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return int(conn.execute(query).scalar_one())
+
+
+def test_sigterm_stops_workers_still_loading_the_app_without_waiting_out_the_grace(
+    settings: Settings, services: Services, tmp_path: Path
+) -> None:
+    """A node stopped while its workers still load the app (as after a deploy, or a respawn) stops at
+    once: before, such a worker kept the main process's signal handler until it served, so the SIGTERM
+    went nowhere and granian killed it only after the grace, saying so in its log."""
+    if services.engine.dialect.name != "postgresql":
+        pytest.skip("the workers are held in their start by a PostgreSQL table lock")
+    port = free_port()
+    log = tmp_path / "server.log"
+    env = {**server_env(settings), "DHO_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+    # Each worker checks the migration (alembic_version) while it builds the app: held here, as a
+    # migration running while a node starts would hold it.
+    with services.engine.connect() as lock:
+        lock.execute(text("LOCK TABLE alembic_version IN ACCESS EXCLUSIVE MODE"))
+        node = start_api(env, port, log, options=("--server", "granian"))
+        try:
+            deadline = time.monotonic() + 60
+            while backends_waiting_on_a_lock(services) < 2:  # both workers are loading the app
+                assert node.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.05)
+            node.send_signal(signal.SIGTERM)
+            assert node.wait(timeout=GRACE_SECONDS + 20) == 0
+        finally:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+                node.wait(timeout=20)
+        lock.rollback()
+    assert "refused to gracefully stop" not in log.read_text()  # granian's words when it kills a worker
+    assert backends_waiting_on_a_lock(services) == 0

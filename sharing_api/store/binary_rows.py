@@ -16,9 +16,9 @@ from typing import Any
 
 from psycopg.rows import namedtuple_row
 from sqlalchemy import Connection
-from sqlalchemy.exc import DBAPIError
 
 from sharing_api.store.compiled import CompiledStatement
+from sharing_api.store.one_statement import driver_error
 
 __all__ = ["rows"]
 
@@ -40,12 +40,4 @@ def rows(conn: Connection, statement: CompiledStatement, values: dict[str, Any])
         dead = bool(driver.closed or driver.broken)
         if dead:
             conn.invalidate(exc)
-        raise DBAPIError.instance(
-            statement.sql,
-            None,
-            exc,
-            dbapi.Error,
-            hide_parameters=True,
-            connection_invalidated=dead,
-            dialect=conn.dialect,
-        ) from exc
+        raise driver_error(conn.dialect, statement.sql, exc, dead=dead) from exc

@@ -45,7 +45,7 @@ from sqlalchemy.exc import DBAPIError, StatementError
 from sharing_api.store.compiled import CompiledStatement
 from sharing_api.store.engine import CUSTOM_PLANS, GENERIC_PLANS, autocommit_engine
 
-__all__ = ["run"]
+__all__ = ["driver_error", "run"]
 
 TUPLES_OK = ExecStatus.TUPLES_OK
 IDLE = TransactionStatus.IDLE
@@ -134,15 +134,28 @@ def _named_rows() -> Any:
     return factory
 
 
+def driver_error(dialect: Any, sql: str | None, exc: Exception, *, dead: bool = False) -> StatementError:
+    """The driver's error ``exc`` as SQLAlchemy's ``DBAPIError`` subclass (``OperationalError``,
+    ``IntegrityError``, ...), as ``Connection.execute`` raises it, but without the parameters (they can
+    name a patient); ``dead``: the connection died under it and was invalidated."""
+    return DBAPIError.instance(
+        sql,
+        None,
+        exc,
+        dialect.loaded_dbapi.Error,
+        hide_parameters=True,
+        connection_invalidated=dead,
+        dialect=dialect,
+    )
+
+
 def _run_postgresql(engine: Engine, statement: CompiledStatement, args: Any) -> list[Any]:
     sql = statement.sql
     dbapi = engine.dialect.loaded_dbapi
     try:
         pooled = autocommit_engine(engine).raw_connection()  # a checkout: idle ones pinged, old ones recycled
     except dbapi.Error as exc:  # no connection to be had (the server is down): as Engine.connect raises it
-        raise DBAPIError.instance(
-            None, None, exc, dbapi.Error, hide_parameters=True, dialect=engine.dialect
-        ) from exc
+        raise driver_error(engine.dialect, None, exc) from exc
     conn: Any = pooled.driver_connection
     info = pooled.info
     mode = GENERIC_PLANS if statement.generic_plan else CUSTOM_PLANS
@@ -167,15 +180,7 @@ def _run_postgresql(engine: Engine, statement: CompiledStatement, args: Any) -> 
         dead = bool(conn.closed or conn.broken)
         if dead:
             pooled.invalidate(exc)  # the pool opens a new connection in its place
-        error = DBAPIError.instance(
-            sql,
-            None,
-            exc,
-            dbapi.Error,
-            hide_parameters=True,
-            connection_invalidated=dead,
-            dialect=engine.dialect,
-        )
+        error = driver_error(engine.dialect, sql, exc, dead=dead)
         if dead:
             raise _Dead(error) from exc
         raise error from exc

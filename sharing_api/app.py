@@ -63,6 +63,7 @@ from sharing_api.subscriptions.delivery import Backoff, DeliveryWorker, Resource
 from sharing_api.subscriptions.egress import EgressPolicy
 from sharing_api.subscriptions.service import Notifications
 from sharing_api.subscriptions.store import SubscriptionStore
+from sharing_api.whole_response import WholeResponse
 
 log = logging.getLogger("dho_share")
 #: ``Retry-After`` seconds when the database cannot be reached (a failover takes about 1-5 s).
@@ -90,6 +91,7 @@ class SharingApp(Flask):
     (``ensure_sync``, which Flask documents for overriding: the answer for a function is remembered)."""
 
     session_interface = NoSessions()
+    response_class = WholeResponse
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

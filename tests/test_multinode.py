@@ -5,7 +5,8 @@ first, so a lost claim would show), latency is added to Redis (REL-04), the Post
 and the standby promoted, and an API node is killed.
 
 Assertions (``../shared/spec/scaleout.md`` §6): no DPoP proof or client assertion accepted twice, across
-every failover; first attempts get only 2xx or 503 (+ ``Retry-After``), the 503s inside fault windows;
+every failover; first attempts get only 2xx or 503 (+ ``Retry-After``), the 503s inside fault windows
+(a broken connection only for a request in flight on the node killed, counted separately);
 every 2xx has exactly one audit event; no acknowledged write is lost; ``dho-share audit verify`` passes on
 the export afterwards. The time to recover from each fault is printed.
 """
@@ -495,8 +496,20 @@ def test_failovers_under_load(cluster: Cluster, tmp_path: Path) -> None:
         for m, u, h, b in load.accepted
     ]
     assert not [s for s in late if 200 <= s < 300], "a proof or assertion was accepted again after the faults"
-    # First attempts: only 2xx or 503 with Retry-After, the 503s inside a fault window.
-    odd = [(o.kind, o.status, round(o.at - t0, 1)) for o in outcomes if o.status not in (200, 201, 503)]
+    # First attempts: only 2xx or 503 with Retry-After, the 503s inside a fault window. A request in
+    # flight on the node that was killed may get no whole answer (scaleout.md §6.3: in-flight requests
+    # on the dead node fail, "counted separately"; nginx answers 503 for those cut off before the node
+    # answered, and sharing_api/whole_response.py makes a cut after the head all but impossible): a
+    # broken connection is allowed only from the kill until just after the first success after it, at
+    # most one per load thread.
+    killed_at, recovered_at = next((a, b) for name, a, b in windows if name == "api node killed")
+    cut = [o for o in outcomes if o.status == 0 and killed_at <= o.at <= recovered_at + 1]
+    assert len(cut) <= THREADS, f"more broken answers than requests in flight at the node kill: {cut}"
+    odd = [
+        (o.kind, o.status, round(o.at - t0, 1))
+        for o in outcomes
+        if o.status not in (200, 201, 503) and o not in cut
+    ]
     assert not odd, f"first attempts answered other than 2xx/503 (kind, status, s): {odd}; faults {windows}"
     for o in outcomes:
         if o.status == 503:
@@ -537,4 +550,7 @@ def test_failovers_under_load(cluster: Cluster, tmp_path: Path) -> None:
         for k in ("read", "search", "write", "token")
     }
     unavailable = sum(1 for o in outcomes if o.status == 503)
-    print(f"2xx by kind {counts}; 503s {unavailable}; total {time.monotonic() - t0:.1f} s")
+    print(
+        f"2xx by kind {counts}; 503s {unavailable}; cut off by the node kill {len(cut)}; "
+        f"total {time.monotonic() - t0:.1f} s"
+    )

@@ -71,6 +71,25 @@ class _Quiet(WSGIRequestHandler):
         return None
 
 
+def _read_whole(app: Flask) -> Any:
+    """``app`` with every answer read (and its iterator closed) before Werkzeug's development server
+    writes it: when the browser drops a connection mid-answer (an aborted favicon fetch), that server's
+    clean-up reads the dead socket, fails, and never closes the iterator, leaving a static file open
+    (a ResourceWarning, an error under our warning filter). The app streams only static files and
+    exports; the pages under test do not depend on it."""
+
+    def whole(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        answer = app(environ, start_response)
+        try:
+            return [b"".join(answer)]
+        finally:
+            close = getattr(answer, "close", None)
+            if close is not None:
+                close()
+
+    return whole
+
+
 class Live:
     def __init__(self, app: Flask, base: str):
         self.app = app
@@ -96,7 +115,7 @@ def live(settings: Settings) -> Iterator[Live]:
     accounts = AuditorAccounts(svc.engine)
     accounts.add(AUDITOR_A, TENANT_A, "Rita Revisor", PASSWORD)
     accounts.add(AUDITOR_B, TENANT_B, "Bjørn Revisor", PASSWORD)
-    server = make_server("127.0.0.1", port, app, threaded=True, request_handler=_Quiet)
+    server = make_server("127.0.0.1", port, _read_whole(app), threaded=True, request_handler=_Quiet)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -31,9 +31,11 @@ pytestmark = pytest.mark.slow  # runs granian
 
 
 def refuses_connections(port: int) -> bool:
+    """Whether the port is closed: refused, or reset while the listener was closing under the
+    handshake (the connection was half made when the listening socket went)."""
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
         return True
     return False
 

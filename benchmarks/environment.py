@@ -31,6 +31,9 @@ from sharing_api.store.tenants import TenantDirectory
 
 TENANT = "921234562"  # synthetic org.nr with a valid control digit
 HEART_RATE = "http://loinc.org|8867-4"  # measured morning and evening: two a day for every patient
+HEART_RATE_CODE_ALONE = "8867-4"
+"""The same searches' code without its system: a shape the patient token index does not lead, so its
+page is planned with its values (``store.observations``, ``generic_plan``)."""
 SEARCH_DAYS = 6  # so a search finds 12 heart rates
 REDIS_URL = "redis://127.0.0.1:6379/13"
 
@@ -201,8 +204,10 @@ def make_dataset(observations: int, bundle_size: int, days: int, seed: int) -> D
     return Dataset(bundles, len(resources), whole, len(people), first_day, days, seed, bundle_size)
 
 
-def search_forms(data: Dataset, how_many: int, seed: int) -> list[bytes]:
-    """Form bodies of ``how_many`` searches: a seeded patient, heart rate, a 6-day period (12 hits)."""
+def search_forms(data: Dataset, how_many: int, seed: int, code: str = HEART_RATE) -> list[bytes]:
+    """Form bodies of ``how_many`` searches: a seeded patient, heart rate, a 6-day period (12 hits).
+
+    ``code``: how the heart rate is named (``HEART_RATE_CODE_ALONE``: without its system)."""
     rng = random.Random(seed)
     forms = []
     for i in range(how_many):
@@ -213,7 +218,7 @@ def search_forms(data: Dataset, how_many: int, seed: int) -> list[bytes]:
             urlencode(
                 [
                     ("patient.identifier", f"{FNR}|{patient.fnr}"),
-                    ("code", HEART_RATE),
+                    ("code", code),
                     ("date", f"ge{start:%Y-%m-%d}"),
                     ("date", f"lt{end:%Y-%m-%d}"),
                 ]

@@ -34,6 +34,8 @@ from werkzeug.test import EnvironBuilder
 from benchmarks import sections, statements
 from benchmarks.cpu import CpuProbe, Sample
 from benchmarks.environment import (
+    HEART_RATE,
+    HEART_RATE_CODE_ALONE,
     REDIS_URL,
     TENANT,
     analyze,
@@ -204,6 +206,11 @@ def _ingest(
 )
 @click.option("--only", multiple=True, help="healthz, search, read, token, ingest (default: all)")
 @click.option(
+    "--code-alone",
+    is_flag=True,
+    help="search the heart rate by its code without a system: a shape no index leads (custom plans)",
+)
+@click.option(
     "--callgrind",
     is_flag=True,
     help="run under `valgrind --tool=callgrind --instr-atstart=no`: instructions of the measured requests",
@@ -227,6 +234,7 @@ def main(
     bundles: int,
     profile: int,
     only: tuple[str, ...],
+    code_alone: bool,
     callgrind: bool,
     with_sections: bool,
     with_statements: bool,
@@ -275,7 +283,8 @@ def main(
                     by_statement = statements.install(REDIS_URL) if with_statements else None
                     probe = CpuProbe(os.getpid(), url.rsplit("/", 1)[1])
                     path = f"/{TENANT}/fhir/Observation/_search"
-                    forms = search_forms(data, 256, data.seed)
+                    code = HEART_RATE_CODE_ALONE if code_alone else HEART_RATE
+                    forms = search_forms(data, 256, data.seed, code)
 
                     def search(i: int) -> Environ:
                         form = forms[i % len(forms)]

@@ -147,7 +147,8 @@ def autocommit_engine(engine: Engine) -> Engine:
     connection instead of per execution, which was most of PostgreSQL's CPU for a search (1.03 ->
     0.33 ms per search page at 100,000 observations). Only statements marked
     ``CompiledStatement.generic_plan`` (their generic plan proved by a test) run so; ``one_statement``
-    switches a connection to custom plans for any other.
+    runs any other on one of ``engine``'s own connections (opened with custom plans), lent in
+    autocommit for that statement, so that no connection is switched from one mode to the other.
 
     A connection returned to this pool is not reset: in autocommit there is no transaction to roll
     back (SQLAlchemy's reset cost ~13k instructions per statement for a rollback psycopg skips);

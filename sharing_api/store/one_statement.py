@@ -8,7 +8,8 @@ switch of the pooled connection to autocommit and back (isolation-level bookkeep
 and return) and its execution layer (context, cursor result, row processing): more Python than the
 statement. ``run`` takes a connection from the engine's autocommit sibling (``engine.autocommit_engine``:
 its connections are opened in autocommit once; the same idle ping and recycling as the engine's own
-pool, no reset on return: a connection left other than idle is discarded instead) and runs the
+pool, no reset on return: a connection left other than idle is discarded instead; a statement planned
+with its values takes one of the engine's own, see "Plans" below) and runs the
 compiled SQL with a psycopg cursor kept with that connection for that SQL (``_cursor``), whose rows
 have attribute access by column name.
 
@@ -16,11 +17,14 @@ Plans: psycopg prepares a statement on the server after its fifth execution on a
 autocommit connections open with ``plan_cache_mode=force_generic_plan``, so a statement marked
 ``CompiledStatement.generic_plan`` is planned once per connection, not per execution (planning was two
 thirds of PostgreSQL's CPU for a search page). Any other statement (a search that no index leads, whose
-best plan depends on the values) is planned with its values: the connection is switched with ``SET
-plan_cache_mode`` first, and back when a marked one comes, so a connection's mode is always the one
-its statement asks for. Which mode a pooled connection is in is kept in its ``info``, which the pool
-clears with every new connection (and a new connection starts in the mode ``autocommit_engine`` opens
-it with); prepared statements belong to their connection, so a fresh one prepares its own.
+best plan depends on the values) runs on one of the engine's own connections instead, which open with
+``force_custom_plan`` (``engine.make_engine``), lent in autocommit for that one statement (psycopg's
+``autocommit`` flag, switched on an idle connection without a message to the server, and back before
+the connection returns to the engine's pool). So no connection ever changes its mode: before, a search
+that no index leads switched its pooled connection with ``SET plan_cache_mode`` and the audit INSERT
+after it switched it back, two more round trips per request (about 50 µs of PostgreSQL's CPU each
+in ``benchmarks.inprocess``). Prepared statements belong to their connection, so a fresh one
+prepares its own.
 
 A dead connection (the server restarted, an idle connection cut) is taken out of the pool
 (``invalidate``). A read is then retried once on a fresh connection: a read that failed changed
@@ -43,7 +47,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, StatementError
 
 from sharing_api.store.compiled import CompiledStatement
-from sharing_api.store.engine import CUSTOM_PLANS, GENERIC_PLANS, autocommit_engine
+from sharing_api.store.engine import autocommit_engine
 
 __all__ = ["driver_error", "run"]
 
@@ -79,11 +83,6 @@ class _Dead(Exception):
     def __init__(self, error: StatementError):
         super().__init__(str(error))
         self.error = error
-
-
-_PLAN_MODE = "plan_cache_mode"
-"""Key of a pooled connection's ``info``: the ``plan_cache_mode`` it was last set to (absent: the mode
-``autocommit_engine`` opens it with)."""
 
 
 _CURSORS = "cursors"
@@ -152,18 +151,17 @@ def driver_error(dialect: Any, sql: str | None, exc: Exception, *, dead: bool = 
 def _run_postgresql(engine: Engine, statement: CompiledStatement, args: Any) -> list[Any]:
     sql = statement.sql
     dbapi = engine.dialect.loaded_dbapi
+    lent = not statement.generic_plan  # one of the engine's own connections, lent for this statement
     try:
-        pooled = autocommit_engine(engine).raw_connection()  # a checkout: idle ones pinged, old ones recycled
+        # a checkout: idle ones pinged, old ones recycled
+        pooled = (engine if lent else autocommit_engine(engine)).raw_connection()
     except dbapi.Error as exc:  # no connection to be had (the server is down): as Engine.connect raises it
         raise driver_error(engine.dialect, None, exc) from exc
     conn: Any = pooled.driver_connection
-    info = pooled.info
-    mode = GENERIC_PLANS if statement.generic_plan else CUSTOM_PLANS
     try:
-        if info.get(_PLAN_MODE, GENERIC_PLANS) != mode:
-            conn.execute(f"SET plan_cache_mode = {mode}")
-            info[_PLAN_MODE] = mode
-        cursor = _cursor(info, conn, sql)
+        if lent:
+            conn.autocommit = True  # on an idle connection: nothing is sent to the server
+        cursor = _cursor(pooled.info, conn, sql)
         # Rows in binary: a stored resource (bytea) arrives as its bytes instead of hex text that
         # libpq decodes (PQunescapeBytea: ~3 % of a search's instructions for 12 hits); every column
         # type these statements return has a binary loader giving the same Python value.
@@ -185,9 +183,13 @@ def _run_postgresql(engine: Engine, statement: CompiledStatement, args: Any) -> 
             raise _Dead(error) from exc
         raise error from exc
     finally:
-        # Back to the pool, which does not reset it (``autocommit_engine``: in autocommit no statement
-        # leaves a transaction open), unless something cut the statement short (an exception between
-        # sending it and reading its result): a connection that is not idle is not reused.
-        if pooled.is_valid and conn.pgconn.transaction_status != IDLE:
-            pooled.invalidate()
+        # Back to its pool (the autocommit pool does not reset it: ``autocommit_engine``), unless
+        # something cut the statement short (an exception between sending it and reading its result):
+        # a connection that is not idle is not reused. A lent connection goes back to the engine as it
+        # came, out of autocommit, for the transactions it runs there.
+        if pooled.is_valid:
+            if conn.pgconn.transaction_status != IDLE:
+                pooled.invalidate()
+            elif lent:
+                conn.autocommit = False
         pooled.close()

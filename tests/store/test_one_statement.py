@@ -2,7 +2,9 @@
 
 What a caller notices: the rows, a database error as SQLAlchemy's exception class (the routes answer
 those with 503), a read that survives a connection the server cut, a write that is never sent twice,
-and the autocommit connections closed with the engine.
+and the autocommit connections closed with the engine. On PostgreSQL a statement planned once for all
+values and one planned with its values run on different connections (the autocommit pool's, and the
+engine's own lent in autocommit), so the tests of the driver path run with both kinds.
 """
 
 from __future__ import annotations
@@ -48,8 +50,12 @@ def pg_engine(engine: Engine) -> Engine:
     return engine
 
 
-def _statement(engine: Engine, stmt: object) -> CompiledStatement:
-    return CompiledStatement.of(stmt, engine.dialect)  # type: ignore[arg-type]
+PLANS = pytest.mark.parametrize("generic_plan", [True, False], ids=["generic-plan", "custom-plan"])
+"""The driver path's two kinds of statement: on the autocommit pool, and on a lent engine connection."""
+
+
+def _statement(engine: Engine, stmt: object, *, generic_plan: bool = False) -> CompiledStatement:
+    return CompiledStatement.of(stmt, engine.dialect, generic_plan=generic_plan)  # type: ignore[arg-type]
 
 
 def _plans(engine: Engine, *, generic_plan: bool) -> CompiledStatement:
@@ -58,9 +64,9 @@ def _plans(engine: Engine, *, generic_plan: bool) -> CompiledStatement:
     return CompiledStatement.of(stmt, engine.dialect, generic_plan=generic_plan)
 
 
-def _backend_pid(engine: Engine) -> int:
-    rows = one_statement.run(engine, _statement(engine, select(func.pg_backend_pid().label("pid"))), {})
-    return int(rows[0].pid)
+def _backend_pid(engine: Engine, *, generic_plan: bool = False) -> int:
+    stmt = _statement(engine, select(func.pg_backend_pid().label("pid")), generic_plan=generic_plan)
+    return int(one_statement.run(engine, stmt, {})[0].pid)
 
 
 def _terminate(database_url: str, pid: int) -> None:
@@ -78,7 +84,8 @@ def test_rows_come_back_by_column_name(engine: Engine) -> None:
         assert rows[0]._asdict() == {"n": n, "s": "x"}
 
 
-def test_rows_hold_the_values_the_connection_path_gives(engine: Engine) -> None:
+@PLANS
+def test_rows_hold_the_values_the_connection_path_gives(engine: Engine, generic_plan: bool) -> None:
     # On PostgreSQL the rows come in binary (a stored resource's bytes without hex decoding): the same
     # Python values as SQLAlchemy's own execution of the statement.
     stmt = _statement(
@@ -90,6 +97,7 @@ def test_rows_hold_the_values_the_connection_path_gives(engine: Engine) -> None:
             bindparam("s", type_=Text).label("s"),
             bindparam("b", type_=Boolean).label("b"),
         ),
+        generic_plan=generic_plan,
     )
     values = {
         "data": b'{"resourceType":"Observation","note":"\xc3\xa6\x00"}',
@@ -105,17 +113,21 @@ def test_rows_hold_the_values_the_connection_path_gives(engine: Engine) -> None:
     assert row.data == values["data"]
 
 
-def test_a_database_error_arrives_as_sqlalchemys(engine: Engine) -> None:
+@PLANS
+def test_a_database_error_arrives_as_sqlalchemys(engine: Engine, generic_plan: bool) -> None:
     if engine.dialect.name != "postgresql":
         pytest.skip("SQLite casts any text to an integer")
-    stmt = _statement(engine, select(cast(bindparam("v"), Integer).label("v")))
+    stmt = _statement(engine, select(cast(bindparam("v"), Integer).label("v")), generic_plan=generic_plan)
     with pytest.raises(DataError):
         one_statement.run(engine, stmt, {"v": "not a number"})
     assert one_statement.run(engine, stmt, {"v": "12"})[0].v == 12  # the connection is still usable
 
 
-def test_the_statement_runs_in_autocommit_on_postgresql(pg_engine: Engine) -> None:
-    stmt = _statement(pg_engine, select(func.txid_current_if_assigned().label("tx")))
+@PLANS
+def test_the_statement_runs_in_autocommit_on_postgresql(pg_engine: Engine, generic_plan: bool) -> None:
+    stmt = _statement(
+        pg_engine, select(func.txid_current_if_assigned().label("tx")), generic_plan=generic_plan
+    )
     # in autocommit each statement is its own transaction: no transaction id is held open between them
     assert one_statement.run(pg_engine, stmt, {})[0].tx is None
     with pg_engine.connect() as conn:  # the engine's own connections keep their transactions
@@ -123,37 +135,43 @@ def test_the_statement_runs_in_autocommit_on_postgresql(pg_engine: Engine) -> No
         assert conn.in_transaction()
 
 
+@PLANS
 def test_a_statement_after_one_that_left_a_transaction_open_is_its_own_transaction(
-    pg_engine: Engine,
+    pg_engine: Engine, generic_plan: bool
 ) -> None:
     """The autocommit pool does not roll back what it gets back: a connection left in a transaction is
-    not handed out again."""
-    assert one_statement.run(pg_engine, _statement(pg_engine, text("BEGIN")), {}) == []
-    tx = _statement(pg_engine, select(func.txid_current().label("tx")))
+    not handed out again (nor is a lent one given back to the engine)."""
+    assert (
+        one_statement.run(pg_engine, _statement(pg_engine, text("BEGIN"), generic_plan=generic_plan), {})
+        == []
+    )
+    tx = _statement(pg_engine, select(func.txid_current().label("tx")), generic_plan=generic_plan)
     first, second = (one_statement.run(pg_engine, tx, {})[0].tx for _ in range(2))
     assert first != second  # in one open transaction both would have its id
 
 
+@PLANS
 def test_a_read_on_a_connection_the_server_cut_is_retried_on_a_fresh_one(
-    pg_engine: Engine, database_url: str
+    pg_engine: Engine, database_url: str, generic_plan: bool
 ) -> None:
-    first = _backend_pid(pg_engine)
+    first = _backend_pid(pg_engine, generic_plan=generic_plan)
     _terminate(database_url, first)
-    second = _backend_pid(pg_engine)  # the pooled connection is dead: retried on a new one
+    second = _backend_pid(pg_engine, generic_plan=generic_plan)  # the pooled one is dead: a new one
     assert second != first
-    assert _backend_pid(pg_engine) == second  # and the new one is pooled
+    assert _backend_pid(pg_engine, generic_plan=generic_plan) == second  # and the new one is pooled
 
 
+@PLANS
 def test_a_write_on_a_connection_the_server_cut_is_not_sent_again(
-    pg_engine: Engine, database_url: str
+    pg_engine: Engine, database_url: str, generic_plan: bool
 ) -> None:
-    pid = _backend_pid(pg_engine)
+    pid = _backend_pid(pg_engine, generic_plan=generic_plan)
     _terminate(database_url, pid)
-    stmt = _statement(pg_engine, select(func.pg_backend_pid().label("pid")))
+    stmt = _statement(pg_engine, select(func.pg_backend_pid().label("pid")), generic_plan=generic_plan)
     with pytest.raises(OperationalError) as raised:
         one_statement.run(pg_engine, stmt, {}, write=True)
     assert raised.value.connection_invalidated
-    assert _backend_pid(pg_engine) != pid  # the dead connection left the pool
+    assert _backend_pid(pg_engine, generic_plan=generic_plan) != pid  # the dead connection left the pool
 
 
 def test_marked_statements_are_planned_for_all_values_and_the_others_with_theirs(pg_engine: Engine) -> None:
@@ -163,6 +181,32 @@ def test_marked_statements_are_planned_for_all_values_and_the_others_with_theirs
         assert one_statement.run(pg_engine, statement, {})[0].mode == expected
     with pg_engine.connect() as conn:  # the engine's own connections (ingest) plan with the values
         assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "force_custom_plan"
+
+
+def test_no_connection_is_switched_from_one_plan_mode_to_the_other(pg_engine: Engine) -> None:
+    """As a search that no index leads runs, between the decision and the audit INSERT (both planned
+    once for all values): each statement runs on a connection opened in its mode, and no connection
+    changes mode (a switch was a ``SET plan_cache_mode`` round trip before the page and after it)."""
+    generic, custom = _plans(pg_engine, generic_plan=True), _plans(pg_engine, generic_plan=False)
+    modes: dict[int, set[str]] = {}
+    for statement in (generic, custom, generic) * 3:
+        row = one_statement.run(pg_engine, statement, {})[0]
+        assert row.mode == ("force_generic_plan" if statement.generic_plan else "force_custom_plan")
+        modes.setdefault(row.pid, set()).add(row.mode)
+    assert all(len(seen) == 1 for seen in modes.values()), modes
+
+
+def test_a_connection_lent_to_a_statement_goes_back_to_the_engine_for_its_transactions(
+    pg_engine: Engine,
+) -> None:
+    """A statement planned with its values runs on one of the engine's own connections in autocommit;
+    the engine gets it back out of autocommit: its next transaction holds across statements."""
+    lent = _backend_pid(pg_engine, generic_plan=False)
+    with pg_engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() == lent  # the one lent
+        first = conn.exec_driver_sql("SELECT txid_current()").scalar()
+        assert conn.exec_driver_sql("SELECT txid_current()").scalar() == first  # one transaction
+        conn.rollback()
 
 
 def test_a_fresh_connection_runs_in_the_mode_its_statement_asks_for(
@@ -189,8 +233,10 @@ def test_a_prepared_statement_is_prepared_again_on_a_fresh_connection(
     )
     stmt = CompiledStatement(stmt.sql, stmt.compiled, stmt.positional, generic_plan=True)
     pids = {one_statement.run(pg_engine, stmt, {"n": n})[0].pid for n in range(12)}
-    prepared = _statement(
-        pg_engine, select(func.count().label("n")).select_from(text("pg_prepared_statements"))
+    prepared = _statement(  # on the same pool, so on the connection that ran ``stmt``
+        pg_engine,
+        select(func.count().label("n")).select_from(text("pg_prepared_statements")),
+        generic_plan=True,
     )
     assert one_statement.run(pg_engine, prepared, {})[0].n >= 1
     for pid in pids:
@@ -201,9 +247,11 @@ def test_a_prepared_statement_is_prepared_again_on_a_fresh_connection(
 
 
 def test_disposing_the_engine_closes_its_autocommit_connections(pg_engine: Engine) -> None:
-    _backend_pid(pg_engine)
+    _backend_pid(pg_engine, generic_plan=True)
+    _backend_pid(pg_engine, generic_plan=False)
     sibling = autocommit_engine(pg_engine)
     assert sibling.pool.checkedin() == 1
+    assert pg_engine.pool.checkedin() == 1  # the one lent to a statement
     pg_engine.dispose()
     assert sibling.pool.checkedin() == 0
     assert autocommit_engine(pg_engine) is not sibling  # a new sibling, if the engine is used again

@@ -36,7 +36,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("  of which the Redis script (the two jti claims)", "auth.replaystate:RedisState.claim_all"),
     ("statements through the driver (one_statement)", "sharing_api.store.one_statement:_run_postgresql"),
     ("the audit record (Auditor.record)", "sharing_api.auditing:Auditor.record"),
-    ("  of which its row: canonical bytes, columns (entry_row)", "sharing_api.audit.log:entry_row"),
+    ("  of which its row: canonical bytes, columns (facts_row)", "sharing_api.audit.log:facts_row"),
     ("the request log line (log_request)", "sharing_api.request_log:log_request"),
     ("metrics (observe_request)", "sharing_api.metrics:Metrics.observe_request"),
 )

@@ -12,13 +12,14 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Connection
 
 from auth.caller import Caller
 from consent.policy import Decision
 from sharing_api.audit.actions import AuditAction, Outcome
-from sharing_api.audit.events import AuditFacts, Coded, DecisionRef, SharingDecision, build_audit_events
+from sharing_api.audit.events import AuditFacts, Coded, DecisionRef, SharingDecision
 from sharing_api.audit.log import AuditLog
 from sharing_api.audit.pseudonym import PidHasher
 
@@ -84,7 +85,16 @@ _NOBODY = CallerFacts()
 MAX_KNOWN_CALLERS = 1024
 """Callers whose ``CallerFacts`` are remembered: about one per live access token of a worker (a
 ``Caller`` is built once per cached token, auth/resource.py). Bounded, so memory stays flat."""
-_known_callers: dict[int, tuple[Caller, Callable[[str], str] | None, CallerFacts]] = {}
+_Known = tuple[CallerFacts, dict[str, Any]]
+"""A caller's facts, and the same as ``AuditFacts`` keyword arguments (``audit_facts``)."""
+_known_callers: dict[int, tuple[Caller, Callable[[str], str] | None, _Known]] = {}
+
+
+def _fields(facts: CallerFacts) -> dict[str, Any]:
+    return {name: getattr(facts, name) for name in CallerFacts.__slots__}
+
+
+_NOBODY_KNOWN: _Known = (_NOBODY, _fields(_NOBODY))
 
 
 def caller_facts(caller: Caller | None, pid_hash: Callable[[str], str] | None = None) -> CallerFacts:
@@ -94,16 +104,20 @@ def caller_facts(caller: Caller | None, pid_hash: Callable[[str], str] | None = 
     ``pid_hash`` (``is``: a ``Caller`` is immutable, and the entry holds it, so its id is not reused
     while remembered); a new token is a new ``Caller`` and gets its own. Nothing in it is a secret
     (the keyed hash of a number is what the log records anyway)."""
+    return _known(caller, pid_hash)[0]
+
+
+def _known(caller: Caller | None, pid_hash: Callable[[str], str] | None) -> _Known:
     if caller is None:
-        return _NOBODY
+        return _NOBODY_KNOWN
     known = _known_callers.get(id(caller))
     if known is not None and known[0] is caller and known[1] is pid_hash:
         return known[2]
     made = _caller_facts(caller, pid_hash)
     if len(_known_callers) >= MAX_KNOWN_CALLERS:
         _known_callers.clear()  # tokens live minutes: start over rather than keep an LRU order
-    _known_callers[id(caller)] = (caller, pid_hash, made)
-    return made
+    entry = _known_callers[id(caller)] = (caller, pid_hash, (made, _fields(made)))
+    return entry[2]
 
 
 def _caller_facts(caller: Caller, pid_hash: Callable[[str], str] | None) -> CallerFacts:
@@ -147,19 +161,18 @@ def audit_facts(
     """The facts of one request. ``pid_hash`` (``Auditor.pid_hash``) turns the health worker's national
     identity number into the keyed hash the event records for rule R8; the number itself never goes
     into the facts. The caller's part is made once per caller (``caller_facts``)."""
-    who = caller_facts(caller, pid_hash)
     return AuditFacts(
         action=action,
         outcome=outcome,
         recorded=datetime.now(UTC),
         tenant=tenant,
-        **{name: getattr(who, name) for name in CallerFacts.__slots__},
+        **_known(caller, pid_hash)[1],
         patient=patient,
         query=request.query(),
         data_categories=tuple(categories),
         resources=tuple(resources),
         decision=SharingDecision(
-            permit=decision.permit, reasons=tuple(str(r) for r in decision.reasons), used=decision.used
+            permit=decision.permit, reasons=tuple(map(str, decision.reasons)), used=decision.used
         )
         if decision is not None
         else None,
@@ -189,17 +202,11 @@ class Auditor:
     def record(self, facts: AuditFacts) -> None:
         """Record and commit now (before the response that it records is sent).
 
-        A request records one event (``events.build_audit_events``), which ``AuditLog.append`` writes
+        A request records one event (``events.build_audit_events``), which ``AuditLog.record`` writes
         as its own transaction (``conn=None``): on PostgreSQL one INSERT in autocommit straight through
         the driver (issue 12), which PostgreSQL commits (durably, ``synchronous_commit`` on) before it
         answers; no BEGIN and COMMIT round trips. Any error still propagates before a byte of the
-        response is sent. More than one event is written in one transaction.
+        response is sent.
         """
         with self.timer():
-            events = build_audit_events(facts)  # what AuditLog.record appends, built once here
-            if len(events) == 1:
-                self.log.append(None, facts.tenant, events[0], built_from=facts)
-                return
-            with self.log.engine.connect().execution_options(write=True) as conn, conn.begin():
-                for event in events:
-                    self.log.append(conn, facts.tenant, event, built_from=facts)
+            self.log.record(None, facts)

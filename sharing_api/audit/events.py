@@ -57,7 +57,10 @@ import base64
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import attrgetter, is_
 from typing import Any
+
+import orjson
 
 from sharing_api.audit.actions import (
     PURPOSES_OF_USE,
@@ -66,6 +69,7 @@ from sharing_api.audit.actions import (
     Outcome,
     interaction_of,
 )
+from sharing_api.audit.encoding import canonical_event
 from sharing_api.audit.pseudonym import PID_HASH_SYSTEM
 
 __all__ = [
@@ -81,6 +85,7 @@ __all__ = [
     "build_audit_event",
     "build_audit_events",
     "classification",
+    "event_bytes",
     "fhir_reference",
     "format_recorded",
     "plain_facts",
@@ -323,20 +328,28 @@ def plain_facts(facts: AuditFacts) -> bool:
     type added later) answers ``False``, and the event is walked as before. ``tests/audit/test_encoding``
     checks this against the walk itself, field by field.
     """
-    for name in AuditFacts.__slots__:
+    return _plain(facts, AuditFacts.__slots__)
+
+
+_ONLY_STR = frozenset({str})
+
+
+def _plain(facts: AuditFacts, fields: tuple[str, ...]) -> bool:
+    """``plain_facts`` for the facts named ``fields`` only."""
+    for name in fields:
         value = getattr(facts, name)
         kind = type(value)
         if kind is str or kind is bool or value is None or kind in _CONVERTED:
             continue
         if kind is tuple:
-            if not all(type(v) is str for v in value):
+            if not _ONLY_STR.issuperset(map(type, value)):
                 return False
         elif kind in _PARTS:
             for part in kind.__slots__:
                 inner = getattr(value, part)
                 inner_kind = type(inner)
                 if inner_kind is tuple:
-                    if not all(type(v) is str for v in inner):
+                    if not _ONLY_STR.issuperset(map(type, inner)):
                         return False
                 elif not (inner_kind is str or inner_kind is bool or inner is None):
                     return False
@@ -383,24 +396,25 @@ def _organization(res_id: str, orgnr: str, name: str | None) -> dict[str, Any]:
     return org
 
 
-def _contained(facts: AuditFacts) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """The contained resources of the NO IG, and the reference to the health worker's role.
+def _patient(patient: tuple[str, str]) -> dict[str, Any]:
+    return {
+        "resourceType": "Patient",
+        "id": "patient",
+        "identifier": [{"system": patient[0], "value": patient[1]}],
+    }
 
-    ``Patient``; for a health worker: ``Practitioner`` (HPR, name, authorisation as
-    ``qualification``), ``PractitionerRole`` (practitioner, legal entity, point of care, healthcare
-    service), the legal entity ``Organization``; for anyone with a point of care: a ``Location`` managed
-    by the point of care's ``Organization`` (the legal entity's, when both are the same org.nr, as in
-    the IG's GP example). A system client gets no PractitionerRole (it would have no practitioner).
+
+def _caller_contained(facts: AuditFacts) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The contained resources of the NO IG that follow the ``Patient``, and the reference to the health
+    worker's role.
+
+    For a health worker: ``Practitioner`` (HPR, name, authorisation as ``qualification``),
+    ``PractitionerRole`` (practitioner, legal entity, point of care, healthcare service), the legal
+    entity ``Organization``; for anyone with a point of care: a ``Location`` managed by the point of
+    care's ``Organization`` (the legal entity's, when both are the same org.nr, as in the IG's GP
+    example). A system client gets no PractitionerRole (it would have no practitioner).
     """
     contained: list[dict[str, Any]] = []
-    if facts.patient is not None:
-        contained.append(
-            {
-                "resourceType": "Patient",
-                "id": "patient",
-                "identifier": [{"system": facts.patient[0], "value": facts.patient[1]}],
-            }
-        )
     worker = facts.practitioner_hpr is not None
     if worker and facts.organisation is not None:
         contained.append(_organization("legal-entity", facts.organisation, facts.organisation_name))
@@ -448,10 +462,9 @@ def _contained(facts: AuditFacts) -> tuple[list[dict[str, Any]], dict[str, Any] 
     return contained, {"reference": "#practitioner-role"}
 
 
-def _extensions(facts: AuditFacts) -> list[dict[str, Any]]:
+def _care_relation(facts: AuditFacts) -> list[dict[str, Any]]:
+    """The care-relation extension (the attestation's decision ref and ``toa``), when there is one."""
     out: list[dict[str, Any]] = []
-    if facts.patient is not None:
-        out.append({"url": EXT_PATIENT, "valueReference": {"reference": "#patient"}})
     ref, toa = facts.decision_ref, facts.attested_at
     if ref is not None or toa is not None:
         parts: list[dict[str, Any]] = []
@@ -645,6 +658,54 @@ def classification(action: AuditAction) -> Classification:
 _CLASSIFICATIONS = {action: classification(action) for action in AuditAction}
 
 
+_CALLER_FIELDS = (
+    "organisation",
+    "organisation_name",
+    "point_of_care",
+    "point_of_care_name",
+    "practitioner_hpr",
+    "practitioner_pid_hash",
+    "practitioner_name",
+    "practitioner_authorization",
+    "purpose_of_use",
+    "purpose_of_use_details",
+    "healthcare_service",
+    "decision_ref",
+    "attested_at",
+    "token_jti",
+)
+"""The facts ``_caller_parts`` reads: the caller's (its token and attestation), the same for every
+request of one caller."""
+_REQUEST_FIELDS = tuple(name for name in AuditFacts.__slots__ if name not in _CALLER_FIELDS)
+
+
+@dataclass(frozen=True, slots=True)
+class _CallerParts:
+    """What an event says of its caller alone, each part where ``_event`` puts it: the contained resources
+    after the ``Patient``, the care-relation extension, ``purposeOfEvent`` (``None``: none) and the user
+    agents. Plain JSON in ``build_audit_event``; in ``event_bytes``, each as its canonical bytes
+    (``orjson.Fragment``), made once per caller."""
+
+    contained: list[Any]
+    care_relation: list[Any]
+    purpose: Any
+    users: list[Any]
+
+
+def _caller_parts(facts: AuditFacts, user_role: dict[str, str]) -> _CallerParts:
+    contained, role_ref = _caller_contained(facts)
+    return _CallerParts(
+        contained=contained,
+        care_relation=_care_relation(facts),
+        purpose=_purpose(facts) or None,
+        users=_user_agents(facts, role_ref, user_role),
+    )
+
+
+def _user_role(interaction: Interaction) -> dict[str, str]:
+    return _AUTHOR if interaction in (Interaction.CREATE, Interaction.UPDATE) else _RECIPIENT
+
+
 def build_audit_event(facts: AuditFacts) -> dict[str, Any]:
     """The FHIR R4 ``AuditEvent`` (JSON as a ``dict``) recording ``facts``, shaped per the module table.
 
@@ -652,13 +713,23 @@ def build_audit_event(facts: AuditFacts) -> dict[str, Any]:
     built fresh on every call and shares nothing with other calls.
     """
     interaction, _ = interaction_of(facts.action)
-    contained, role_ref = _contained(facts)
+    return _event(facts, interaction, _caller_parts(facts, _user_role(interaction)))
+
+
+def _event(facts: AuditFacts, interaction: Interaction, caller: _CallerParts) -> dict[str, Any]:
     event: dict[str, Any] = {"resourceType": "AuditEvent"}
     if _conforms(facts, interaction):
         event["meta"] = {"profile": [_PROFILES[interaction]]}
+    contained = [_patient(facts.patient)] if facts.patient is not None else []
+    contained += caller.contained
     if contained:
         event["contained"] = contained
-    extensions = _extensions(facts)
+    extensions = (
+        [{"url": EXT_PATIENT, "valueReference": {"reference": "#patient"}}]
+        if facts.patient is not None
+        else []
+    )
+    extensions += caller.care_relation
     if extensions:
         event["extension"] = extensions
     kind = _CLASSIFICATIONS[facts.action]  # copied below: the event shares none of its dicts
@@ -669,26 +740,86 @@ def build_audit_event(facts: AuditFacts) -> dict[str, Any]:
     event["outcome"] = facts.outcome.value
     if facts.description:
         event["outcomeDesc"] = facts.description
-    purpose = _purpose(facts)
-    if purpose:
-        event["purposeOfEvent"] = purpose
+    if caller.purpose is not None:
+        event["purposeOfEvent"] = caller.purpose
     # DICOM/IHE convention: the side the *request* flows from is the Source Role; for a read the data
     # flows to the client, so BALP's Read names the client Destination (PatientRead.fsh).
     if interaction is Interaction.READ:
         client_role, server_role = _DESTINATION_ROLE, _SOURCE_ROLE
     else:
         client_role, server_role = _SOURCE_ROLE, _DESTINATION_ROLE
-    user_role = _AUTHOR if interaction in (Interaction.CREATE, Interaction.UPDATE) else _RECIPIENT
-    event["agent"] = [
-        _client_agent(facts, client_role),
-        _server_agent(facts, server_role),
-        *_user_agents(facts, role_ref, user_role),
-    ]
+    event["agent"] = [_client_agent(facts, client_role), _server_agent(facts, server_role), *caller.users]
     event["source"] = {"site": facts.server, "observer": {"display": facts.server}, "type": [_APP_SERVER]}
     entities = _rest_entities(facts, interaction)
     if entities:
         event["entity"] = entities
     return event
+
+
+MAX_SERIALIZED_CALLERS = 1024
+"""Callers whose parts ``event_bytes`` keeps as bytes: about one per live access token of a worker, as
+``auditing.MAX_KNOWN_CALLERS``. Bounded, so memory stays flat."""
+_serialized_callers: dict[tuple[str | None, str], tuple[tuple[Any, ...], _CallerParts | None]] = {}
+_caller_values = attrgetter(*_CALLER_FIELDS)
+
+
+def event_bytes(facts: AuditFacts) -> bytes:
+    """``encoding.canonical_event(build_audit_event(facts))``, the same bytes for less: the request path.
+
+    The parts of the event that say only who the caller is (``_caller_parts``: a third of a search's
+    event) are built and serialized once per caller, by the same functions as ``build_audit_event``;
+    they are kept by the caller's token and the user agents' role, for the very values of the caller's
+    facts (``_CALLER_FIELDS``). Each request builds the rest (``_event``) around them as
+    ``orjson.Fragment``s, and ``orjson`` writes it with sorted keys: the RFC 8785 bytes, as ``encoding``
+    explains, when every value is plain (``plain_facts``: the caller's facts are checked once, the
+    request's every time). Anything else takes ``build_audit_event`` and ``canonical_event``, which
+    also raise what they raise. ``tests/audit/test_event_bytes`` compares the two.
+    """
+    interaction, _ = interaction_of(facts.action)
+    caller = _serialized_caller(facts, _user_role(interaction))
+    if caller is not None and _plain(facts, _REQUEST_FIELDS):
+        try:
+            return orjson.dumps(_event(facts, interaction, caller), option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError:
+            pass  # e.g. a lone surrogate: the general path says what is wrong
+    return canonical_event(build_audit_event(facts))
+
+
+def _serialized_caller(facts: AuditFacts, user_role: dict[str, str]) -> _CallerParts | None:
+    """The caller's parts as bytes (``_serialized_parts``), made once per caller: kept by its token's
+    ``jti``, and used again only for the very same values (``is``: all immutable when plain), so that
+    an equal value of another type (``1 == True``) never gets another value's bytes."""
+    values = _caller_values(facts)
+    key = (facts.token_jti, user_role["code"])
+    kept = _serialized_callers.get(key)
+    if kept is not None and all(map(is_, kept[0], values)):
+        return kept[1]
+    made = _serialized_parts(facts, user_role)
+    if len(_serialized_callers) >= MAX_SERIALIZED_CALLERS:
+        _serialized_callers.clear()  # tokens live minutes: start over rather than keep an LRU order
+    _serialized_callers[key] = (values, made)
+    return made
+
+
+def _serialized_parts(facts: AuditFacts, user_role: dict[str, str]) -> _CallerParts | None:
+    """The caller's parts of the event of ``facts`` (``_caller_parts``), each as its canonical bytes;
+    ``None`` when the caller's facts are not plain."""
+    if not _plain(facts, _CALLER_FIELDS):
+        return None
+    parts = _caller_parts(facts, user_role)
+    try:
+        return _CallerParts(
+            contained=[_fragment(r) for r in parts.contained],
+            care_relation=[_fragment(x) for x in parts.care_relation],
+            purpose=_fragment(parts.purpose) if parts.purpose is not None else None,
+            users=[_fragment(a) for a in parts.users],
+        )
+    except orjson.JSONEncodeError:
+        return None
+
+
+def _fragment(value: Any) -> orjson.Fragment:
+    return orjson.Fragment(orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
 
 
 def build_audit_events(facts: AuditFacts) -> list[dict[str, Any]]:

@@ -29,9 +29,9 @@ read-only replica; pending entries are then not returned. ``report`` reads the i
 pending and sequenced entries alike.
 
 **Cost.** ``append``: one INSERT, which adds the row and 3 index entries (primary key, pending, period:
-the other indexes hold only sequenced entries, migration 0007_audit_partial), about 30 µs of Python per
-event on the request path (building ~15, then canonical bytes and search columns from the facts ~13:
-``entry_row(..., built_from=facts)``; reading a built event back costs ~60); a read's event
+the other indexes hold only sequenced entries, migration 0007_audit_partial). On the request path
+(``record``) the row is made from the facts (``facts_row``: the search columns from the facts, the bytes
+from ``events.event_bytes``, whose caller's parts are serialized once per caller); a read's event
 (``conn=None``) is that one statement in autocommit. The sequencer's update adds the row's new version
 and 6 index entries. Proofs read the stored leaf hashes of the range (32 bytes per entry); there is no
 tile cache yet.
@@ -67,7 +67,7 @@ from sharing_api.audit.actions import AuditAction, Outcome
 from sharing_api.audit.checkpoints import AuditSigner, Checkpoint, CheckpointBody
 from sharing_api.audit.control import AgreementCheck, AgreementPeriod, LogControlReport, log_control
 from sharing_api.audit.encoding import canonical_event
-from sharing_api.audit.events import AuditFacts, build_audit_events, plain_facts
+from sharing_api.audit.events import AuditFacts, event_bytes
 from sharing_api.audit.export_format import checkpoint_line, entry_leaf, entry_line, header_line
 from sharing_api.audit.merkle import EMPTY_ROOT, consistency_proof, inclusion_proof, root_from_leaf_hashes
 from sharing_api.audit.terms import SearchTerms, facts_terms, micros, search_terms
@@ -86,6 +86,7 @@ __all__ = [
     "TreeHead",
     "column_mismatch",
     "entry_row",
+    "facts_row",
 ]
 
 DEFAULT_ORIGIN = "dho-share/audit"
@@ -252,20 +253,17 @@ def _columns(tenant: str, terms: SearchTerms) -> dict[str, Any]:
     }
 
 
-def entry_row(
-    tenant: str, event: Mapping[str, Any], *, built_from: AuditFacts | None = None
-) -> dict[str, Any]:
-    """The pending ``audit_entries`` row of ``event``: its canonical bytes and the columns searched by.
+def entry_row(tenant: str, event: Mapping[str, Any]) -> dict[str, Any]:
+    """The pending ``audit_entries`` row of ``event``: its canonical bytes and the columns searched by."""
+    return {**_derived(tenant, event), "event": canonical_event(event)}
 
-    ``built_from``: the facts that ``event`` is ``events.build_audit_event`` of (the request path). The
-    row is the same; it is made without reading the event back: the columns from the facts
-    (``terms.facts_terms``), and the bytes without the walk when ``events.plain_facts`` holds
-    (``encoding.canonical_event``).
-    """
-    if built_from is None:
-        return {**_derived(tenant, event), "event": canonical_event(event)}
-    row = _columns(tenant, facts_terms(built_from))
-    row["event"] = canonical_event(event, plain=plain_facts(built_from))
+
+def facts_row(facts: AuditFacts) -> dict[str, Any]:
+    """``entry_row(facts.tenant, events.build_audit_event(facts))``, made without building the event's
+    ``dict`` or reading it back (the request path): the columns from the facts (``terms.facts_terms``),
+    the bytes from ``events.event_bytes``."""
+    row = _columns(facts.tenant, facts_terms(facts))
+    row["event"] = event_bytes(facts)
     return row
 
 
@@ -359,14 +357,7 @@ class AuditLog:
 
     # -- the request path ---------------------------------------------------------------------------
 
-    def append(
-        self,
-        conn: Connection | None,
-        tenant: str,
-        event: Mapping[str, Any],
-        *,
-        built_from: AuditFacts | None = None,
-    ) -> int:
+    def append(self, conn: Connection | None, tenant: str, event: Mapping[str, Any]) -> int:
         """Add ``event`` (AuditEvent JSON built by ``events``) to ``tenant``'s log as a pending entry.
 
         Runs in ``conn``'s open transaction, which must be a write transaction on SQLite
@@ -377,12 +368,19 @@ class AuditLog:
         ``synchronous_commit`` on, before it answers), on SQLite a write transaction of its own.
         Returns the entry's row id. Raises ``ValueError`` for an event that is not one this package
         builds or has no canonical form, and lets every database error through (the caller answers 503).
-        ``built_from``: the facts ``event`` was built from (``events.build_audit_event``), so that its
-        row is made without reading the event back (``entry_row``).
         """
+        return self._append(conn, tenant, lambda: entry_row(tenant, event))
+
+    def record(self, conn: Connection | None, facts: AuditFacts) -> list[int]:
+        """``append`` the events of ``facts`` (``events.build_audit_events``: one per request) to
+        ``facts.tenant``'s log, in ``conn``'s transaction or (``None``) one of its own, as ``append``
+        does; its row is made from the facts (``facts_row``), without building the event's ``dict``."""
+        return [self._append(conn, facts.tenant, lambda: facts_row(facts))]
+
+    def _append(self, conn: Connection | None, tenant: str, row: Callable[[], dict[str, Any]]) -> int:
         if conn is None and self.engine.dialect.name != "postgresql":
             with self._writing() as own:
-                return self.append(own, tenant, event, built_from=built_from)
+                return self._append(own, tenant, row)
         if conn is not None and not conn.in_transaction():
             raise ValueError("append runs inside the caller's open transaction")
         if (
@@ -398,12 +396,12 @@ class AuditLog:
                 rows = one_statement.run(
                     self.engine,
                     _insert_returning(self.engine.dialect),
-                    entry_row(tenant, event, built_from=built_from),
+                    row(),
                     write=True,
                 )
                 row_id = rows[0].id if rows else None
             else:
-                result = conn.execute(_INSERT, entry_row(tenant, event, built_from=built_from))
+                result = conn.execute(_INSERT, row())
                 row_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
         except IntegrityError as exc:
             if _missing_partition(exc):  # the parameters stay out of the error: they name a patient
@@ -413,12 +411,6 @@ class AuditLog:
         if not isinstance(row_id, int):
             raise RuntimeError("the database returned no row id for the audit entry")
         return row_id
-
-    def record(self, conn: Connection, facts: AuditFacts) -> list[int]:
-        """``append`` the events of ``facts`` (``events.build_audit_events``) to ``facts.tenant``'s log."""
-        return [
-            self.append(conn, facts.tenant, event, built_from=facts) for event in build_audit_events(facts)
-        ]
 
     # -- the sequencer ------------------------------------------------------------------------------
 

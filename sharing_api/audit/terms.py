@@ -141,7 +141,7 @@ def search_terms(event: Mapping[str, Any]) -> SearchTerms:
 
 def facts_terms(facts: AuditFacts) -> SearchTerms:
     """``search_terms(build_audit_event(facts))``, read from the facts instead of the built event (the
-    request path: ``AuditLog.append(..., built_from=facts)``), value for value: ``recorded`` is written
+    request path: ``log.facts_row``), value for value: ``recorded`` is written
     to the microsecond; the event's first v3-ActReason coding is ``purpose_of_use``; its contained
     ``Patient`` is ``patient``; its ``PractitionerRole`` exists when there is a ``practitioner_hpr``
     and names the ``organisation``'s ``Organization``, and without a health worker the ``PROV`` agent

@@ -119,7 +119,8 @@ def test_aud_05_no_data_without_the_audit_record(
     def broken(*_: Any, **__: Any) -> None:
         raise OperationalError("INSERT INTO audit_entries", {}, Exception("audit store down"))
 
-    monkeypatch.setattr(services.audit_log, "append", broken)
+    for write in ("append", "record"):  # each way an event goes into the log
+        monkeypatch.setattr(services.audit_log, write, broken)
     read = client.post(f"{BASE}/Observation/_search", data=search_form(patient))
     assert read.status_code == 503
     assert "entry" not in read.get_json()

@@ -203,3 +203,27 @@ def test_the_stored_rows_are_the_general_builders(log: AuditLog) -> None:
         expected = entry_row(TENANT, build_audit_event(f))
         assert entry.event == expected["event"] == general(f)
         assert {c: getattr(entry, c) for c in DERIVED_COLUMNS} == {c: expected[c] for c in DERIVED_COLUMNS}
+
+
+class _Unreadable:
+    """Stands for a request's field: any use of it (truth, comparison, iteration, an attribute) fails."""
+
+    def _used(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the caller's parts read a field of the request")
+
+    __bool__ = __eq__ = __hash__ = __iter__ = __len__ = __str__ = __getattr__ = _used  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("field", events._REQUEST_FIELDS)
+def test_the_callers_parts_read_the_callers_fields_alone(field: str) -> None:
+    """What ``event_bytes`` keeps per caller may depend on ``_CALLER_FIELDS`` only: a field of the
+    request that the parts read would be served from another request's bytes. Each request field in turn
+    is made unusable; the parts must come out the same (a field passed through untouched would show in
+    the comparison, which fails on it)."""
+    for action in (AuditAction.OBSERVATION_SEARCH, AuditAction.OBSERVATION_CREATE):
+        whole = replace(FULL, action=action)
+        role = events._user_role(events.interaction_of(action)[0])
+        poisoned = object.__new__(AuditFacts)
+        for name in AuditFacts.__slots__:
+            object.__setattr__(poisoned, name, _Unreadable() if name == field else getattr(whole, name))
+        assert events._caller_parts(poisoned, role) == events._caller_parts(whole, role)

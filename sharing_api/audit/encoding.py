@@ -50,14 +50,13 @@ def _orjson_is_canonical(value: object) -> bool:
     return True
 
 
-def canonical_event(value: object, *, plain: bool = False) -> bytes:
+def canonical_event(value: object) -> bytes:
     """The RFC 8785 canonical UTF-8 bytes of ``value``; raises ``ValueError`` where JCS has none.
 
-    ``plain``: the caller knows that ``value`` holds only what the walk accepts (an event that
-    ``events.build_audit_event`` built from facts for which ``events.plain_facts`` holds), so the walk
-    is skipped; the bytes are the same.
+    (The request path skips the walk: ``events.event_bytes`` writes with ``orjson`` directly when
+    ``events.plain_facts`` vouches for every value.)
     """
-    if plain or _orjson_is_canonical(value):
+    if _orjson_is_canonical(value):
         try:
             return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
         except orjson.JSONEncodeError:

@@ -318,8 +318,7 @@ code, a time as a string (``recorded``) or whole seconds (``toa``, an int well w
 
 def plain_facts(facts: AuditFacts) -> bool:
     """Whether ``build_audit_event(facts)`` is made only of what ``orjson`` writes as RFC 8785 does
-    (``encoding``), so that its canonical bytes need no walk over its ~240 values
-    (``encoding.canonical_event(event, plain=True)``).
+    (``encoding``), so that its canonical bytes need no walk over its ~240 values (``event_bytes``).
 
     The builder's keys are all ASCII literals, and every value it writes is a literal, a value it
     converts itself (``_CONVERTED``), or one it copies from ``facts``: those are plain when each is

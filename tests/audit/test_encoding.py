@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -95,7 +96,7 @@ def test_built_events_of_plain_facts_need_no_walk() -> None:
         assert plain_facts(built)
         event = build_audit_event(built)
         assert _orjson_is_canonical(event)
-        assert canonical_event(event, plain=True) == canonical_json(event)
+        assert orjson.dumps(event, option=orjson.OPT_SORT_KEYS) == canonical_json(event)
 
 
 texts_without_tokens = texts.filter(lambda t: "eyJ" not in t)
@@ -124,7 +125,7 @@ def test_any_text_in_plain_facts_gives_the_rfc8785_bytes(
     assume(plain_facts(built))
     event = build_audit_event(built)
     assert _orjson_is_canonical(event)
-    assert canonical_event(event, plain=True) == canonical_json(event)
+    assert orjson.dumps(event, option=orjson.OPT_SORT_KEYS) == canonical_json(event)
 
 
 def _unplain(value: Any) -> Any:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -110,6 +111,40 @@ class ReadScope:
 
 
 EVERYTHING = ReadScope()
+
+
+class Lead(StrEnum):
+    """The index that leads every plan of a search shape, whatever its values (issue 12): the shapes
+    PostgreSQL plans once per connection (``CompiledStatement.generic_plan``), named by that index.
+    ``ObservationStore.lead_of`` is the registry; tests/store/test_generic_plans.py proves, at 100,000
+    rows, each shape it gives a lead: its generic plan starts at this index and handles no more rows
+    than the plan made with the values, for a patient with many and one with few observations, a
+    common and a rare code, a narrow and a wide period.
+
+    A shape without a lead is planned with its values, because its best plan depends on them
+    (BENCHMARKS.md, "Ninth pass", has the plans): a code without its system or a category (a rare
+    code is best found through the patient's tokens, a common one by reading the patient's
+    observations whole, and a generic plan picks one for both: 79 instead of 46 buffers for a rare
+    code, 1,484 instead of 108 for a common one over the whole series; a category 3,002 instead of
+    186); a category beside the driving code (each hit compared with the patient's category tokens:
+    71,604 rows handled for a page instead of 2,632, growing with the square of the history); date
+    bounds on the patient's observations in a page (a wide period sorted whole instead of walked in
+    order: 59 instead of 8 buffers), or with a read scope of categories (each observation of the
+    period probed for its category instead of one hash join: 2,944 instead of 190 buffers)."""
+
+    PATIENT_CODE = "ix_observation_tokens_patient"
+    """One patient, one ``system|code`` and the query's dates (``_driver``): the patient's tokens of
+    that code in date order from the date bound (or the read scope's period), then each hit by
+    primary key."""
+    PATIENT_DATE = "ix_observations_patient_date"
+    """One patient (``system|value``) and nothing else to match, and a read scope without categories:
+    a page sorted by date walks the patient's observations in date order and stops after it; a count
+    (which may have date bounds) reads them in that index alone."""
+
+
+_NOTHING_ELSE = SearchQuery(count=0)
+"""A query that matches by nothing: what a led shape's query is, its led parts and result parameters
+taken out (``ObservationStore.lead_of``), so that a parameter added later leaves a shape unled."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -593,10 +628,42 @@ class ObservationStore:
         raise ValueError(f"unknown date prefix {prefix!r}")
 
     @classmethod
-    def _driven(cls, template: Template) -> bool:
-        """Whether the patient-led token index drives a search of this shape: then its page and count
-        have one plan for every value (``generic_plan``, proved in tests/store/test_generic_plans.py)."""
-        return cls._driving_code(template.query) is not None
+    def lead_of(cls, query: SearchQuery, categories: Any, *, count: bool = False) -> Lead | None:
+        """The index that leads a search's page (or ``count``) of this shape for every value, with a
+        read scope of ``categories`` (``None``: every category); ``None``: it is planned with its
+        values (see ``Lead``). Asked once per shape, with the statement's build."""
+        rest = replace(
+            query,
+            count=0,
+            sort="-date",
+            summary_count=False,
+            summary=None,
+            elements=(),
+            total="accurate",
+            applied=(),
+        )
+        patient = cls._patient_of(query)
+        if patient is None:
+            return None
+        if cls._driving_code(query) is not None:
+            if len(query.codes) == 1 and replace(rest, patients=(), codes=(), dates=()) == _NOTHING_ELSE:
+                return Lead.PATIENT_CODE
+            return None
+        if patient.system is None or categories is not None:
+            return None
+        if count:
+            return Lead.PATIENT_DATE if replace(rest, patients=(), dates=()) == _NOTHING_ELSE else None
+        if query.sort.endswith("date") and replace(rest, patients=()) == _NOTHING_ELSE:
+            return Lead.PATIENT_DATE
+        return None
+
+    @classmethod
+    def _led_page(cls, template: Template) -> bool:
+        return cls.lead_of(template.query, template.categories) is not None
+
+    @classmethod
+    def _led_count(cls, template: Template) -> bool:
+        return cls.lead_of(template.query, template.categories, count=True) is not None
 
     @classmethod
     def _driving_code(cls, query: SearchQuery) -> int | None:
@@ -731,6 +798,16 @@ class ObservationStore:
         # values (``generic_plan``) fetched each hit by ``ix_observations_patient_date`` instead of the
         # primary key, 1,085 buffers instead of 105 at 100,000 rows. The read scope stays on the row.
         filters = self._filters(tenant, query, skip_code=n, dates=False)
+        # Without dates in the query, the read scope's period bounds the driving row's range (the
+        # observation keeps its own bounds): on ``observations`` alone, a plan made without the values
+        # read the patient's observations in the period and compared each hit with all of them (152,476
+        # rows for a page instead of 642). Not besides the query's dates: two lower bounds on the row's
+        # start made that plan sort the whole period instead of walking it (1,892 rows instead of 362).
+        if not query.dates:
+            if start is not None:
+                conds.append(t.c.effective_start >= start)
+            if end is not None:
+                conds.append(t.c.effective_end <= end)
         return source, [*conds, *filters, *scoped], True
 
     @staticmethod
@@ -751,7 +828,7 @@ class ObservationStore:
             "count",
             template,
             self._count_statement,
-            generic_plan=self._driven,
+            generic_plan=self._led_count,
         )
         rows = one_statement.run(self.engine, stmt, self._shapes.values(template, tenant))
         return int(rows[0][0] or 0)
@@ -773,14 +850,14 @@ class ObservationStore:
             return Page([], more_after=False, more_before=False)
         template = self._template(query, scope, anchor)
         backwards = bool(anchor and anchor.backwards)
-        # Driven by the patient-led token index, the page has one plan for every value (proved at
-        # 100,000 rows: tests/store/test_generic_plans.py); any other shape is planned with its values.
+        # A shape an index leads for every value (``Lead``, proved at 100,000 rows:
+        # tests/store/test_generic_plans.py) has one plan; any other is planned with its values.
         stmt = self._shapes.statement(
             self.engine.dialect,
             "page",
             template,
             self._page_statement,
-            generic_plan=self._driven,
+            generic_plan=self._led_page,
         )
         found = one_statement.run(self.engine, stmt, self._shapes.values(template, tenant))
         rows = [(r[0], r[1], bytes(r[2]), r[3]) for r in found]

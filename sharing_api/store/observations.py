@@ -122,15 +122,15 @@ class Lead(StrEnum):
     common and a rare code, a narrow and a wide period.
 
     A shape without a lead is planned with its values, because its best plan depends on them
-    (BENCHMARKS.md, "Ninth pass", has the plans): a code without its system or a category (a rare
-    code is best found through the patient's tokens, a common one by reading the patient's
-    observations whole, and a generic plan picks one for both: 79 instead of 46 buffers for a rare
-    code, 1,484 instead of 108 for a common one over the whole series; a category 3,002 instead of
-    186); a category beside the driving code (each hit compared with the patient's category tokens:
-    71,604 rows handled for a page instead of 2,632, growing with the square of the history); date
-    bounds on the patient's observations in a page (a wide period sorted whole instead of walked in
-    order: 59 instead of 8 buffers), or with a read scope of categories (each observation of the
-    period probed for its category instead of one hash join: 2,944 instead of 190 buffers)."""
+    (BENCHMARKS.md, "Tenth pass: which search shapes may be planned once", has the plans): a code without
+    its system or a category (a rare code is best found through the patient's tokens, a common one by
+    reading the patient's observations whole, and a generic plan picks one for both: 79 instead of 46
+    buffers for a rare code, 1,484 instead of 108 for a common one over the whole series; a category 3,002
+    instead of 186); a category beside the driving code (each hit compared with the patient's category
+    tokens: 71,604 rows handled for a page instead of 2,632, growing with the square of the history); date
+    bounds on the patient's observations in a page (a wide period sorted whole instead of walked in order:
+    59 instead of 8 buffers), or with a read scope of categories (each observation of the period probed
+    for its category instead of one hash join: 2,944 instead of 190 buffers)."""
 
     PATIENT_CODE = "ix_observation_tokens_patient"
     """One patient, one ``system|code`` and the query's dates (``_driver``): the patient's tokens of

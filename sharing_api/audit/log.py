@@ -73,7 +73,7 @@ from sharing_api.audit.merkle import EMPTY_ROOT, consistency_proof, inclusion_pr
 from sharing_api.audit.terms import SearchTerms, facts_terms, micros, search_terms
 from sharing_api.audit.tree import TreeState
 from sharing_api.store import audit_partitions, binary_rows, one_statement
-from sharing_api.store.compiled import CompiledStatement
+from sharing_api.store.compiled import PerDialect
 from sharing_api.store.schema import audit_checkpoints, audit_entries, audit_heads
 
 __all__ = [
@@ -99,38 +99,24 @@ c = audit_checkpoints
 _INSERT = insert(e)  # built once: ``.values()`` per call costs more than the INSERT itself
 _INSERT_COLUMNS: tuple[str, ...] = ("tenant", "recorded", "action", "outcome", "purpose", "patient_system")
 _INSERT_COLUMNS += ("patient_value", "agent_hpr", "organisation", "client_id", "event")
-_INSERT_RETURNING: dict[str, CompiledStatement] = {}
-
-
-def _insert_returning(dialect: Any) -> CompiledStatement:
-    """One pending entry's INSERT returning its row id, compiled once per dialect (``entry_row``'s keys
-    are its parameters)."""
-    found = _INSERT_RETURNING.get(dialect.name)
-    if found is None:
-        stmt = insert(e).values({name: bindparam(name) for name in _INSERT_COLUMNS}).returning(e.c.id)
-        # An INSERT of values has nothing to choose: its plan is the same for every value.
-        found = _INSERT_RETURNING[dialect.name] = CompiledStatement.of(
-            stmt, dialect, "audit INSERT", generic_plan=True
-        )
-    return found
-
-
-_PENDING: dict[str, CompiledStatement] = {}
-
-
-def _pending(dialect: Any) -> CompiledStatement:
-    """A tenant's oldest pending entries, with their events (for the sequencer to hash), compiled once
-    per dialect; run through ``binary_rows`` so the events arrive as stored bytes, not hex text."""
-    found = _PENDING.get(dialect.name)
-    if found is None:
-        stmt = (
-            select(e.c.id, e.c.recorded, e.c.event)
-            .where(e.c.seq.is_(None), e.c.tenant == bindparam("tenant"))
-            .order_by(e.c.id)
-            .limit(bindparam("limit", type_=Integer))
-        )
-        found = _PENDING[dialect.name] = CompiledStatement.of(stmt, dialect, "pending entries")
-    return found
+# One pending entry's INSERT returning its row id (``entry_row``'s keys are its parameters). An INSERT
+# of values has nothing to choose: its plan is the same for every value.
+_insert_returning = PerDialect(
+    lambda: insert(e).values({name: bindparam(name) for name in _INSERT_COLUMNS}).returning(e.c.id),
+    "audit INSERT",
+    generic_plan=True,
+)
+# A tenant's oldest pending entries, with their events (for the sequencer to hash); run through
+# ``binary_rows`` so the events arrive as stored bytes, not hex text.
+_pending = PerDialect(
+    lambda: (
+        select(e.c.id, e.c.recorded, e.c.event)
+        .where(e.c.seq.is_(None), e.c.tenant == bindparam("tenant"))
+        .order_by(e.c.id)
+        .limit(bindparam("limit", type_=Integer))
+    ),
+    "pending entries",
+)
 
 
 _SET_LEAF = (

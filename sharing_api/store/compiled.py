@@ -13,13 +13,14 @@ is marked (``tests/store/test_generic_plans.py``); every other one is planned wi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.sql import ClauseElement
 
-__all__ = ["CompiledStatement"]
+__all__ = ["CompiledStatement", "PerDialect"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,3 +54,24 @@ class CompiledStatement:
     def execute(self, conn: Connection, values: dict[str, Any]) -> Any:
         """Run the statement on ``conn`` with ``values`` (every parameter it has)."""
         return conn.exec_driver_sql(self.sql, self.arguments(values))
+
+
+class PerDialect:
+    """A statement compiled once per dialect, when first asked for: ``PerDialect(build, what)(dialect)``.
+    ``build`` makes the SQLAlchemy statement; ``what`` and ``generic_plan`` as in
+    :meth:`CompiledStatement.of`. ``by_name`` holds the compiled statements by dialect name."""
+
+    __slots__ = ("build", "by_name", "generic_plan", "what")
+
+    def __init__(self, build: Callable[[], ClauseElement], what: str, *, generic_plan: bool = False) -> None:
+        self.build = build
+        self.what = what
+        self.generic_plan = generic_plan
+        self.by_name: dict[str, CompiledStatement] = {}
+
+    def __call__(self, dialect: Any) -> CompiledStatement:
+        found = self.by_name.get(dialect.name)
+        if found is None:
+            found = CompiledStatement.of(self.build(), dialect, self.what, generic_plan=self.generic_plan)
+            self.by_name[dialect.name] = found
+        return found

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import orjson
@@ -44,7 +45,7 @@ from consent.model import (
 from sharing_api.errors import InvalidResource, NotFound, UnprocessableResource
 from sharing_api.fhir.dates import from_micros, to_micros
 from sharing_api.store import one_statement
-from sharing_api.store.compiled import CompiledStatement
+from sharing_api.store.compiled import PerDialect
 from sharing_api.store.observations import render
 from sharing_api.store.schema import agreements, directive_history, directives
 
@@ -132,19 +133,13 @@ def _decision_statement(with_agreements: bool) -> Any:
     return select(both).order_by(both.c.part, both.c.ordering)
 
 
-_DECISION_SQL: dict[tuple[str, bool], CompiledStatement] = {}
-
-
-def _decision_sql(dialect: Any, with_agreements: bool) -> CompiledStatement:
-    """The decision statement compiled for ``dialect`` (once per dialect and shape)."""
-    key = (dialect.name, with_agreements)
-    found = _DECISION_SQL.get(key)
-    if found is None:
-        # Equalities on the parties and the patient, led by an index each: one plan for every value
-        # (tests/store/test_generic_plans.py)
-        stmt = _decision_statement(with_agreements)
-        found = _DECISION_SQL[key] = CompiledStatement.of(stmt, dialect, generic_plan=True)
-    return found
+# The decision statement, with and without the agreements' part, compiled once per dialect. Equalities
+# on the parties and the patient, led by an index each: one plan for every value
+# (tests/store/test_generic_plans.py).
+_DECISION_SQL = {
+    with_agreements: PerDialect(partial(_decision_statement, with_agreements), "decision", generic_plan=True)
+    for with_agreements in (False, True)
+}
 
 
 class PolicyStore:
@@ -375,7 +370,7 @@ class PolicyStore:
         is its own transaction, without the BEGIN and COMMIT round trips."""
         values = {"controller": controller, "consumer": consumer, "system": patient[0], "value": patient[1]}
         rows = one_statement.run(
-            self.engine, _decision_sql(self.engine.dialect, consumer != controller), values
+            self.engine, _DECISION_SQL[consumer != controller](self.engine.dialect), values
         )
         found = [_agreement(r) for r in rows if r.part == 0]
         return found, [directive_from_fhir(orjson.loads(r.data)) for r in rows if r.part == 1]

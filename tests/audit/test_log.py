@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from sharing_api.audit import log as audit_log
 from sharing_api.audit import sequencer
 from sharing_api.audit.actions import AuditAction, Outcome
 from sharing_api.audit.checkpoints import AuditSigner, load_public_key
@@ -154,8 +155,8 @@ def test_an_append_without_a_connection_fails_closed(log: AuditLog, monkeypatch:
     monkeypatch.setattr("sharing_api.audit.log._INSERT", insert(missing))  # SQLite: a write transaction
     down = insert(missing).values(x=1).returning(missing.c.x)
     dialect = log.engine.dialect
-    monkeypatch.setattr(
-        "sharing_api.audit.log._INSERT_RETURNING", {dialect.name: CompiledStatement.of(down, dialect)}
+    monkeypatch.setitem(
+        audit_log._insert_returning.by_name, dialect.name, CompiledStatement.of(down, dialect)
     )
     with pytest.raises(DBAPIError):
         log.append(None, TENANT, build_audit_event(facts()))
